@@ -1,0 +1,48 @@
+# Two commands on a fresh machine with Python 3.11+: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+BUF    := .cache/buf/node_modules/.bin/buf
+DATA   ?= var
+LISTEN ?= 127.0.0.1:50051
+
+.PHONY: run test lint proto check-stubs breaking clean venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## run: start the broker on $(LISTEN) with LMDB under ./$(DATA) (demo data on first run)
+run: $(STAMP)
+	$(BIN)/broker serve --data-dir $(DATA) --listen $(LISTEN) --demo
+
+## test: stub freshness, then the whole suite
+test: $(STAMP) check-stubs
+	$(BIN)/python -m pytest -q
+
+## proto: regenerate the Python stubs from protos/
+proto: $(STAMP)
+	$(BIN)/python scripts/protos.py
+
+check-stubs: $(STAMP)
+	$(BIN)/python scripts/protos.py --check
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .cache/buf @bufbuild/buf@1
+
+## lint: ruff on the Python code, buf lint (STANDARD) on the protos
+lint: $(STAMP) $(BUF)
+	$(BIN)/ruff check .
+	$(BUF) lint
+
+## breaking: buf breaking against the previous commit
+breaking: $(BUF)
+	$(BUF) breaking --against '.git#ref=HEAD~1'
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

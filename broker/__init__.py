@@ -1,0 +1,1 @@
+"""Payment broker for AI agents that buy GPU compute."""

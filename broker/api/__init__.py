@@ -1,0 +1,1 @@
+"""gRPC adapters: validate, call the core, map results and errors."""

@@ -1,0 +1,59 @@
+"""AuthorizationService: holds and vouchers for agents."""
+
+from __future__ import annotations
+
+from ..core import authorizations
+from ..v1 import authorization_service_pb2 as pb
+from ..v1 import authorization_service_pb2_grpc as pb_grpc
+from . import convert
+from .base import Services, unary
+
+READERS = ("agent", "owner", "auditor", "admin")
+
+
+class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
+    def __init__(self, services: Services):
+        self.s = services
+
+    @unary
+    async def Authorize(self, request, context):
+        p = self.s.authenticate(context, "agent")
+        self.s.refuse_when_draining()
+        key_id = self.s.keyring.active_id
+        scope = convert.scope_from_proto(request.scope)
+        result = await self.s.mutate(p, "Authorize", request, lambda tx, now: (
+            authorizations.authorize(tx, p, request.amount, scope, request.ttl_seconds, now,
+                                     self.s.config, key_id)))
+        signer = self.s.keyring.signer_for(result["voucher_key_id"])
+        token = authorizations.voucher_token(result, signer)
+        return pb.AuthorizeResponse(authorization=convert.authorization(result, voucher=token))
+
+    @unary
+    async def GetAuthorization(self, request, context):
+        p = self.s.authenticate(context, *READERS)
+        found = self.s.store.read(lambda tx: authorizations.get_authorization(
+            tx, p, request.authorization_id))
+        return pb.GetAuthorizationResponse(authorization=convert.authorization(found))
+
+    @unary
+    async def ListAuthorizations(self, request, context):
+        p = self.s.authenticate(context, *READERS)
+        page = self.s.store.read(lambda tx: authorizations.list_authorizations(
+            tx, p, request.wallet_id, request.page_size, request.page_token))
+        return pb.ListAuthorizationsResponse(
+            authorizations=[convert.authorization(a) for a in page["authorizations"]],
+            next_page_token=page["next_page_token"])
+
+    @unary
+    async def CancelAuthorization(self, request, context):
+        p = self.s.authenticate(context, "agent", "owner")
+        result = await self.s.mutate(p, "CancelAuthorization", request, lambda tx, now: (
+            authorizations.cancel(tx, p, request.authorization_id, now)))
+        return pb.CancelAuthorizationResponse(authorization=convert.authorization(result))
+
+    @unary
+    async def GetReceipt(self, request, context):
+        p = self.s.authenticate(context, *READERS)
+        found = self.s.store.read(lambda tx: authorizations.get_receipt(
+            tx, p, request.authorization_id))
+        return pb.GetReceiptResponse(receipt=convert.receipt(found))

@@ -1,0 +1,93 @@
+"""What every servicer shares: the store, keys, settings, auth and error mapping."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from ..clock import now_ms
+from ..core import access, idempotency
+from ..core.access import Principal
+from ..core.config import CoreConfig
+from ..core.errors import BrokerError, Code
+from ..core.registry import Liveness
+from ..keyring import Keyring
+from ..store.base import Record, Store, Tx
+from .errors import to_status
+
+log = logging.getLogger("broker.api")
+
+
+@dataclass
+class Services:
+    store: Store
+    keyring: Keyring
+    config: CoreConfig
+    liveness: Liveness
+    clock: Callable[[], int] = now_ms
+    # Set on shutdown: new authorizations and sessions are refused with UNAVAILABLE.
+    draining: bool = False
+    open_streams: set = field(default_factory=set)
+
+    def authenticate(self, context: grpc.aio.ServicerContext, *roles: str) -> Principal:
+        secret = _bearer(context.invocation_metadata() or ())
+        principal = self.store.read(lambda tx: access.authenticate(tx, secret))
+        access.require_role(principal, *roles)
+        return principal
+
+    async def mutate(self, principal: Principal, method: str, request: Message,
+                     op: Callable[[Tx, int], Record]) -> Record:
+        """Run `op(tx, now)` durably, once per request_id (AIP-155)."""
+        request_id = getattr(request, "request_id", "")
+        fingerprint = _fingerprint(request)
+        scope = f"{principal.idempotency_scope}/{method}"
+
+        def run(tx: Tx) -> Record:
+            now = self.clock()
+            return idempotency.run(tx, scope, request_id, fingerprint, now, lambda: op(tx, now))
+
+        return await self.store.submit(run)
+
+    def refuse_when_draining(self) -> None:
+        if self.draining:
+            raise BrokerError(Code.UNAVAILABLE, "SHUTTING_DOWN",
+                              "the broker is shutting down; retry on another broker or later")
+
+
+def _bearer(metadata: Any) -> str | None:
+    for key, value in metadata:
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def _fingerprint(request: Message) -> str:
+    copy = type(request)()
+    copy.CopyFrom(request)
+    if "request_id" in copy.DESCRIPTOR.fields_by_name:
+        copy.ClearField("request_id")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def unary(method: Callable) -> Callable:
+    """Map BrokerError to a status with ErrorInfo; never leak internals as UNKNOWN."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except BrokerError as error:
+            await context.abort_with_status(to_status(error))
+        except Exception:
+            log.exception("internal error in %s", method.__qualname__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    return wrapper

@@ -1,0 +1,117 @@
+"""Core records (plain dicts) <-> protobuf messages."""
+
+from __future__ import annotations
+
+import base64
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ..core.money import PRICE_FIELDS, USAGE_FIELDS
+from ..store.base import Record
+from ..v1 import admin_service_pb2 as admin_pb
+from ..v1 import authorization_service_pb2 as auth_pb
+from ..v1 import resources_pb2 as res_pb
+from ..v1 import wallet_service_pb2 as wallet_pb
+from ..v1 import worker_registry_service_pb2 as registry_pb
+
+AUTH_STATES = {"held": auth_pb.AUTHORIZATION_STATE_HELD,
+               "redeemed": auth_pb.AUTHORIZATION_STATE_REDEEMED,
+               "settled": auth_pb.AUTHORIZATION_STATE_SETTLED,
+               "cancelled": auth_pb.AUTHORIZATION_STATE_CANCELLED,
+               "expired": auth_pb.AUTHORIZATION_STATE_EXPIRED}
+TRANSFER_KINDS = {"posted": wallet_pb.TRANSFER_KIND_POSTED,
+                  "pending": wallet_pb.TRANSFER_KIND_PENDING,
+                  "post_pending": wallet_pb.TRANSFER_KIND_POST_PENDING,
+                  "void_pending": wallet_pb.TRANSFER_KIND_VOID_PENDING,
+                  "expire_pending": wallet_pb.TRANSFER_KIND_EXPIRE_PENDING}
+ROLES = {admin_pb.ROLE_ADMIN: "admin", admin_pb.ROLE_OWNER: "owner",
+         admin_pb.ROLE_AGENT: "agent", admin_pb.ROLE_WORKER: "worker",
+         admin_pb.ROLE_AUDITOR: "auditor"}
+
+
+def timestamp(ms: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def balance(b: Record) -> res_pb.Balance:
+    return res_pb.Balance(posted=b["posted"], pending=b["pending"], available=b["available"])
+
+
+def prices_to_proto(p: Record) -> res_pb.PriceSheet:
+    return res_pb.PriceSheet(**{name: p.get(name, 0) for name in PRICE_FIELDS})
+
+
+def prices_from_proto(msg: res_pb.PriceSheet) -> Record:
+    return {name: getattr(msg, name) for name in PRICE_FIELDS}
+
+
+def usage_to_proto(u: Record) -> res_pb.Usage:
+    return res_pb.Usage(**{name: u.get(name, 0) for name in USAGE_FIELDS})
+
+
+def usage_from_proto(msg: res_pb.Usage) -> Record:
+    return {name: getattr(msg, name) for name in USAGE_FIELDS}
+
+
+def scope_from_proto(msg: res_pb.Scope) -> Record:
+    return {"resource_class": msg.resource_class, "model": msg.model,
+            "max_prices": prices_from_proto(msg.max_prices), "worker_id": msg.worker_id}
+
+
+def scope_to_proto(s: Record) -> res_pb.Scope:
+    return res_pb.Scope(resource_class=s["resource_class"], model=s["model"],
+                        max_prices=prices_to_proto(s["max_prices"]), worker_id=s["worker_id"])
+
+
+def wallet(w: Record) -> wallet_pb.Wallet:
+    return wallet_pb.Wallet(wallet_id=w["wallet_id"], owner_id=w["owner_id"],
+                            display_name=w["display_name"], cap=w["cap"],
+                            refill_target=w["refill_target"], frozen=w["frozen"],
+                            balance=balance(w["balance"]), create_time=timestamp(w["create_ms"]))
+
+
+def transfer(t: Record) -> wallet_pb.Transfer:
+    return wallet_pb.Transfer(transfer_id=t["transfer_id"],
+                              debit_account_id=t["debit_account_id"],
+                              credit_account_id=t["credit_account_id"], amount=t["amount"],
+                              kind=TRANSFER_KINDS[t["kind"]], pending_id=t["pending_id"],
+                              code=t["code"], create_time=timestamp(t["create_ms"]))
+
+
+def authorization(a: Record, *, voucher: str = "") -> auth_pb.Authorization:
+    return auth_pb.Authorization(
+        authorization_id=a["authorization_id"], wallet_id=a["wallet_id"], amount=a["amount"],
+        scope=scope_to_proto(a["scope"]), state=AUTH_STATES[a["state"]],
+        voucher=voucher,
+        expire_time=timestamp(a["expire_ms"]), create_time=timestamp(a["create_ms"]),
+        charged=a["charged"], receipt_id=a["receipt_id"])
+
+
+def receipt(r: Record) -> res_pb.Receipt:
+    return res_pb.Receipt(
+        receipt_id=r["receipt_id"], authorization_id=r["authorization_id"],
+        session_id=r["session_id"], held=r["held"], charged=r["charged"],
+        worker_payout=r["worker_payout"], platform_fee=r["platform_fee"],
+        released=r["released"], usage=usage_to_proto(r["usage"]),
+        prices=prices_to_proto(r["prices"]), outcome=r["outcome"],
+        settle_time=timestamp(r["settle_ms"]), key_id=r["key_id"],
+        signature=base64.b64decode(r["signature"]),
+        signed_payload=base64.b64decode(r["signed_payload"]))
+
+
+def capabilities_from_proto(msg: registry_pb.Capabilities) -> Record:
+    return {"resource_class": msg.resource_class, "gpu_name": msg.gpu_name,
+            "gpu_memory_bytes": msg.gpu_memory_bytes, "models": list(msg.models),
+            "meter": msg.meter}
+
+
+def capabilities_to_proto(c: Record) -> registry_pb.Capabilities:
+    return registry_pb.Capabilities(**c)
+
+
+def offer(w: Record) -> registry_pb.Offer:
+    return registry_pb.Offer(worker_id=w["worker_id"], endpoint=w["endpoint"],
+                             capabilities=capabilities_to_proto(w["capabilities"]),
+                             prices=prices_to_proto(w["prices"]))

@@ -1,0 +1,107 @@
+"""MeteringService: the bidirectional redeem -> usage -> stop -> settle stream."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from ..core import metering, session, vouchers
+from ..core.errors import BrokerError, invalid
+from ..store.base import Record
+from ..v1 import metering_service_pb2 as pb
+from ..v1 import metering_service_pb2_grpc as pb_grpc
+from . import convert
+from .base import Services
+from .errors import to_status
+
+log = logging.getLogger("broker.metering")
+
+STOP_REASONS = {session.BUDGET_EXHAUSTED: pb.STOP_REASON_BUDGET_EXHAUSTED,
+                session.HOLD_EXPIRING: pb.STOP_REASON_HOLD_EXPIRING}
+
+
+def grant(ses: Record) -> pb.MeterResponse:
+    return pb.MeterResponse(grant=pb.SessionGrant(
+        session_id=ses["session_id"], budget=ses["budget"],
+        prices=convert.prices_to_proto(ses["prices"]),
+        report_interval_ms=ses["report_interval_ms"],
+        expire_time=convert.timestamp(ses["expire_ms"]), charged=ses["charged"],
+        last_seq=ses["last_seq"], usage=convert.usage_to_proto(ses["usage"]),
+        stopped=bool(ses["stop_reason"])))
+
+
+class MeteringServicer(pb_grpc.MeteringServiceServicer):
+    def __init__(self, services: Services):
+        self.s = services
+
+    async def Meter(self, request_iterator, context):
+        try:
+            async for response in self._meter(request_iterator, context):
+                yield response
+        except BrokerError as error:
+            await context.abort_with_status(to_status(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error in Meter")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    async def _meter(self, requests, context):
+        p = self.s.authenticate(context, "worker")
+        first = await anext(aiter(requests), None)
+        if first is None:
+            return
+        kind = first.WhichOneof("kind")
+        if kind == "open":
+            ses = await self._open(p, first.open)
+        elif kind == "resume":
+            ses = self.s.store.read(lambda tx: metering.get_own_session(
+                tx, p, first.resume.session_id, first.resume.worker_id))
+            session.require_open(ses)
+        else:
+            raise invalid("kind", "the first message must be open or resume",
+                          "SESSION_NOT_OPEN")
+        session_id = ses["session_id"]
+        yield grant(ses)
+        async for message in requests:
+            kind = message.WhichOneof("kind")
+            if kind == "usage":
+                for response in await self._report(p, session_id, message.usage):
+                    yield response
+            elif kind == "finish":
+                yield await self._finish(p, session_id, message.finish)
+                return
+            else:
+                raise invalid("kind", "the session is already open; send usage or finish",
+                              "SESSION_ALREADY_OPEN")
+
+    async def _report(self, p, session_id: str, report: pb.UsageReport) -> list:
+        usage = convert.usage_from_proto(report.usage)
+        decision = await self.s.store.submit(lambda tx: metering.record_usage(
+            tx, p, session_id, report.seq, usage, self.s.clock()))
+        responses = [pb.MeterResponse(ack=pb.UsageAck(
+            seq=report.seq, charged=decision.charged, remaining=decision.remaining))]
+        if decision.stop_reason:
+            responses.append(pb.MeterResponse(stop=pb.StopCommand(
+                reason=STOP_REASONS[decision.stop_reason], charged=decision.charged,
+                remaining=decision.remaining)))
+        return responses
+
+    async def _finish(self, p, session_id: str, finish: pb.FinishSession) -> pb.MeterResponse:
+        usage = convert.usage_from_proto(finish.usage)
+        signer = self.s.keyring.signer
+        receipt = await self.s.store.submit(lambda tx: metering.finish(
+            tx, p, session_id, usage, self.s.clock(), self.s.config, signer))
+        return pb.MeterResponse(settled=pb.SessionSettled(
+            receipt=convert.receipt(receipt),
+            settle_time=convert.timestamp(receipt["settle_ms"])))
+
+    async def _open(self, p, request: pb.OpenSession) -> Record:
+        self.s.refuse_when_draining()
+        claims = vouchers.verify(request.voucher, self.s.keyring.verify_keys(), self.s.clock())
+        opened = await self.s.mutate(p, "Meter.Open", request, lambda tx, now: (
+            metering.redeem(tx, p, claims, request.worker_id, request.resource_class,
+                            request.model, now, self.s.config)))
+        # A retried open (same request_id) gets the session as it is now.
+        return self.s.store.read(lambda tx: tx.get("sessions", opened["session_id"]))

@@ -1,0 +1,99 @@
+"""API keys, principals and the role and tenant checks every RPC makes.
+
+A key is "cbk_" + 43 base64url characters (32 random bytes). Only its SHA-256 is
+stored; a 256-bit random secret needs no slow hash. Each key has one role and is
+bound to an owner (tenant), and an agent key also to one wallet, a worker key to a
+provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from ..store.base import Record, Tx
+from .errors import BrokerError, Code, denied, invalid
+
+ROLES = ("admin", "owner", "agent", "worker", "auditor")
+KEY_PREFIX = "cbk_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    role: str
+    owner_id: str = ""
+    wallet_id: str = ""
+    provider_id: str = ""
+
+    @property
+    def idempotency_scope(self) -> str:
+        # Retries must come from the same principal; ids of different callers never clash.
+        return self.key_id
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_key_record(role: str, now: int, *, owner_id: str = "", wallet_id: str = "",
+                   provider_id: str = "", description: str = "") -> tuple[Record, str]:
+    """(record to store, secret to show once)."""
+    if role not in ROLES:
+        raise invalid("role", f"must be one of {', '.join(ROLES)}")
+    secret = new_secret()
+    record = {"key_id": "key_" + secrets.token_hex(8), "role": role, "owner_id": owner_id,
+              "wallet_id": wallet_id, "provider_id": provider_id, "description": description,
+              "secret_sha256": hash_secret(secret), "revoked": False, "create_ms": now}
+    return record, secret
+
+
+def store_key(tx: Tx, record: Record) -> None:
+    tx.put("api_keys", record["key_id"], record)
+    tx.put("api_key_hashes", record["secret_sha256"], {"key_id": record["key_id"]})
+
+
+def authenticate(tx: Tx, secret: str | None) -> Principal:
+    if not secret:
+        raise BrokerError(Code.UNAUTHENTICATED, "API_KEY_MISSING",
+                          "send 'authorization: Bearer <api key>' metadata")
+    row = tx.get("api_key_hashes", hash_secret(secret))
+    record = tx.get("api_keys", row["key_id"]) if row else None
+    if record is None:
+        raise BrokerError(Code.UNAUTHENTICATED, "API_KEY_INVALID", "the API key is not valid")
+    if record["revoked"]:
+        raise BrokerError(Code.UNAUTHENTICATED, "API_KEY_REVOKED", "the API key was revoked",
+                          {"key_id": record["key_id"]})
+    return Principal(key_id=record["key_id"], role=record["role"], owner_id=record["owner_id"],
+                     wallet_id=record["wallet_id"], provider_id=record["provider_id"])
+
+
+def require_role(principal: Principal, *roles: str) -> None:
+    if principal.role not in roles:
+        raise denied(f"this call needs a key with role {' or '.join(roles)}, "
+                     f"not {principal.role}", "ROLE_NOT_ALLOWED")
+
+
+def resolve_wallet_id(principal: Principal, wallet_id: str) -> str:
+    """The wallet a call is about: agents default to (and are limited to) their own."""
+    if principal.role == "agent":
+        if wallet_id and wallet_id != principal.wallet_id:
+            # Same answer as a missing wallet: agents learn nothing about other wallets.
+            raise BrokerError(Code.NOT_FOUND, "WALLET_NOT_FOUND",
+                              f"wallet {wallet_id!r} not found", {"wallet": wallet_id})
+        return principal.wallet_id
+    if not wallet_id:
+        raise invalid("wallet_id", "is required")
+    return wallet_id
+
+
+def can_see_owner(principal: Principal, owner_id: str) -> bool:
+    """Owner-scoped read access. Global auditors and admins see every owner."""
+    if principal.role == "admin" or (principal.role == "auditor" and not principal.owner_id):
+        return True
+    return principal.owner_id == owner_id

@@ -1,0 +1,122 @@
+"""Authorizations: a hold on a wallet plus the voucher that spends it."""
+
+from __future__ import annotations
+
+import secrets
+
+from ..store.base import Record, Tx
+from . import journal, ledger, pages, validate, vouchers
+from .access import Principal, can_see_owner
+from .config import CoreConfig
+from .errors import BrokerError, Code, invalid, not_found, precondition
+from .money import check_amount, check_prices
+from .wallets import get_wallet, require_spendable
+
+HELD, REDEEMED, SETTLED, CANCELLED, EXPIRED = "held", "redeemed", "settled", "cancelled", "expired"
+
+
+def check_scope(scope: Record) -> Record:
+    return {"resource_class": validate.ident(scope.get("resource_class", ""),
+                                             "scope.resource_class", required=False),
+            "model": validate.ident(scope.get("model", ""), "scope.model", required=False),
+            "max_prices": check_prices(scope.get("max_prices", {}), "scope.max_prices"),
+            "worker_id": validate.ident(scope.get("worker_id", ""), "scope.worker_id",
+                                        required=False)}
+
+
+def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seconds: int,
+              now: int, config: CoreConfig, key_id: str) -> Record:
+    """Hold `amount` on the agent's wallet. The voucher is not stored: Ed25519 is
+    deterministic, so `voucher_token` re-creates the same token from the record
+    (a retried request gets its voucher back without the broker keeping it)."""
+    check_amount(amount, "amount")
+    scope = check_scope(scope)
+    ttl_ms = ttl_seconds * 1000 if ttl_seconds else config.default_ttl_ms
+    if not 0 < ttl_ms <= config.max_ttl_ms:
+        raise invalid("ttl_seconds", f"must be between 1 and {config.max_ttl_ms // 1000}")
+    wallet = get_wallet(tx, principal, "")
+    require_spendable(wallet)
+    if scope["worker_id"] and tx.get("workers", scope["worker_id"]) is None:
+        raise not_found("worker", scope["worker_id"])
+    authorization_id = "auth_" + secrets.token_hex(12)
+    expire_ms = now + ttl_ms
+    held = ledger.hold(tx, wallet["wallet_id"], ledger.ESCROW_ACCOUNT, amount, "hold", now,
+                       timeout_ms=expire_ms, user_data={"authorization_id": authorization_id})
+    # The voucher id is independent of the authorization id: workers cannot link them.
+    voucher_id = "vch_" + secrets.token_hex(12)
+    seq = ledger.next_seq(tx, "authorization_seq")
+    auth = {"authorization_id": authorization_id, "wallet_id": wallet["wallet_id"],
+            "owner_id": wallet["owner_id"], "amount": amount, "scope": scope, "state": HELD,
+            "hold_id": held["transfer_id"], "voucher_id": voucher_id, "voucher_key_id": key_id,
+            "expire_ms": expire_ms, "create_ms": now, "charged": 0, "receipt_id": "",
+            "session_id": "", "seq": seq}
+    tx.put("authorizations", authorization_id, auth)
+    tx.put("wallet_authorizations", f"{wallet['wallet_id']}/{seq:020d}",
+           {"authorization_id": authorization_id})
+    tx.put("vouchers", voucher_id, {"voucher_id": voucher_id, "authorization_id": authorization_id,
+                                    "session_id": "", "redeem_ms": 0})
+    journal.append(tx, "authorized", {"authorization_id": authorization_id,
+                                      "wallet_id": wallet["wallet_id"], "amount": amount,
+                                      "hold_id": held["transfer_id"],
+                                      "voucher_id": voucher_id}, now)
+    return auth
+
+
+def voucher_token(auth: Record, signer: vouchers.Signer) -> str:
+    """The authorization's voucher, signed by `signer` (the key named in the record)."""
+    assert signer.key_id == auth["voucher_key_id"], "sign with the key the record names"
+    return vouchers.issue(signer, vouchers.VoucherClaims(
+        voucher_id=auth["voucher_id"], amount=auth["amount"], scope=auth["scope"],
+        issued_ms=auth["create_ms"], expire_ms=auth["expire_ms"]))
+
+
+def get_authorization(tx: Tx, principal: Principal, authorization_id: str) -> Record:
+    auth = tx.get("authorizations", validate.ident(authorization_id, "authorization_id"))
+    if auth is None or not _visible(principal, auth):
+        raise not_found("authorization", authorization_id)
+    return auth
+
+
+def _visible(principal: Principal, auth: Record) -> bool:
+    if principal.role == "agent":
+        return auth["wallet_id"] == principal.wallet_id
+    return can_see_owner(principal, auth["owner_id"])
+
+
+def list_authorizations(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
+                        page_token: str) -> Record:
+    wallet = get_wallet(tx, principal, wallet_id)
+    size = validate.page_size(page_size)
+    before = pages.decode(page_token)
+    prefix = f"{wallet['wallet_id']}/"
+    if before and not before.startswith(prefix):
+        raise invalid("page_token", "belongs to another listing", "INVALID_PAGE_TOKEN")
+    rows = list(tx.scan("wallet_authorizations", prefix=prefix, stop=before or None,
+                        reverse=True, limit=size + 1))
+    auths = [tx.get("authorizations", row["authorization_id"]) for _, row in rows[:size]]
+    token = pages.encode(rows[size - 1][0]) if len(rows) > size else ""
+    return {"authorizations": auths, "next_page_token": token}
+
+
+def cancel(tx: Tx, principal: Principal, authorization_id: str, now: int) -> Record:
+    auth = get_authorization(tx, principal, authorization_id)
+    if auth["state"] != HELD:
+        raise precondition("AUTHORIZATION_NOT_CANCELLABLE",
+                           f"authorization is {auth['state']}; only a held, unredeemed "
+                           "authorization can be cancelled",
+                           authorization_id=authorization_id, state=auth["state"])
+    ledger.resolve(tx, auth["hold_id"], ledger.VOID_PENDING, now)
+    auth["state"] = CANCELLED
+    tx.put("authorizations", auth["authorization_id"], auth)
+    journal.append(tx, "authorization_cancelled",
+                   {"authorization_id": auth["authorization_id"]}, now)
+    return auth
+
+
+def get_receipt(tx: Tx, principal: Principal, authorization_id: str) -> Record:
+    auth = get_authorization(tx, principal, authorization_id)
+    if not auth["receipt_id"]:
+        raise BrokerError(Code.FAILED_PRECONDITION, "RECEIPT_NOT_READY",
+                          f"authorization is {auth['state']}; receipts exist once settled",
+                          {"authorization_id": authorization_id, "state": auth["state"]})
+    return tx.get("receipts", auth["receipt_id"])

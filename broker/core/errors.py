@@ -1,0 +1,54 @@
+"""Errors the core raises. The API layer maps them to gRPC status + ErrorInfo.
+
+Each error has a canonical code (named like gRPC's, but the core imports no gRPC)
+and a stable machine-readable reason. docs/errors.md lists every reason.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Code(enum.Enum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class BrokerError(Exception):
+    code: Code
+    reason: str
+    message: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    # (field path, description) pairs for google.rpc.BadRequest.
+    field_violations: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+def invalid(field_path: str, message: str, reason: str = "INVALID_ARGUMENT") -> BrokerError:
+    return BrokerError(Code.INVALID_ARGUMENT, reason, f"{field_path}: {message}",
+                       {"field": field_path}, [(field_path, message)])
+
+
+def not_found(kind: str, ident: str) -> BrokerError:
+    # The id is echoed back: ids are not secrets, and it helps the caller.
+    return BrokerError(Code.NOT_FOUND, f"{kind.upper()}_NOT_FOUND",
+                       f"{kind} {ident!r} not found", {kind: ident})
+
+
+def denied(message: str, reason: str = "PERMISSION_DENIED") -> BrokerError:
+    return BrokerError(Code.PERMISSION_DENIED, reason, message)
+
+
+def precondition(reason: str, message: str, **metadata: str) -> BrokerError:
+    return BrokerError(Code.FAILED_PRECONDITION, reason, message, dict(metadata))

@@ -1,0 +1,58 @@
+"""AIP-155 request ids: a retry with the same id gets the first answer again.
+
+The first successful answer is stored in the same atomic operation as the change
+it describes, so "done" and "remembered" can never disagree. The same id with
+different parameters is refused (REQUEST_ID_REUSED). Failed requests are not
+remembered: they changed nothing, so a retry simply runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from ..store.base import Record, Tx
+from .errors import BrokerError, Code, invalid
+from .journal import canonical
+
+KEEP_MS = 48 * 3600 * 1000  # DESIGN.md asks for at least 24 h.
+MAX_REQUEST_ID = 64
+
+
+def check_request_id(request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID or not request_id.isascii() or not request_id.isprintable():
+        raise invalid("request_id", f"must be at most {MAX_REQUEST_ID} printable ASCII characters")
+
+
+def run(tx: Tx, scope: str, request_id: str, fingerprint: str, now: int,
+        op: Callable[[], Record]) -> Record:
+    """Run `op` once per (scope, request_id); replays return the stored result."""
+    if not request_id:
+        return op()
+    check_request_id(request_id)
+    key = f"{scope}/{request_id}"
+    seen = tx.get("idempotency", key)
+    if seen is not None:
+        if seen["fingerprint"] != fingerprint:
+            raise BrokerError(Code.INVALID_ARGUMENT, "REQUEST_ID_REUSED",
+                              "request_id was already used with different parameters",
+                              {"request_id": request_id})
+        return seen["result"]
+    result = op()
+    tx.put("idempotency", key, {"fingerprint": fingerprint, "result": result, "time_ms": now})
+    tx.put("idempotency_expiry", f"{now:020d}/{key}", {})
+    return result
+
+
+def prune(tx: Tx, now: int, limit: int = 1000) -> int:
+    stop = f"{now - KEEP_MS:020d}"
+    rows = list(tx.scan("idempotency_expiry", stop=stop, limit=limit))
+    for index_key, _ in rows:
+        tx.delete("idempotency", index_key.split("/", 1)[1])
+        tx.delete("idempotency_expiry", index_key)
+    return len(rows)
+
+
+def fingerprint_of(value: Any) -> str:
+    return hashlib.sha256(canonical(value)).hexdigest()

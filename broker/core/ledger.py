@@ -1,0 +1,213 @@
+"""Double-entry ledger with two-phase transfers, after TigerBeetle.
+
+Accounts keep debits_pending, debits_posted, credits_pending, credits_posted.
+Transfers are immutable records. A pending transfer (a hold) reserves funds and
+resolves exactly once: post (any amount up to the hold; the rest is released in
+the same step), void, or expire. The resolution is recorded in `hold_states`.
+
+All functions take a `Tx` and raise BrokerError before writing anything, so a
+rejected transfer changes nothing even outside a BufferedTx.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from ..store.base import Record, Tx
+from .errors import BrokerError, Code, precondition
+from .money import MAX_AMOUNT
+
+# Platform-wide accounts, created once by `ensure_platform_accounts`.
+FUNDING_ACCOUNT = "platform:funding"  # the outside world: money in (may go negative)
+ESCROW_ACCOUNT = "platform:escrow"  # receives holds; passes settled money on
+FEE_ACCOUNT = "platform:fees"  # platform fees
+
+POSTED, PENDING = "posted", "pending"
+POST_PENDING, VOID_PENDING, EXPIRE_PENDING = "post_pending", "void_pending", "expire_pending"
+RESOLUTION_STATE = {POST_PENDING: "posted", VOID_PENDING: "voided", EXPIRE_PENDING: "expired"}
+
+
+def new_account(account_id: str, kind: str, now: int, *, no_overdraft: bool,
+                owner_id: str = "", max_balance: int = 0) -> Record:
+    return {
+        "account_id": account_id, "kind": kind, "owner_id": owner_id,
+        # Debits may never exceed posted credits (checked when a hold or transfer is created).
+        "no_overdraft": no_overdraft,
+        # Most the posted balance may reach through credits; 0 = unlimited.
+        "max_balance": max_balance,
+        "debits_pending": 0, "debits_posted": 0, "credits_pending": 0, "credits_posted": 0,
+        "create_ms": now,
+    }
+
+
+def create_account(tx: Tx, account: Record) -> Record:
+    if tx.get("accounts", account["account_id"]) is not None:
+        raise BrokerError(Code.ALREADY_EXISTS, "ACCOUNT_EXISTS",
+                          f"account {account['account_id']!r} already exists")
+    tx.put("accounts", account["account_id"], account)
+    return account
+
+
+def ensure_platform_accounts(tx: Tx, now: int) -> None:
+    for account_id, kind in ((FUNDING_ACCOUNT, "funding"), (ESCROW_ACCOUNT, "escrow"),
+                             (FEE_ACCOUNT, "fees")):
+        if tx.get("accounts", account_id) is None:
+            tx.put("accounts", account_id, new_account(account_id, kind, now, no_overdraft=False))
+
+
+def get_account(tx: Tx, account_id: str) -> Record:
+    account = tx.get("accounts", account_id)
+    if account is None:
+        raise BrokerError(Code.NOT_FOUND, "ACCOUNT_NOT_FOUND",
+                          f"account {account_id!r} not found", {"account": account_id})
+    return account
+
+
+def balance(account: Record) -> dict[str, int]:
+    posted = account["credits_posted"] - account["debits_posted"]
+    pending = account["debits_pending"]
+    return {"posted": posted, "pending": pending, "available": posted - pending}
+
+
+def _check_amount(amount: int) -> None:
+    if not isinstance(amount, int) or amount <= 0 or amount > MAX_AMOUNT:
+        raise BrokerError(Code.INVALID_ARGUMENT, "INVALID_AMOUNT",
+                          f"transfer amount must be between 1 and {MAX_AMOUNT}")
+
+
+def _check_debit(debit: Record, amount: int) -> None:
+    if debit["no_overdraft"]:
+        spent = debit["debits_pending"] + debit["debits_posted"] + amount
+        if spent > debit["credits_posted"]:
+            available = balance(debit)["available"]
+            raise BrokerError(
+                Code.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS",
+                f"account {debit['account_id']} has {available} available, {amount} needed",
+                {"account": debit["account_id"], "available": str(available),
+                 "requested": str(amount)})
+
+
+def _check_credit(credit: Record, amount: int) -> None:
+    if credit["max_balance"]:
+        after = balance(credit)["posted"] + amount
+        if after > credit["max_balance"]:
+            raise BrokerError(
+                Code.FAILED_PRECONDITION, "WALLET_CAP_EXCEEDED",
+                f"account {credit['account_id']} would hold {after}, "
+                f"above its cap of {credit['max_balance']}",
+                {"account": credit["account_id"], "cap": str(credit["max_balance"])})
+
+
+def next_seq(tx: Tx, name: str) -> int:
+    counter = tx.get("meta", name) or {"value": 0}
+    counter["value"] += 1
+    tx.put("meta", name, counter)
+    return counter["value"]
+
+
+def _record(tx: Tx, transfer: Record) -> Record:
+    seq = next_seq(tx, "transfer_seq")
+    transfer["seq"] = seq
+    tx.put("transfers", transfer["transfer_id"], transfer)
+    for account_id in {transfer["debit_account_id"], transfer["credit_account_id"]}:
+        tx.put("account_transfers", f"{account_id}/{seq:020d}",
+               {"transfer_id": transfer["transfer_id"]})
+    return transfer
+
+
+def _new_transfer(kind: str, debit_id: str, credit_id: str, amount: int, code: str,
+                  now: int, **extra: Any) -> Record:
+    return {"transfer_id": "tr_" + secrets.token_hex(12), "kind": kind,
+            "debit_account_id": debit_id, "credit_account_id": credit_id,
+            "amount": amount, "code": code, "create_ms": now, "pending_id": "",
+            "timeout_ms": 0, "user_data": {}, **extra}
+
+
+def transfer(tx: Tx, debit_id: str, credit_id: str, amount: int, code: str, now: int,
+             user_data: dict[str, str] | None = None) -> Record:
+    """A posted transfer: funds move at once."""
+    _check_amount(amount)
+    debit, credit = get_account(tx, debit_id), get_account(tx, credit_id)
+    _check_debit(debit, amount)
+    _check_credit(credit, amount)
+    debit["debits_posted"] += amount
+    credit["credits_posted"] += amount
+    tx.put("accounts", debit_id, debit)
+    tx.put("accounts", credit_id, credit)
+    return _record(tx, _new_transfer(POSTED, debit_id, credit_id, amount, code, now,
+                                     user_data=user_data or {}))
+
+
+def hold(tx: Tx, debit_id: str, credit_id: str, amount: int, code: str, now: int,
+         timeout_ms: int, user_data: dict[str, str] | None = None) -> Record:
+    """A pending transfer reserving `amount` until `timeout_ms` (absolute, ms)."""
+    _check_amount(amount)
+    debit, credit = get_account(tx, debit_id), get_account(tx, credit_id)
+    _check_debit(debit, amount)
+    debit["debits_pending"] += amount
+    credit["credits_pending"] += amount
+    tx.put("accounts", debit_id, debit)
+    tx.put("accounts", credit_id, credit)
+    pending = _record(tx, _new_transfer(PENDING, debit_id, credit_id, amount, code, now,
+                                        timeout_ms=timeout_ms, user_data=user_data or {}))
+    tx.put("hold_states", pending["transfer_id"], {"state": "pending"})
+    tx.put("hold_expiry", f"{timeout_ms:020d}/{pending['transfer_id']}", {})
+    return pending
+
+
+def get_hold(tx: Tx, pending_id: str) -> tuple[Record, Record]:
+    pending = tx.get("transfers", pending_id)
+    if pending is None or pending["kind"] != PENDING:
+        raise BrokerError(Code.NOT_FOUND, "HOLD_NOT_FOUND", f"hold {pending_id!r} not found",
+                          {"hold": pending_id})
+    state = tx.get("hold_states", pending_id)
+    assert state is not None, "every pending transfer has a hold state"
+    return pending, state
+
+
+def resolve(tx: Tx, pending_id: str, kind: str, now: int, amount: int = 0) -> Record:
+    """Resolve a hold exactly once. `post_pending` posts `amount` (1..held) and
+    releases the rest; `void_pending` and `expire_pending` release everything."""
+    pending, state = get_hold(tx, pending_id)
+    if state["state"] != "pending":
+        raise precondition("HOLD_ALREADY_RESOLVED",
+                           f"hold {pending_id} was already {state['state']}", hold=pending_id)
+    held = pending["amount"]
+    if kind == POST_PENDING:
+        if not isinstance(amount, int) or not 0 < amount <= held:
+            raise BrokerError(Code.INVALID_ARGUMENT, "INVALID_AMOUNT",
+                              f"post amount must be between 1 and the held {held}")
+    else:
+        amount = 0
+    debit = get_account(tx, pending["debit_account_id"])
+    credit = get_account(tx, pending["credit_account_id"])
+    debit["debits_pending"] -= held
+    credit["credits_pending"] -= held
+    debit["debits_posted"] += amount
+    credit["credits_posted"] += amount
+    tx.put("accounts", debit["account_id"], debit)
+    tx.put("accounts", credit["account_id"], credit)
+    resolution = _record(tx, _new_transfer(
+        kind, pending["debit_account_id"], pending["credit_account_id"], amount,
+        pending["code"], now, pending_id=pending_id, released=held - amount))
+    tx.put("hold_states", pending_id, {
+        "state": RESOLUTION_STATE[kind], "resolved_by": resolution["transfer_id"],
+        "posted": amount, "released": held - amount, "resolve_ms": now})
+    tx.delete("hold_expiry", f"{pending['timeout_ms']:020d}/{pending_id}")
+    return resolution
+
+
+def due_holds(tx: Tx, now: int, limit: int = 1000) -> list[str]:
+    """Ids of pending holds whose timeout is at or before `now`, oldest first."""
+    stop = f"{now + 1:020d}"
+    return [key.split("/", 1)[1] for key, _ in tx.scan("hold_expiry", stop=stop, limit=limit)]
+
+
+def account_transfers(tx: Tx, account_id: str, *, before_seq: int | None = None,
+                      limit: int = 100) -> list[Record]:
+    """Transfers touching an account, newest first, optionally before a seq."""
+    stop = f"{account_id}/{before_seq:020d}" if before_seq else None
+    rows = tx.scan("account_transfers", prefix=f"{account_id}/", stop=stop, reverse=True,
+                   limit=limit)
+    return [tx.get("transfers", row["transfer_id"]) for _, row in rows]

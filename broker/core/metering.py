@@ -1,0 +1,188 @@
+"""Redemption, usage and settlement: the money side of a metering session.
+
+Redemption marks the voucher used in the same atomic operation that opens the
+session, so of any number of concurrent attempts exactly one wins. Settlement
+is one atomic operation of linked legs: post the used part of the hold (the rest
+is released), pay the provider less the platform fee, then refill the wallet.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+from ..store.base import Record, Tx
+from . import journal, ledger, session, validate, vouchers
+from .access import Principal
+from .authorizations import CANCELLED, EXPIRED, HELD, REDEEMED, SETTLED
+from .config import CoreConfig
+from .errors import BrokerError, Code, not_found, precondition
+from .money import prices_within, split_fee
+from .registry import get_own_worker, inactive
+from .wallets import refill
+
+FINISHED, STOPPED, HOLD_EXPIRED = "FINISHED", "STOPPED", "HOLD_EXPIRED"
+
+
+def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_id: str,
+           resource_class: str, model: str, now: int, config: CoreConfig) -> Record:
+    """Open a session for a verified voucher; exactly once per voucher."""
+    worker = get_own_worker(tx, principal, worker_id)
+    if not worker["active"]:
+        raise inactive(worker_id)
+    voucher = tx.get("vouchers", claims.voucher_id)
+    if voucher is None:
+        # Only possible with a validly signed voucher we never issued.
+        raise BrokerError(Code.PERMISSION_DENIED, "VOUCHER_UNKNOWN",
+                          "the voucher was not issued by this broker")
+    if voucher["session_id"]:
+        raise BrokerError(Code.FAILED_PRECONDITION, "VOUCHER_ALREADY_REDEEMED",
+                          "the voucher was already redeemed", {"voucher_id": claims.voucher_id})
+    auth = tx.get("authorizations", voucher["authorization_id"])
+    if auth["state"] == CANCELLED:
+        raise precondition("AUTHORIZATION_CANCELLED", "the authorization was cancelled",
+                           voucher_id=claims.voucher_id)
+    if auth["state"] == EXPIRED or now >= auth["expire_ms"]:
+        raise precondition("VOUCHER_EXPIRED", "voucher has expired", voucher_id=claims.voucher_id)
+    assert auth["state"] == HELD, "an unredeemed voucher's authorization is held"
+    _check_scope(claims.scope, worker, validate.ident(resource_class, "open.resource_class",
+                                                      required=False),
+                 validate.ident(model, "open.model", required=False))
+    new = session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id, worker,
+                              now, config.report_interval_ms)
+    tx.put("sessions", new["session_id"], new)
+    voucher.update(session_id=new["session_id"], redeem_ms=now)
+    tx.put("vouchers", claims.voucher_id, voucher)
+    auth.update(state=REDEEMED, session_id=new["session_id"])
+    tx.put("authorizations", auth["authorization_id"], auth)
+    journal.append(tx, "voucher_redeemed", {"voucher_id": claims.voucher_id,
+                                            "session_id": new["session_id"],
+                                            "worker_id": worker_id}, now)
+    return new
+
+
+def _check_scope(scope: Record, worker: Record, resource_class: str, model: str) -> None:
+    caps = worker["capabilities"]
+
+    def outside(what: str, detail: str) -> BrokerError:
+        return BrokerError(Code.PERMISSION_DENIED, "VOUCHER_SCOPE_MISMATCH",
+                           f"the voucher does not cover this {what}: {detail}", {"scope": what})
+
+    if scope.get("worker_id") and scope["worker_id"] != worker["worker_id"]:
+        raise outside("worker", "it is pinned to another worker")
+    wanted_class = scope.get("resource_class", "")
+    for value in (resource_class, caps["resource_class"]):
+        if wanted_class and value and value != wanted_class:
+            raise outside("resource class", f"{value!r} is not {wanted_class!r}")
+    wanted_model = scope.get("model", "")
+    if wanted_model and model and model != wanted_model:
+        raise outside("model", f"{model!r} is not {wanted_model!r}")
+    if wanted_model and wanted_model not in caps["models"]:
+        raise outside("model", f"the worker does not serve {wanted_model!r}")
+    above = prices_within(worker["prices"], scope.get("max_prices", {}))
+    if above:
+        raise BrokerError(Code.PERMISSION_DENIED, "PRICE_ABOVE_SCOPE",
+                          f"the worker's {', '.join(above)} exceeds the voucher's cap",
+                          {"prices": ",".join(above)})
+
+
+def get_own_session(tx: Tx, principal: Principal, session_id: str, worker_id: str) -> Record:
+    found = tx.get("sessions", validate.ident(session_id, "session_id"))
+    if found is None or found["provider_id"] != principal.provider_id or \
+            (worker_id and found["worker_id"] != worker_id):
+        raise not_found("session", session_id)
+    return found
+
+
+def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage: Record,
+                 now: int) -> session.UsageDecision:
+    current = get_own_session(tx, principal, session_id, "")
+    decision = session.on_usage(current, seq, usage, now)
+    if decision.session is not current:
+        tx.put("sessions", session_id, decision.session)
+        if decision.stop_reason:
+            journal.append(tx, "session_stopped", {"session_id": session_id,
+                                                   "reason": decision.stop_reason,
+                                                   "charged": decision.charged}, now)
+    return decision
+
+
+def finish(tx: Tx, principal: Principal, session_id: str, usage: Record, now: int,
+           config: CoreConfig, signer: vouchers.Signer) -> Record:
+    current = get_own_session(tx, principal, session_id, "")
+    session.require_open(current)
+    if now >= current["expire_ms"]:
+        # Too late: the hold timed out, so only acknowledged usage counts.
+        return settle(tx, current, HOLD_EXPIRED, now, config, signer)
+    final = session.on_finish(current, usage)
+    return settle(tx, final, STOPPED if current["stop_reason"] else FINISHED, now, config,
+                  signer)
+
+
+def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
+           signer: vouchers.Signer) -> Record:
+    """Settle atomically; returns the receipt."""
+    auth = tx.get("authorizations", ses["authorization_id"])
+    charged = ses["charged"]
+    payout, fee = split_fee(charged, config.fee_bps)
+    if charged:
+        ledger.resolve(tx, auth["hold_id"], ledger.POST_PENDING, now, amount=charged)
+    else:
+        ledger.resolve(tx, auth["hold_id"], ledger.VOID_PENDING, now)
+    legs = {"authorization_id": auth["authorization_id"]}
+    if payout:
+        provider = tx.get("providers", ses["provider_id"])
+        ledger.transfer(tx, ledger.ESCROW_ACCOUNT, provider["payout_account_id"], payout,
+                        "payout", now, legs)
+    if fee:
+        ledger.transfer(tx, ledger.ESCROW_ACCOUNT, ledger.FEE_ACCOUNT, fee, "platform_fee", now,
+                        legs)
+    receipt = sign_receipt(signer, {
+        "receipt_id": "rcpt_" + secrets.token_hex(12),
+        "authorization_id": auth["authorization_id"], "session_id": ses["session_id"],
+        "held": auth["amount"], "charged": charged, "worker_payout": payout,
+        "platform_fee": fee, "released": auth["amount"] - charged, "usage": ses["usage"],
+        "prices": ses["prices"], "outcome": outcome, "settle_ms": now})
+    tx.put("receipts", receipt["receipt_id"], receipt)
+    tx.put("sessions", ses["session_id"],
+           {**ses, "state": session.SETTLED, "receipt_id": receipt["receipt_id"]})
+    auth.update(state=SETTLED, charged=charged, receipt_id=receipt["receipt_id"])
+    tx.put("authorizations", auth["authorization_id"], auth)
+    journal.append(tx, "session_settled", {
+        "session_id": ses["session_id"], "authorization_id": auth["authorization_id"],
+        "charged": charged, "payout": payout, "fee": fee, "outcome": outcome,
+        "receipt_id": receipt["receipt_id"]}, now)
+    refill(tx, tx.get("wallets", auth["wallet_id"]), now)
+    return receipt
+
+
+RECEIPT_SIGNED_FIELDS = ("receipt_id", "authorization_id", "session_id", "held", "charged",
+                         "worker_payout", "platform_fee", "released", "usage", "prices",
+                         "outcome", "settle_ms")
+
+
+def sign_receipt(signer: vouchers.Signer, fields: Record) -> Record:
+    payload = journal.canonical({k: fields[k] for k in RECEIPT_SIGNED_FIELDS})
+    return {**fields, "key_id": signer.key_id,
+            "signed_payload": base64.b64encode(payload).decode(),
+            "signature": base64.b64encode(signer.sign(payload)).decode()}
+
+
+def expire_due(tx: Tx, now: int, config: CoreConfig, signer: vouchers.Signer,
+               limit: int = 500) -> int:
+    """Resolve every hold whose timeout has passed (also those that passed while the
+    broker was down): unredeemed holds are released; holds of sessions whose worker
+    never finished are settled on the last acknowledged usage."""
+    due = ledger.due_holds(tx, now, limit)
+    for hold_id in due:
+        pending, _ = ledger.get_hold(tx, hold_id)
+        auth = tx.get("authorizations", pending["user_data"]["authorization_id"])
+        if auth["state"] == REDEEMED:
+            settle(tx, tx.get("sessions", auth["session_id"]), HOLD_EXPIRED, now, config, signer)
+        else:
+            ledger.resolve(tx, hold_id, ledger.EXPIRE_PENDING, now)
+            auth["state"] = EXPIRED
+            tx.put("authorizations", auth["authorization_id"], auth)
+            journal.append(tx, "authorization_expired",
+                           {"authorization_id": auth["authorization_id"]}, now)
+    return len(due)

@@ -1,0 +1,123 @@
+"""Worker registry: who can run what at which prices, and who is live right now.
+
+Registrations are durable; liveness is not (after a restart workers are live
+again with their next heartbeat), so `Liveness` is a plain in-memory table.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from ..store.base import Record, Tx
+from . import journal, validate
+from .access import Principal
+from .errors import BrokerError, invalid, not_found, precondition
+from .money import check_prices
+
+MAX_MODELS = 64
+
+
+def check_capabilities(caps: Record) -> Record:
+    models = list(caps.get("models", []))
+    if len(models) > MAX_MODELS:
+        raise invalid("capabilities.models", f"at most {MAX_MODELS} models")
+    for i, model in enumerate(models):
+        validate.ident(model, f"capabilities.models[{i}]")
+    memory = caps.get("gpu_memory_bytes", 0)
+    if memory < 0:
+        raise invalid("capabilities.gpu_memory_bytes", "must not be negative")
+    return {"resource_class": validate.ident(caps.get("resource_class", ""),
+                                             "capabilities.resource_class"),
+            "gpu_name": validate.name(caps.get("gpu_name", ""), "capabilities.gpu_name"),
+            "gpu_memory_bytes": memory, "models": models,
+            "meter": validate.ident(caps.get("meter", ""), "capabilities.meter",
+                                    required=False)}
+
+
+def check_endpoint(endpoint: str) -> str:
+    validate.ident(endpoint, "endpoint")
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise invalid("endpoint", "must be host:port")
+    return endpoint
+
+
+def register(tx: Tx, principal: Principal, worker_id: str, endpoint: str, capabilities: Record,
+             prices: Record, now: int) -> Record:
+    endpoint = check_endpoint(endpoint)
+    capabilities = check_capabilities(capabilities)
+    prices = check_prices(prices, "prices")
+    if worker_id:
+        existing = get_own_worker(tx, principal, worker_id)
+        create_ms = existing["create_ms"]
+    else:
+        worker_id, create_ms = "wrk_" + secrets.token_hex(8), now
+    worker = {"worker_id": worker_id, "provider_id": principal.provider_id, "endpoint": endpoint,
+              "capabilities": capabilities, "prices": prices, "active": True,
+              "create_ms": create_ms, "update_ms": now}
+    tx.put("workers", worker_id, worker)
+    journal.append(tx, "worker_registered", {"worker_id": worker_id, "prices": prices,
+                                             "provider_id": principal.provider_id}, now)
+    return worker
+
+
+def get_own_worker(tx: Tx, principal: Principal, worker_id: str) -> Record:
+    worker = tx.get("workers", validate.ident(worker_id, "worker_id"))
+    if worker is None or worker["provider_id"] != principal.provider_id:
+        raise not_found("worker", worker_id)
+    return worker
+
+
+def inactive(worker_id: str) -> BrokerError:
+    return precondition("WORKER_NOT_ACTIVE", "the worker is deregistered; register again",
+                        worker_id=worker_id)
+
+
+def deregister(tx: Tx, principal: Principal, worker_id: str, now: int) -> Record:
+    worker = get_own_worker(tx, principal, worker_id)
+    if worker["active"]:
+        worker["active"] = False
+        tx.put("workers", worker_id, worker)
+        journal.append(tx, "worker_deregistered", {"worker_id": worker_id}, now)
+    return worker
+
+
+@dataclass
+class Liveness:
+    """Lease per worker: live until `lease_ms` after its last heartbeat."""
+
+    lease_ms: int
+    _expiry: dict[str, int] = field(default_factory=dict)
+
+    def beat(self, worker_id: str, now: int) -> int:
+        self._expiry[worker_id] = now + self.lease_ms
+        return self._expiry[worker_id]
+
+    def drop(self, worker_id: str) -> None:
+        self._expiry.pop(worker_id, None)
+
+    def is_live(self, worker_id: str, now: int) -> bool:
+        return self._expiry.get(worker_id, 0) > now
+
+    def live_ids(self, now: int) -> list[str]:
+        for worker_id in [w for w, until in self._expiry.items() if until <= now]:
+            del self._expiry[worker_id]
+        return list(self._expiry)
+
+
+def offers(tx: Tx, liveness: Liveness, now: int, resource_class: str, model: str) -> list[Record]:
+    validate.ident(resource_class, "resource_class", required=False)
+    validate.ident(model, "model", required=False)
+    found = []
+    for worker_id in liveness.live_ids(now):
+        worker = tx.get("workers", worker_id)
+        if worker is None or not worker["active"]:
+            continue
+        caps = worker["capabilities"]
+        if resource_class and caps["resource_class"] != resource_class:
+            continue
+        if model and model not in caps["models"]:
+            continue
+        found.append(worker)
+    return sorted(found, key=lambda w: (w["prices"]["gpu_second_price"], w["worker_id"]))

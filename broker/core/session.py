@@ -1,0 +1,100 @@
+"""The metering session as a pure state machine: usage in, decision out.
+
+    open --usage--> open --usage (next interval would not fit)--> stopped
+      \\______________ finish / hold timeout ______________/--> settled
+
+Charges are computed from cumulative usage and capped at the budget (the hold),
+so a charge never exceeds its hold. STOP is decided one reporting interval
+ahead: when the charge rate seen so far, or one interval of GPU time at the
+session's price, would not fit in what remains, or when the hold would expire
+before the next report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..store.base import Record
+from .errors import BrokerError, Code, precondition
+from .money import USAGE_FIELDS, charge_for, check_usage
+
+OPEN, SETTLED = "open", "settled"
+BUDGET_EXHAUSTED, HOLD_EXPIRING = "budget_exhausted", "hold_expiring"
+
+
+@dataclass(frozen=True)
+class UsageDecision:
+    session: Record  # the updated session record
+    charged: int
+    remaining: int
+    stop_reason: str = ""  # "" = keep going
+
+
+def new_session(session_id: str, authorization: Record, voucher_id: str, worker: Record,
+                now: int, report_interval_ms: int) -> Record:
+    return {"session_id": session_id, "authorization_id": authorization["authorization_id"],
+            "voucher_id": voucher_id, "worker_id": worker["worker_id"],
+            "provider_id": worker["provider_id"], "budget": authorization["amount"],
+            "prices": dict(worker["prices"]), "usage": dict.fromkeys(USAGE_FIELDS, 0),
+            "last_seq": 0, "charged": 0, "stop_reason": "", "state": OPEN,
+            "open_ms": now, "last_report_ms": now, "expire_ms": authorization["expire_ms"],
+            "report_interval_ms": report_interval_ms, "receipt_id": ""}
+
+
+def require_open(session: Record) -> None:
+    if session["state"] != OPEN:
+        raise precondition("SESSION_ALREADY_SETTLED", "the session is already settled",
+                           session_id=session["session_id"], receipt_id=session["receipt_id"])
+
+
+def _check_monotonic(previous: Record, usage: Record) -> None:
+    for name in USAGE_FIELDS:
+        if usage[name] < previous[name]:
+            raise BrokerError(Code.INVALID_ARGUMENT, "USAGE_NOT_MONOTONIC",
+                              f"usage.{name} went backwards ({usage[name]} < {previous[name]}); "
+                              "reports are cumulative",
+                              {"field": f"usage.{name}"}, [(f"usage.{name}", "went backwards")])
+
+
+def capped_charge(session: Record, usage: Record) -> int:
+    return min(charge_for(usage, session["prices"]), session["budget"])
+
+
+def on_usage(session: Record, seq: int, usage: Record, now: int) -> UsageDecision:
+    """Acknowledge one cumulative usage report (or refuse it, changing nothing)."""
+    require_open(session)
+    usage = check_usage(usage, "usage")
+    if session["stop_reason"]:
+        raise precondition("USAGE_AFTER_STOP", "the broker sent STOP; send finish instead",
+                           session_id=session["session_id"])
+    if seq == session["last_seq"] and usage == session["usage"]:
+        # A retransmission of the last report (e.g. after a reconnect): same answer.
+        return UsageDecision(session, session["charged"], session["budget"] - session["charged"])
+    if seq != session["last_seq"] + 1:
+        raise BrokerError(Code.INVALID_ARGUMENT, "USAGE_OUT_OF_ORDER",
+                          f"expected report seq {session['last_seq'] + 1}, got {seq}",
+                          {"expected_seq": str(session["last_seq"] + 1)},
+                          [("usage.seq", "must be the previous seq plus one")])
+    _check_monotonic(session["usage"], usage)
+    charged = capped_charge(session, usage)
+    budget, interval = session["budget"], session["report_interval_ms"]
+    elapsed = max(1, now - session["last_report_ms"])
+    rate_projection = -(-(charged - session["charged"]) * interval // elapsed)
+    time_projection = -(-interval * session["prices"]["gpu_second_price"] // 1000)
+    stop = ""
+    if charge_for(usage, session["prices"]) >= budget or \
+            charged + max(rate_projection, time_projection) > budget:
+        stop = BUDGET_EXHAUSTED
+    elif now + interval >= session["expire_ms"]:
+        stop = HOLD_EXPIRING
+    updated = {**session, "usage": usage, "last_seq": seq, "charged": charged,
+               "last_report_ms": now, "stop_reason": stop}
+    return UsageDecision(updated, charged, budget - charged, stop)
+
+
+def on_finish(session: Record, usage: Record) -> Record:
+    """The session with its final usage and charge, ready to settle."""
+    require_open(session)
+    usage = check_usage(usage, "usage")
+    _check_monotonic(session["usage"], usage)
+    return {**session, "usage": usage, "charged": capped_charge(session, usage)}

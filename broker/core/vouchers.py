@@ -1,0 +1,113 @@
+"""Vouchers: versioned, signed, scoped, single-use spend tokens.
+
+Format (ASCII, no padding):  v1.<key id>.<base64url claims JSON>.<base64url Ed25519 signature>
+The signature covers the bytes "v1.<key id>.<claims b64>", so the version and key
+id are authenticated too. Claims name no agent, wallet or owner:
+
+    {"vid": voucher id, "amt": micro-credits, "scope": {...}, "iat": ms, "exp": ms}
+
+Single use is enforced by the broker at redemption (see metering.redeem), not here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from .errors import BrokerError, Code
+from .journal import canonical
+
+VERSION = "v1"
+MAX_TOKEN_LENGTH = 4096
+
+
+def b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class Signer:
+    """The broker's active Ed25519 key."""
+
+    key_id: str
+    signing_key: SigningKey
+
+    def sign(self, message: bytes) -> bytes:
+        return self.signing_key.sign(message).signature
+
+
+@dataclass(frozen=True)
+class VoucherClaims:
+    voucher_id: str
+    amount: int
+    scope: dict[str, Any]
+    issued_ms: int
+    expire_ms: int
+    key_id: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vid": self.voucher_id, "amt": self.amount, "scope": compact(self.scope),
+                "iat": self.issued_ms, "exp": self.expire_ms}
+
+
+def compact(value: Any) -> Any:
+    """Drop empty and zero entries: an absent scope field means "no restriction"."""
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items() if v and compact(v)}
+    return value
+
+
+def issue(signer: Signer, claims: VoucherClaims) -> str:
+    head = f"{VERSION}.{signer.key_id}.{b64e(canonical(claims.to_json()))}"
+    return f"{head}.{b64e(signer.sign(head.encode()))}"
+
+
+def _malformed(why: str) -> BrokerError:
+    return BrokerError(Code.INVALID_ARGUMENT, "VOUCHER_MALFORMED", f"voucher is malformed: {why}")
+
+
+def verify(token: str, keys: dict[str, VerifyKey], now: int) -> VoucherClaims:
+    """Check format, key, signature and expiry; return the claims. Never echoes the token."""
+    if not isinstance(token, str) or not token:
+        raise _malformed("empty")
+    if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+        raise _malformed("too long or not ASCII")
+    parts = token.split(".")
+    if len(parts) != 4:
+        raise _malformed("expected 4 dot-separated parts")
+    version, key_id, claims_b64, sig_b64 = parts
+    if version != VERSION:
+        raise BrokerError(Code.INVALID_ARGUMENT, "VOUCHER_VERSION_UNSUPPORTED",
+                          f"voucher version {version[:16]!r} is not supported")
+    key = keys.get(key_id)
+    if key is None:
+        raise BrokerError(Code.PERMISSION_DENIED, "VOUCHER_UNKNOWN_KEY",
+                          "voucher is signed with an unknown key", {"key_id": key_id[:64]})
+    try:
+        signature = b64d(sig_b64)
+        key.verify(f"{version}.{key_id}.{claims_b64}".encode(), signature)
+    except (BadSignatureError, binascii.Error, ValueError):
+        raise BrokerError(Code.PERMISSION_DENIED, "VOUCHER_INVALID_SIGNATURE",
+                          "voucher signature does not verify") from None
+    try:
+        raw = json.loads(b64d(claims_b64))
+        claims = VoucherClaims(voucher_id=str(raw["vid"]), amount=int(raw["amt"]),
+                               scope=dict(raw["scope"]), issued_ms=int(raw["iat"]),
+                               expire_ms=int(raw["exp"]), key_id=key_id)
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        # Only reachable with a validly signed but malformed payload: our own bug or a leaked key.
+        raise _malformed("claims are not valid") from None
+    if now >= claims.expire_ms:
+        raise BrokerError(Code.FAILED_PRECONDITION, "VOUCHER_EXPIRED", "voucher has expired",
+                          {"voucher_id": claims.voucher_id})
+    return claims

@@ -1,0 +1,165 @@
+"""The broker process: gRPC server, reflection, health, expiry sweeps, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .api.admin import AdminServicer
+from .api.authorization import AuthorizationServicer
+from .api.base import Services
+from .api.metering import MeteringServicer
+from .api.registry import WorkerRegistryServicer
+from .api.voucher_keys import VoucherKeyServicer
+from .api.wallet import WalletServicer
+from .core import idempotency, ledger, metering
+from .core.config import CoreConfig
+from .core.registry import Liveness
+from .datadir import DataDir
+from .keyring import Keyring
+from .store.base import Store
+from .v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    authorization_service_pb2,
+    authorization_service_pb2_grpc,
+    metering_service_pb2,
+    metering_service_pb2_grpc,
+    voucher_key_service_pb2,
+    voucher_key_service_pb2_grpc,
+    wallet_service_pb2,
+    wallet_service_pb2_grpc,
+    worker_registry_service_pb2,
+    worker_registry_service_pb2_grpc,
+)
+
+log = logging.getLogger("broker")
+
+# Requests are small; anything bigger is refused by gRPC with RESOURCE_EXHAUSTED.
+MAX_MESSAGE_BYTES = 64 * 1024
+SWEEP_INTERVAL_S = 0.5
+
+SERVICES = (
+    (admin_service_pb2, "AdminService", admin_service_pb2_grpc, AdminServicer),
+    (authorization_service_pb2, "AuthorizationService", authorization_service_pb2_grpc,
+     AuthorizationServicer),
+    (metering_service_pb2, "MeteringService", metering_service_pb2_grpc, MeteringServicer),
+    (voucher_key_service_pb2, "VoucherKeyService", voucher_key_service_pb2_grpc,
+     VoucherKeyServicer),
+    (wallet_service_pb2, "WalletService", wallet_service_pb2_grpc, WalletServicer),
+    (worker_registry_service_pb2, "WorkerRegistryService", worker_registry_service_pb2_grpc,
+     WorkerRegistryServicer),
+)
+
+
+class PortInUse(Exception):
+    pass
+
+
+@dataclass
+class BrokerSettings:
+    listen: str = "127.0.0.1:50051"
+    shutdown_grace_s: float = 5.0
+
+
+def expire_holds(services: Services) -> int:
+    """Resolve every hold that is due (blocking; for start-up)."""
+    total = 0
+    while True:
+        done = services.store.submit_sync(lambda tx: metering.expire_due(
+            tx, services.clock(), services.config, services.keyring.signer))
+        total += done
+        if not done:
+            return total
+
+
+class Broker:
+    def __init__(self, store: Store, keyring: Keyring, config: CoreConfig,
+                 settings: BrokerSettings):
+        self.services = Services(store=store, keyring=keyring, config=config,
+                                 liveness=Liveness(config.worker_lease_ms))
+        self.settings = settings
+        self.health: health.aio.HealthServicer | None = None
+        self.server: grpc.aio.Server | None = None
+        self._sweeper: asyncio.Task | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        store = self.services.store
+        store.submit_sync(lambda tx: ledger.ensure_platform_accounts(tx, self.services.clock()))
+        released = expire_holds(self.services)
+        if released:
+            log.info("resolved %d holds that timed out while the broker was down", released)
+        self.server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", 0),  # a second broker on the same port must fail to bind
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ])
+        names = []
+        for pb2, service, pb2_grpc, servicer in SERVICES:
+            getattr(pb2_grpc, f"add_{service}Servicer_to_server")(servicer(self.services),
+                                                                  self.server)
+            names.append(pb2.DESCRIPTOR.services_by_name[service].full_name)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                  reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, self.server)
+        try:
+            self.port = self.server.add_insecure_port(self.settings.listen)
+        except RuntimeError as error:
+            raise PortInUse(f"cannot listen on {self.settings.listen}: {error}") from None
+        if not self.port:
+            raise PortInUse(f"cannot listen on {self.settings.listen} (in use?)")
+        await self.server.start()
+        for name in ("", *names[:-1]):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._sweeper = asyncio.create_task(self._sweep())
+        log.info("broker listening on %s", self.settings.listen)
+
+    async def _sweep(self) -> None:
+        s = self.services
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                await s.store.submit(lambda tx: metering.expire_due(
+                    tx, s.clock(), s.config, s.keyring.signer))
+                await s.store.submit(lambda tx: idempotency.prune(tx, s.clock()))
+            except Exception:
+                log.exception("expiry sweep failed; retrying")
+
+    async def stop(self) -> None:
+        """Graceful: NOT_SERVING, refuse new work, let calls finish, flush the writer."""
+        self.services.draining = True
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.server is not None:
+            await self.server.stop(self.settings.shutdown_grace_s)
+        self.services.store.close()
+
+
+async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
+                on_ready=None) -> None:
+    store = data_dir.open_store()
+    try:
+        broker = Broker(store, Keyring(data_dir.voucher_keys), config, settings)
+        await broker.start()
+    except BaseException:
+        store.close()
+        raise
+    if on_ready is not None:
+        on_ready(broker)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await broker.stop()

@@ -1,0 +1,61 @@
+"""Layout of a broker data directory and the one-time `broker init`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .clock import now_ms
+from .core import ledger, tenancy
+from .keyring import Keyring
+from .store import LmdbStore
+
+
+@dataclass(frozen=True)
+class DataDir:
+    root: Path
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger"
+
+    @property
+    def voucher_keys(self) -> Path:
+        return self.root / "keys" / "voucher"
+
+    @property
+    def demo_credentials(self) -> Path:
+        return self.root / "demo-credentials.json"
+
+    def is_initialised(self) -> bool:
+        return (self.voucher_keys / "ACTIVE").exists()
+
+    def open_store(self, *, durable: bool = True) -> LmdbStore:
+        return LmdbStore(self.ledger, durable=durable)
+
+
+class AlreadyInitialised(Exception):
+    pass
+
+
+def init(data_dir: DataDir) -> tuple[str, str]:
+    """Create the directory, the voucher signing key, the platform accounts and an
+    admin key. Returns (key id of the signing key, admin API key secret)."""
+    if data_dir.is_initialised():
+        raise AlreadyInitialised(f"{data_dir.root} is already initialised")
+    data_dir.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir.root, 0o700)
+    store = data_dir.open_store()  # takes the directory lock first
+    try:
+        key_id = Keyring.create(data_dir.voucher_keys)
+
+        def bootstrap(tx):
+            now = now_ms()
+            ledger.ensure_platform_accounts(tx, now)
+            return tenancy.create_api_key(tx, "admin", now, description="created by broker init")
+
+        admin = store.submit_sync(bootstrap)
+    finally:
+        store.close()
+    return key_id, admin["api_key"]

@@ -1,0 +1,100 @@
+"""The narrow storage interface the broker core runs on.
+
+The core never sees LMDB (or, later, PostgreSQL): it reads and writes JSON-able
+dicts in named tables through a `Tx`. One operation = one function `op(tx)`;
+the store runs it atomically and durably, or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+Record = dict[str, Any]
+
+# Every table the broker uses. Keys are str; values are JSON-able dicts.
+TABLES = (
+    "meta",          # singletons: journal head, schema version, ...
+    "accounts",      # ledger accounts
+    "transfers",     # immutable ledger transfers
+    "account_transfers",  # index: "<account_id>/<seq:020d>" -> {"transfer_id": ...}
+    "hold_expiry",   # index: "<expire_ms:020d>/<transfer_id>" -> {}
+    "hold_states",   # "<pending transfer id>" -> how and when the hold resolved
+    "journal",       # hash-chained journal: "<seq:020d>" -> entry
+    "idempotency",   # "<scope>/<request_id>" -> stored first answer
+    "idempotency_expiry",  # index: "<time_ms:020d>/<scope>/<request_id>" -> {}
+    "owners",
+    "providers",
+    "wallets",
+    "owner_wallets",  # index: "<owner_id>/<wallet_id>" -> {}
+    "api_keys",      # "<key_id>" -> key record (hash of the secret, role, bindings)
+    "api_key_hashes",  # "<sha256 hex of secret>" -> {"key_id": ...}
+    "authorizations",
+    "wallet_authorizations",  # index: "<wallet_id>/<seq:020d>" -> {"authorization_id": ...}
+    "vouchers",      # "<voucher_id>" -> {"authorization_id", "redeemed_session_id", ...}
+    "sessions",      # metering sessions
+    "receipts",
+    "workers",
+)
+
+
+class Tx(Protocol):
+    """A view of the store inside one atomic operation (or one read snapshot).
+
+    Every store behaves alike: `table` must be one of TABLES (else ValueError);
+    keys are str of 1..511 utf-8 bytes (else ValueError/TypeError); values are
+    dicts that survive JSON (else TypeError/ValueError), and what is read back is
+    the JSON round trip (tuples come back as lists). Keys sort by code point,
+    which is utf-8 byte order.
+    """
+
+    def get(self, table: str, key: str) -> Record | None:
+        """The record under `key`, or None. A fresh copy: mutating it changes
+        nothing in the store."""
+
+    def put(self, table: str, key: str, value: Record) -> None:
+        """Insert or replace. `value` is copied (encoded) now, so a bad value
+        fails here and later mutation of it changes nothing. Raises ReadOnlyError
+        on a read-only Tx."""
+
+    def delete(self, table: str, key: str) -> None:
+        """Remove `key` if present. Raises ReadOnlyError on a read-only Tx."""
+
+    def scan(
+        self,
+        table: str,
+        prefix: str = "",
+        *,
+        start: str | None = None,
+        stop: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[str, Record]]:
+        """(key, record) pairs in key order (or reverse) whose key starts with
+        `prefix`, restricted to start <= key < stop when given, at most `limit`.
+
+        Lazy, but the result is the state when `scan` was called: the op may put
+        and delete while iterating (e.g. delete each expired hold it visits).
+        Consume it inside the op or read function: it ends with them."""
+
+
+class Store(Protocol):
+    """Durable, atomic execution of operations."""
+
+    async def submit(self, op: Callable[[Tx], T]) -> T:
+        """Run `op` in the single writer, atomically. Returns after the change is
+        durable (fsync). If `op` raises, none of its writes happen and the
+        exception propagates to the caller; other operations are unaffected.
+        Ops run one at a time in submission order. Cancelling the caller does not
+        cancel an op already submitted: it may still commit."""
+
+    def submit_sync(self, op: Callable[[Tx], T]) -> T:
+        """Blocking form of `submit`, for CLIs and start-up work."""
+
+    def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` on a consistent read-only snapshot; never waits for the writer."""
+
+    def close(self) -> None:
+        """Drain pending operations, commit, and release the data directory."""

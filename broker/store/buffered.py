@@ -1,0 +1,197 @@
+"""Tx building blocks shared by every store: the write overlay, the record codec
+and key ranges.
+
+`BufferedTx` is what makes one operation atomic inside a batch: the op writes into
+an overlay, and only an op that returns is flushed into the real transaction. An op
+that raises is simply dropped, so its half-done writes never reach the batch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from itertools import islice
+
+from broker.store.base import TABLES, Record, Tx
+
+# LMDB's compiled-in limit; enforced by every store so they all accept the same keys.
+MAX_KEY_BYTES = 511
+
+_TABLES = frozenset(TABLES)
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+class StoreClosed(RuntimeError):
+    """The store was closed; no more operations or reads are accepted."""
+
+
+class ReadOnlyError(RuntimeError):
+    """A write was attempted through a read-only Tx (one given by `Store.read`)."""
+
+
+def check_table(table: str) -> None:
+    if table not in _TABLES:
+        raise ValueError(f"unknown table {table!r}")
+
+
+def check_key(key: str) -> bytes:
+    """The utf-8 key; raises for what LMDB would refuse, so all stores agree."""
+    if not isinstance(key, str):
+        raise TypeError(f"key must be str, not {type(key).__name__}")
+    raw = key.encode()
+    if not 0 < len(raw) <= MAX_KEY_BYTES:
+        raise ValueError(f"key must be 1..{MAX_KEY_BYTES} utf-8 bytes, got {len(raw)}")
+    return raw
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+
+
+def encode(value: Record) -> str:
+    """Compact JSON. Done at `put` time so a bad value fails the op that wrote it,
+    and so later mutation of `value` by the caller cannot leak into the store."""
+    if not isinstance(value, dict):
+        raise TypeError(f"value must be a dict, not {type(value).__name__}")
+    return _encoder.encode(value)
+
+
+def decode(data: str | bytes) -> Record:
+    # Always a fresh object: callers may mutate what they read.
+    return json.loads(data)
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with `prefix`
+    (None: no upper bound). Code point order equals utf-8 byte order."""
+    chars = list(prefix)
+    while chars:
+        c = ord(chars[-1])
+        if c < 0x10FFFF:
+            c += 1
+            if 0xD800 <= c <= 0xDFFF:  # surrogates cannot be encoded, so no key holds one
+                c = 0xE000
+            chars[-1] = chr(c)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def key_range(prefix: str, start: str | None, stop: str | None) -> tuple[str, str | None]:
+    """`scan`'s filter as one half-open range lo <= key < hi (hi None: unbounded)."""
+    lo = prefix if start is None or start < prefix else start
+    hi = prefix_end(prefix)
+    if stop is not None and (hi is None or stop < hi):
+        hi = stop
+    return lo, hi
+
+
+class BufferedTx:
+    """A write overlay on a base Tx: reads see this overlay first, then the base.
+
+    Nothing reaches the base until `flush()`. Writes are validated and encoded at
+    call time, so `flush()` cannot fail on bad input halfway through. The base must
+    not change while the overlay is in use (the stores guarantee that: one op at a
+    time, and the base is written only by flushes).
+    """
+
+    __slots__ = ("_base", "_tables")
+
+    def __init__(self, base: Tx) -> None:
+        self._base = base
+        # table -> key -> encoded value, or None for a deletion that hides the base
+        self._tables: dict[str, dict[str, str | None]] = {}
+
+    def get(self, table: str, key: str) -> Record | None:
+        pending = self._tables.get(table)
+        if pending is not None and key in pending:
+            data = pending[key]
+            return None if data is None else decode(data)
+        return self._base.get(table, key)
+
+    def put(self, table: str, key: str, value: Record) -> None:
+        self.put_encoded(table, key, encode(value))
+
+    def put_encoded(self, table: str, key: str, data: str) -> None:
+        check_table(table)
+        check_key(key)
+        self._tables.setdefault(table, {})[key] = data
+
+    def delete(self, table: str, key: str) -> None:
+        check_table(table)
+        check_key(key)
+        self._tables.setdefault(table, {})[key] = None
+
+    def scan(
+        self,
+        table: str,
+        prefix: str = "",
+        *,
+        start: str | None = None,
+        stop: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[str, Record]]:
+        check_limit(limit)
+        pending = self._tables.get(table)
+        if not pending:
+            return self._base.scan(
+                table, prefix, start=start, stop=stop, reverse=reverse, limit=limit
+            )
+        lo, hi = key_range(prefix, start, stop)
+        # Taken now, so writes made while the caller iterates do not disturb it.
+        own = sorted(
+            ((k, v) for k, v in pending.items() if lo <= k and (hi is None or k < hi)),
+            reverse=reverse,
+        )
+        # The base scan is unlimited: deletions in the overlay may hide some of it.
+        base = self._base.scan(table, prefix, start=start, stop=stop, reverse=reverse)
+        merged = _merge(base, own, reverse)
+        return merged if limit is None else islice(merged, limit)
+
+    def flush(self) -> None:
+        """Apply every pending write to the base, then start empty again."""
+        base = self._base
+        put_encoded = getattr(base, "put_encoded", None)
+        for table, pending in self._tables.items():
+            for key, data in pending.items():
+                if data is None:
+                    base.delete(table, key)
+                elif put_encoded is not None:
+                    put_encoded(table, key, data)
+                else:
+                    base.put(table, key, decode(data))
+        self._tables = {}
+
+    def discard(self) -> None:
+        """Drop every pending write."""
+        self._tables = {}
+
+    def __len__(self) -> int:
+        """How many keys have pending writes."""
+        return sum(len(p) for p in self._tables.values())
+
+
+def _merge(
+    base: Iterable[tuple[str, Record]], own: list[tuple[str, str | None]], reverse: bool
+) -> Iterator[tuple[str, Record]]:
+    """Merge two sorted streams; on equal keys the overlay wins, None drops the key."""
+    i, n = 0, len(own)
+    for key, record in base:
+        # Overlay keys that come before this base key.
+        while i < n and (own[i][0] > key if reverse else own[i][0] < key):
+            k, data = own[i]
+            i += 1
+            if data is not None:
+                yield k, decode(data)
+        if i < n and own[i][0] == key:
+            data = own[i][1]
+            i += 1
+            if data is not None:
+                yield key, decode(data)
+        else:
+            yield key, record
+    for k, data in own[i:]:
+        if data is not None:
+            yield k, decode(data)

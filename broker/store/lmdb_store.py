@@ -1,0 +1,358 @@
+"""The LMDB `Store`: one writer thread with group commit, lock-free reads.
+
+Why group commit: an fsync'd commit costs about the same for one op as for a
+thousand, so the writer drains whatever is queued into one write transaction,
+runs each op in its own `BufferedTx` (a raising op is dropped, the rest commit),
+commits once, and only then answers all the callers. Reads use LMDB read
+transactions (MVCC) and never wait for the writer.
+
+This is the only module that imports `lmdb`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import fcntl
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from itertools import islice
+from pathlib import Path
+from time import perf_counter
+from typing import Any, TypeVar
+
+import lmdb
+
+from broker.store.base import TABLES, Record, Tx
+from broker.store.buffered import (
+    BufferedTx,
+    ReadOnlyError,
+    StoreClosed,
+    check_key,
+    check_limit,
+    check_table,
+    decode,
+    encode,
+    key_range,
+)
+
+T = TypeVar("T")
+
+LOCK_FILE = "broker.lock"
+DEFAULT_MAX_BATCH = 4096
+
+_STOP = object()  # queued by close(): everything queued before it still runs
+
+# (op, loop, future): loop is None for submit_sync's concurrent.futures.Future.
+_Item = tuple[Callable[[Tx], Any], asyncio.AbstractEventLoop | None, Any]
+_Outcome = tuple[Any, BaseException | None]
+
+
+class DataDirLocked(RuntimeError):
+    """Another LmdbStore (in this or another process) holds the data directory."""
+
+    def __init__(self, path: Path, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid is not None else "an unknown pid"
+        super().__init__(f"data directory {path} is locked by another broker ({holder})")
+        self.path = path
+        self.pid = pid
+
+
+def _lock_dir(path: Path) -> int:
+    """flock `<path>/broker.lock` without blocking and write our pid into it.
+
+    flock belongs to the open file description, so a second open in this same
+    process conflicts too (LMDB forbids opening one env twice in a process).
+    The file is never deleted: unlinking a lock file races with the next opener.
+    """
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _read_pid(fd)
+        os.close(fd)
+        raise DataDirLocked(path, pid) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):  # the holder may not have written it yet
+        return None
+
+
+def _unlock_dir(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+class _LmdbTx:
+    """A Tx over one LMDB transaction: the writer's (writable) or a reader's."""
+
+    __slots__ = ("_txn", "_dbs", "_writable")
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any], *, writable: bool) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        self._writable = writable
+
+    def _db(self, table: str) -> Any:
+        check_table(table)
+        return self._dbs[table]
+
+    def get(self, table: str, key: str) -> Record | None:
+        data = self._txn.get(check_key(key), db=self._db(table))
+        return None if data is None else decode(data)
+
+    def put(self, table: str, key: str, value: Record) -> None:
+        self.put_encoded(table, key, encode(value))
+
+    def put_encoded(self, table: str, key: str, data: str) -> None:
+        self._check_writable()
+        self._txn.put(check_key(key), data.encode(), db=self._db(table))
+
+    def delete(self, table: str, key: str) -> None:
+        self._check_writable()
+        self._txn.delete(check_key(key), db=self._db(table))
+
+    def scan(
+        self,
+        table: str,
+        prefix: str = "",
+        *,
+        start: str | None = None,
+        stop: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[str, Record]]:
+        # Validated now, iterated lazily (a cursor walk stops as soon as the caller does).
+        db = self._db(table)
+        check_limit(limit)
+        lo, hi = key_range(prefix, start, stop)
+        items = self._walk(db, lo.encode(), None if hi is None else hi.encode(), reverse)
+        return items if limit is None else islice(items, limit)
+
+    def _walk(
+        self, db: Any, lo: bytes, hi: bytes | None, reverse: bool
+    ) -> Iterator[tuple[str, Record]]:
+        # utf-8 byte order equals code point order, so bytes bounds match str bounds.
+        with self._txn.cursor(db=db) as cur:
+            if reverse:
+                if hi is None:
+                    found = cur.last()
+                else:  # the last key < hi
+                    found = cur.prev() if cur.set_range(hi) else cur.last()
+                if not found:
+                    return
+                for k, v in cur.iterprev():
+                    if k < lo:
+                        return
+                    yield k.decode(), decode(v)
+            else:
+                if not cur.set_range(lo):
+                    return
+                for k, v in cur.iternext():
+                    if hi is not None and k >= hi:
+                        return
+                    yield k.decode(), decode(v)
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            raise ReadOnlyError("this Tx is read-only")
+
+
+class LmdbStore:
+    """`Store` on an LMDB environment in the directory `path` (created if missing).
+
+    durable=True: every commit is fsync'd before callers are answered.
+    durable=False: no fsync (benchmarks only; a power loss may lose acknowledged ops).
+    Cancelling a caller of `submit` does not cancel its op: once queued it runs
+    and may commit.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = 8 << 30,
+        durable: bool = True,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._max_batch = max_batch
+        self._lock_fd = _lock_dir(self.path)
+        try:
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=len(TABLES),
+                max_readers=1024,
+                sync=durable,
+                metasync=durable,
+            )
+            with self._env.begin(write=True) as txn:
+                self._dbs = {t: self._env.open_db(t.encode(), txn=txn) for t in TABLES}
+        except BaseException:
+            _unlock_dir(self._lock_fd)
+            raise
+        self.stats: dict[str, float] = {
+            "commits": 0,
+            "failed_commits": 0,
+            "ops": 0,
+            "last_batch_size": 0,
+            "max_batch_size": 0,
+            "commit_seconds": 0.0,
+        }
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders submits against close
+        self._closed = False
+        self._readers = 0
+        self._no_readers = threading.Condition(self._lock)
+        self._writer = threading.Thread(target=self._run_writer, name="lmdb-writer", daemon=True)
+        self._writer.start()
+
+    # -- the Store interface -------------------------------------------------
+
+    async def submit(self, op: Callable[[Tx], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._enqueue((op, loop, future))
+        return await future
+
+    def submit_sync(self, op: Callable[[Tx], T]) -> T:
+        if threading.current_thread() is self._writer:
+            raise RuntimeError("submit_sync from inside an op would deadlock the writer")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._enqueue((op, None, future))
+        return future.result()
+
+    def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` on a read snapshot. Consume scans inside `fn`: they end with it."""
+        with self._lock:
+            if self._closed:
+                raise StoreClosed(f"store {self.path} is closed")
+            self._readers += 1  # close() waits for us before closing the env
+        try:
+            with self._env.begin(write=False, buffers=False) as txn:
+                return fn(_LmdbTx(txn, self._dbs, writable=False))
+        finally:
+            with self._lock:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._no_readers.notify_all()
+
+    def close(self) -> None:
+        """Run everything already queued, stop the writer, close the env, unlock."""
+        if threading.current_thread() is self._writer:
+            raise RuntimeError("close() from inside an op would deadlock the writer")
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._writer.join()
+        with self._lock:
+            self._no_readers.wait_for(lambda: self._readers == 0)
+        self._env.close()
+        _unlock_dir(self._lock_fd)
+
+    def __enter__(self) -> LmdbStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the writer ----------------------------------------------------------
+
+    def _enqueue(self, item: _Item) -> None:
+        with self._lock:
+            if self._closed:
+                raise StoreClosed(f"store {self.path} is closed")
+            self._queue.put(item)
+
+    def _run_writer(self) -> None:
+        q = self._queue
+        while True:
+            item = q.get()  # block for the first op ...
+            if item is _STOP:
+                return
+            batch: list[_Item] = [item]
+            stopping = False
+            while len(batch) < self._max_batch:  # ... then take all that is waiting
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._resolve(batch, self._run_batch(batch))
+            if stopping:
+                return
+
+    def _run_batch(self, batch: list[_Item]) -> list[_Outcome]:
+        """Run the ops in one write txn and commit once; the outcome of each op."""
+        outcomes: list[_Outcome] = []
+        try:
+            with self._env.begin(write=True) as txn:  # commits on exit, aborts on error
+                base = _LmdbTx(txn, self._dbs, writable=True)
+                for op, _, _ in batch:
+                    tx = BufferedTx(base)
+                    try:
+                        result = op(tx)
+                    except Exception as exc:  # only this op fails: drop its overlay
+                        outcomes.append((None, exc))
+                        continue
+                    tx.flush()  # can fail only in LMDB itself (e.g. map full): whole batch
+                    outcomes.append((result, None))
+                started = perf_counter()
+            committed = perf_counter()
+        except BaseException as exc:  # nothing of this batch is on disk
+            self.stats["failed_commits"] += 1
+            self.stats["ops"] += len(batch)
+            return [(None, exc)] * len(batch)
+        stats = self.stats
+        stats["commits"] += 1
+        stats["ops"] += len(batch)
+        stats["last_batch_size"] = len(batch)
+        stats["max_batch_size"] = max(stats["max_batch_size"], len(batch))
+        stats["commit_seconds"] += committed - started
+        return outcomes
+
+    @staticmethod
+    def _resolve(batch: list[_Item], outcomes: list[_Outcome]) -> None:
+        # One wake-up per event loop per batch, not one per op.
+        per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, BaseException | None]]] = {}
+        for (_, loop, future), (result, exc) in zip(batch, outcomes, strict=True):
+            if loop is None:
+                if exc is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(exc)
+            else:
+                per_loop.setdefault(loop, []).append((future, result, exc))
+        for loop, items in per_loop.items():
+            # RuntimeError: that loop is closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, items)
+
+
+def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, exc in items:
+        if future.done():  # the caller was cancelled
+            continue
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)

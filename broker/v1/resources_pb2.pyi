@@ -1,0 +1,91 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Balance(_message.Message):
+    __slots__ = ("posted", "pending", "available")
+    POSTED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    posted: int
+    pending: int
+    available: int
+    def __init__(self, posted: _Optional[int] = ..., pending: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...
+
+class PriceSheet(_message.Message):
+    __slots__ = ("gpu_second_price", "input_tokens_1k_price", "output_tokens_1k_price", "call_price")
+    GPU_SECOND_PRICE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_1K_PRICE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_1K_PRICE_FIELD_NUMBER: _ClassVar[int]
+    CALL_PRICE_FIELD_NUMBER: _ClassVar[int]
+    gpu_second_price: int
+    input_tokens_1k_price: int
+    output_tokens_1k_price: int
+    call_price: int
+    def __init__(self, gpu_second_price: _Optional[int] = ..., input_tokens_1k_price: _Optional[int] = ..., output_tokens_1k_price: _Optional[int] = ..., call_price: _Optional[int] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("gpu_ms", "input_tokens", "output_tokens", "calls", "energy_mj")
+    GPU_MS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_MJ_FIELD_NUMBER: _ClassVar[int]
+    gpu_ms: int
+    input_tokens: int
+    output_tokens: int
+    calls: int
+    energy_mj: int
+    def __init__(self, gpu_ms: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., calls: _Optional[int] = ..., energy_mj: _Optional[int] = ...) -> None: ...
+
+class Scope(_message.Message):
+    __slots__ = ("resource_class", "model", "max_prices", "worker_id")
+    RESOURCE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_PRICES_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    resource_class: str
+    model: str
+    max_prices: PriceSheet
+    worker_id: str
+    def __init__(self, resource_class: _Optional[str] = ..., model: _Optional[str] = ..., max_prices: _Optional[_Union[PriceSheet, _Mapping]] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class Receipt(_message.Message):
+    __slots__ = ("receipt_id", "authorization_id", "session_id", "held", "charged", "worker_payout", "platform_fee", "released", "usage", "prices", "outcome", "settle_time", "key_id", "signature", "signed_payload")
+    RECEIPT_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PAYOUT_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FEE_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    PRICES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SETTLE_TIME_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    receipt_id: str
+    authorization_id: str
+    session_id: str
+    held: int
+    charged: int
+    worker_payout: int
+    platform_fee: int
+    released: int
+    usage: Usage
+    prices: PriceSheet
+    outcome: str
+    settle_time: _timestamp_pb2.Timestamp
+    key_id: str
+    signature: bytes
+    signed_payload: bytes
+    def __init__(self, receipt_id: _Optional[str] = ..., authorization_id: _Optional[str] = ..., session_id: _Optional[str] = ..., held: _Optional[int] = ..., charged: _Optional[int] = ..., worker_payout: _Optional[int] = ..., platform_fee: _Optional[int] = ..., released: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., prices: _Optional[_Union[PriceSheet, _Mapping]] = ..., outcome: _Optional[str] = ..., settle_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ...) -> None: ...

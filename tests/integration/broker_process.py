@@ -1,0 +1,91 @@
+"""A real broker process on a real LMDB directory, for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BrokerProcess:
+    """`broker serve --demo` in a subprocess; stdout/stderr go to <data dir>.log."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, extra_args: tuple = ()):
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.data_dir.with_name(self.data_dir.name + ".log")
+
+    def start(self, timeout: float = 20.0) -> BrokerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(self.data_dir),
+             "--listen", self.target, "--demo", *self.extra_args],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
+            if self._serving() and self.credentials_path.exists():
+                return self
+            time.sleep(0.1)
+        raise TimeoutError(f"broker did not become ready:\n{self.log()}")
+
+    def _serving(self) -> bool:
+        try:
+            with grpc.insecure_channel(self.target) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                return reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.data_dir / "demo-credentials.json"
+
+    @property
+    def credentials(self) -> dict:
+        return json.loads(self.credentials_path.read_text())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, like a power cut for the process."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def restart(self) -> BrokerProcess:
+        self.stop()
+        return self.start()

@@ -1,0 +1,293 @@
+"""LmdbStore: the Store contract, group commit, durability and the data-dir lock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.store import DataDirLocked, LmdbStore, StoreClosed, Tx
+
+from .test_memory_store import Boom, StoreContract, put
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT = 10  # seconds; generous, only reached when something is broken
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LmdbStore]:
+    with LmdbStore(tmp_path / "db", durable=False) as s:
+        yield s
+
+
+class TestLmdbContract(StoreContract):
+    pass
+
+
+@contextlib.asynccontextmanager
+async def writer_held(store: LmdbStore) -> AsyncIterator[None]:
+    """Keep the writer busy inside an op; what is submitted meanwhile queues up and
+    runs as one batch once the block exits."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def blocker(tx: Tx) -> None:
+        entered.set()
+        gate.wait(WAIT)
+
+    task = asyncio.ensure_future(store.submit(blocker))
+    assert await asyncio.to_thread(entered.wait, WAIT)
+    try:
+        yield
+    finally:
+        gate.set()
+        await task
+
+
+async def submit_all(store: LmdbStore, ops: list[Callable[[Tx], object]]) -> list[object]:
+    """Submit in this order, as one batch, and gather the outcomes."""
+    async with writer_held(store):
+        tasks = [asyncio.create_task(store.submit(op)) for op in ops]
+        await asyncio.sleep(0)  # each task runs up to its enqueue, in order
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_raising_op_in_a_batch_is_isolated(store: LmdbStore) -> None:
+    def first(tx: Tx) -> str:
+        tx.put("accounts", "a", {"n": 1})
+        return "first"
+
+    def bad(tx: Tx) -> None:
+        assert tx.get("accounts", "a") == {"n": 1}  # sees the earlier op of its batch
+        tx.put("accounts", "b", {"n": 2})
+        tx.delete("accounts", "a")
+        raise Boom("bad")
+
+    def last(tx: Tx) -> tuple[object, object]:
+        seen = (tx.get("accounts", "a"), tx.get("accounts", "b"))
+        tx.put("accounts", "c", {"n": 3})
+        return seen
+
+    commits = store.stats["commits"]
+    results = asyncio.run(submit_all(store, [first, bad, last]))
+    assert results[0] == "first"
+    assert isinstance(results[1], Boom)
+    assert results[2] == ({"n": 1}, None)  # bad's writes never reached the batch
+    assert store.stats["last_batch_size"] == 3
+    assert store.stats["commits"] == commits + 2  # the blocker's batch, then ours
+    got = store.read(lambda tx: list(tx.scan("accounts")))
+    assert got == [("a", {"n": 1}), ("c", {"n": 3})]
+
+
+def test_group_commit_batches_concurrent_ops(tmp_path: Path) -> None:
+    n = 2000
+
+    def bump(i: int) -> Callable[[Tx], int]:
+        def op(tx: Tx) -> int:
+            count = (tx.get("meta", "counter") or {"n": 0})["n"] + 1
+            tx.put("meta", "counter", {"n": count})
+            tx.put("journal", f"{i:020d}", {"i": i, "count": count})
+            return count
+
+        return op
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(store.submit(bump(i)) for i in range(n)))
+
+    with LmdbStore(tmp_path / "db", durable=True) as store:
+        results = asyncio.run(main())
+        stats = dict(store.stats)
+        journal = store.read(lambda tx: [r for _, r in tx.scan("journal")])
+    assert results == list(range(1, n + 1))  # FIFO, and each op saw all before it
+    assert journal == [{"i": i, "count": i + 1} for i in range(n)]
+    assert stats["ops"] == n
+    assert stats["commits"] < n
+    assert stats["max_batch_size"] > 1
+    assert stats["commit_seconds"] > 0
+
+
+def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    with LmdbStore(path) as store:
+        store.submit_sync(put("transfers", "t1", {"amount": 10}))
+        store.submit_sync(put("transfers", "t2", {"amount": 20}))
+        store.submit_sync(lambda tx: tx.delete("transfers", "t1"))
+    with LmdbStore(path) as store:
+        assert store.read(lambda tx: list(tx.scan("transfers"))) == [("t2", {"amount": 20})]
+
+
+def test_close_runs_everything_already_queued(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    store = LmdbStore(path)
+
+    async def main() -> list[object]:
+        tasks = [
+            asyncio.create_task(store.submit(put("journal", f"{i:03d}", {"i": i})))
+            for i in range(100)
+        ]
+        await asyncio.sleep(0)  # all queued
+        store.close()
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(main()) == [None] * 100
+    with LmdbStore(path) as reopened:
+        assert reopened.read(lambda tx: len(list(tx.scan("journal")))) == 100
+
+
+def test_second_store_on_same_dir_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    with LmdbStore(path, durable=False):
+        with pytest.raises(DataDirLocked) as info:
+            LmdbStore(path)
+        assert info.value.pid == os.getpid()
+        assert str(path) in str(info.value)
+        assert f"pid {os.getpid()}" in str(info.value)
+    LmdbStore(path).close()  # released on close
+
+
+HOLD = """
+import sys
+from broker.store import LmdbStore
+store = LmdbStore(sys.argv[1], durable=False)
+print("ready", flush=True)
+sys.stdin.readline()
+store.close()
+"""
+
+TRY = """
+import sys
+from broker.store import DataDirLocked, LmdbStore
+try:
+    LmdbStore(sys.argv[1])
+except DataDirLocked as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def _python(script: str, path: Path, **kwargs: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(path)],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_lock_held_by_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    child = _python(HOLD, path, stdin=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        with pytest.raises(DataDirLocked) as info:
+            LmdbStore(path)
+        assert info.value.pid == child.pid
+        assert f"pid {child.pid}" in str(info.value)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(WAIT) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+    LmdbStore(path).close()
+
+
+def test_lock_refuses_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    with LmdbStore(path, durable=False):
+        child = _python(TRY, path)
+        out, _ = child.communicate(timeout=WAIT)
+    assert child.returncode == 3
+    assert str(path) in out
+    assert f"pid {os.getpid()}" in out
+
+
+def test_reads_do_not_wait_for_the_writer(store: LmdbStore) -> None:
+    store.submit_sync(put("meta", "old", {"v": 1}))
+    gate, entered = threading.Event(), threading.Event()
+
+    def slow(tx: Tx) -> str:
+        entered.set()
+        gate.wait(WAIT)
+        return "slow"
+
+    def read_both(tx: Tx) -> tuple[object, object]:
+        return tx.get("meta", "old"), tx.get("meta", "new")
+
+    async def main() -> tuple[object, list[object]]:
+        # Batch: "new" is flushed into the write txn, then the writer sits in `slow`.
+        async with writer_held(store):
+            tasks = [
+                asyncio.create_task(store.submit(put("meta", "new", {"v": 2}))),
+                asyncio.create_task(store.submit(slow)),
+            ]
+            await asyncio.sleep(0)
+        try:
+            assert await asyncio.to_thread(entered.wait, WAIT)
+            seen = await asyncio.wait_for(asyncio.to_thread(store.read, read_both), 5)
+        finally:
+            gate.set()
+        return seen, await asyncio.gather(*tasks)
+
+    seen, results = asyncio.run(main())
+    assert seen == ({"v": 1}, None)  # a snapshot: uncommitted writes are invisible
+    assert results == [None, "slow"]
+    assert store.read(read_both) == ({"v": 1}, {"v": 2})
+
+
+def test_failed_commit_fails_the_whole_batch(tmp_path: Path) -> None:
+    with LmdbStore(tmp_path / "db", map_size=1 << 20, durable=False) as store:
+        huge = {"blob": "x" * (2 << 20)}  # larger than the whole map
+        ops = [put("meta", "a", {}), put("meta", "huge", huge), put("meta", "b", {})]
+        results = asyncio.run(submit_all(store, ops))
+        assert all(isinstance(r, Exception) for r in results)
+        assert results[0] is results[1] is results[2]  # the one commit error
+        assert type(results[0]).__name__ == "MapFullError"
+        assert store.stats["failed_commits"] == 1
+        assert store.read(lambda tx: list(tx.scan("meta"))) == []
+        store.submit_sync(put("meta", "after", {}))  # the writer lives on
+        assert store.read(lambda tx: [k for k, _ in tx.scan("meta")]) == ["after"]
+
+
+def test_cancelled_caller_does_not_break_the_writer(store: LmdbStore) -> None:
+    async def main() -> None:
+        async with writer_held(store):
+            task = asyncio.create_task(store.submit(put("meta", "k", {})))
+            await asyncio.sleep(0)
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await store.submit(put("meta", "later", {}))
+
+    asyncio.run(main())
+    # Once queued, an op runs even if its caller went away.
+    assert store.read(lambda tx: [k for k, _ in tx.scan("meta")]) == ["k", "later"]
+
+
+def test_nested_submit_and_close_from_an_op_fail_fast(store: LmdbStore) -> None:
+    with pytest.raises(RuntimeError, match="deadlock"):
+        store.submit_sync(lambda tx: store.submit_sync(put("meta", "k", {})))
+    with pytest.raises(RuntimeError, match="deadlock"):
+        store.submit_sync(lambda tx: store.close())
+    store.submit_sync(put("meta", "k", {}))
+
+
+def test_submit_after_close_raises(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "db")
+    store.close()
+    with pytest.raises(StoreClosed):
+        store.submit_sync(put("meta", "k", {}))
+    with pytest.raises(StoreClosed):
+        asyncio.run(store.submit(put("meta", "k", {})))
+    with pytest.raises(StoreClosed):
+        store.read(lambda tx: None)

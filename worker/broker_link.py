@@ -1,0 +1,119 @@
+"""The worker's metering link: one bidirectional stream per session.
+
+    session = await MeteringSession.open(channel, api_key, voucher, worker_id)
+    ack = await session.report({"gpu_ms": 120, ...})     # cumulative usage
+    if session.stopped.is_set(): ... cancel the job ...
+    receipt = await session.finish(final_usage)
+
+A reader task routes every broker message: acks to the report waiting for them,
+STOP to the `stopped` event (it may come at any time), the settlement to finish().
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from broker.v1 import metering_service_pb2 as pb
+from broker.v1 import metering_service_pb2_grpc as pb_grpc
+from broker.v1 import resources_pb2 as res_pb
+
+
+class SessionClosed(Exception):
+    """The stream ended; `error` holds the broker's status if it failed."""
+
+    def __init__(self, error: grpc.RpcError | None):
+        self.error = error
+        super().__init__(str(error.details()) if error else "metering stream closed")
+
+
+class MeteringSession:
+    def __init__(self, call, grant: pb.SessionGrant):
+        self._call = call
+        self.grant = grant
+        self.session_id = grant.session_id
+        self.seq = grant.last_seq
+        self.stopped = asyncio.Event()
+        self.stop: pb.StopCommand | None = None
+        self._acks: dict[int, asyncio.Future] = {}
+        self._settled: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read())
+        if grant.stopped:
+            self.stopped.set()
+
+    @classmethod
+    async def open(cls, channel: grpc.aio.Channel, api_key: str, voucher: str, worker_id: str,
+                   *, resource_class: str = "", model: str = "",
+                   request_id: str = "") -> MeteringSession:
+        first = pb.MeterRequest(open=pb.OpenSession(
+            request_id=request_id, voucher=voucher, worker_id=worker_id,
+            resource_class=resource_class, model=model))
+        return await cls._start(channel, api_key, first)
+
+    @classmethod
+    async def resume(cls, channel: grpc.aio.Channel, api_key: str, session_id: str,
+                     worker_id: str) -> MeteringSession:
+        first = pb.MeterRequest(resume=pb.ResumeSession(session_id=session_id,
+                                                        worker_id=worker_id))
+        return await cls._start(channel, api_key, first)
+
+    @classmethod
+    async def _start(cls, channel, api_key: str, first: pb.MeterRequest) -> MeteringSession:
+        call = pb_grpc.MeteringServiceStub(channel).Meter(
+            metadata=(("authorization", f"Bearer {api_key}"),))
+        await call.write(first)
+        response = await call.read()
+        if response is grpc.aio.EOF:
+            await call  # raises the broker's status
+            raise SessionClosed(None)
+        return cls(call, response.grant)
+
+    async def _read(self) -> None:
+        error: grpc.RpcError | None = None
+        try:
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    break
+                kind = response.WhichOneof("kind")
+                if kind == "ack":
+                    future = self._acks.pop(response.ack.seq, None)
+                    if future is not None and not future.done():
+                        future.set_result(response.ack)
+                elif kind == "stop":
+                    self.stop = response.stop
+                    self.stopped.set()
+                elif kind == "settled":
+                    self._settled.set_result(response.settled.receipt)
+        except grpc.RpcError as rpc_error:
+            error = rpc_error
+        closed = SessionClosed(error)
+        for future in [*self._acks.values(), self._settled]:
+            if not future.done():
+                future.set_exception(closed)
+        self._acks.clear()
+
+    async def report(self, usage: dict[str, Any]) -> pb.UsageAck:
+        """Send cumulative usage; returns the broker's acknowledgement."""
+        self.seq += 1
+        future = asyncio.get_running_loop().create_future()
+        self._acks[self.seq] = future
+        await self._call.write(pb.MeterRequest(usage=pb.UsageReport(
+            seq=self.seq, usage=res_pb.Usage(**usage))))
+        return await future
+
+    async def finish(self, usage: dict[str, Any]) -> res_pb.Receipt:
+        """Send final cumulative usage; returns the signed receipt."""
+        await self._call.write(pb.MeterRequest(finish=pb.FinishSession(
+            usage=res_pb.Usage(**usage))))
+        receipt = await self._settled
+        await self._call.done_writing()
+        await self._reader
+        return receipt
+
+    async def abandon(self) -> None:
+        """Drop the stream without finishing (the session stays open to resume)."""
+        self._call.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)

@@ -1,0 +1,48 @@
+"""Offline voucher verification with the broker's public keys, cached by key id.
+
+The cache asks the broker again only when a voucher names a key id it has not
+seen (a key rotation), so verifying costs no round trip in the common case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nacl.signing import VerifyKey
+
+from broker.clock import now_ms
+from broker.core import vouchers
+from broker.core.errors import BrokerError
+
+
+class VoucherVerifier:
+    def __init__(self, fetch_keys: Callable[[], dict[str, bytes]],
+                 clock: Callable[[], int] = now_ms):
+        self._fetch = fetch_keys
+        self._clock = clock
+        self._keys: dict[str, VerifyKey] = {}
+
+    def refresh(self) -> None:
+        self._keys = {kid: VerifyKey(raw) for kid, raw in self._fetch().items()}
+
+    def verify(self, token: str) -> vouchers.VoucherClaims:
+        try:
+            return vouchers.verify(token, self._keys, self._clock())
+        except BrokerError as error:
+            if error.reason != "VOUCHER_UNKNOWN_KEY":
+                raise
+        self.refresh()
+        return vouchers.verify(token, self._keys, self._clock())
+
+
+def grpc_key_fetcher(channel) -> Callable[[], dict[str, bytes]]:
+    from broker.v1 import voucher_key_service_pb2 as pb
+    from broker.v1 import voucher_key_service_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.VoucherKeyServiceStub(channel)
+
+    def fetch() -> dict[str, bytes]:
+        response = stub.ListVoucherKeys(pb.ListVoucherKeysRequest(), timeout=10)
+        return {key.key_id: key.public_key for key in response.keys}
+
+    return fetch
