@@ -6,7 +6,7 @@
 Charges are computed from cumulative usage and capped at the budget (the hold),
 so a charge never exceeds its hold. STOP is decided one reporting interval
 ahead: when the charge rate seen so far, or one interval of GPU time at the
-session's price, would not fit in what remains, or when the hold would expire
+session's price, would use up what remains, or when the hold would expire
 before the next report.
 """
 
@@ -82,8 +82,9 @@ def on_usage(session: Record, seq: int, usage: Record, now: int) -> UsageDecisio
     rate_projection = -(-(charged - session["charged"]) * interval // elapsed)
     time_projection = -(-interval * session["prices"]["gpu_second_price"] // 1000)
     stop = ""
-    if charge_for(usage, session["prices"]) >= budget or \
-            charged + max(rate_projection, time_projection) > budget:
+    # ">=": the worker needs up to one interval to obey STOP, and that interval must
+    # still fit in the hold, so stop when the next one would reach it.
+    if charged + max(rate_projection, time_projection) >= budget:
         stop = BUDGET_EXHAUSTED
     elif now + interval >= session["expire_ms"]:
         stop = HOLD_EXPIRING

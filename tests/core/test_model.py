@@ -1,0 +1,216 @@
+"""Model-based test: random operations on the broker core against a simple model,
+with every DESIGN.md invariant checked after each step."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    precondition,
+    rule,
+)
+
+from broker.core import authorizations, ledger, metering, registry, vouchers, wallets
+from broker.core.errors import BrokerError
+from broker.core.money import charge_for, split_fee
+
+from .world import World
+
+PRICES = {"gpu_second_price": 1000, "input_tokens_1k_price": 2_000,
+          "output_tokens_1k_price": 5_000, "call_price": 7}
+CAP, TARGET, TREASURY = 20_000, 10_000, 60_000
+
+
+class BrokerModel(RuleBasedStateMachine):
+    auths = Bundle("auths")
+    sessions = Bundle("sessions")
+
+    def __init__(self):
+        super().__init__()
+        self.w = World()
+        self.owner, self.wallet, self.agent, self.owner_p = self.w.tenant(
+            treasury=TREASURY, cap=CAP, refill_target=TARGET, funded=TARGET)
+        self.provider, self.worker_p = self.w.provider()
+        self.worker = self.w.run(lambda tx: registry.register(
+            tx, self.worker_p, "", "127.0.0.1:1", {"resource_class": "cpu", "models": ["m"]},
+            PRICES, self.w.now))
+        # The model: what the balances must be.
+        self.posted, self.treasury = TARGET, TREASURY - TARGET
+        self.held: dict[str, int] = {}  # authorization id -> amount still held
+        self.charged: dict[str, int] = {}  # authorization id -> charged at settlement
+        self.payout = self.fees = 0
+        self.frozen = False
+        self.tokens: dict[str, str] = {}
+        self.redeemed: set[str] = set()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def attempt(self, op):
+        """Run op; on a BrokerError assert the store is unchanged and return None."""
+        before = self.w.store.snapshot()
+        try:
+            return self.w.run(op)
+        except BrokerError:
+            assert self.w.store.snapshot() == before, "a rejected operation changed state"
+            return None
+
+    def settle_in_model(self, auth_id: str, charged: int) -> None:
+        held = self.held.pop(auth_id)
+        assert 0 <= charged <= held
+        self.charged[auth_id] = charged
+        self.posted -= charged
+        payout, fee = split_fee(charged, self.w.config.fee_bps)
+        self.payout += payout
+        self.fees += fee
+        self.refill_in_model()
+
+    def refill_in_model(self) -> None:
+        if self.frozen:
+            return
+        available = self.posted - sum(self.held.values())
+        amount = min(TARGET - available, CAP - self.posted, self.treasury)
+        if amount > 0:
+            self.posted += amount
+            self.treasury -= amount
+
+    # -- rules --------------------------------------------------------------------------
+
+    @rule(target=auths, amount=st.integers(1, 4_000) | st.integers(-5, 15_000),
+          ttl=st.integers(1, 30))
+    def authorize(self, amount, ttl):
+        result = self.attempt(lambda tx: authorizations.authorize(
+            tx, self.agent, amount, {"model": "m"}, ttl, self.w.now, self.w.config,
+            self.w.signer.key_id))
+        available = self.posted - sum(self.held.values())
+        if result is None:
+            assert amount <= 0 or amount > available or self.frozen
+            return None
+        assert 0 < amount <= available and not self.frozen
+        self.held[result["authorization_id"]] = amount
+        self.tokens[result["authorization_id"]] = authorizations.voucher_token(result,
+                                                                               self.w.signer)
+        return result["authorization_id"]
+
+    @rule(auth_id=auths)
+    def cancel(self, auth_id):
+        if auth_id is None:
+            return
+        ok = self.attempt(lambda tx: authorizations.cancel(tx, self.agent, auth_id, self.w.now))
+        if ok is not None:
+            assert auth_id in self.held and auth_id not in self.redeemed
+            self.held.pop(auth_id)
+            self.charged[auth_id] = 0
+
+    @rule(target=sessions, auth_id=auths)
+    def redeem(self, auth_id):
+        if auth_id is None:
+            return None
+        try:
+            claims = vouchers.verify(self.tokens[auth_id], self.w.verify_keys(), self.w.now)
+        except BrokerError as error:
+            assert error.reason == "VOUCHER_EXPIRED"
+            return None
+        opened = self.attempt(lambda tx: metering.redeem(
+            tx, self.worker_p, claims, self.worker["worker_id"], "cpu", "m", self.w.now,
+            self.w.config))
+        if opened is None:
+            assert auth_id in self.redeemed or auth_id not in self.held
+            return None
+        assert auth_id not in self.redeemed, "a voucher was redeemed twice"
+        self.redeemed.add(auth_id)
+        return (auth_id, opened["session_id"])
+
+    @rule(ses=sessions, gpu_ms=st.integers(0, 3_000), tokens=st.integers(0, 500),
+          calls=st.integers(0, 2))
+    def report_usage(self, ses, gpu_ms, tokens, calls):
+        if ses is None:
+            return
+        auth_id, session_id = ses
+        current = self.w.read(lambda tx: tx.get("sessions", session_id))
+        usage = {k: current["usage"][k] + d for k, d in
+                 (("gpu_ms", gpu_ms), ("input_tokens", tokens), ("output_tokens", tokens),
+                  ("calls", calls), ("energy_mj", 0))}
+        decision = self.attempt(lambda tx: metering.record_usage(
+            tx, self.worker_p, session_id, current["last_seq"] + 1, usage, self.w.now))
+        if decision is None:
+            assert current["state"] == "settled" or current["stop_reason"]
+            return
+        assert decision.charged == min(charge_for(usage, PRICES), self.held[auth_id])
+        assert decision.charged + decision.remaining == self.held[auth_id]
+
+    @rule(ses=consumes(sessions), extra=st.integers(0, 2_000))
+    def finish(self, ses, extra):
+        if ses is None:
+            return
+        auth_id, session_id = ses
+        current = self.w.read(lambda tx: tx.get("sessions", session_id))
+        usage = {**current["usage"], "gpu_ms": current["usage"]["gpu_ms"] + extra}
+        receipt = self.attempt(lambda tx: metering.finish(
+            tx, self.worker_p, session_id, usage, self.w.now, self.w.config, self.w.signer))
+        if receipt is None:
+            assert current["state"] == "settled"
+            return
+        expected = min(charge_for(usage, PRICES), self.held[auth_id])
+        assert receipt["charged"] == expected and receipt["outcome"] in ("FINISHED", "STOPPED")
+        self.settle_in_model(auth_id, expected)
+
+    @rule(dt=st.integers(1, 8_000))
+    def advance_time_and_expire(self, dt):
+        self.w.now += dt
+        due = {a for a in self.held
+               if self.w.read(lambda tx, a=a: tx.get("authorizations", a))["expire_ms"]
+               <= self.w.now}
+        acked = {a: self.w.read(lambda tx, a=a: tx.get("authorizations", a)) for a in due}
+        self.w.run(lambda tx: metering.expire_due(tx, self.w.now, self.w.config, self.w.signer))
+        for auth_id in sorted(due, key=lambda a: acked[a]["expire_ms"]):
+            if acked[auth_id]["state"] == "redeemed":
+                ses = self.w.read(lambda tx, a=acked[auth_id]: tx.get("sessions", a["session_id"]))
+                # Settled on the last acknowledged usage only.
+                assert ses["charged"] == self.w.read(lambda tx, a=auth_id: tx.get(
+                    "authorizations", a))["charged"]
+                self.settle_in_model(auth_id, ses["charged"])
+            else:
+                self.held.pop(auth_id)
+                self.charged[auth_id] = 0
+
+    @rule(amount=st.integers(-10, 30_000))
+    def fund_wallet(self, amount):
+        ok = self.attempt(lambda tx: wallets.fund_wallet(
+            tx, self.owner["owner_id"], self.wallet["wallet_id"], amount, self.w.now))
+        if ok is None:
+            assert amount <= 0 or amount > self.treasury or self.posted + amount > CAP
+            return
+        self.posted += amount
+        self.treasury -= amount
+
+    @precondition(lambda self: True)
+    @rule(frozen=st.booleans())
+    def freeze(self, frozen):
+        self.w.run(lambda tx: wallets.set_frozen(tx, self.owner["owner_id"],
+                                                 self.wallet["wallet_id"], frozen, self.w.now))
+        self.frozen = frozen
+
+    # -- invariants ---------------------------------------------------------------------
+
+    @invariant()
+    def ledger_invariants_hold(self):
+        assert self.w.violations() == []
+
+    @invariant()
+    def balances_match_the_model(self):
+        held = sum(self.held.values())
+        assert self.w.balance(self.wallet["wallet_id"]) == {
+            "posted": self.posted, "pending": held, "available": self.posted - held}
+        assert self.w.balance(self.owner["treasury_account_id"])["posted"] == self.treasury
+        assert self.w.balance(self.provider["payout_account_id"])["posted"] == self.payout
+        assert self.w.balance(ledger.FEE_ACCOUNT)["posted"] == self.fees
+        assert self.w.balance(ledger.ESCROW_ACCOUNT)["posted"] == 0
+
+
+BrokerModel.TestCase.settings = settings(max_examples=80, stateful_step_count=50,
+                                         deadline=None)
+TestBrokerModel = BrokerModel.TestCase
