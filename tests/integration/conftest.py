@@ -1,7 +1,34 @@
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+
 import grpc
 import pytest
 
+from broker.api.errors import DOMAIN, error_info
+from broker.v1 import admin_service_pb2 as admin_pb
+from broker.v1 import admin_service_pb2_grpc as admin_grpc
+from broker.v1 import authorization_service_pb2 as auth_pb
+from broker.v1 import authorization_service_pb2_grpc as auth_grpc
+from broker.v1 import resources_pb2 as res_pb
+from broker.v1 import voucher_key_service_pb2 as keys_pb
+from broker.v1 import voucher_key_service_pb2_grpc as keys_grpc
+from broker.v1 import wallet_service_pb2 as wallet_pb
+from broker.v1 import wallet_service_pb2_grpc as wallet_grpc
+from broker.v1 import worker_registry_service_pb2 as registry_pb
+from broker.v1 import worker_registry_service_pb2_grpc as registry_grpc
+from worker.broker_link import MeteringSession, SessionClosed
+
 from .broker_process import BrokerProcess
+
+# Demo state (broker/demo.py): what every test starts from.
+TREASURY_START = 100_000_000 - 5_000_000
+WALLET_START = 5_000_000
+WALLET_CAP = 10_000_000
+REFILL_TARGET = 5_000_000
+FEE_BPS = 250
 
 
 @pytest.fixture
@@ -19,3 +46,237 @@ def channel(broker):
 
 def bearer(key: str) -> tuple:
     return (("authorization", f"Bearer {key}"),)
+
+
+def rid() -> str:
+    """A fresh request_id."""
+    return uuid.uuid4().hex
+
+
+# -- sync stubs bound to one API key -------------------------------------------------
+
+
+class _Bound:
+    """A stub whose methods send the key's metadata and a timeout."""
+
+    def __init__(self, stub, metadata: tuple):
+        self._stub, self._metadata = stub, metadata
+
+    def __getattr__(self, name):
+        method = getattr(self._stub, name)
+
+        def call(request, **kwargs):
+            kwargs.setdefault("timeout", 10)
+            return method(request, metadata=self._metadata, **kwargs)
+
+        return call
+
+
+class Client:
+    """All broker.v1 unary services, called with one API key (or none)."""
+
+    def __init__(self, channel: grpc.Channel, key: str | None):
+        metadata = bearer(key) if key else ()
+        self.key = key
+        self.admin = _Bound(admin_grpc.AdminServiceStub(channel), metadata)
+        self.wallets = _Bound(wallet_grpc.WalletServiceStub(channel), metadata)
+        self.auths = _Bound(auth_grpc.AuthorizationServiceStub(channel), metadata)
+        self.registry = _Bound(registry_grpc.WorkerRegistryServiceStub(channel), metadata)
+        self.keys = _Bound(keys_grpc.VoucherKeyServiceStub(channel), metadata)
+
+    # Shortcuts used everywhere.
+    def balance(self, wallet_id: str = "") -> res_pb.Balance:
+        return self.wallets.GetBalance(wallet_pb.GetBalanceRequest(wallet_id=wallet_id)).balance
+
+    def authorize(self, amount: int, *, ttl_seconds: int = 0, request_id: str | None = None,
+                  scope: res_pb.Scope | None = None) -> auth_pb.Authorization:
+        return self.auths.Authorize(auth_pb.AuthorizeRequest(
+            request_id=rid() if request_id is None else request_id, amount=amount,
+            ttl_seconds=ttl_seconds, scope=scope)).authorization
+
+    def get_authorization(self, authorization_id: str) -> auth_pb.Authorization:
+        return self.auths.GetAuthorization(auth_pb.GetAuthorizationRequest(
+            authorization_id=authorization_id)).authorization
+
+    def receipt(self, authorization_id: str) -> res_pb.Receipt:
+        return self.auths.GetReceipt(auth_pb.GetReceiptRequest(
+            authorization_id=authorization_id)).receipt
+
+    def fund(self, wallet_id: str, amount: int, request_id: str | None = None):
+        return self.wallets.FundWallet(wallet_pb.FundWalletRequest(
+            request_id=rid() if request_id is None else request_id, wallet_id=wallet_id,
+            amount=amount))
+
+    def summary(self) -> admin_pb.GetLedgerSummaryResponse:
+        return self.admin.GetLedgerSummary(admin_pb.GetLedgerSummaryRequest())
+
+    def transfers(self, wallet_id: str = "", page_size: int = 1000) -> list:
+        out, token = [], ""
+        while True:
+            page = self.wallets.ListTransfers(wallet_pb.ListTransfersRequest(
+                wallet_id=wallet_id, page_size=page_size, page_token=token))
+            out += page.transfers
+            token = page.next_page_token
+            if not token:
+                return out
+
+
+@dataclass
+class Tenant:
+    """A second owner with a funded treasury, a wallet and owner/agent keys."""
+
+    owner_id: str
+    wallet_id: str
+    owner: Client
+    agent: Client
+
+
+class Harness:
+    """The live broker, the demo credentials and a client per role."""
+
+    def __init__(self, broker: BrokerProcess, channel: grpc.Channel):
+        self.broker, self.channel = broker, channel
+        self.creds = broker.credentials
+        self.owner_id = self.creds["owner_id"]
+        self.wallet_id = self.creds["wallet_id"]
+        self.provider_id = self.creds["provider_id"]
+        self.anon = Client(channel, None)
+        self.admin = Client(channel, self.creds["admin_api_key"])
+        self.owner = Client(channel, self.creds["owner_api_key"])
+        self.agent = Client(channel, self.creds["agent_api_key"])
+        self.worker = Client(channel, self.creds["worker_api_key"])
+
+    @property
+    def target(self) -> str:
+        return self.broker.target
+
+    def summary(self) -> admin_pb.GetLedgerSummaryResponse:
+        return self.admin.summary()
+
+    def wallet(self) -> res_pb.Balance:
+        return self.owner.balance(self.wallet_id)
+
+    def treasury(self) -> res_pb.Balance:
+        return self.owner.balance("")
+
+    def snapshot(self) -> tuple:
+        """Everything a rejected request must leave as it was."""
+        return (self.summary(), self.wallet(), self.treasury())
+
+    def register_worker(self, *, gpu_second_price: int = 1000, call_price: int = 0,
+                        input_tokens_1k_price: int = 0, output_tokens_1k_price: int = 0,
+                        resource_class: str = "gpu.h100", models=("tiny-lm",),
+                        key: str | None = None) -> str:
+        client = Client(self.channel, key) if key else self.worker
+        reply = client.registry.RegisterWorker(registry_pb.RegisterWorkerRequest(
+            request_id=rid(), endpoint="127.0.0.1:7001",
+            capabilities=registry_pb.Capabilities(resource_class=resource_class,
+                                                  models=list(models), meter="cpu_time"),
+            prices=res_pb.PriceSheet(gpu_second_price=gpu_second_price, call_price=call_price,
+                                     input_tokens_1k_price=input_tokens_1k_price,
+                                     output_tokens_1k_price=output_tokens_1k_price)))
+        return reply.worker_id
+
+    def new_tenant(self, *, treasury: int = 20_000_000, wallet_funding: int = 1_000_000) -> Tenant:
+        owner = self.admin.admin.CreateOwner(admin_pb.CreateOwnerRequest(
+            request_id=rid(), display_name="Other tenant"))
+        self.admin.admin.CreditTreasury(admin_pb.CreditTreasuryRequest(
+            request_id=rid(), owner_id=owner.owner_id, amount=treasury))
+        owner_key = self.admin.admin.CreateApiKey(admin_pb.CreateApiKeyRequest(
+            request_id=rid(), role=admin_pb.ROLE_OWNER, owner_id=owner.owner_id)).api_key
+        owner_client = Client(self.channel, owner_key)
+        wallet = owner_client.wallets.CreateWallet(wallet_pb.CreateWalletRequest(
+            request_id=rid(), display_name="other wallet", cap=5_000_000,
+            refill_target=1_000_000)).wallet
+        owner_client.fund(wallet.wallet_id, wallet_funding)
+        agent_key = self.admin.admin.CreateApiKey(admin_pb.CreateApiKeyRequest(
+            request_id=rid(), role=admin_pb.ROLE_AGENT, owner_id=owner.owner_id,
+            wallet_id=wallet.wallet_id)).api_key
+        return Tenant(owner.owner_id, wallet.wallet_id, owner_client, Client(self.channel,
+                                                                             agent_key))
+
+    def public_keys(self) -> dict[str, bytes]:
+        reply = self.anon.keys.ListVoucherKeys(keys_pb.ListVoucherKeysRequest())
+        return {k.key_id: k.public_key for k in reply.keys}
+
+    def wait_for_state(self, authorization_id: str, state: int,
+                       timeout: float = 10.0) -> auth_pb.Authorization:
+        deadline = time.monotonic() + timeout
+        while True:
+            auth = self.owner.get_authorization(authorization_id)
+            if auth.state == state or time.monotonic() > deadline:
+                return auth
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def h(broker, channel) -> Harness:
+    return Harness(broker, channel)
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+def check_error(error: grpc.RpcError, code: grpc.StatusCode, reason: str | None) -> None:
+    """The status code and the ErrorInfo reason/domain of a failed call (AIP-193)."""
+    assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), \
+        f"{error.code()}: {error.details()}"
+    assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
+    if reason is None:
+        return
+    info = error_info(error)
+    assert info is not None, f"no ErrorInfo in {error.code()}: {error.details()}"
+    assert info.domain == DOMAIN
+    assert info.reason == reason, f"expected {reason}, got {info.reason}: {error.details()}"
+
+
+@contextlib.contextmanager
+def rpc_error(code: grpc.StatusCode, reason: str | None):
+    """`with rpc_error(NOT_FOUND, "WALLET_NOT_FOUND"): ...` (reason None: code only)."""
+    with pytest.raises(grpc.RpcError) as caught:
+        yield caught
+    check_error(caught.value, code, reason)
+
+
+# -- metering (grpc.aio) --------------------------------------------------------------
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@contextlib.asynccontextmanager
+async def aio_channel(target: str):
+    async with grpc.aio.insecure_channel(target) as ch:
+        yield ch
+
+
+async def open_session(ch, key: str, voucher: str, worker_id: str,
+                       **kwargs) -> MeteringSession:
+    return await MeteringSession.open(ch, key, voucher, worker_id, **kwargs)
+
+
+def stream_error(error: BaseException) -> grpc.RpcError:
+    """The broker's status behind a failed metering call."""
+    if isinstance(error, SessionClosed):
+        assert error.error is not None, "the stream closed without a status"
+        return error.error
+    assert isinstance(error, grpc.RpcError), repr(error)
+    return error
+
+
+@contextlib.asynccontextmanager
+async def stream_rpc_error(code: grpc.StatusCode, reason: str | None):
+    with pytest.raises((grpc.RpcError, SessionClosed)) as caught:
+        yield caught
+    check_error(stream_error(caught.value), code, reason)
+
+
+def usage(**counters: int) -> dict:
+    return dict(counters)
+
+
+def split_fee(charged: int, bps: int = FEE_BPS) -> tuple[int, int]:
+    """(payout, fee) as documented in broker/core/money.py: fee rounds down."""
+    fee = charged * bps // 10_000
+    return charged - fee, fee
