@@ -66,7 +66,7 @@ class MeteringSession:
         await call.write(first)
         response = await call.read()
         if response is grpc.aio.EOF:
-            await call  # raises the broker's status
+            # read() raises on an error status: EOF is a clean close without a grant.
             raise SessionClosed(None)
         return cls(call, response.grant)
 

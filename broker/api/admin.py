@@ -53,7 +53,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                                    wallet_id=request.wallet_id,
                                    provider_id=request.provider_id,
                                    description=request.description)))
-        return pb.CreateApiKeyResponse(key_id=result["key_id"], api_key=result["api_key"])
+        return pb.CreateApiKeyResponse(key_id=result["key_id"], api_key=result.get("api_key", ""))
 
     @unary
     async def RevokeApiKey(self, request, context):

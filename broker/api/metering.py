@@ -48,8 +48,10 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     async def _meter(self, requests, context):
-        p = self.s.authenticate(context, "worker")
+        # Read the first message before any refusal: ending the call while the client
+        # is still sending it makes grpc.aio clients report INTERNAL, not our status.
         first = await anext(aiter(requests), None)
+        p = self.s.authenticate(context, "worker")
         if first is None:
             return
         kind = first.WhichOneof("kind")

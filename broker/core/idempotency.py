@@ -2,7 +2,8 @@
 
 The first successful answer is stored in the same atomic operation as the change
 it describes, so "done" and "remembered" can never disagree. The same id with
-different parameters is refused (REQUEST_ID_REUSED). Failed requests are not
+different parameters is refused (REQUEST_ID_REUSED). Secrets in an answer (a new
+API key) are not stored, so a replay returns the answer without them. Failed requests are not
 remembered: they changed nothing, so a retry simply runs again.
 """
 
@@ -17,6 +18,8 @@ from .errors import BrokerError, Code, invalid
 from .journal import canonical
 
 KEEP_MS = 48 * 3600 * 1000  # DESIGN.md asks for at least 24 h.
+# Secrets are never remembered: a replay answers without them (keys are stored hashed only).
+UNREMEMBERED_FIELDS = ("api_key",)
 MAX_REQUEST_ID = 64
 
 
@@ -40,7 +43,9 @@ def run(tx: Tx, scope: str, request_id: str, fingerprint: str, now: int,
                               {"request_id": request_id})
         return seen["result"]
     result = op()
-    tx.put("idempotency", key, {"fingerprint": fingerprint, "result": result, "time_ms": now})
+    remembered = {k: v for k, v in result.items() if k not in UNREMEMBERED_FIELDS}
+    tx.put("idempotency", key, {"fingerprint": fingerprint, "result": remembered,
+                                "time_ms": now})
     tx.put("idempotency_expiry", f"{now:020d}/{key}", {})
     return result
 

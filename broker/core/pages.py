@@ -16,7 +16,11 @@ def decode(token: str) -> str:
     if not token:
         return ""
     try:
-        return b64d(token).decode()
+        key = b64d(token).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
+        key = None
+    # b64decode skips characters outside the alphabet: only exact round trips are ours.
+    if key is None or encode(key) != token:
         raise invalid("page_token", "is not a token this server issued",
                       "INVALID_PAGE_TOKEN") from None
+    return key

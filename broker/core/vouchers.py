@@ -95,6 +95,8 @@ def verify(token: str, keys: dict[str, VerifyKey], now: int) -> VoucherClaims:
                           "voucher is signed with an unknown key", {"key_id": key_id[:64]})
     try:
         signature = b64d(sig_b64)
+        if b64e(signature) != sig_b64:  # b64decode skips stray characters; we do not
+            raise ValueError("signature is not canonical base64url")
         key.verify(f"{version}.{key_id}.{claims_b64}".encode(), signature)
     except (BadSignatureError, binascii.Error, ValueError):
         raise BrokerError(Code.PERMISSION_DENIED, "VOUCHER_INVALID_SIGNATURE",

@@ -52,6 +52,8 @@ def get_wallet(tx: Tx, principal: Principal, wallet_id: str) -> Record:
 def list_wallets(tx: Tx, owner_id: str, page_size: int, page_token: str) -> Record:
     size = validate.page_size(page_size)
     after = pages.decode(page_token)
+    if after and not after.startswith(f"{owner_id}/"):
+        raise invalid("page_token", "belongs to another listing", "INVALID_PAGE_TOKEN")
     start = after + "\x00" if after else None
     rows = list(tx.scan("owner_wallets", prefix=f"{owner_id}/", start=start, limit=size + 1))
     wallets = [view(tx, tx.get("wallets", key.split("/", 1)[1])) for key, _ in rows[:size]]

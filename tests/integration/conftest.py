@@ -28,7 +28,6 @@ TREASURY_START = 100_000_000 - 5_000_000
 WALLET_START = 5_000_000
 WALLET_CAP = 10_000_000
 REFILL_TARGET = 5_000_000
-FEE_BPS = 250
 
 
 @pytest.fixture
@@ -270,13 +269,3 @@ async def stream_rpc_error(code: grpc.StatusCode, reason: str | None):
     with pytest.raises((grpc.RpcError, SessionClosed)) as caught:
         yield caught
     check_error(stream_error(caught.value), code, reason)
-
-
-def usage(**counters: int) -> dict:
-    return dict(counters)
-
-
-def split_fee(charged: int, bps: int = FEE_BPS) -> tuple[int, int]:
-    """(payout, fee) as documented in broker/core/money.py: fee rounds down."""
-    fee = charged * bps // 10_000
-    return charged - fee, fee
