@@ -49,6 +49,7 @@ def init(data_dir: DataDir) -> tuple[str, str]:
     store = data_dir.open_store()  # takes the directory lock first
     try:
         key_id = Keyring.create(data_dir.voucher_keys)
+        data_dir.voucher_keys.parent.chmod(0o700)
 
         def bootstrap(tx):
             now = now_ms()

@@ -233,7 +233,9 @@ def test_key_files_are_private(h):
     for path in files:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == 0o600, f"{path} has mode {oct(mode)}"
-    assert stat.S_IMODE(h.broker.data_dir.stat().st_mode) & 0o077 == 0
+    for directory in (h.broker.data_dir, h.broker.data_dir / "keys",
+                      h.broker.data_dir / "keys" / "voucher"):
+        assert stat.S_IMODE(directory.stat().st_mode) & 0o077 == 0, directory
 
 
 def test_secrets_never_appear_in_the_log(h):
