@@ -81,9 +81,10 @@ def expire_holds(services: Services) -> int:
 
 class Broker:
     def __init__(self, store: Store, keyring: Keyring, config: CoreConfig,
-                 settings: BrokerSettings):
+                 settings: BrokerSettings, cache_secret: bytes = b""):
         self.services = Services(store=store, keyring=keyring, config=config,
-                                 liveness=Liveness(config.worker_lease_ms))
+                                 liveness=Liveness(config.worker_lease_ms),
+                                 cache_secret=cache_secret)
         self.settings = settings
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
@@ -149,7 +150,8 @@ async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
                 on_ready=None) -> None:
     store = data_dir.open_store()
     try:
-        broker = Broker(store, Keyring(data_dir.voucher_keys), config, settings)
+        broker = Broker(store, Keyring(data_dir.voucher_keys), config, settings,
+                        data_dir.cache_secret())
         await broker.start()
     except BaseException:
         store.close()

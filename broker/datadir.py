@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from .clock import now_ms
 from .core import ledger, tenancy
+from .files import write_secret
 from .keyring import Keyring
 from .store import LmdbStore
 
@@ -27,6 +29,16 @@ class DataDir:
     @property
     def demo_credentials(self) -> Path:
         return self.root / "demo-credentials.json"
+
+    @property
+    def cache_secret_path(self) -> Path:
+        return self.root / "keys" / "cache-scope.key"
+
+    def cache_secret(self) -> bytes:
+        """The result-cache scope secret, created on first use (mode 0600)."""
+        if not self.cache_secret_path.exists():
+            write_secret(self.cache_secret_path, secrets.token_hex(32).encode())
+        return bytes.fromhex(self.cache_secret_path.read_text().strip())
 
     def is_initialised(self) -> bool:
         return (self.voucher_keys / "ACTIVE").exists()
@@ -49,6 +61,7 @@ def init(data_dir: DataDir) -> tuple[str, str]:
     store = data_dir.open_store()  # takes the directory lock first
     try:
         key_id = Keyring.create(data_dir.voucher_keys)
+        data_dir.cache_secret()
         data_dir.voucher_keys.parent.chmod(0o700)
 
         def bootstrap(tx):

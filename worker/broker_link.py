@@ -5,6 +5,7 @@
     if session.stopped.is_set(): ... cancel the job ...
     receipt = await session.finish(final_usage)
 
+With a usage key, every report and the finish are signed (see UsageReport.signature).
 A reader task routes every broker message: acks to the report waiting for them,
 STOP to the `stopped` event (it may come at any time), the settlement to finish().
 """
@@ -15,7 +16,9 @@ import asyncio
 from typing import Any
 
 import grpc
+from nacl.signing import SigningKey
 
+from broker.core import usage_signing
 from broker.v1 import metering_service_pb2 as pb
 from broker.v1 import metering_service_pb2_grpc as pb_grpc
 from broker.v1 import resources_pb2 as res_pb
@@ -30,8 +33,9 @@ class SessionClosed(Exception):
 
 
 class MeteringSession:
-    def __init__(self, call, grant: pb.SessionGrant):
+    def __init__(self, call, grant: pb.SessionGrant, usage_key: SigningKey | None = None):
         self._call = call
+        self._usage_key = usage_key
         self.grant = grant
         self.session_id = grant.session_id
         self.seq = grant.last_seq
@@ -45,22 +49,24 @@ class MeteringSession:
 
     @classmethod
     async def open(cls, channel: grpc.aio.Channel, api_key: str, voucher: str, worker_id: str,
-                   *, resource_class: str = "", model: str = "",
-                   request_id: str = "") -> MeteringSession:
+                   *, resource_class: str = "", model: str = "", request_id: str = "",
+                   usage_key: SigningKey | None = None) -> MeteringSession:
         first = pb.MeterRequest(open=pb.OpenSession(
             request_id=request_id, voucher=voucher, worker_id=worker_id,
             resource_class=resource_class, model=model))
-        return await cls._start(channel, api_key, first)
+        return await cls._start(channel, api_key, first, usage_key)
 
     @classmethod
     async def resume(cls, channel: grpc.aio.Channel, api_key: str, session_id: str,
-                     worker_id: str) -> MeteringSession:
+                     worker_id: str, *,
+                     usage_key: SigningKey | None = None) -> MeteringSession:
         first = pb.MeterRequest(resume=pb.ResumeSession(session_id=session_id,
                                                         worker_id=worker_id))
-        return await cls._start(channel, api_key, first)
+        return await cls._start(channel, api_key, first, usage_key)
 
     @classmethod
-    async def _start(cls, channel, api_key: str, first: pb.MeterRequest) -> MeteringSession:
+    async def _start(cls, channel, api_key: str, first: pb.MeterRequest,
+                     usage_key: SigningKey | None) -> MeteringSession:
         call = pb_grpc.MeteringServiceStub(channel).Meter(
             metadata=(("authorization", f"Bearer {api_key}"),))
         await call.write(first)
@@ -68,7 +74,7 @@ class MeteringSession:
         if response is grpc.aio.EOF:
             # read() raises on an error status: EOF is a clean close without a grant.
             raise SessionClosed(None)
-        return cls(call, response.grant)
+        return cls(call, response.grant, usage_key)
 
     async def _read(self) -> None:
         error: grpc.RpcError | None = None
@@ -100,18 +106,23 @@ class MeteringSession:
         self.seq += 1
         future = asyncio.get_running_loop().create_future()
         self._acks[self.seq] = future
+        signature = self._sign(usage_signing.payload(self.session_id, usage, seq=self.seq))
         await self._call.write(pb.MeterRequest(usage=pb.UsageReport(
-            seq=self.seq, usage=res_pb.Usage(**usage))))
+            seq=self.seq, usage=res_pb.Usage(**usage), signature=signature)))
         return await future
 
     async def finish(self, usage: dict[str, Any]) -> res_pb.Receipt:
         """Send final cumulative usage; returns the signed receipt."""
+        signature = self._sign(usage_signing.payload(self.session_id, usage, final=True))
         await self._call.write(pb.MeterRequest(finish=pb.FinishSession(
-            usage=res_pb.Usage(**usage))))
+            usage=res_pb.Usage(**usage), signature=signature)))
         receipt = await self._settled
         await self._call.done_writing()
         await self._reader
         return receipt
+
+    def _sign(self, message: bytes) -> bytes:
+        return usage_signing.sign(self._usage_key, message) if self._usage_key else b""
 
     async def abandon(self) -> None:
         """Drop the stream without finishing (the session stays open to resume)."""

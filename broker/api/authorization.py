@@ -21,9 +21,11 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         self.s.refuse_when_draining()
         key_id = self.s.keyring.active_id
         scope = convert.scope_from_proto(request.scope)
+        cache_secret = self.s.cache_secret if request.cache_results else b""
         result = await self.s.mutate(p, "Authorize", request, lambda tx, now: (
             authorizations.authorize(tx, p, request.amount, scope, request.ttl_seconds, now,
-                                     self.s.config, key_id)))
+                                     self.s.config, key_id,
+                                     cache_secret=cache_secret)))
         signer = self.s.keyring.signer_for(result["voucher_key_id"])
         token = authorizations.voucher_token(result, signer)
         return pb.AuthorizeResponse(authorization=convert.authorization(result, voucher=token))

@@ -31,6 +31,8 @@ class Services:
     keyring: Keyring
     config: CoreConfig
     liveness: Liveness
+    # HMAC key that turns owner ids into opaque result-cache scopes.
+    cache_secret: bytes = b""
     clock: Callable[[], int] = now_ms
     # Set on shutdown: new authorizations and sessions are refused with UNAVAILABLE.
     draining: bool = False

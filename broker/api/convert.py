@@ -56,13 +56,15 @@ def usage_from_proto(msg: res_pb.Usage) -> Record:
 
 
 def scope_from_proto(msg: res_pb.Scope) -> Record:
+    # cache_scope is set by the broker only, never taken from the caller.
     return {"resource_class": msg.resource_class, "model": msg.model,
             "max_prices": prices_from_proto(msg.max_prices), "worker_id": msg.worker_id}
 
 
 def scope_to_proto(s: Record) -> res_pb.Scope:
     return res_pb.Scope(resource_class=s["resource_class"], model=s["model"],
-                        max_prices=prices_to_proto(s["max_prices"]), worker_id=s["worker_id"])
+                        max_prices=prices_to_proto(s["max_prices"]), worker_id=s["worker_id"],
+                        cache_scope=s.get("cache_scope", ""))
 
 
 def wallet(w: Record) -> wallet_pb.Wallet:
@@ -98,13 +100,16 @@ def receipt(r: Record) -> res_pb.Receipt:
         prices=prices_to_proto(r["prices"]), outcome=r["outcome"],
         settle_time=timestamp(r["settle_ms"]), key_id=r["key_id"],
         signature=base64.b64decode(r["signature"]),
-        signed_payload=base64.b64decode(r["signed_payload"]))
+        signed_payload=base64.b64decode(r["signed_payload"]),
+        worker_usage_payload=base64.b64decode(r["worker_usage"]["payload"]),
+        worker_usage_signature=base64.b64decode(r["worker_usage"]["signature"]))
 
 
 def capabilities_from_proto(msg: registry_pb.Capabilities) -> Record:
     return {"resource_class": msg.resource_class, "gpu_name": msg.gpu_name,
             "gpu_memory_bytes": msg.gpu_memory_bytes, "models": list(msg.models),
-            "meter": msg.meter}
+            "meter": msg.meter, "gpu_uuid": msg.gpu_uuid, "driver_version": msg.driver_version,
+            "energy_supported": msg.energy_supported}
 
 
 def capabilities_to_proto(c: Record) -> registry_pb.Capabilities:

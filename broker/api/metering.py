@@ -81,7 +81,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
     async def _report(self, p, session_id: str, report: pb.UsageReport) -> list:
         usage = convert.usage_from_proto(report.usage)
         decision = await self.s.store.submit(lambda tx: metering.record_usage(
-            tx, p, session_id, report.seq, usage, self.s.clock()))
+            tx, p, session_id, report.seq, usage, self.s.clock(), report.signature))
         responses = [pb.MeterResponse(ack=pb.UsageAck(
             seq=report.seq, charged=decision.charged, remaining=decision.remaining))]
         if decision.stop_reason:
@@ -94,7 +94,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         usage = convert.usage_from_proto(finish.usage)
         signer = self.s.keyring.signer
         receipt = await self.s.store.submit(lambda tx: metering.finish(
-            tx, p, session_id, usage, self.s.clock(), self.s.config, signer))
+            tx, p, session_id, usage, self.s.clock(), self.s.config, signer, finish.signature))
         return pb.MeterResponse(settled=pb.SessionSettled(
             receipt=convert.receipt(receipt),
             settle_time=convert.timestamp(receipt["settle_ms"])))

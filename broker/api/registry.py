@@ -20,7 +20,7 @@ class WorkerRegistryServicer(pb_grpc.WorkerRegistryServiceServicer):
         prices = convert.prices_from_proto(request.prices)
         worker = await self.s.mutate(p, "RegisterWorker", request, lambda tx, now: (
             registry.register(tx, p, request.worker_id, request.endpoint, capabilities, prices,
-                              now)))
+                              now, request.usage_public_key)))
         lease = self.s.liveness.beat(worker["worker_id"], self.s.clock())
         return pb.RegisterWorkerResponse(
             worker_id=worker["worker_id"],

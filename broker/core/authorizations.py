@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 
 from ..store.base import Record, Tx
@@ -24,11 +26,19 @@ def check_scope(scope: Record) -> Record:
                                         required=False)}
 
 
+def cache_scope_for(secret: bytes, owner_id: str) -> str:
+    """Opaque and stable per owner: workers can share cache entries within one owner's
+    jobs without learning who the owner is (an HMAC under a broker secret)."""
+    return "cs_" + hmac.new(secret, owner_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seconds: int,
-              now: int, config: CoreConfig, key_id: str) -> Record:
+              now: int, config: CoreConfig, key_id: str, *,
+              cache_secret: bytes = b"") -> Record:
     """Hold `amount` on the agent's wallet. The voucher is not stored: Ed25519 is
     deterministic, so `voucher_token` re-creates the same token from the record
-    (a retried request gets its voucher back without the broker keeping it)."""
+    (a retried request gets its voucher back without the broker keeping it).
+    `cache_secret` is given when the agent opted into result caching."""
     check_amount(amount, "amount")
     scope = check_scope(scope)
     ttl_ms = ttl_seconds * 1000 if ttl_seconds else config.default_ttl_ms
@@ -36,6 +46,8 @@ def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seco
         raise invalid("ttl_seconds", f"must be between 1 and {config.max_ttl_ms // 1000}")
     wallet = get_wallet(tx, principal, "")
     require_spendable(wallet)
+    if cache_secret:
+        scope["cache_scope"] = cache_scope_for(cache_secret, wallet["owner_id"])
     if scope["worker_id"] and tx.get("workers", scope["worker_id"]) is None:
         raise not_found("worker", scope["worker_id"])
     authorization_id = "auth_" + secrets.token_hex(12)

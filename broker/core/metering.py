@@ -12,7 +12,7 @@ import base64
 import secrets
 
 from ..store.base import Record, Tx
-from . import journal, ledger, session, validate, vouchers
+from . import journal, ledger, session, usage_signing, validate, vouchers
 from .access import Principal
 from .authorizations import CANCELLED, EXPIRED, HELD, REDEEMED, SETTLED
 from .config import CoreConfig
@@ -45,7 +45,7 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
     if auth["state"] == EXPIRED or now >= auth["expire_ms"]:
         raise precondition("VOUCHER_EXPIRED", "voucher has expired", voucher_id=claims.voucher_id)
     assert auth["state"] == HELD, "an unredeemed voucher's authorization is held"
-    _check_scope(claims.scope, worker, validate.ident(resource_class, "open.resource_class",
+    check_scope(claims.scope, worker, validate.ident(resource_class, "open.resource_class",
                                                       required=False),
                  validate.ident(model, "open.model", required=False))
     new = session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id, worker,
@@ -61,7 +61,7 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
     return new
 
 
-def _check_scope(scope: Record, worker: Record, resource_class: str, model: str) -> None:
+def check_scope(scope: Record, worker: Record, resource_class: str, model: str) -> None:
     caps = worker["capabilities"]
 
     def outside(what: str, detail: str) -> BrokerError:
@@ -95,10 +95,13 @@ def get_own_session(tx: Tx, principal: Principal, session_id: str, worker_id: st
 
 
 def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage: Record,
-                 now: int) -> session.UsageDecision:
+                 now: int, signature: bytes = b"") -> session.UsageDecision:
     current = get_own_session(tx, principal, session_id, "")
+    message = usage_signing.payload(session_id, usage, seq=seq)
+    usage_signing.verify(current["usage_public_key"], message, signature)
     decision = session.on_usage(current, seq, usage, now)
     if decision.session is not current:
+        decision.session["signed_usage"] = _signed(message, signature)
         tx.put("sessions", session_id, decision.session)
         if decision.stop_reason:
             journal.append(tx, "session_stopped", {"session_id": session_id,
@@ -108,15 +111,24 @@ def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage:
 
 
 def finish(tx: Tx, principal: Principal, session_id: str, usage: Record, now: int,
-           config: CoreConfig, signer: vouchers.Signer) -> Record:
+           config: CoreConfig, signer: vouchers.Signer, signature: bytes = b"") -> Record:
     current = get_own_session(tx, principal, session_id, "")
     session.require_open(current)
+    message = usage_signing.payload(session_id, usage, final=True)
+    usage_signing.verify(current["usage_public_key"], message, signature)
     if now >= current["expire_ms"]:
         # Too late: the hold timed out, so only acknowledged usage counts.
         return settle(tx, current, HOLD_EXPIRED, now, config, signer)
-    final = session.on_finish(current, usage)
+    final = {**session.on_finish(current, usage), "signed_usage": _signed(message, signature)}
     return settle(tx, final, STOPPED if current["stop_reason"] else FINISHED, now, config,
                   signer)
+
+
+def _signed(message: bytes, signature: bytes) -> Record:
+    if not signature:
+        return {"payload": "", "signature": ""}
+    return {"payload": base64.b64encode(message).decode(),
+            "signature": base64.b64encode(signature).decode()}
 
 
 def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
@@ -142,7 +154,8 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
         "authorization_id": auth["authorization_id"], "session_id": ses["session_id"],
         "held": auth["amount"], "charged": charged, "worker_payout": payout,
         "platform_fee": fee, "released": auth["amount"] - charged, "usage": ses["usage"],
-        "prices": ses["prices"], "outcome": outcome, "settle_ms": now})
+        "prices": ses["prices"], "outcome": outcome, "settle_ms": now,
+        "worker_usage": ses.get("signed_usage") or {"payload": "", "signature": ""}})
     tx.put("receipts", receipt["receipt_id"], receipt)
     tx.put("sessions", ses["session_id"],
            {**ses, "state": session.SETTLED, "receipt_id": receipt["receipt_id"]})
@@ -158,7 +171,7 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
 
 RECEIPT_SIGNED_FIELDS = ("receipt_id", "authorization_id", "session_id", "held", "charged",
                          "worker_payout", "platform_fee", "released", "usage", "prices",
-                         "outcome", "settle_ms")
+                         "outcome", "settle_ms", "worker_usage")
 
 
 def sign_receipt(signer: vouchers.Signer, fields: Record) -> Record:

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from ..store.base import Record, Tx
-from . import journal, validate
+from . import journal, usage_signing, validate
 from .access import Principal
 from .errors import BrokerError, invalid, not_found, precondition
 from .money import check_prices
@@ -27,12 +27,14 @@ def check_capabilities(caps: Record) -> Record:
     memory = caps.get("gpu_memory_bytes", 0)
     if memory < 0:
         raise invalid("capabilities.gpu_memory_bytes", "must not be negative")
+    optional = {name: validate.ident(caps.get(name, ""), f"capabilities.{name}",
+                                     required=False)
+                for name in ("meter", "gpu_uuid", "driver_version")}
     return {"resource_class": validate.ident(caps.get("resource_class", ""),
                                              "capabilities.resource_class"),
             "gpu_name": validate.name(caps.get("gpu_name", ""), "capabilities.gpu_name"),
             "gpu_memory_bytes": memory, "models": models,
-            "meter": validate.ident(caps.get("meter", ""), "capabilities.meter",
-                                    required=False)}
+            "energy_supported": bool(caps.get("energy_supported", False)), **optional}
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -44,8 +46,9 @@ def check_endpoint(endpoint: str) -> str:
 
 
 def register(tx: Tx, principal: Principal, worker_id: str, endpoint: str, capabilities: Record,
-             prices: Record, now: int) -> Record:
+             prices: Record, now: int, usage_public_key: bytes = b"") -> Record:
     endpoint = check_endpoint(endpoint)
+    usage_key = usage_signing.check_public_key(usage_public_key)
     capabilities = check_capabilities(capabilities)
     prices = check_prices(prices, "prices")
     if worker_id:
@@ -55,6 +58,7 @@ def register(tx: Tx, principal: Principal, worker_id: str, endpoint: str, capabi
         worker_id, create_ms = "wrk_" + secrets.token_hex(8), now
     worker = {"worker_id": worker_id, "provider_id": principal.provider_id, "endpoint": endpoint,
               "capabilities": capabilities, "prices": prices, "active": True,
+              "usage_public_key": usage_key,
               "create_ms": create_ms, "update_ms": now}
     tx.put("workers", worker_id, worker)
     journal.append(tx, "worker_registered", {"worker_id": worker_id, "prices": prices,

@@ -38,7 +38,10 @@ def new_session(session_id: str, authorization: Record, voucher_id: str, worker:
             "prices": dict(worker["prices"]), "usage": dict.fromkeys(USAGE_FIELDS, 0),
             "last_seq": 0, "charged": 0, "stop_reason": "", "state": OPEN,
             "open_ms": now, "last_report_ms": now, "expire_ms": authorization["expire_ms"],
-            "report_interval_ms": report_interval_ms, "receipt_id": ""}
+            "report_interval_ms": report_interval_ms, "receipt_id": "",
+            # The worker's usage key at redemption, and its last signed report.
+            "usage_public_key": worker.get("usage_public_key", ""),
+            "signed_usage": {"payload": "", "signature": ""}}
 
 
 def require_open(session: Record) -> None:

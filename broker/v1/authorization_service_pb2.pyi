@@ -51,16 +51,18 @@ class Authorization(_message.Message):
     def __init__(self, authorization_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., state: _Optional[_Union[AuthorizationState, str]] = ..., voucher: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., charged: _Optional[int] = ..., receipt_id: _Optional[str] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("request_id", "amount", "scope", "ttl_seconds")
+    __slots__ = ("request_id", "amount", "scope", "ttl_seconds", "cache_results")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_RESULTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     amount: int
     scope: _resources_pb2.Scope
     ttl_seconds: int
-    def __init__(self, request_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    cache_results: bool
+    def __init__(self, request_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., cache_results: _Optional[bool] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
     __slots__ = ("authorization",)

@@ -26,15 +26,15 @@ from broker.v1 import resources_pb2 as broker_dot_v1_dot_resources__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n broker/v1/metering_service.proto\x12\tbroker.v1\x1a\x19\x62roker/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n\x0cMeterRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.broker.v1.OpenSessionH\x00\x12*\n\x06resume\x18\x02 \x01(\x0b\x32\x18.broker.v1.ResumeSessionH\x00\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x16.broker.v1.UsageReportH\x00\x12*\n\x06\x66inish\x18\x04 \x01(\x0b\x32\x18.broker.v1.FinishSessionH\x00\x42\x06\n\x04kind\"l\n\x0bOpenSession\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07voucher\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x16\n\x0eresource_class\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\"6\n\rResumeSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\";\n\x0bUsageReport\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.broker.v1.Usage\"0\n\rFinishSession\x12\x1f\n\x05usage\x18\x01 \x01(\x0b\x32\x10.broker.v1.Usage\"\xbb\x01\n\rMeterResponse\x12(\n\x05grant\x18\x01 \x01(\x0b\x32\x17.broker.v1.SessionGrantH\x00\x12\"\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x13.broker.v1.UsageAckH\x00\x12&\n\x04stop\x18\x03 \x01(\x0b\x32\x16.broker.v1.StopCommandH\x00\x12,\n\x07settled\x18\x04 \x01(\x0b\x32\x19.broker.v1.SessionSettledH\x00\x42\x06\n\x04kind\"\xfb\x01\n\x0cSessionGrant\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\x03\x12%\n\x06prices\x18\x03 \x01(\x0b\x32\x15.broker.v1.PriceSheet\x12\x1a\n\x12report_interval_ms\x18\x04 \x01(\x05\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63harged\x18\x06 \x01(\x03\x12\x10\n\x08last_seq\x18\x07 \x01(\x03\x12\x1f\n\x05usage\x18\x08 \x01(\x0b\x32\x10.broker.v1.Usage\x12\x0f\n\x07stopped\x18\t \x01(\x08\";\n\x08UsageAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\"X\n\x0bStopCommand\x12%\n\x06reason\x18\x01 \x01(\x0e\x32\x15.broker.v1.StopReason\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\"f\n\x0eSessionSettled\x12#\n\x07receipt\x18\x01 \x01(\x0b\x32\x12.broker.v1.Receipt\x12/\n\x0bsettle_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*j\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cSTOP_REASON_BUDGET_EXHAUSTED\x10\x01\x12\x1d\n\x19STOP_REASON_HOLD_EXPIRING\x10\x02\x32Q\n\x0fMeteringService\x12>\n\x05Meter\x12\x17.broker.v1.MeterRequest\x1a\x18.broker.v1.MeterResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n broker/v1/metering_service.proto\x12\tbroker.v1\x1a\x19\x62roker/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n\x0cMeterRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.broker.v1.OpenSessionH\x00\x12*\n\x06resume\x18\x02 \x01(\x0b\x32\x18.broker.v1.ResumeSessionH\x00\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x16.broker.v1.UsageReportH\x00\x12*\n\x06\x66inish\x18\x04 \x01(\x0b\x32\x18.broker.v1.FinishSessionH\x00\x42\x06\n\x04kind\"l\n\x0bOpenSession\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07voucher\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x16\n\x0eresource_class\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\"6\n\rResumeSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\"N\n\x0bUsageReport\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.broker.v1.Usage\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"C\n\rFinishSession\x12\x1f\n\x05usage\x18\x01 \x01(\x0b\x32\x10.broker.v1.Usage\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xbb\x01\n\rMeterResponse\x12(\n\x05grant\x18\x01 \x01(\x0b\x32\x17.broker.v1.SessionGrantH\x00\x12\"\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x13.broker.v1.UsageAckH\x00\x12&\n\x04stop\x18\x03 \x01(\x0b\x32\x16.broker.v1.StopCommandH\x00\x12,\n\x07settled\x18\x04 \x01(\x0b\x32\x19.broker.v1.SessionSettledH\x00\x42\x06\n\x04kind\"\xfb\x01\n\x0cSessionGrant\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\x03\x12%\n\x06prices\x18\x03 \x01(\x0b\x32\x15.broker.v1.PriceSheet\x12\x1a\n\x12report_interval_ms\x18\x04 \x01(\x05\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63harged\x18\x06 \x01(\x03\x12\x10\n\x08last_seq\x18\x07 \x01(\x03\x12\x1f\n\x05usage\x18\x08 \x01(\x0b\x32\x10.broker.v1.Usage\x12\x0f\n\x07stopped\x18\t \x01(\x08\";\n\x08UsageAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\"X\n\x0bStopCommand\x12%\n\x06reason\x18\x01 \x01(\x0e\x32\x15.broker.v1.StopReason\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\"f\n\x0eSessionSettled\x12#\n\x07receipt\x18\x01 \x01(\x0b\x32\x12.broker.v1.Receipt\x12/\n\x0bsettle_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*j\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cSTOP_REASON_BUDGET_EXHAUSTED\x10\x01\x12\x1d\n\x19STOP_REASON_HOLD_EXPIRING\x10\x02\x32Q\n\x0fMeteringService\x12>\n\x05Meter\x12\x17.broker.v1.MeterRequest\x1a\x18.broker.v1.MeterResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.v1.metering_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STOPREASON']._serialized_start=1277
-  _globals['_STOPREASON']._serialized_end=1383
+  _globals['_STOPREASON']._serialized_start=1315
+  _globals['_STOPREASON']._serialized_end=1421
   _globals['_METERREQUEST']._serialized_start=108
   _globals['_METERREQUEST']._serialized_end=299
   _globals['_OPENSESSION']._serialized_start=301
@@ -42,19 +42,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESUMESESSION']._serialized_start=411
   _globals['_RESUMESESSION']._serialized_end=465
   _globals['_USAGEREPORT']._serialized_start=467
-  _globals['_USAGEREPORT']._serialized_end=526
-  _globals['_FINISHSESSION']._serialized_start=528
-  _globals['_FINISHSESSION']._serialized_end=576
-  _globals['_METERRESPONSE']._serialized_start=579
-  _globals['_METERRESPONSE']._serialized_end=766
-  _globals['_SESSIONGRANT']._serialized_start=769
-  _globals['_SESSIONGRANT']._serialized_end=1020
-  _globals['_USAGEACK']._serialized_start=1022
-  _globals['_USAGEACK']._serialized_end=1081
-  _globals['_STOPCOMMAND']._serialized_start=1083
-  _globals['_STOPCOMMAND']._serialized_end=1171
-  _globals['_SESSIONSETTLED']._serialized_start=1173
-  _globals['_SESSIONSETTLED']._serialized_end=1275
-  _globals['_METERINGSERVICE']._serialized_start=1385
-  _globals['_METERINGSERVICE']._serialized_end=1466
+  _globals['_USAGEREPORT']._serialized_end=545
+  _globals['_FINISHSESSION']._serialized_start=547
+  _globals['_FINISHSESSION']._serialized_end=614
+  _globals['_METERRESPONSE']._serialized_start=617
+  _globals['_METERRESPONSE']._serialized_end=804
+  _globals['_SESSIONGRANT']._serialized_start=807
+  _globals['_SESSIONGRANT']._serialized_end=1058
+  _globals['_USAGEACK']._serialized_start=1060
+  _globals['_USAGEACK']._serialized_end=1119
+  _globals['_STOPCOMMAND']._serialized_start=1121
+  _globals['_STOPCOMMAND']._serialized_end=1209
+  _globals['_SESSIONSETTLED']._serialized_start=1211
+  _globals['_SESSIONSETTLED']._serialized_end=1313
+  _globals['_METERINGSERVICE']._serialized_start=1423
+  _globals['_METERINGSERVICE']._serialized_end=1504
 # @@protoc_insertion_point(module_scope)

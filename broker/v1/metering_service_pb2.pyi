@@ -54,18 +54,22 @@ class ResumeSession(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class UsageReport(_message.Message):
-    __slots__ = ("seq", "usage")
+    __slots__ = ("seq", "usage", "signature")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     usage: _resources_pb2.Usage
-    def __init__(self, seq: _Optional[int] = ..., usage: _Optional[_Union[_resources_pb2.Usage, _Mapping]] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, seq: _Optional[int] = ..., usage: _Optional[_Union[_resources_pb2.Usage, _Mapping]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class FinishSession(_message.Message):
-    __slots__ = ("usage",)
+    __slots__ = ("usage", "signature")
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     usage: _resources_pb2.Usage
-    def __init__(self, usage: _Optional[_Union[_resources_pb2.Usage, _Mapping]] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, usage: _Optional[_Union[_resources_pb2.Usage, _Mapping]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class MeterResponse(_message.Message):
     __slots__ = ("grant", "ack", "stop", "settled")

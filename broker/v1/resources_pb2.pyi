@@ -45,19 +45,21 @@ class Usage(_message.Message):
     def __init__(self, gpu_ms: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., calls: _Optional[int] = ..., energy_mj: _Optional[int] = ...) -> None: ...
 
 class Scope(_message.Message):
-    __slots__ = ("resource_class", "model", "max_prices", "worker_id")
+    __slots__ = ("resource_class", "model", "max_prices", "worker_id", "cache_scope")
     RESOURCE_CLASS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MAX_PRICES_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SCOPE_FIELD_NUMBER: _ClassVar[int]
     resource_class: str
     model: str
     max_prices: PriceSheet
     worker_id: str
-    def __init__(self, resource_class: _Optional[str] = ..., model: _Optional[str] = ..., max_prices: _Optional[_Union[PriceSheet, _Mapping]] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    cache_scope: str
+    def __init__(self, resource_class: _Optional[str] = ..., model: _Optional[str] = ..., max_prices: _Optional[_Union[PriceSheet, _Mapping]] = ..., worker_id: _Optional[str] = ..., cache_scope: _Optional[str] = ...) -> None: ...
 
 class Receipt(_message.Message):
-    __slots__ = ("receipt_id", "authorization_id", "session_id", "held", "charged", "worker_payout", "platform_fee", "released", "usage", "prices", "outcome", "settle_time", "key_id", "signature", "signed_payload")
+    __slots__ = ("receipt_id", "authorization_id", "session_id", "held", "charged", "worker_payout", "platform_fee", "released", "usage", "prices", "outcome", "settle_time", "key_id", "signature", "signed_payload", "worker_usage_payload", "worker_usage_signature")
     RECEIPT_ID_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +75,8 @@ class Receipt(_message.Message):
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     SIGNED_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    WORKER_USAGE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    WORKER_USAGE_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     receipt_id: str
     authorization_id: str
     session_id: str
@@ -88,4 +92,6 @@ class Receipt(_message.Message):
     key_id: str
     signature: bytes
     signed_payload: bytes
-    def __init__(self, receipt_id: _Optional[str] = ..., authorization_id: _Optional[str] = ..., session_id: _Optional[str] = ..., held: _Optional[int] = ..., charged: _Optional[int] = ..., worker_payout: _Optional[int] = ..., platform_fee: _Optional[int] = ..., released: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., prices: _Optional[_Union[PriceSheet, _Mapping]] = ..., outcome: _Optional[str] = ..., settle_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ...) -> None: ...
+    worker_usage_payload: bytes
+    worker_usage_signature: bytes
+    def __init__(self, receipt_id: _Optional[str] = ..., authorization_id: _Optional[str] = ..., session_id: _Optional[str] = ..., held: _Optional[int] = ..., charged: _Optional[int] = ..., worker_payout: _Optional[int] = ..., platform_fee: _Optional[int] = ..., released: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., prices: _Optional[_Union[PriceSheet, _Mapping]] = ..., outcome: _Optional[str] = ..., settle_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ..., worker_usage_payload: _Optional[bytes] = ..., worker_usage_signature: _Optional[bytes] = ...) -> None: ...

@@ -11,32 +11,40 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Capabilities(_message.Message):
-    __slots__ = ("resource_class", "gpu_name", "gpu_memory_bytes", "models", "meter")
+    __slots__ = ("resource_class", "gpu_name", "gpu_memory_bytes", "models", "meter", "gpu_uuid", "driver_version", "energy_supported")
     RESOURCE_CLASS_FIELD_NUMBER: _ClassVar[int]
     GPU_NAME_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     METER_FIELD_NUMBER: _ClassVar[int]
+    GPU_UUID_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
     resource_class: str
     gpu_name: str
     gpu_memory_bytes: int
     models: _containers.RepeatedScalarFieldContainer[str]
     meter: str
-    def __init__(self, resource_class: _Optional[str] = ..., gpu_name: _Optional[str] = ..., gpu_memory_bytes: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., meter: _Optional[str] = ...) -> None: ...
+    gpu_uuid: str
+    driver_version: str
+    energy_supported: bool
+    def __init__(self, resource_class: _Optional[str] = ..., gpu_name: _Optional[str] = ..., gpu_memory_bytes: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., meter: _Optional[str] = ..., gpu_uuid: _Optional[str] = ..., driver_version: _Optional[str] = ..., energy_supported: _Optional[bool] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("request_id", "endpoint", "capabilities", "prices", "worker_id")
+    __slots__ = ("request_id", "endpoint", "capabilities", "prices", "worker_id", "usage_public_key")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     PRICES_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    USAGE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: str
     capabilities: Capabilities
     prices: _resources_pb2.PriceSheet
     worker_id: str
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., prices: _Optional[_Union[_resources_pb2.PriceSheet, _Mapping]] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    usage_public_key: bytes
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., prices: _Optional[_Union[_resources_pb2.PriceSheet, _Mapping]] = ..., worker_id: _Optional[str] = ..., usage_public_key: _Optional[bytes] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("worker_id", "heartbeat_interval_seconds", "lease_expire_time")

@@ -1,0 +1,51 @@
+"""Signed usage reports: the worker signs each cumulative report with its own
+Ed25519 key; the broker verifies and keeps the last one with the receipt, so a
+dispute can be settled from what the worker itself attested."""
+
+from __future__ import annotations
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from ..store.base import Record
+from .errors import BrokerError, Code
+from .journal import canonical
+from .money import USAGE_FIELDS
+
+
+def payload(session_id: str, usage: Record, *, seq: int = 0, final: bool = False) -> bytes:
+    """Canonical bytes of one report (seq) or of the final usage (final=True)."""
+    body: Record = {"session_id": session_id,
+                    "usage": {name: usage.get(name, 0) for name in USAGE_FIELDS}}
+    if final:
+        body["final"] = True
+    else:
+        body["seq"] = seq
+    return canonical(body)
+
+
+def sign(key: SigningKey, message: bytes) -> bytes:
+    return key.sign(message).signature
+
+
+def check_public_key(raw: bytes) -> str:
+    """A registrable usage key (hex), or "" when none is given."""
+    if not raw:
+        return ""
+    if len(raw) != 32:
+        raise BrokerError(Code.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+                          "usage_public_key: must be a raw 32-byte Ed25519 key",
+                          {"field": "usage_public_key"},
+                          [("usage_public_key", "must be 32 bytes")])
+    return raw.hex()
+
+
+def verify(public_key_hex: str, message: bytes, signature: bytes) -> None:
+    """Raise USAGE_SIGNATURE_INVALID unless `signature` is the worker's over `message`."""
+    if not public_key_hex:
+        return  # the worker registered no usage key: reports are unsigned
+    try:
+        VerifyKey(bytes.fromhex(public_key_hex)).verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        raise BrokerError(Code.PERMISSION_DENIED, "USAGE_SIGNATURE_INVALID",
+                          "the usage report is not signed by the worker's usage key") from None
