@@ -7,7 +7,7 @@ BUF    := .cache/buf/node_modules/.bin/buf
 DATA   ?= var
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: run test lint proto check-stubs breaking clean venv
+.PHONY: run demo gpu-check test lint proto check-stubs breaking clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## run: start the broker on $(LISTEN) with LMDB under ./$(DATA) (demo data on first run)
+## run: the broker on $(LISTEN) (LMDB under ./$(DATA), demo data on first run) and a local worker
 run: $(STAMP)
-	$(BIN)/broker serve --data-dir $(DATA) --listen $(LISTEN) --demo
+	$(BIN)/python scripts/run_local.py --data-dir $(DATA) --listen $(LISTEN)
+
+## demo: an example agent buys a generate job from `make run` (start that first)
+demo: $(STAMP)
+	$(BIN)/python examples/demo_agent.py --broker $(LISTEN) --credentials $(DATA)/demo-credentials.json
+
+## gpu-check: on a machine with an NVIDIA GPU, a real CUDA job through broker and worker
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py
 
 ## test: stub freshness, then the whole suite
 test: $(STAMP) check-stubs

@@ -1,10 +1,12 @@
-"""`worker` command line. The full worker daemon (`worker serve`) is its own issue;
-today it verifies vouchers offline against a broker's published keys."""
+"""`worker` command line: `worker serve` runs the worker daemon; `worker
+verify-voucher` checks a voucher offline against a broker's published keys."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import sys
 
 import grpc
@@ -12,6 +14,35 @@ import grpc
 from broker.core.errors import BrokerError
 
 from .voucher_check import VoucherVerifier, grpc_key_fetcher
+
+
+def cmd_serve(args) -> int:
+    from . import config as worker_config
+    from .daemon import ListenError, serve
+
+    try:
+        config = worker_config.load(args.config, {
+            "broker": args.broker, "listen": args.listen, "api_key_file": args.api_key_file,
+            "state_dir": args.state_dir, "advertise": args.advertise})
+        config.api_key()
+    except worker_config.ConfigError as error:
+        print(f"worker serve: {error}", file=sys.stderr)
+        return 2
+
+    def ready(worker_id: str, port: int) -> None:
+        print(f"worker {worker_id} ready on {config.listen}, registered with {config.broker}",
+              flush=True)
+
+    try:
+        asyncio.run(serve(config, ready))
+    except ListenError as error:
+        print(f"worker serve: {error}; is another worker running?", file=sys.stderr)
+        return 2
+    except grpc.aio.AioRpcError as error:
+        print(f"worker serve: the broker refused registration: {error.code().name} "
+              f"{error.details()}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_verify(args) -> int:
@@ -29,12 +60,26 @@ def cmd_verify(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="worker", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the worker daemon")
+    p.add_argument("--config", help="TOML config file (see worker/config.py)")
+    p.add_argument("--broker", help="broker address, default 127.0.0.1:50051")
+    p.add_argument("--listen", help="address to serve agents on, default 127.0.0.1:50052")
+    p.add_argument("--advertise", help="endpoint to announce to agents, default --listen")
+    p.add_argument("--api-key-file", help="file holding the worker's broker API key")
+    p.add_argument("--state-dir", help="usage key, worker id and result cache; default var/worker")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("verify-voucher", help="verify a voucher offline and print its claims")
     p.add_argument("--broker", default="127.0.0.1:50051")
     p.add_argument("voucher", help="the voucher token, or - to read it from stdin")
     p.set_defaults(func=cmd_verify)
+
     args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return args.func(args)
 
 

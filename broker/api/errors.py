@@ -14,9 +14,9 @@ DOMAIN = "broker.v1"
 GRPC_CODES = {code: getattr(grpc.StatusCode, code.value) for code in Code}
 
 
-def to_status(error: BrokerError) -> grpc.Status:
+def to_status(error: BrokerError, domain: str = DOMAIN) -> grpc.Status:
     details = []
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN,
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain,
                                        metadata=error.metadata)
     details.append(info)
     if error.field_violations:

@@ -1,0 +1,105 @@
+"""`worker serve`: probe the hardware, register with the broker, serve jobs,
+and on SIGTERM stop taking jobs, drain, deregister."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nacl.signing import SigningKey
+
+from broker.files import write_secret
+
+from .config import WorkerConfig
+from .execution import BrokerAccess, JobRunner, WorkerIdentity
+from .meters import make_meter, probe_capabilities
+from .registration import Registration
+from .result_cache import ResultCache
+from .runtime.engine import BUILTIN_MODEL, Runtime
+from .service import WorkerServicer
+from .v1 import worker_service_pb2, worker_service_pb2_grpc
+from .voucher_check import VoucherVerifier, grpc_key_fetcher
+
+log = logging.getLogger("worker")
+SERVICE_NAME = worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
+
+
+class ListenError(Exception):
+    pass
+
+
+def load_usage_key(path: Path) -> SigningKey:
+    """The worker's Ed25519 usage-signing key, created on first start (mode 0600)."""
+    if not path.exists():
+        write_secret(path, SigningKey.generate().encode().hex().encode())
+    return SigningKey(bytes.fromhex(path.read_text().strip()))
+
+
+async def serve(config: WorkerConfig, on_ready=None) -> None:
+    state = Path(config.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)
+    usage_key = load_usage_key(state / "usage-key")
+    api_key = config.api_key()
+    runtime = Runtime(checkpoints=config.checkpoints, handler_modules=config.handler_modules)
+    # Build the model now, so no agent pays for loading it.
+    await asyncio.to_thread(runtime.load_model, BUILTIN_MODEL)
+    capabilities = {**probe_capabilities(), "models": runtime.models()}
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                      ("grpc.max_receive_message_length", 1 << 20)])
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as error:
+        raise ListenError(f"cannot listen on {config.listen}: {error}") from None
+    if not port:
+        raise ListenError(f"cannot listen on {config.listen} (in use?)")
+
+    channel = grpc.aio.insecure_channel(config.broker)
+    key_channel = grpc.insecure_channel(config.broker)  # used from a thread, blocking
+    registration = Registration(channel, api_key, config.endpoint, capabilities,
+                                config.prices, bytes(usage_key.verify_key), state / "worker-id")
+    worker_id = await registration.register()
+    cache = ResultCache(state / "cache")
+    runner = JobRunner(runtime, lambda: make_meter(runtime.device),
+                       VoucherVerifier(grpc_key_fetcher(key_channel)).verify,
+                       BrokerAccess(channel, api_key, usage_key),
+                       WorkerIdentity(worker_id, capabilities, config.prices), cache,
+                       config.report_every_tokens)
+    servicer = WorkerServicer(runner, config.max_concurrent_jobs, config.handler_modules)
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    heartbeats = asyncio.create_task(registration.heartbeat_forever())
+    log.info("worker %s serving on %s (%s, meter %s)", worker_id, config.listen,
+             capabilities["resource_class"], capabilities["meter"])
+    if on_ready is not None:
+        on_ready(worker_id, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("draining: no new jobs")
+    await health_servicer.enter_graceful_shutdown()
+    if not await servicer.drain(config.drain_timeout_s):
+        log.warning("jobs still running after %.0f s; stopping anyway", config.drain_timeout_s)
+    heartbeats.cancel()
+    await registration.deregister()
+    await server.stop(2)
+    await channel.close()
+    key_channel.close()
+    cache.close()
