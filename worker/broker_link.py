@@ -99,6 +99,7 @@ class MeteringSession:
         for future in [*self._acks.values(), self._settled]:
             if not future.done():
                 future.set_exception(closed)
+                future.exception()  # mark it seen: nobody may be waiting on this one
         self._acks.clear()
 
     async def report(self, usage: dict[str, Any]) -> pb.UsageAck:
