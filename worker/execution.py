@@ -140,11 +140,11 @@ class JobRunner:
             yield pb.ExecuteResponse(output=pb.JobOutput(text=text, token_ids=token_ids))
         usage = {"calls": 1}
         ack = await session.report(usage)
-        yield usage_event(usage, ack.charged, ack.remaining)
+        yield usage_event(usage, ack.charged, ack.remaining, "cache")
         receipt = await session.finish(usage)
         yield pb.ExecuteResponse(result=pb.JobResult(
             status=pb.JOB_STATUS_COMPLETED, usage=res_pb.Usage(**usage), receipt=receipt,
-            result_json=entry["result_json"], cached=True))
+            result_json=entry["result_json"], cached=True, meter="cache"))
 
 
 def broker_failure(error: grpc.RpcError | None) -> Exception:
@@ -165,9 +165,10 @@ class PassThrough(Exception):
         super().__init__(error.details())
 
 
-def usage_event(usage: dict[str, int], charged: int, remaining: int) -> pb.ExecuteResponse:
+def usage_event(usage: dict[str, int], charged: int, remaining: int,
+                meter: str) -> pb.ExecuteResponse:
     return pb.ExecuteResponse(usage=pb.JobUsage(usage=res_pb.Usage(**usage), charged=charged,
-                                                remaining=remaining))
+                                                remaining=remaining, meter=meter))
 
 
 class _Job:
@@ -281,7 +282,7 @@ class _Job:
         except SessionClosed as closed:
             await self._reconnect(closed)
             return None
-        return usage_event(usage, ack.charged, ack.remaining)
+        return usage_event(usage, ack.charged, ack.remaining, self.meter.name)
 
     async def _reconnect(self, closed: SessionClosed) -> None:
         """The stream broke. Keep measuring and resume the session; if the broker stays
@@ -337,7 +338,7 @@ class _Job:
                                               "result_json": _json(self.summary)})
         return pb.ExecuteResponse(result=pb.JobResult(
             status=self.status, error=self.error, usage=res_pb.Usage(**usage), receipt=receipt,
-            result_json=_json(self.summary)))
+            result_json=_json(self.summary), meter=self.meter.name))
 
 
 def _json(value: Any) -> str:

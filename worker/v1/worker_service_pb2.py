@@ -26,15 +26,15 @@ from broker.v1 import resources_pb2 as broker_dot_v1_dot_resources__pb2
 from broker.v1 import worker_registry_service_pb2 as broker_dot_v1_dot_worker__registry__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eworker/v1/worker_service.proto\x12\tworker.v1\x1a\x19\x62roker/v1/resources.proto\x1a\'broker/v1/worker_registry_service.proto\">\n\x0e\x45xecuteRequest\x12\x0f\n\x07voucher\x18\x01 \x01(\t\x12\x1b\n\x03job\x18\x02 \x01(\x0b\x32\x0e.worker.v1.Job\"\x87\x01\n\x03Job\x12*\n\x08generate\x18\x01 \x01(\x0b\x32\x16.worker.v1.GenerateJobH\x00\x12\"\n\x04\x62urn\x18\x02 \x01(\x0b\x32\x12.worker.v1.BurnJobH\x00\x12(\n\x07handler\x18\x03 \x01(\x0b\x32\x15.worker.v1.HandlerJobH\x00\x42\x06\n\x04kind\"m\n\x0bGenerateJob\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\x19\n\x11temperature_milli\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\"-\n\x07\x42urnJob\x12\x13\n\x0b\x64uration_ms\x18\x01 \x01(\x03\x12\r\n\x05\x66lops\x18\x02 \x01(\x03\",\n\nHandlerJob\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x01(\x0c\"\xbb\x01\n\x0f\x45xecuteResponse\x12*\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x16.worker.v1.JobAcceptedH\x00\x12&\n\x06output\x18\x02 \x01(\x0b\x32\x14.worker.v1.JobOutputH\x00\x12$\n\x05usage\x18\x03 \x01(\x0b\x32\x13.worker.v1.JobUsageH\x00\x12&\n\x06result\x18\x04 \x01(\x0b\x32\x14.worker.v1.JobResultH\x00\x42\x06\n\x04kind\"s\n\x0bJobAccepted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\x03\x12%\n\x06prices\x18\x03 \x01(\x0b\x32\x15.broker.v1.PriceSheet\x12\r\n\x05meter\x18\x04 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\",\n\tJobOutput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\"O\n\x08JobUsage\x12\x1f\n\x05usage\x18\x01 \x01(\x0b\x32\x10.broker.v1.Usage\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\"\xab\x01\n\tJobResult\x12$\n\x06status\x18\x01 \x01(\x0e\x32\x14.worker.v1.JobStatus\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.broker.v1.Usage\x12#\n\x07receipt\x18\x04 \x01(\x0b\x32\x12.broker.v1.Receipt\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\"\x18\n\x16GetCapabilitiesRequest\"\x94\x01\n\x17GetCapabilitiesResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12-\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x17.broker.v1.Capabilities\x12%\n\x06prices\x18\x03 \x01(\x0b\x32\x15.broker.v1.PriceSheet\x12\x10\n\x08handlers\x18\x04 \x03(\t*\x8a\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14JOB_STATUS_COMPLETED\x10\x01\x12\x16\n\x12JOB_STATUS_STOPPED\x10\x02\x12\x15\n\x11JOB_STATUS_FAILED\x10\x03\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x04\x32\xad\x01\n\rWorkerService\x12\x42\n\x07\x45xecute\x12\x19.worker.v1.ExecuteRequest\x1a\x1a.worker.v1.ExecuteResponse0\x01\x12X\n\x0fGetCapabilities\x12!.worker.v1.GetCapabilitiesRequest\x1a\".worker.v1.GetCapabilitiesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eworker/v1/worker_service.proto\x12\tworker.v1\x1a\x19\x62roker/v1/resources.proto\x1a\'broker/v1/worker_registry_service.proto\">\n\x0e\x45xecuteRequest\x12\x0f\n\x07voucher\x18\x01 \x01(\t\x12\x1b\n\x03job\x18\x02 \x01(\x0b\x32\x0e.worker.v1.Job\"\x87\x01\n\x03Job\x12*\n\x08generate\x18\x01 \x01(\x0b\x32\x16.worker.v1.GenerateJobH\x00\x12\"\n\x04\x62urn\x18\x02 \x01(\x0b\x32\x12.worker.v1.BurnJobH\x00\x12(\n\x07handler\x18\x03 \x01(\x0b\x32\x15.worker.v1.HandlerJobH\x00\x42\x06\n\x04kind\"m\n\x0bGenerateJob\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\x19\n\x11temperature_milli\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\"-\n\x07\x42urnJob\x12\x13\n\x0b\x64uration_ms\x18\x01 \x01(\x03\x12\r\n\x05\x66lops\x18\x02 \x01(\x03\",\n\nHandlerJob\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x01(\x0c\"\xbb\x01\n\x0f\x45xecuteResponse\x12*\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x16.worker.v1.JobAcceptedH\x00\x12&\n\x06output\x18\x02 \x01(\x0b\x32\x14.worker.v1.JobOutputH\x00\x12$\n\x05usage\x18\x03 \x01(\x0b\x32\x13.worker.v1.JobUsageH\x00\x12&\n\x06result\x18\x04 \x01(\x0b\x32\x14.worker.v1.JobResultH\x00\x42\x06\n\x04kind\"s\n\x0bJobAccepted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\x03\x12%\n\x06prices\x18\x03 \x01(\x0b\x32\x15.broker.v1.PriceSheet\x12\r\n\x05meter\x18\x04 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\",\n\tJobOutput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\"^\n\x08JobUsage\x12\x1f\n\x05usage\x18\x01 \x01(\x0b\x32\x10.broker.v1.Usage\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12\r\n\x05meter\x18\x04 \x01(\t\"\xba\x01\n\tJobResult\x12$\n\x06status\x18\x01 \x01(\x0e\x32\x14.worker.v1.JobStatus\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.broker.v1.Usage\x12#\n\x07receipt\x18\x04 \x01(\x0b\x32\x12.broker.v1.Receipt\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\x12\r\n\x05meter\x18\x07 \x01(\t\"\x18\n\x16GetCapabilitiesRequest\"\x94\x01\n\x17GetCapabilitiesResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12-\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x17.broker.v1.Capabilities\x12%\n\x06prices\x18\x03 \x01(\x0b\x32\x15.broker.v1.PriceSheet\x12\x10\n\x08handlers\x18\x04 \x03(\t*\x8a\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14JOB_STATUS_COMPLETED\x10\x01\x12\x16\n\x12JOB_STATUS_STOPPED\x10\x02\x12\x15\n\x11JOB_STATUS_FAILED\x10\x03\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x04\x32\xad\x01\n\rWorkerService\x12\x42\n\x07\x45xecute\x12\x19.worker.v1.ExecuteRequest\x1a\x1a.worker.v1.ExecuteResponse0\x01\x12X\n\x0fGetCapabilities\x12!.worker.v1.GetCapabilitiesRequest\x1a\".worker.v1.GetCapabilitiesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'worker.v1.worker_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATUS']._serialized_start=1305
-  _globals['_JOBSTATUS']._serialized_end=1443
+  _globals['_JOBSTATUS']._serialized_start=1335
+  _globals['_JOBSTATUS']._serialized_end=1473
   _globals['_EXECUTEREQUEST']._serialized_start=113
   _globals['_EXECUTEREQUEST']._serialized_end=175
   _globals['_JOB']._serialized_start=178
@@ -52,13 +52,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBOUTPUT']._serialized_start=826
   _globals['_JOBOUTPUT']._serialized_end=870
   _globals['_JOBUSAGE']._serialized_start=872
-  _globals['_JOBUSAGE']._serialized_end=951
-  _globals['_JOBRESULT']._serialized_start=954
-  _globals['_JOBRESULT']._serialized_end=1125
-  _globals['_GETCAPABILITIESREQUEST']._serialized_start=1127
-  _globals['_GETCAPABILITIESREQUEST']._serialized_end=1151
-  _globals['_GETCAPABILITIESRESPONSE']._serialized_start=1154
-  _globals['_GETCAPABILITIESRESPONSE']._serialized_end=1302
-  _globals['_WORKERSERVICE']._serialized_start=1446
-  _globals['_WORKERSERVICE']._serialized_end=1619
+  _globals['_JOBUSAGE']._serialized_end=966
+  _globals['_JOBRESULT']._serialized_start=969
+  _globals['_JOBRESULT']._serialized_end=1155
+  _globals['_GETCAPABILITIESREQUEST']._serialized_start=1157
+  _globals['_GETCAPABILITIESREQUEST']._serialized_end=1181
+  _globals['_GETCAPABILITIESRESPONSE']._serialized_start=1184
+  _globals['_GETCAPABILITIESRESPONSE']._serialized_end=1332
+  _globals['_WORKERSERVICE']._serialized_start=1476
+  _globals['_WORKERSERVICE']._serialized_end=1649
 # @@protoc_insertion_point(module_scope)

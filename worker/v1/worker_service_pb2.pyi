@@ -105,30 +105,34 @@ class JobOutput(_message.Message):
     def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class JobUsage(_message.Message):
-    __slots__ = ("usage", "charged", "remaining")
+    __slots__ = ("usage", "charged", "remaining", "meter")
     USAGE_FIELD_NUMBER: _ClassVar[int]
     CHARGED_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
+    METER_FIELD_NUMBER: _ClassVar[int]
     usage: _resources_pb2.Usage
     charged: int
     remaining: int
-    def __init__(self, usage: _Optional[_Union[_resources_pb2.Usage, _Mapping]] = ..., charged: _Optional[int] = ..., remaining: _Optional[int] = ...) -> None: ...
+    meter: str
+    def __init__(self, usage: _Optional[_Union[_resources_pb2.Usage, _Mapping]] = ..., charged: _Optional[int] = ..., remaining: _Optional[int] = ..., meter: _Optional[str] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("status", "error", "usage", "receipt", "result_json", "cached")
+    __slots__ = ("status", "error", "usage", "receipt", "result_json", "cached", "meter")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    METER_FIELD_NUMBER: _ClassVar[int]
     status: JobStatus
     error: str
     usage: _resources_pb2.Usage
     receipt: _resources_pb2.Receipt
     result_json: str
     cached: bool
-    def __init__(self, status: _Optional[_Union[JobStatus, str]] = ..., error: _Optional[str] = ..., usage: _Optional[_Union[_resources_pb2.Usage, _Mapping]] = ..., receipt: _Optional[_Union[_resources_pb2.Receipt, _Mapping]] = ..., result_json: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+    meter: str
+    def __init__(self, status: _Optional[_Union[JobStatus, str]] = ..., error: _Optional[str] = ..., usage: _Optional[_Union[_resources_pb2.Usage, _Mapping]] = ..., receipt: _Optional[_Union[_resources_pb2.Receipt, _Mapping]] = ..., result_json: _Optional[str] = ..., cached: _Optional[bool] = ..., meter: _Optional[str] = ...) -> None: ...
 
 class GetCapabilitiesRequest(_message.Message):
     __slots__ = ()
