@@ -5,14 +5,8 @@ from __future__ import annotations
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    Bundle,
-    RuleBasedStateMachine,
-    consumes,
-    invariant,
-    precondition,
-    rule,
-)
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
+from nacl.signing import SigningKey
 
 from broker.core import authorizations, ledger, metering, registry, vouchers, wallets
 from broker.core.errors import BrokerError
@@ -46,6 +40,8 @@ class BrokerModel(RuleBasedStateMachine):
         self.frozen = False
         self.tokens: dict[str, str] = {}
         self.redeemed: set[str] = set()
+        # Key rotation: every signer ever active still verifies its own vouchers.
+        self.signers = {self.w.signer.key_id: self.w.signer}
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -91,8 +87,9 @@ class BrokerModel(RuleBasedStateMachine):
             return None
         assert 0 < amount <= available and not self.frozen
         self.held[result["authorization_id"]] = amount
-        self.tokens[result["authorization_id"]] = authorizations.voucher_token(result,
-                                                                               self.w.signer)
+        signer = self.signers[result["voucher_key_id"]]
+        self.tokens[result["authorization_id"]] = authorizations.voucher_token(result, signer)
+        assert self.tokens[result["authorization_id"]].split(".")[1] == self.w.signer.key_id
         return result["authorization_id"]
 
     @rule(auth_id=auths)
@@ -110,7 +107,8 @@ class BrokerModel(RuleBasedStateMachine):
         if auth_id is None:
             return None
         try:
-            claims = vouchers.verify(self.tokens[auth_id], self.w.verify_keys(), self.w.now)
+            keys = {kid: s.signing_key.verify_key for kid, s in self.signers.items()}
+            claims = vouchers.verify(self.tokens[auth_id], keys, self.w.now)
         except BrokerError as error:
             assert error.reason == "VOUCHER_EXPIRED"
             return None
@@ -187,7 +185,13 @@ class BrokerModel(RuleBasedStateMachine):
         self.posted += amount
         self.treasury -= amount
 
-    @precondition(lambda self: True)
+    @rule(seed=st.binary(min_size=32, max_size=32))
+    def rotate_signing_key(self, seed):
+        """A new active key; vouchers issued under older keys stay redeemable."""
+        signer = vouchers.Signer(f"k{len(self.signers)}", SigningKey(seed))
+        self.signers[signer.key_id] = signer
+        self.w.signer = signer
+
     @rule(frozen=st.booleans())
     def freeze(self, frozen):
         self.w.run(lambda tx: wallets.set_frozen(tx, self.owner["owner_id"],
