@@ -79,11 +79,13 @@ class BrokerClient:
 
     def authorize(self, amount: int, *, resource_class: str = "", model: str = "",
                   worker_id: str = "", max_prices: dict[str, int] | None = None,
-                  ttl_seconds: int = 0, request_id: str = "") -> auth_pb.Authorization:
+                  ttl_seconds: int = 0, request_id: str = "",
+                  cache_results: bool = False) -> auth_pb.Authorization:
         scope = res_pb.Scope(resource_class=resource_class, model=model, worker_id=worker_id,
                              max_prices=res_pb.PriceSheet(**(max_prices or {})))
         request = auth_pb.AuthorizeRequest(request_id=request_id or self._request_id(),
-                                           amount=amount, scope=scope, ttl_seconds=ttl_seconds)
+                                           amount=amount, scope=scope, ttl_seconds=ttl_seconds,
+                                           cache_results=cache_results)
         return self._call(self._auths.Authorize, request).authorization
 
     def cancel(self, authorization_id: str) -> auth_pb.Authorization:

@@ -43,6 +43,7 @@ class MeteringSession:
         self.stop: pb.StopCommand | None = None
         self._acks: dict[int, asyncio.Future] = {}
         self._settled: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._closed: SessionClosed | None = None
         self._reader = asyncio.create_task(self._read())
         if grant.stopped:
             self.stopped.set()
@@ -95,7 +96,7 @@ class MeteringSession:
                     self._settled.set_result(response.settled.receipt)
         except grpc.RpcError as rpc_error:
             error = rpc_error
-        closed = SessionClosed(error)
+        closed = self._closed = SessionClosed(error)
         for future in [*self._acks.values(), self._settled]:
             if not future.done():
                 future.set_exception(closed)
@@ -108,19 +109,33 @@ class MeteringSession:
         future = asyncio.get_running_loop().create_future()
         self._acks[self.seq] = future
         signature = self._sign(usage_signing.payload(self.session_id, usage, seq=self.seq))
-        await self._call.write(pb.MeterRequest(usage=pb.UsageReport(
-            seq=self.seq, usage=res_pb.Usage(**usage), signature=signature)))
+        try:
+            await self._send(pb.MeterRequest(usage=pb.UsageReport(
+                seq=self.seq, usage=res_pb.Usage(**usage), signature=signature)))
+        except SessionClosed:
+            self._acks.pop(self.seq, None)
+            raise
         return await future
 
     async def finish(self, usage: dict[str, Any]) -> res_pb.Receipt:
         """Send final cumulative usage; returns the signed receipt."""
         signature = self._sign(usage_signing.payload(self.session_id, usage, final=True))
-        await self._call.write(pb.MeterRequest(finish=pb.FinishSession(
+        await self._send(pb.MeterRequest(finish=pb.FinishSession(
             usage=res_pb.Usage(**usage), signature=signature)))
         receipt = await self._settled
         await self._call.done_writing()
         await self._reader
         return receipt
+
+    async def _send(self, message: pb.MeterRequest) -> None:
+        """Write one message. A stream that has already ended (the broker went away)
+        raises SessionClosed, with the broker's status, like a reply that never came."""
+        try:
+            await self._call.write(message)
+        except (asyncio.InvalidStateError, grpc.RpcError) as error:
+            await asyncio.gather(self._reader, return_exceptions=True)
+            raise self._closed or SessionClosed(
+                error if isinstance(error, grpc.RpcError) else None) from None
 
     def _sign(self, message: bytes) -> bytes:
         return usage_signing.sign(self._usage_key, message) if self._usage_key else b""

@@ -60,8 +60,10 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     if not port:
         raise ListenError(f"cannot listen on {config.listen} (in use?)")
 
-    channel = grpc.aio.insecure_channel(config.broker)
-    key_channel = grpc.insecure_channel(config.broker)  # used from a thread, blocking
+    # Reconnect to a restarted broker within seconds, not gRPC's default 2 minutes.
+    options = [("grpc.max_reconnect_backoff_ms", 2000)]
+    channel = grpc.aio.insecure_channel(config.broker, options=options)
+    key_channel = grpc.insecure_channel(config.broker, options=options)  # blocking, in a thread
     registration = Registration(channel, api_key, config.endpoint, capabilities,
                                 config.prices, bytes(usage_key.verify_key), state / "worker-id")
     worker_id = await registration.register()

@@ -219,13 +219,20 @@ class _Job:
         try:
             async for event in self._loop():
                 yield event
-        except asyncio.CancelledError:
-            # The agent hung up: stop the job and still settle what was measured.
+        except (asyncio.CancelledError, GeneratorExit):
+            # The agent hung up: stop the job and still settle what was measured. A hang-up
+            # while grpc is sending our last event reaches us as GeneratorExit (the stream
+            # is closed at that yield), not as CancelledError.
             self.status = pb.JOB_STATUS_CANCELLED
             self.cancel.set()
             wrap_up = asyncio.ensure_future(self._wrap_up())
             await asyncio.shield(wrap_up)
             raise
+        except Exception:
+            # A bug of ours mid-job: stop the job, settle what was measured, say so.
+            log.exception("metering loop failed")
+            self.status, self.error = pb.JOB_STATUS_FAILED, "internal error in the worker"
+            self.cancel.set()
         finally:
             self.watcher.cancel()
         result = await self._wrap_up()
@@ -329,16 +336,29 @@ class _Job:
         usage = self.usage(reading.gpu_ms, reading.energy_mj)
         receipt = res_pb.Receipt()
         if not self.lost_broker:
-            try:
-                receipt = await self.session.finish(usage)
-            except SessionClosed as closed:
-                self.error = self.error or f"settlement failed: {closed}"
+            receipt = await self._finish(usage)
         if self.status == pb.JOB_STATUS_COMPLETED and self.cache_key is not None:
             self.r.cache.put(self.cache_key, {"outputs": self.outputs,
                                               "result_json": _json(self.summary)})
         return pb.ExecuteResponse(result=pb.JobResult(
             status=self.status, error=self.error, usage=res_pb.Usage(**usage), receipt=receipt,
             result_json=_json(self.summary), meter=self.meter.name))
+
+    async def _finish(self, usage: dict[str, int]) -> res_pb.Receipt:
+        """Settle on the final usage. If the stream broke, resume the session and finish
+        again (as a report would), so what was measured is what gets settled."""
+        try:
+            while True:
+                try:
+                    return await self.session.finish(usage)
+                except SessionClosed as closed:
+                    await self._reconnect(closed)
+                    if self.lost_broker:
+                        self.error = self.error or f"settlement failed: {closed}"
+                        return res_pb.Receipt()
+        finally:
+            if self.watcher is not None:
+                self.watcher.cancel()  # _reconnect starts a new one
 
 
 def _json(value: Any) -> str:

@@ -12,7 +12,7 @@ from nacl.signing import VerifyKey
 
 from broker.clock import now_ms
 from broker.core import vouchers
-from broker.core.errors import BrokerError
+from broker.core.errors import BrokerError, Code
 
 
 class VoucherVerifier:
@@ -36,13 +36,24 @@ class VoucherVerifier:
 
 
 def grpc_key_fetcher(channel) -> Callable[[], dict[str, bytes]]:
+    import grpc
+
     from broker.v1 import voucher_key_service_pb2 as pb
     from broker.v1 import voucher_key_service_pb2_grpc as pb_grpc
 
     stub = pb_grpc.VoucherKeyServiceStub(channel)
 
     def fetch() -> dict[str, bytes]:
-        response = stub.ListVoucherKeys(pb.ListVoucherKeysRequest(), timeout=10)
+        try:
+            response = stub.ListVoucherKeys(pb.ListVoucherKeysRequest(), timeout=10)
+        except grpc.RpcError as error:
+            if error.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            # The agent learns the same as when redemption cannot reach the broker.
+            raise BrokerError(Code.UNAVAILABLE, "BROKER_UNAVAILABLE",
+                              "the broker cannot be reached to fetch its voucher keys; the "
+                              "voucher was not redeemed and nothing was spent") from None
         return {key.key_id: key.public_key for key in response.keys}
 
     return fetch

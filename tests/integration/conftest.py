@@ -8,6 +8,8 @@ import grpc
 import pytest
 
 from broker.api.errors import DOMAIN, error_info
+from broker.client import BrokerClient
+from broker.core.money import PRICE_FIELDS, USAGE_FIELDS
 from broker.v1 import admin_service_pb2 as admin_pb
 from broker.v1 import admin_service_pb2_grpc as admin_grpc
 from broker.v1 import authorization_service_pb2 as auth_pb
@@ -20,8 +22,11 @@ from broker.v1 import wallet_service_pb2_grpc as wallet_grpc
 from broker.v1 import worker_registry_service_pb2 as registry_pb
 from broker.v1 import worker_registry_service_pb2_grpc as registry_grpc
 from worker.broker_link import MeteringSession, SessionClosed
+from worker.v1 import worker_service_pb2 as worker_pb
+from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
 from .broker_process import BrokerProcess
+from .worker_process import WorkerProcess
 
 # Demo state (broker/demo.py): what every test starts from.
 TREASURY_START = 100_000_000 - 5_000_000
@@ -269,3 +274,170 @@ async def stream_rpc_error(code: grpc.StatusCode, reason: str | None):
     with pytest.raises((grpc.RpcError, SessionClosed)) as caught:
         yield caught
     check_error(stream_error(caught.value), code, reason)
+
+
+# -- worker daemon (worker.v1.WorkerService) ---------------------------------------------
+
+WORKER_DOMAIN = "worker.v1"
+
+
+@dataclass
+class JobRun:
+    """Every event of one Execute stream, in order, and how long the call took."""
+
+    events: list
+    elapsed: float
+
+    def kinds(self) -> list[str]:
+        return [e.WhichOneof("kind") for e in self.events]
+
+    @property
+    def accepted(self) -> worker_pb.JobAccepted:
+        assert self.kinds()[0] == "accepted", self.kinds()
+        return self.events[0].accepted
+
+    @property
+    def outputs(self) -> list:
+        return [e.output for e in self.events if e.WhichOneof("kind") == "output"]
+
+    @property
+    def usages(self) -> list:
+        return [e.usage for e in self.events if e.WhichOneof("kind") == "usage"]
+
+    @property
+    def result(self) -> worker_pb.JobResult:
+        assert self.kinds()[-1] == "result", self.kinds()
+        return self.events[-1].result
+
+
+def generate_job(prompt: str = "Hello, broker!", max_new_tokens: int = 16, *,
+                 model: str = "tiny-lm", seed: int = 0,
+                 temperature_milli: int = 0) -> worker_pb.Job:
+    return worker_pb.Job(generate=worker_pb.GenerateJob(
+        model=model, prompt=prompt, max_new_tokens=max_new_tokens, seed=seed,
+        temperature_milli=temperature_milli))
+
+
+def burn_job(duration_ms: int) -> worker_pb.Job:
+    return worker_pb.Job(burn=worker_pb.BurnJob(duration_ms=duration_ms))
+
+
+def handler_job(handler: str, data: bytes = b"") -> worker_pb.Job:
+    return worker_pb.Job(handler=worker_pb.HandlerJob(handler=handler, input=data))
+
+
+def usage_dict(usage: res_pb.Usage) -> dict[str, int]:
+    return {name: getattr(usage, name) for name in USAGE_FIELDS}
+
+
+def prices_dict(prices: res_pb.PriceSheet) -> dict[str, int]:
+    return {name: getattr(prices, name) for name in PRICE_FIELDS}
+
+
+def check_worker_error(error: grpc.RpcError, code: grpc.StatusCode, reason: str,
+                       domain: str = WORKER_DOMAIN) -> None:
+    """A refused Execute: canonical code plus ErrorInfo (the worker's own domain, or the
+    broker's for a status passed through unchanged)."""
+    assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), \
+        f"{error.code()}: {error.details()}"
+    assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
+    info = error_info(error)
+    assert info is not None, f"no ErrorInfo in {error.code()}: {error.details()}"
+    assert (info.domain, info.reason) == (domain, reason), \
+        f"expected {domain}/{reason}, got {info.domain}/{info.reason}: {error.details()}"
+
+
+class WorkerWorld:
+    """A live broker with its demo data, one worker daemon registered with it, the
+    broker-side Harness, and an agent-side BrokerClient. Remembers every voucher it
+    issued, for the log privacy checks."""
+
+    def __init__(self, broker: BrokerProcess, worker: WorkerProcess):
+        self.broker, self.worker = broker, worker
+        self._connect()
+        self.creds = self.h.creds
+        self.vouchers: list[str] = []
+        self.api_keys: list[str] = [v for k, v in self.creds.items() if k.endswith("api_key")]
+
+    def _connect(self) -> None:
+        self.channel = grpc.insecure_channel(self.broker.target)
+        self.h = Harness(self.broker, self.channel)
+        self.agent = BrokerClient(self.broker.target, self.h.creds["agent_api_key"])
+
+    def restart_broker(self) -> None:
+        """Start the (killed or stopped) broker again on the same port and data dir, and
+        reconnect this side (fresh channels: no waiting out a reconnect backoff)."""
+        self.broker.stop()
+        self.broker.start()
+        self.close()
+        self._connect()
+
+    @property
+    def worker_id(self) -> str:
+        return self.worker.worker_id
+
+    def authorize(self, amount: int, *, client: BrokerClient | None = None,
+                  ttl_seconds: int = 60, **scope) -> auth_pb.Authorization:
+        """A voucher from the demo agent (or `client`), pinned to this worker unless
+        `worker_id` is given."""
+        scope.setdefault("worker_id", self.worker_id)
+        auth = (client or self.agent).authorize(amount, ttl_seconds=ttl_seconds, **scope)
+        self.vouchers.append(auth.voucher)
+        return auth
+
+    def execute(self, voucher: str, job: worker_pb.Job, *, target: str | None = None,
+                timeout: float = 60) -> JobRun:
+        """Run one job to the end; a refused call raises grpc.RpcError."""
+        start = time.monotonic()
+        with grpc.insecure_channel(target or self.worker.target) as ch:
+            events = list(worker_grpc.WorkerServiceStub(ch).Execute(
+                worker_pb.ExecuteRequest(voucher=voucher, job=job), timeout=timeout))
+        return JobRun(events, time.monotonic() - start)
+
+    def state(self, authorization_id: str) -> auth_pb.Authorization:
+        return self.h.owner.get_authorization(authorization_id)
+
+    def wait_settled(self, authorization_id: str, timeout: float = 10.0) -> res_pb.Receipt:
+        auth = self.h.wait_for_state(authorization_id, auth_pb.AUTHORIZATION_STATE_SETTLED,
+                                     timeout)
+        assert auth.state == auth_pb.AUTHORIZATION_STATE_SETTLED, auth
+        return self.agent.get_receipt(authorization_id)
+
+    def violations(self) -> list[str]:
+        return list(self.h.summary().violations)
+
+    def check_log_privacy(self, *workers: WorkerProcess) -> None:
+        """No worker log holds a voucher (nor a part of one) or an API key."""
+        secrets_ = [*self.api_keys]
+        for voucher in self.vouchers:
+            secrets_ += [voucher, *(part for part in voucher.split(".") if len(part) > 16)]
+        for worker in workers or (self.worker,):
+            log = worker.log()
+            assert "serving on" in log  # the log is the worker's and not empty
+            leaked = [s[:12] + "..." for s in secrets_ if s and s in log]
+            assert not leaked, f"secrets in {worker.log_path}: {leaked}"
+
+    def close(self) -> None:
+        self.agent.close()
+        self.channel.close()
+
+
+@contextlib.contextmanager
+def worker_world(directory, config: dict | None = None):
+    """Start a broker (--demo) and a worker in `directory`; stop both at the end."""
+    broker = BrokerProcess(directory / "broker").start()
+    creds = broker.credentials
+    worker = WorkerProcess(broker.target, directory / "worker", creds["worker_api_key"],
+                           creds["agent_api_key"], config=config)
+    try:
+        worker.start()
+        world = WorkerWorld(broker, worker)
+        try:
+            yield world
+        finally:
+            world.close()
+    finally:
+        try:
+            worker.stop()
+        finally:
+            broker.stop()
