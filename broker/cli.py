@@ -87,9 +87,7 @@ def cmd_credentials(args) -> int:
         print(f"no demo credentials in {data_dir.root}; start `make run` first", file=sys.stderr)
         return 1
     credentials = load_credentials(data_dir)
-    key = f"{args.role}_api_key"
-    print(credentials[key] if args.role in ("admin", "owner", "agent", "worker")
-          else credentials[args.role])
+    print(credentials.get(f"{args.role}_api_key") or credentials[args.role])
     return 0
 
 

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -36,7 +36,6 @@ class Services:
     clock: Callable[[], int] = now_ms
     # Set on shutdown: new authorizations and sessions are refused with UNAVAILABLE.
     draining: bool = False
-    open_streams: set = field(default_factory=set)
 
     def authenticate(self, context: grpc.aio.ServicerContext, *roles: str) -> Principal:
         secret = _bearer(context.invocation_metadata() or ())

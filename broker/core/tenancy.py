@@ -86,10 +86,9 @@ def create_api_key(tx: Tx, role: str, now: int, *, owner_id: str = "", wallet_id
     return {"key_id": record["key_id"], "api_key": secret}
 
 
-def revoke_api_key(tx: Tx, key_id: str, now: int, *, owner_id: str = "") -> Record:
-    """Revoke a key; an owner (owner_id set) may revoke only its own tenant's keys."""
+def revoke_api_key(tx: Tx, key_id: str, now: int) -> Record:
     record = tx.get("api_keys", validate.ident(key_id, "key_id"))
-    if record is None or (owner_id and record["owner_id"] != owner_id):
+    if record is None:
         raise not_found("api_key", key_id)
     if record["revoked"]:
         raise BrokerError(Code.FAILED_PRECONDITION, "API_KEY_REVOKED",
