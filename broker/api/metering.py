@@ -6,7 +6,7 @@ import logging
 
 import grpc
 
-from ..core import metering, session, vouchers
+from ..core import metering, session, validate, vouchers
 from ..core.errors import BrokerError, invalid
 from ..store.base import Record
 from ..v1 import metering_service_pb2 as pb
@@ -58,8 +58,10 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         if kind == "open":
             ses = await self._open(p, first.open)
         elif kind == "resume":
+            # Required: an empty worker id would skip the check that it is the session's.
+            worker_id = validate.ident(first.resume.worker_id, "resume.worker_id")
             ses = self.s.store.read(lambda tx: metering.get_own_session(
-                tx, p, first.resume.session_id, first.resume.worker_id))
+                tx, p, first.resume.session_id, worker_id))
             session.require_open(ses)
         else:
             raise invalid("kind", "the first message must be open or resume",
@@ -67,6 +69,9 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         session_id = ses["session_id"]
         yield grant(ses)
         async for message in requests:
+            # Checked again on every message: a key revoked while its stream is open
+            # must stop metering at once, not when the stream ends.
+            p = self.s.authenticate(context, "worker")
             kind = message.WhichOneof("kind")
             if kind == "usage":
                 for response in await self._report(p, session_id, message.usage):

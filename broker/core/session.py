@@ -73,6 +73,12 @@ def on_usage(session: Record, seq: int, usage: Record, now: int) -> UsageDecisio
     if seq == session["last_seq"] and usage == session["usage"]:
         # A retransmission of the last report (e.g. after a reconnect): same answer.
         return UsageDecision(session, session["charged"], session["budget"] - session["charged"])
+    if now >= session["expire_ms"]:
+        # The hold timed out: the session settles on what was acknowledged before (as a
+        # late finish does), whether or not the expiry sweep has got to it yet.
+        raise precondition("VOUCHER_EXPIRED", "the hold timed out; usage is no longer "
+                           "accepted and the session settles on the acknowledged usage",
+                           session_id=session["session_id"])
     if seq != session["last_seq"] + 1:
         raise BrokerError(Code.INVALID_ARGUMENT, "USAGE_OUT_OF_ORDER",
                           f"expected report seq {session['last_seq'] + 1}, got {seq}",

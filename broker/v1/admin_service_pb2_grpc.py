@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class AdminServiceStub:
     """Operator actions: tenants, providers, API keys and treasury credits.
-    Requires an admin key (GetLedgerSummary also accepts an auditor key).
+    Requires an admin key (GetLedgerSummary also accepts an auditor key bound to no owner).
     """
 
     def __init__(self, channel):
@@ -70,7 +70,7 @@ class AdminServiceStub:
 
 class AdminServiceServicer:
     """Operator actions: tenants, providers, API keys and treasury credits.
-    Requires an admin key (GetLedgerSummary also accepts an auditor key).
+    Requires an admin key (GetLedgerSummary also accepts an auditor key bound to no owner).
     """
 
     def CreateOwner(self, request, context):
@@ -158,7 +158,7 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
     """Operator actions: tenants, providers, API keys and treasury credits.
-    Requires an admin key (GetLedgerSummary also accepts an auditor key).
+    Requires an admin key (GetLedgerSummary also accepts an auditor key bound to no owner).
     """
 
     @staticmethod

@@ -108,7 +108,8 @@ ALLOWED = {
               "ListOffers"},
     "agent": {"GetBalance", "ListTransfers", "Authorize", "ListOffers"},
     "worker": {"RegisterWorker"},
-    "auditor": {"GetLedgerSummary", "GetBalance", "ListTransfers", "ListWallets"},
+    # An auditor bound to one owner sees that owner only: not the ledger-wide summary.
+    "auditor": {"GetBalance", "ListTransfers", "ListWallets"},
 }
 
 

@@ -184,9 +184,10 @@ def test_job_costing_more_than_its_hold_is_stopped(w):
     assert receipt.outcome == "STOPPED"
     assert receipt.charged <= receipt.held == held
     assert receipt.released == held - receipt.charged
-    # STOP came early enough that all the measured work fits in the hold: the charge is
-    # the money rule itself, not the cap.
-    assert charge_for(final, PRICES) <= held
+    # STOP comes one interval ahead and the worker stops within one interval, so the
+    # measured work overshoots the hold by less than one interval's price even on a
+    # loaded machine (the charge itself is capped at the hold, checked above).
+    assert charge_for(final, PRICES) < held + PRICES["gpu_second_price"]
     check_receipt(w, receipt, held, final, outcome="STOPPED")
     check_worker_signature(w, receipt, final)
     after = w.h.summary()
