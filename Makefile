@@ -7,7 +7,7 @@ BUF    := .cache/buf/node_modules/.bin/buf
 DATA   ?= var
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: run demo gpu-check test lint proto check-stubs breaking clean venv
+.PHONY: run demo gpu-check test fuzz crash-test soak lint proto check-stubs breaking clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,18 @@ gpu-check: $(STAMP)
 ## test: stub freshness, then the whole suite
 test: $(STAMP) check-stubs
 	$(BIN)/python -m pytest -q
+
+## crash-test: SIGKILL a loaded broker 30 times; every acknowledged operation must survive
+crash-test: $(STAMP)
+	$(BIN)/python scripts/crash_test.py
+
+## soak: 10 min of mixed load on a real broker and worker; fails if its RSS or fds grow >10%
+soak: $(STAMP)
+	$(BIN)/python scripts/soak.py
+
+## fuzz: 20,000 descriptor-generated requests against a real broker and worker (tests/fuzz)
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz.runner --inputs 20000
 
 ## proto: regenerate the Python stubs from protos/
 proto: $(STAMP)

@@ -16,6 +16,7 @@ from .api.authorization import AuthorizationServicer
 from .api.base import Services
 from .api.metering import MeteringServicer
 from .api.registry import WorkerRegistryServicer
+from .api.undecodable import UndecodableRequestInterceptor
 from .api.voucher_keys import VoucherKeyServicer
 from .api.wallet import WalletServicer
 from .core import idempotency, ledger, metering
@@ -97,7 +98,7 @@ class Broker:
         released = expire_holds(self.services)
         if released:
             log.info("resolved %d holds that timed out while the broker was down", released)
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(interceptors=[UndecodableRequestInterceptor()], options=[
             ("grpc.so_reuseport", 0),  # a second broker on the same port must fail to bind
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ])

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nacl.signing import SigningKey
 
+from broker.api.undecodable import UndecodableRequestInterceptor
 from broker.files import write_secret
 
 from .config import WorkerConfig
@@ -51,7 +52,8 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     await asyncio.to_thread(runtime.load_model, BUILTIN_MODEL)
     capabilities = {**probe_capabilities(), "models": runtime.models()}
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+    server = grpc.aio.server(interceptors=[UndecodableRequestInterceptor(domain="worker.v1")],
+                             options=[("grpc.so_reuseport", 0),
                                       ("grpc.max_receive_message_length", 1 << 20)])
     try:
         port = server.add_insecure_port(config.listen)

@@ -7,7 +7,7 @@ import secrets
 from ..store.base import Record, Tx
 from . import access, journal, ledger, validate
 from .errors import BrokerError, Code, invalid, not_found
-from .money import check_amount
+from .money import MAX_AMOUNT, check_amount
 
 
 def create_owner(tx: Tx, display_name: str, now: int) -> Record:
@@ -51,6 +51,12 @@ def get_provider(tx: Tx, provider_id: str) -> Record:
 def credit_treasury(tx: Tx, owner_id: str, amount: int, now: int) -> Record:
     check_amount(amount, "amount")
     owner = get_owner(tx, owner_id)
+    # All money enters here: bounding the total keeps every balance and every ledger sum
+    # within int64 (the protos), where two credits of 2^62 would overflow them.
+    supply = ledger.get_account(tx, ledger.FUNDING_ACCOUNT)["debits_posted"]
+    if supply + amount > MAX_AMOUNT:
+        raise invalid("amount", f"would take the money in the ledger above {MAX_AMOUNT} "
+                      f"({supply} so far)", "INVALID_AMOUNT")
     tr = ledger.transfer(tx, ledger.FUNDING_ACCOUNT, owner["treasury_account_id"], amount,
                          "treasury_credit", now)
     journal.append(tx, "treasury_credited",
