@@ -106,9 +106,14 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
 
     async def _open(self, p, request: pb.OpenSession) -> Record:
         self.s.refuse_when_draining()
-        claims = vouchers.verify(request.voucher, self.s.keyring.verify_keys(), self.s.clock())
+        # Expiry is checked by redeem, after the request_id lookup: a retried open whose
+        # first answer was lost still gets that answer once the voucher has expired.
+        claims = vouchers.verify(request.voucher, self.s.keyring.verify_keys(), self.s.clock(),
+                                 check_expiry=False)
         opened = await self.s.mutate(p, "Meter.Open", request, lambda tx, now: (
             metering.redeem(tx, p, claims, request.worker_id, request.resource_class,
                             request.model, now, self.s.config)))
         # A retried open (same request_id) gets the session as it is now.
-        return self.s.store.read(lambda tx: tx.get("sessions", opened["session_id"]))
+        current = self.s.store.read(lambda tx: tx.get("sessions", opened["session_id"]))
+        session.require_open(current)
+        return current

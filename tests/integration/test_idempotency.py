@@ -141,6 +141,38 @@ def test_open_retry_returns_the_same_session(h):
     assert receipt.charged == 20
 
 
+def test_open_retry_after_the_voucher_expired_finds_the_session(h):
+    """A lost open reply, retried after the hold timed out: the broker answers about the
+    session it opened (now settled on its acknowledged usage), not VOUCHER_EXPIRED."""
+    worker_id = h.register_worker()
+    auth = h.agent.authorize(50_000, ttl_seconds=1)
+    key = h.creds["worker_api_key"]
+
+    async def go():
+        async with aio_channel(h.target) as ch:
+            first = await open_session(ch, key, auth.voucher, worker_id, request_id="late-1")
+            await first.report({"gpu_ms": 12})
+            await first.abandon()
+            h.wait_for_state(auth.authorization_id, auth_pb.AUTHORIZATION_STATE_SETTLED)
+            try:
+                await open_session(ch, key, auth.voucher, worker_id, request_id="late-1")
+            except grpc.RpcError as error:
+                check_error(error, grpc.StatusCode.FAILED_PRECONDITION,
+                            "SESSION_ALREADY_SETTLED")
+            else:
+                raise AssertionError("a retried open of a settled session got a grant")
+            try:
+                await open_session(ch, key, auth.voucher, worker_id, request_id="late-2")
+            except grpc.RpcError as error:
+                check_error(error, grpc.StatusCode.FAILED_PRECONDITION,
+                            "VOUCHER_ALREADY_REDEEMED")
+            else:
+                raise AssertionError("a new open of a redeemed voucher got a grant")
+
+    run(go())
+    assert h.agent.receipt(auth.authorization_id).charged == 12
+
+
 def test_retry_after_restart(h):
     """What was remembered before a SIGKILL is still remembered after it."""
     first = h.owner.fund(h.wallet_id, 50_000, request_id="fund-crash")
