@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import grpc
 from nacl.signing import VerifyKey
 
 from broker.clock import now_ms
 from broker.core import vouchers
 from broker.core.errors import BrokerError, Code
+from broker.v1 import voucher_key_service_pb2 as pb
+from broker.v1 import voucher_key_service_pb2_grpc as pb_grpc
 
 
 class VoucherVerifier:
@@ -35,12 +38,7 @@ class VoucherVerifier:
         return vouchers.verify(token, self._keys, self._clock())
 
 
-def grpc_key_fetcher(channel) -> Callable[[], dict[str, bytes]]:
-    import grpc
-
-    from broker.v1 import voucher_key_service_pb2 as pb
-    from broker.v1 import voucher_key_service_pb2_grpc as pb_grpc
-
+def grpc_key_fetcher(channel: grpc.Channel) -> Callable[[], dict[str, bytes]]:
     stub = pb_grpc.VoucherKeyServiceStub(channel)
 
     def fetch() -> dict[str, bytes]:

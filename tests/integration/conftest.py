@@ -441,3 +441,24 @@ def worker_world(directory, config: dict | None = None):
             worker.stop()
         finally:
             broker.stop()
+
+
+def unchanged(h, code, reason):
+    """Context: the body fails with (code, reason) and leaves the ledger as it was."""
+
+    class _Check:
+        def __enter__(self):
+            self.before = h.snapshot()
+            self.raises = rpc_error(code, reason)
+            return self.raises.__enter__()
+
+        def __exit__(self, *exc):
+            suppressed = self.raises.__exit__(*exc)
+            assert h.snapshot() == self.before, "a refused request changed the ledger"
+            return suppressed
+
+    return _Check()
+
+
+def balance_tuple(b) -> tuple[int, int, int]:
+    return (b.posted, b.pending, b.available)

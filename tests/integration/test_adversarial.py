@@ -36,9 +36,9 @@ from .conftest import (
     check_error,
     open_session,
     rid,
-    rpc_error,
     run,
     stream_rpc_error,
+    unchanged,
 )
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -49,22 +49,6 @@ HELD = auth_pb.AUTHORIZATION_STATE_HELD
 REDEEMED = auth_pb.AUTHORIZATION_STATE_REDEEMED
 SETTLED = auth_pb.AUTHORIZATION_STATE_SETTLED
 
-
-def unchanged(h, code, reason):
-    """Context: the body fails with (code, reason) and the ledger is as it was."""
-
-    class _Check:
-        def __enter__(self):
-            self.before = h.snapshot()
-            self.raises = rpc_error(code, reason)
-            return self.raises.__enter__()
-
-        def __exit__(self, *exc):
-            suppressed = self.raises.__exit__(*exc)
-            assert h.snapshot() == self.before, "a refused request changed the ledger"
-            return suppressed
-
-    return _Check()
 
 
 @dataclass

@@ -24,9 +24,9 @@ from .conftest import (
     aio_channel,
     open_session,
     rid,
-    rpc_error,
     run,
     stream_rpc_error,
+    unchanged,
 )
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -37,22 +37,6 @@ DENIED = grpc.StatusCode.PERMISSION_DENIED
 OVERFLOW = 2**62 + 1  # fits int64, above the broker's MAX_AMOUNT
 INT64_MAX = 2**63 - 1
 
-
-def unchanged(h, code, reason):
-    """Context: the body fails with (code, reason) and leaves the ledger as it was."""
-
-    class _Check:
-        def __enter__(self):
-            self.before = h.snapshot()
-            self.raises = rpc_error(code, reason)
-            return self.raises.__enter__()
-
-        def __exit__(self, *exc):
-            suppressed = self.raises.__exit__(*exc)
-            assert h.snapshot() == self.before, "a rejected request changed the ledger"
-            return suppressed
-
-    return _Check()
 
 
 # -- amounts ----------------------------------------------------------------------------

@@ -22,15 +22,12 @@ from .conftest import (
     TREASURY_START,
     WALLET_START,
     aio_channel,
+    balance_tuple,
     check_error,
     open_session,
     rpc_error,
     run,
 )
-
-
-def balance_tuple(b) -> tuple[int, int, int]:
-    return (b.posted, b.pending, b.available)
 
 
 def payout_and_fee_accounts(broker, provider_id: str) -> tuple[dict, dict]:

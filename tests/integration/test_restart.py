@@ -14,14 +14,11 @@ from .conftest import (
     TREASURY_START,
     WALLET_START,
     aio_channel,
+    balance_tuple,
     check_error,
     open_session,
     run,
 )
-
-
-def bal(b) -> tuple[int, int, int]:
-    return (b.posted, b.pending, b.available)
 
 
 def wait_past(expire_time, margin_s: float = 0.1) -> None:
@@ -42,9 +39,10 @@ def test_authorizations_and_fundings_survive_sigkill(h):
     assert again.state == auth_pb.AUTHORIZATION_STATE_HELD
     assert again.amount == 400_000
     posted = WALLET_START + 1_500_000
-    assert bal(h.wallet()) == (posted, 400_000, posted - 400_000)
-    assert bal(h.treasury()) == (TREASURY_START - 1_500_000, 0, TREASURY_START - 1_500_000)
-    assert bal(funded.wallet_balance) == (posted, 400_000, posted - 400_000)
+    assert balance_tuple(h.wallet()) == (posted, 400_000, posted - 400_000)
+    treasury = TREASURY_START - 1_500_000
+    assert balance_tuple(h.treasury()) == (treasury, 0, treasury)
+    assert balance_tuple(funded.wallet_balance) == (posted, 400_000, posted - 400_000)
     after = h.summary()
     assert after == summary
     assert list(after.violations) == []
@@ -63,12 +61,12 @@ def test_authorizations_and_fundings_survive_sigkill(h):
 
 def test_hold_that_expires_while_down_is_released_at_start(h):
     auth = h.agent.authorize(700_000, ttl_seconds=1)
-    assert bal(h.wallet()) == (WALLET_START, 700_000, WALLET_START - 700_000)
+    assert balance_tuple(h.wallet()) == (WALLET_START, 700_000, WALLET_START - 700_000)
     h.broker.kill()
     wait_past(auth.expire_time)
     h.broker.start()
     # Checked at once: the start-up sweep ran before the broker began serving.
-    assert bal(h.wallet()) == (WALLET_START, 0, WALLET_START)
+    assert balance_tuple(h.wallet()) == (WALLET_START, 0, WALLET_START)
     assert h.owner.get_authorization(auth.authorization_id).state == \
         auth_pb.AUTHORIZATION_STATE_EXPIRED
     assert "resolved 1 holds that timed out" in h.broker.log()
@@ -81,7 +79,7 @@ def test_hold_expires_on_a_running_broker(h):
     expired = h.wait_for_state(auth.authorization_id, auth_pb.AUTHORIZATION_STATE_EXPIRED,
                                timeout=3)
     assert expired.state == auth_pb.AUTHORIZATION_STATE_EXPIRED
-    assert bal(h.wallet()) == (WALLET_START, 0, WALLET_START)
+    assert balance_tuple(h.wallet()) == (WALLET_START, 0, WALLET_START)
 
 
 def test_usage_acks_survive_sigkill_and_the_session_resumes(h):
@@ -120,8 +118,8 @@ def test_usage_acks_survive_sigkill_and_the_session_resumes(h):
     assert receipt.outcome == "FINISHED"
     assert (receipt.charged, receipt.released) == (70, held - 70)
     # Settled once: charged 70, then refilled to the target.
-    assert bal(h.wallet()) == (REFILL_TARGET, 0, REFILL_TARGET)
-    assert bal(h.treasury()) == (TREASURY_START - 70, 0, TREASURY_START - 70)
+    assert balance_tuple(h.wallet()) == (REFILL_TARGET, 0, REFILL_TARGET)
+    assert balance_tuple(h.treasury()) == (TREASURY_START - 70, 0, TREASURY_START - 70)
     assert list(h.summary().violations) == []
 
 
@@ -184,8 +182,8 @@ def test_abandoned_session_settles_on_last_ack_when_hold_times_out(h):
     assert receipt.charged == last.charged
     assert receipt.released == held - last.charged
     assert receipt.usage.gpu_ms == 80
-    assert bal(h.wallet()) == (REFILL_TARGET, 0, REFILL_TARGET)
-    assert bal(h.treasury()) == (TREASURY_START - 80, 0, TREASURY_START - 80)
+    assert balance_tuple(h.wallet()) == (REFILL_TARGET, 0, REFILL_TARGET)
+    assert balance_tuple(h.treasury()) == (TREASURY_START - 80, 0, TREASURY_START - 80)
     assert list(h.summary().violations) == []
 
 
@@ -202,7 +200,7 @@ def test_abandoned_session_whose_hold_times_out_while_down_settles_at_start(h):
     receipt = h.owner.receipt(auth.authorization_id)
     assert receipt.outcome == "HOLD_EXPIRED"
     assert receipt.charged == acks[-1].charged == 80
-    assert bal(h.wallet()) == (REFILL_TARGET, 0, REFILL_TARGET)
+    assert balance_tuple(h.wallet()) == (REFILL_TARGET, 0, REFILL_TARGET)
     assert list(h.summary().violations) == []
 
     # A worker that comes back late cannot finish (or charge more): it is settled.
