@@ -9,13 +9,10 @@ remembered: they changed nothing, so a retry simply runs again.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from typing import Any
 
 from ..store.base import Record, Tx
 from .errors import BrokerError, Code, invalid
-from .journal import canonical
 
 KEEP_MS = 48 * 3600 * 1000  # DESIGN.md asks for at least 24 h.
 # Secrets are never remembered: a replay answers without them (keys are stored hashed only).
@@ -57,7 +54,3 @@ def prune(tx: Tx, now: int, limit: int = 1000) -> int:
         tx.delete("idempotency", index_key.split("/", 1)[1])
         tx.delete("idempotency_expiry", index_key)
     return len(rows)
-
-
-def fingerprint_of(value: Any) -> str:
-    return hashlib.sha256(canonical(value)).hexdigest()

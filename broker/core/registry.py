@@ -101,9 +101,6 @@ class Liveness:
     def drop(self, worker_id: str) -> None:
         self._expiry.pop(worker_id, None)
 
-    def is_live(self, worker_id: str, now: int) -> bool:
-        return self._expiry.get(worker_id, 0) > now
-
     def live_ids(self, now: int) -> list[str]:
         for worker_id in [w for w, until in self._expiry.items() if until <= now]:
             del self._expiry[worker_id]
