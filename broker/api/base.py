@@ -59,7 +59,8 @@ class Services:
     def refuse_when_draining(self) -> None:
         if self.draining:
             raise BrokerError(Code.UNAVAILABLE, "SHUTTING_DOWN",
-                              "the broker is shutting down; retry on another broker or later")
+                              "the broker is shutting down; retry on another broker or later",
+                              retry_after_ms=1000)
 
 
 def _bearer(metadata: Any) -> str | None:

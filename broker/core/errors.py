@@ -30,6 +30,10 @@ class BrokerError(Exception):
     metadata: dict[str, str] = field(default_factory=dict)
     # (field path, description) pairs for google.rpc.BadRequest.
     field_violations: list[tuple[str, str]] = field(default_factory=list)
+    # google.rpc.RetryInfo: how long to wait before retrying (rate limits, unavailability).
+    retry_after_ms: int | None = None
+    # (subject, description) pairs for google.rpc.QuotaFailure (budget and rate limits).
+    quota_violations: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"

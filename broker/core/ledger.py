@@ -85,7 +85,9 @@ def _check_debit(debit: Record, amount: int) -> None:
                 Code.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS",
                 f"account {debit['account_id']} has {available} available, {amount} needed",
                 {"account": debit["account_id"], "available": str(available),
-                 "requested": str(amount)})
+                 "requested": str(amount)},
+                quota_violations=[(f"account:{debit['account_id']}",
+                                   f"{amount} requested, {available} available")])
 
 
 def _check_credit(credit: Record, amount: int) -> None:

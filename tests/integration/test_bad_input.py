@@ -8,8 +8,10 @@ import time
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from nacl.signing import SigningKey
 
+from broker.api.errors import error_detail
 from broker.v1 import admin_service_pb2 as admin_pb
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import metering_service_pb2 as meter_pb
@@ -57,8 +59,13 @@ def test_bad_amounts_are_refused(h, amount):
 
 
 def test_amounts_beyond_funds_or_cap(h):
-    with unchanged(h, PRECONDITION, "INSUFFICIENT_FUNDS"):
+    with unchanged(h, PRECONDITION, "INSUFFICIENT_FUNDS") as refused:
         h.agent.authorize(WALLET_START + 1)
+    # AIP-193: a budget limit also says which quota was hit, and by how much.
+    quota = error_detail(refused.value, error_details_pb2.QuotaFailure)
+    assert quota is not None and len(quota.violations) == 1
+    assert f"{WALLET_START + 1} requested, {WALLET_START} available" \
+        == quota.violations[0].description
     with unchanged(h, PRECONDITION, "WALLET_CAP_EXCEEDED"):
         h.owner.fund(h.wallet_id, WALLET_CAP - WALLET_START + 1)
     # A fresh wallet with a large cap, funded beyond what the treasury has.
