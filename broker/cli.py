@@ -35,7 +35,7 @@ def cmd_init(args) -> int:
 
 def cmd_serve(args) -> int:
     from . import demo
-    from .daemon import BrokerSettings, PortInUse, serve
+    from .daemon import BrokerSettings, PortInUse, serve, serve_processes
     from .store import DataDirLocked
 
     data_dir = _data_dir(args)
@@ -55,8 +55,11 @@ def cmd_serve(args) -> int:
             print_demo_help(data_dir, args.listen)
         sys.stdout.flush()
 
+    settings = BrokerSettings(listen=args.listen)
     try:
-        asyncio.run(serve(data_dir, config, BrokerSettings(listen=args.listen), on_ready))
+        if args.processes > 1:
+            return serve_processes(data_dir, config, settings, args.processes, on_ready)
+        asyncio.run(serve(data_dir, config, settings, on_ready))
     except DataDirLocked as error:
         print(f"broker serve: {error}", file=sys.stderr)
         return 2
@@ -111,6 +114,13 @@ def cmd_audit(args) -> int:
     return 1 if problems else 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broker", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -128,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="platform fee in basis points of each charge")
     p.add_argument("--demo", action="store_true",
                    help="initialise if needed and create demo owner, wallet and keys")
+    p.add_argument("--processes", type=_positive, default=1,
+                   help="server processes sharing the port (SO_REUSEPORT) and the ledger")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("credentials", help="print a demo credential (for grpcurl)")

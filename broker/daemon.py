@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
+import os
+import shutil
 import signal
-from dataclasses import dataclass
+import socket
+import sys
+from collections.abc import MutableMapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +33,7 @@ from .core.registry import Liveness
 from .datadir import DataDir
 from .keyring import Keyring
 from .store.base import Store
+from .store.lmdb_store import LeaseTable, LmdbStore, lock_dir, unlock_dir
 from .v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -67,6 +76,8 @@ class PortInUse(Exception):
 class BrokerSettings:
     listen: str = "127.0.0.1:50051"
     shutdown_grace_s: float = 5.0
+    # False: no fsync per commit. For benchmarks only: acknowledged ops may be lost.
+    durable: bool = True
 
 
 def expire_holds(services: Services) -> int:
@@ -82,11 +93,13 @@ def expire_holds(services: Services) -> int:
 
 class Broker:
     def __init__(self, store: Store, keyring: Keyring, config: CoreConfig,
-                 settings: BrokerSettings, cache_secret: bytes = b""):
+                 settings: BrokerSettings, cache_secret: bytes = b"", *,
+                 leases: MutableMapping[str, int] | None = None, reuse_port: bool = False):
+        liveness = Liveness(config.worker_lease_ms, {} if leases is None else leases)
         self.services = Services(store=store, keyring=keyring, config=config,
-                                 liveness=Liveness(config.worker_lease_ms),
-                                 cache_secret=cache_secret)
+                                 liveness=liveness, cache_secret=cache_secret)
         self.settings = settings
+        self.reuse_port = reuse_port
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task | None = None
@@ -99,7 +112,9 @@ class Broker:
         if released:
             log.info("resolved %d holds that timed out while the broker was down", released)
         self.server = grpc.aio.server(interceptors=[UndecodableRequestInterceptor()], options=[
-            ("grpc.so_reuseport", 0),  # a second broker on the same port must fail to bind
+            # A second broker on the same port must fail to bind; the server processes of
+            # one prefork broker share it (serve_processes checked that it was free).
+            ("grpc.so_reuseport", int(self.reuse_port)),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ])
         names = []
@@ -148,11 +163,14 @@ class Broker:
 
 
 async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
-                on_ready=None) -> None:
-    store = data_dir.open_store()
+                on_ready=None, *, prefork: bool = False) -> None:
+    """Run one broker server until SIGTERM/SIGINT. prefork: one of the server
+    processes of `serve_processes` (the parent holds the data directory lock)."""
+    store = LmdbStore(data_dir.ledger, durable=settings.durable, lock=not prefork)
+    leases = LeaseTable(_leases_path(data_dir)) if prefork else None
     try:
         broker = Broker(store, Keyring(data_dir.voucher_keys), config, settings,
-                        data_dir.cache_secret())
+                        data_dir.cache_secret(), leases=leases, reuse_port=prefork)
         await broker.start()
     except BaseException:
         store.close()
@@ -166,3 +184,112 @@ async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
     await stop.wait()
     log.info("shutting down")
     await broker.stop()
+
+
+def _leases_path(data_dir: DataDir) -> Path:
+    return data_dir.root / "leases"
+
+
+def serve_processes(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
+                    processes: int, on_ready=None) -> int:
+    """Prefork: `processes` server processes on one port (SO_REUSEPORT) and one LMDB
+    environment; returns the exit status. Blocks until SIGTERM/SIGINT (passed on to
+    every server) or until a server exits on its own (the others are then stopped).
+
+    What the servers share, and how: the ledger, sessions and request ids live in
+    LMDB, opened by each process after the fork (LMDB serialises write transactions
+    across processes, so each process's group-commit writer stays correct), so a
+    retried call or a resumed session may land on any process. Worker liveness is
+    in `LeaseTable`, a second LMDB environment without fsync. The data directory lock
+    is taken here, before the fork, and held by all of them. `on_ready` runs in the
+    first server only.
+    """
+    lock_fd = lock_dir(data_dir.ledger)
+    try:
+        listen = _reserve_port(settings.listen)
+        shutil.rmtree(_leases_path(data_dir), ignore_errors=True)  # liveness is not durable
+        sys.stdout.flush()
+        sys.stderr.flush()
+        children: dict[int, int] = {}
+        try:
+            for index in range(processes):
+                pid = os.fork()
+                if pid == 0:
+                    _run_server(data_dir, config, replace(settings, listen=listen),
+                                on_ready if index == 0 else None, index, processes)
+                children[pid] = index
+        except BaseException:
+            _stop(children)
+            raise
+        return _supervise(children)
+    finally:
+        unlock_dir(lock_fd)
+
+
+def _reserve_port(listen: str) -> str:
+    """`listen` with a concrete port, after checking nothing else listens there (our
+    servers bind with SO_REUSEPORT, which would let them join another's port)."""
+    host, _, port = listen.rpartition(":")
+    family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host.strip("[]"), int(port)))
+        except (OSError, ValueError) as error:
+            raise PortInUse(f"cannot listen on {listen}: {error}") from None
+        return f"{host}:{probe.getsockname()[1]}"
+
+
+def _run_server(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings, on_ready,
+                index: int, processes: int) -> None:
+    """The body of one forked server process; never returns."""
+    code = 1
+    try:
+        _die_with_parent()
+        log.info("server process %d/%d (pid %d)", index + 1, processes, os.getpid())
+        asyncio.run(serve(data_dir, config, settings, on_ready, prefork=True))
+        code = 0
+    except BaseException:
+        log.exception("server process %d failed", index + 1)
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the parent dies, so no server outlives it unnoticed."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop(children: dict[int, int]) -> None:
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _supervise(children: dict[int, int]) -> int:
+    stopping = False
+
+    def stop_all(_signum=None, _frame=None) -> None:
+        nonlocal stopping
+        stopping = True
+        _stop(children)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_all)
+    status = 0
+    while children:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code != 0 or not stopping:
+            log.error("server process %d (pid %d) exited with %d; stopping the others",
+                      index + 1, pid, code)
+            status = status or 1
+            stop_all()
+    return status

@@ -7,6 +7,7 @@ again with their next heartbeat), so `Liveness` is a plain in-memory table.
 from __future__ import annotations
 
 import secrets
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 from ..store.base import Record, Tx
@@ -89,10 +90,13 @@ def deregister(tx: Tx, principal: Principal, worker_id: str, now: int) -> Record
 
 @dataclass
 class Liveness:
-    """Lease per worker: live until `lease_ms` after its last heartbeat."""
+    """Lease per worker: live until `lease_ms` after its last heartbeat.
+
+    `_expiry` is a dict, or a table shared by the server processes of a prefork
+    broker (a heartbeat to one process must count in the offers of another)."""
 
     lease_ms: int
-    _expiry: dict[str, int] = field(default_factory=dict)
+    _expiry: MutableMapping[str, int] = field(default_factory=dict)
 
     def beat(self, worker_id: str, now: int) -> int:
         self._expiry[worker_id] = now + self.lease_ms
@@ -102,9 +106,11 @@ class Liveness:
         self._expiry.pop(worker_id, None)
 
     def live_ids(self, now: int) -> list[str]:
-        for worker_id in [w for w, until in self._expiry.items() if until <= now]:
-            del self._expiry[worker_id]
-        return list(self._expiry)
+        leases = list(self._expiry.items())
+        for worker_id, until in leases:
+            if until <= now:
+                self._expiry.pop(worker_id, None)  # another process may have dropped it first
+        return [worker_id for worker_id, until in leases if until > now]
 
 
 def offers(tx: Tx, liveness: Liveness, now: int, resource_class: str, model: str) -> list[Record]:

@@ -15,10 +15,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from itertools import islice
 from pathlib import Path
 from time import perf_counter
@@ -41,6 +42,8 @@ from broker.store.buffered import (
 
 T = TypeVar("T")
 
+log = logging.getLogger("broker.store")
+
 LOCK_FILE = "broker.lock"
 DEFAULT_MAX_BATCH = 4096
 
@@ -61,11 +64,12 @@ class DataDirLocked(RuntimeError):
         self.pid = pid
 
 
-def _lock_dir(path: Path) -> int:
-    """flock `<path>/broker.lock` without blocking and write our pid into it.
+def lock_dir(path: Path) -> int:
+    """flock `<path>/broker.lock` without blocking and write our pid into it; the fd.
 
     flock belongs to the open file description, so a second open in this same
     process conflicts too (LMDB forbids opening one env twice in a process).
+    Forked children share the parent's lock (prefork: see broker.daemon).
     The file is never deleted: unlinking a lock file races with the next opener.
     """
     fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -90,7 +94,7 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def _unlock_dir(fd: int) -> None:
+def unlock_dir(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
 
@@ -175,8 +179,15 @@ class LmdbStore:
 
     durable=True: every commit is fsync'd before callers are answered.
     durable=False: no fsync (benchmarks only; a power loss may lose acknowledged ops).
+    lock=False: do not take the directory lock because the caller holds it for us
+    (prefork: the parent locks, then every forked server process opens the env;
+    LMDB serialises their write transactions, each process keeps its own writer).
     Cancelling a caller of `submit` does not cancel its op: once queued it runs
     and may commit.
+
+    Group commit is observable: `stats` holds running totals, and every callback
+    given to `observe_commits` is called after each commit with (ops in the batch,
+    seconds the commit and its fsync took), on the writer thread: keep it cheap.
     """
 
     def __init__(
@@ -186,11 +197,13 @@ class LmdbStore:
         map_size: int = 8 << 30,
         durable: bool = True,
         max_batch: int = DEFAULT_MAX_BATCH,
+        lock: bool = True,
     ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._max_batch = max_batch
-        self._lock_fd = _lock_dir(self.path)
+        self._lock_fd = lock_dir(self.path) if lock else None
+        self._commit_observers: list[Callable[[int, float], None]] = []
         try:
             self._env = lmdb.open(
                 str(self.path),
@@ -203,7 +216,8 @@ class LmdbStore:
             with self._env.begin(write=True) as txn:
                 self._dbs = {t: self._env.open_db(t.encode(), txn=txn) for t in TABLES}
         except BaseException:
-            _unlock_dir(self._lock_fd)
+            if self._lock_fd is not None:
+                unlock_dir(self._lock_fd)
             raise
         self.stats: dict[str, float] = {
             "commits": 0,
@@ -264,7 +278,12 @@ class LmdbStore:
         with self._lock:
             self._no_readers.wait_for(lambda: self._readers == 0)
         self._env.close()
-        _unlock_dir(self._lock_fd)
+        if self._lock_fd is not None:
+            unlock_dir(self._lock_fd)
+
+    def observe_commits(self, callback: Callable[[int, float], None]) -> None:
+        """Call `callback(batch_size, commit_seconds)` after every commit (for metrics)."""
+        self._commit_observers.append(callback)
 
     def __enter__(self) -> LmdbStore:
         return self
@@ -328,6 +347,11 @@ class LmdbStore:
         stats["last_batch_size"] = len(batch)
         stats["max_batch_size"] = max(stats["max_batch_size"], len(batch))
         stats["commit_seconds"] += committed - started
+        for observer in self._commit_observers:
+            try:
+                observer(len(batch), committed - started)
+            except Exception:  # a metrics bug must not fail the callers' committed ops
+                log.exception("commit observer failed")
         return outcomes
 
     @staticmethod
@@ -356,3 +380,50 @@ def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) 
             future.set_result(result)
         else:
             future.set_exception(exc)
+
+
+class LeaseTable(MutableMapping[str, int]):
+    """worker id -> lease expiry (ms), shared by the server processes of one broker
+    (prefork), as the `Liveness` table.
+
+    A separate LMDB environment without fsync: liveness is not durable (the prefork
+    parent deletes the directory before it starts the servers), and a heartbeat must
+    not cost a disk flush. Each server process opens it after the fork; LMDB's lock
+    file serialises the (tiny) write transactions across them.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, map_size: int = 64 << 20) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._env = lmdb.open(str(self.path), map_size=map_size, max_readers=1024,
+                              sync=False, metasync=False)
+
+    def __getitem__(self, worker_id: str) -> int:
+        with self._env.begin() as txn:
+            data = txn.get(worker_id.encode())
+        if data is None:
+            raise KeyError(worker_id)
+        return int(data)
+
+    def __setitem__(self, worker_id: str, expire_ms: int) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.put(worker_id.encode(), str(expire_ms).encode())
+
+    def __delitem__(self, worker_id: str) -> None:
+        with self._env.begin(write=True) as txn:
+            if not txn.delete(worker_id.encode()):
+                raise KeyError(worker_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([worker_id for worker_id, _ in self.items()])
+
+    def __len__(self) -> int:
+        return self._env.stat()["entries"]
+
+    def items(self) -> list[tuple[str, int]]:  # type: ignore[override]
+        """One consistent snapshot (the mixin would read each key separately)."""
+        with self._env.begin() as txn:
+            return [(k.decode(), int(v)) for k, v in txn.cursor()]
+
+    def close(self) -> None:
+        self._env.close()

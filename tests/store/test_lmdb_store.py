@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from broker.store import DataDirLocked, LmdbStore, StoreClosed, Tx
+from broker.store.lmdb_store import LeaseTable
 
 from .test_memory_store import Boom, StoreContract, put
 
@@ -110,6 +111,38 @@ def test_group_commit_batches_concurrent_ops(tmp_path: Path) -> None:
     assert stats["commits"] < n
     assert stats["max_batch_size"] > 1
     assert stats["commit_seconds"] > 0
+
+
+def test_commit_observers_see_every_batch(store: LmdbStore) -> None:
+    seen: list[tuple[int, float]] = []
+    store.observe_commits(lambda size, seconds: seen.append((size, seconds)))
+
+    def broken_observer(size: int, seconds: float) -> None:
+        raise RuntimeError("a metrics bug")
+
+    store.observe_commits(broken_observer)
+    put_a = lambda tx: tx.put("accounts", "a", {"n": 1})  # noqa: E731
+    results = asyncio.run(submit_all(store, [put_a, put_a, put_a]))
+    assert results == [None, None, None]  # the broken observer failed nobody
+    assert [size for size, _ in seen] == [1, 3]  # the blocker's batch, then ours
+    assert all(seconds > 0 for _, seconds in seen)
+    assert store.stats["commits"] == 2
+
+
+def test_lease_table_is_shared_by_processes(tmp_path: Path) -> None:
+    leases = LeaseTable(tmp_path / "leases")
+    leases["wrk_a"] = 1_000
+    other = _python(
+        "import sys; from broker.store.lmdb_store import LeaseTable;"
+        "t = LeaseTable(sys.argv[1]); print(dict(t.items())); t['wrk_b'] = 2_000;"
+        "del t['wrk_a']", tmp_path / "leases")
+    out, _ = other.communicate(timeout=WAIT)
+    assert other.returncode == 0
+    assert out.strip() == "{'wrk_a': 1000}"
+    assert leases.items() == [("wrk_b", 2_000)]
+    assert leases.pop("wrk_a", None) is None
+    assert len(leases) == 1
+    leases.close()
 
 
 def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
