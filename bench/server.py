@@ -1,0 +1,78 @@
+"""The broker as the bench runs it: `broker serve` plus what a benchmark needs.
+
+    python -m bench.server --data-dir D --listen HOST:PORT [--processes N] [--no-sync]
+                           [--profile DIR]
+
+Initialises D on first use (the admin key goes to D/admin.key, mode 0600), then serves
+exactly as `broker serve` does (the same daemon functions). --no-sync opens the ledger
+without fsync (BrokerSettings.durable=False), for the durable_vs_nosync figure only.
+--profile (one process) runs the event loop and the store writer thread under cProfile
+and writes DIR/loop.prof and DIR/writer.prof on SIGTERM. The profilers count each
+thread's CPU time (time.thread_time), not wall time: a thread waiting for the GIL, for
+the network or for fsync is not charged for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import logging
+import sys
+import time
+from pathlib import Path
+
+from broker.core.config import CoreConfig
+from broker.daemon import BrokerSettings, serve, serve_processes
+from broker.datadir import DataDir, init
+from broker.files import write_secret
+from broker.store import lmdb_store
+
+
+def _profile_writer(directory: Path) -> None:
+    """Run the store's writer thread under its own profiler (cProfile sees one thread)."""
+    run_writer = lmdb_store.LmdbStore._run_writer
+
+    def profiled(store: lmdb_store.LmdbStore) -> None:
+        profile = cProfile.Profile(time.thread_time)
+        try:
+            profile.runcall(run_writer, store)
+        finally:
+            profile.dump_stats(directory / "writer.prof")
+
+    lmdb_store.LmdbStore._run_writer = profiled  # type: ignore[method-assign]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--no-sync", action="store_true")
+    parser.add_argument("--profile", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    data_dir = DataDir(args.data_dir)
+    if not data_dir.is_initialised():
+        _, admin_key = init(data_dir)
+        write_secret(args.data_dir / "admin.key", admin_key.encode())
+    config = CoreConfig()
+    settings = BrokerSettings(listen=args.listen, durable=not args.no_sync)
+    if args.processes > 1:
+        return serve_processes(data_dir, config, settings, args.processes)
+    if args.profile is None:
+        asyncio.run(serve(data_dir, config, settings))
+        return 0
+    args.profile.mkdir(parents=True, exist_ok=True)
+    _profile_writer(args.profile)
+    profile = cProfile.Profile(time.thread_time)
+    try:
+        profile.runcall(asyncio.run, serve(data_dir, config, settings))
+    finally:
+        profile.dump_stats(args.profile / "loop.prof")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
