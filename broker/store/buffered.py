@@ -153,6 +153,11 @@ class BufferedTx:
     def flush(self) -> None:
         """Apply every pending write to the base, then start empty again."""
         base = self._base
+        apply = getattr(base, "apply", None)
+        if apply is not None:  # the base takes them all at once (validated already)
+            apply(self._tables)
+            self._tables = {}
+            return
         put_encoded = getattr(base, "put_encoded", None)
         for table, pending in self._tables.items():
             for key, data in pending.items():
