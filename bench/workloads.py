@@ -183,19 +183,26 @@ class StopTrial(Caller):
                 message = self.report(session_id, seq, usage)
                 sent = time.perf_counter()
                 await call.write(message)
-                at, reply = await asyncio.wait_for(arrived.get(), TIMEOUT_S)
-                if reply[0] != ACK:
-                    raise RuntimeError(f"expected an ack, got {reply!r:.80}")
+                stopped_at = None
+                while True:  # STOP may come before the ack (it need not wait for fsync)
+                    at, reply = await asyncio.wait_for(arrived.get(), TIMEOUT_S)
+                    if reply[0] == STOP:
+                        stopped_at = at
+                    elif reply[0] == ACK:
+                        break
+                    else:
+                        raise RuntimeError(f"expected an ack or STOP, got {reply!r:.80}")
                 if meter_pb.MeterResponse.FromString(reply).ack.remaining == 0:
                     raise RuntimeError("the hold was used up before STOP")
-                try:  # STOP, when it comes, follows its report's ack at once; if it does
-                    # not come, the wait was the next interval of work
-                    at, reply = await asyncio.wait_for(arrived.get(), pace_ms / 1000)
-                except TimeoutError:
-                    continue
-                if reply[0] != STOP:
-                    raise RuntimeError(f"expected STOP, got {reply!r:.80}")
-                stop_ms = (at - sent) * 1000
+                if stopped_at is None:
+                    try:  # or right after the ack; if not, the wait was the next interval
+                        stopped_at, reply = await asyncio.wait_for(arrived.get(),
+                                                                   pace_ms / 1000)
+                    except TimeoutError:
+                        continue
+                    if reply[0] != STOP:
+                        raise RuntimeError(f"expected STOP, got {reply!r:.80}")
+                stop_ms = (stopped_at - sent) * 1000
                 break
             else:
                 raise RuntimeError("no STOP")

@@ -6,7 +6,7 @@ import logging
 
 import grpc
 
-from ..core import metering, session, validate, vouchers
+from ..core import metering, session, usage_signing, validate, vouchers
 from ..core.errors import BrokerError, invalid
 from ..store.base import Record
 from ..v1 import metering_service_pb2 as pb
@@ -29,6 +29,33 @@ def grant(ses: Record) -> pb.MeterResponse:
         expire_time=convert.timestamp(ses["expire_ms"]), charged=ses["charged"],
         last_seq=ses["last_seq"], usage=convert.usage_to_proto(ses["usage"]),
         stopped=bool(ses["stop_reason"])))
+
+
+def _stop(decision: session.UsageDecision) -> pb.MeterResponse:
+    return pb.MeterResponse(stop=pb.StopCommand(
+        reason=STOP_REASONS[decision.stop_reason], charged=decision.charged,
+        remaining=decision.remaining))
+
+
+def _early_stop(last: Record, report: pb.UsageReport, usage: Record,
+                now: int) -> pb.MeterResponse | None:
+    """STOP for this report, sent before the report is durable, when the session as
+    this stream's last committed report left it says so (and the signature checks out).
+
+    Why: the ack must wait for the group commit's fsync, STOP need not. STOP only
+    tells the worker to wind down; the money rules are enforced by the writer, whose
+    decision (same rule, same `now`) is the one recorded and acknowledged. The two
+    differ only when something else changed the session meanwhile (expiry, another
+    stream), and then the writer refuses the report."""
+    try:
+        decision = session.on_usage(last, report.seq, usage, now)
+        if not decision.stop_reason:
+            return None
+        usage_signing.verify(last["usage_public_key"], usage_signing.payload(
+            last["session_id"], usage, seq=report.seq), report.signature)
+    except BrokerError:
+        return None  # the writer refuses the report, with the authoritative error
+    return _stop(decision)
 
 
 class MeteringServicer(pb_grpc.MeteringServiceServicer):
@@ -74,8 +101,18 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
             p = self.s.authenticate(context, "worker")
             kind = message.WhichOneof("kind")
             if kind == "usage":
-                for response in await self._report(p, session_id, message.usage):
-                    yield response
+                report = message.usage
+                usage = convert.usage_from_proto(report.usage)
+                now = self.s.clock()
+                early = _early_stop(ses, report, usage, now)
+                if early is not None:
+                    yield early
+                decision = await self._report(p, session_id, report, usage, now)
+                yield pb.MeterResponse(ack=pb.UsageAck(
+                    seq=report.seq, charged=decision.charged, remaining=decision.remaining))
+                if decision.stop_reason and early is None:
+                    yield _stop(decision)
+                ses = decision.session
             elif kind == "finish":
                 yield await self._finish(p, session_id, message.finish)
                 return
@@ -83,17 +120,10 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
                 raise invalid("kind", "the session is already open; send usage or finish",
                               "SESSION_ALREADY_OPEN")
 
-    async def _report(self, p, session_id: str, report: pb.UsageReport) -> list:
-        usage = convert.usage_from_proto(report.usage)
-        decision = await self.s.store.submit(lambda tx: metering.record_usage(
-            tx, p, session_id, report.seq, usage, self.s.clock(), report.signature))
-        responses = [pb.MeterResponse(ack=pb.UsageAck(
-            seq=report.seq, charged=decision.charged, remaining=decision.remaining))]
-        if decision.stop_reason:
-            responses.append(pb.MeterResponse(stop=pb.StopCommand(
-                reason=STOP_REASONS[decision.stop_reason], charged=decision.charged,
-                remaining=decision.remaining)))
-        return responses
+    async def _report(self, p, session_id: str, report: pb.UsageReport, usage: Record,
+                      now: int) -> session.UsageDecision:
+        return await self.s.store.submit(lambda tx: metering.record_usage(
+            tx, p, session_id, report.seq, usage, now, report.signature))
 
     async def _finish(self, p, session_id: str, finish: pb.FinishSession) -> pb.MeterResponse:
         usage = convert.usage_from_proto(finish.usage)
