@@ -7,7 +7,7 @@ BUF    := .cache/buf/node_modules/.bin/buf
 DATA   ?= var
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: run demo gpu-check test fuzz crash-test soak lint proto check-stubs breaking clean venv
+.PHONY: run demo gpu-check test fuzz crash-test soak bench lint proto check-stubs breaking clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ crash-test: $(STAMP)
 ## soak: 10 min of mixed load on a real broker and worker; fails if its RSS or fds grow >10%
 soak: $(STAMP)
 	$(BIN)/python scripts/soak.py
+
+## bench: throughput and latency against a bare grpc.aio echo server (< 10 min; bench/results.json)
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py
 
 ## fuzz: 20,000 descriptor-generated requests against a real broker and worker (tests/fuzz)
 fuzz: $(STAMP)

@@ -23,6 +23,11 @@ from typing import Any
 # One TCP connection per channel (grpc shares subchannels between equal channels).
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 READY_TIMEOUT_S = 600
+# Callers set up at once per process. grpc core cancels new calls (CANCELLED) once more
+# than 1,000 wait for the server to pick them up (grpc.server_max_pending_requests), so
+# thousands of sessions are opened in waves that stay well below that, all processes
+# together.
+SETUP_WAVE = 200
 
 
 @dataclass(frozen=True)
@@ -148,8 +153,8 @@ async def _client_main(load: Load, index: int, first: int, count: int, ready, go
     make = WORKLOADS[load.workload]
     callers = [make(load.params, first + i, channels[i % n_channels]) for i in range(count)]
     try:
-        for chunk in range(0, count, 500):  # thousands of sessions: open them in waves
-            await asyncio.gather(*(c.setup() for c in callers[chunk:chunk + 500]))
+        for chunk in range(0, count, SETUP_WAVE):  # thousands of sessions: open them in waves
+            await asyncio.gather(*(c.setup() for c in callers[chunk:chunk + SETUP_WAVE]))
     except Exception:
         ready.put(traceback.format_exc())
         return

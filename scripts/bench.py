@@ -209,7 +209,7 @@ def fig_sessions_open(b: Bench) -> None:
                                    warmup_s=0, duration_s=1)), "warm-up")
         before = broker.memory_kb()
         idle = b.load(broker.target, "usage", {**world, "sample_every": 100},
-                      callers=n, processes=4, channels_per_process=max(1, n // 400),
+                      callers=n, processes=4, channels_per_process=max(1, n // 4 // 40),
                       warmup_s=0, duration_s=30)
         with harness.started(idle) as holders:
             time.sleep(2)
