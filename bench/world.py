@@ -93,6 +93,26 @@ class Server:
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return total
 
+    def thread_cpu(self) -> dict[str, tuple[float, int]]:
+        """(CPU seconds, voluntary context switches) of each thread of the server
+        (one process), keyed by OS thread name; the main thread is "event loop"."""
+        out: dict[str, tuple[float, int]] = {}
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            task = Path(f"/proc/{self.pid}/task/{tid}")
+            try:
+                stat = (task / "stat").read_text()
+                status = (task / "status").read_text()
+            except OSError:  # the thread ended
+                continue
+            name = "event loop" if int(tid) == self.pid else stat[stat.index("(") + 1:
+                                                                  stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            switches = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+            before = out.get(name, (0.0, 0))
+            out[name] = (before[0] + cpu, before[1] + switches)
+        return out
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

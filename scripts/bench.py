@@ -259,23 +259,55 @@ FIGURES = {"authorize": fig_authorize, "usage": fig_usage, "job_cycles": fig_job
 
 
 def profile(b: Bench, out: Path) -> None:
-    """cProfile of the broker (event loop and writer thread) under each load."""
+    """Where the time goes, for the authorize and the usage-report paths: CPU per op by
+    thread (from /proc, no profiler) for the echo server and the broker, then the
+    broker's event loop and writer thread under cProfile (thread CPU time)."""
     import pstats
 
+    out.mkdir(parents=True, exist_ok=True)
     reports = reports_for(b, 30_000, CALLERS)
-    for name, workload in (("authorize", "authorize"), ("usage", "usage")):
+    summary = []
+    for name in ("authorize", "usage"):
+        with EchoServer(b.workdir, f"split-echo-{name}") as echo:
+            summary.append(cpu_split(echo, b.load(echo.target, name, {
+                "echo": True, "reports": reports}), f"{name}, echo"))
+        with b.broker(f"split-{name}") as broker:
+            world = make_world(broker.target, broker.admin_key, agents=CALLERS, workers=4)
+            summary.append(cpu_split(broker, b.load(broker.target, name, {
+                **world, "reports": reports}), f"{name}, broker"))
         directory = out / name
         with b.broker(f"profile-{name}", profile=directory) as broker:
             world = make_world(broker.target, broker.admin_key, agents=CALLERS, workers=4)
-            outcome = checked(harness.run(b.load(broker.target, workload,
-                                                 {**world, "reports": reports})), workload)
-        print(f"{name}: {outcome.rate:.0f}/s under the profiler")
+            outcome = checked(harness.run(b.load(broker.target, name,
+                                                 {**world, "reports": reports})), name)
+        summary.append(f"{name}, broker under cProfile: {outcome.rate:.0f}/s")
         for part in ("loop", "writer"):
             with open(directory / f"{part}.txt", "w") as text:
                 stats = pstats.Stats(str(directory / f"{part}.prof"), stream=text)
                 stats.sort_stats("tottime").print_stats(40)
                 stats.sort_stats("cumulative").print_stats(60)
-            print(f"  {directory / part}.txt")
+    (out / "summary.txt").write_text("\n".join(summary) + "\n")
+    print("\n".join(summary))
+    print(f"profiles: {out}/{{authorize,usage}}/{{loop,writer}}.txt")
+
+
+def cpu_split(server, load: Load, label: str) -> str:
+    """One line: throughput, and CPU microseconds (voluntary context switches) per op
+    for each thread of the server. Per op over the whole run, warm-up included."""
+    with harness.started(load) as clients:
+        before, started = server.thread_cpu(), time.monotonic()
+        outcome = checked(clients.go(), label)
+        after, elapsed = server.thread_cpu(), time.monotonic() - started
+    ops = outcome.rate * elapsed
+    parts, total = [], 0.0
+    for thread in sorted(after, key=lambda t: before.get(t, (0, 0))[0] - after[t][0]):
+        cpu = after[thread][0] - before.get(thread, (0.0, 0))[0]
+        switches = after[thread][1] - before.get(thread, (0.0, 0))[1]
+        if cpu > 0:
+            total += cpu
+            parts.append(f"{thread} {cpu / ops * 1e6:.0f} us ({switches / ops:.1f} cs)")
+    return (f"{label}: {outcome.rate:.0f}/s; CPU per op {total / ops * 1e6:.0f} us: "
+            + ", ".join(parts))
 
 
 def main() -> int:

@@ -169,6 +169,11 @@ class BufferedTx:
                     base.put(table, key, decode(data))
         self._tables = {}
 
+    def apply(self, tables: dict[str, dict[str, str | None]]) -> None:
+        """Take over another overlay's pending writes (checked when they were made)."""
+        for table, pending in tables.items():
+            self._tables.setdefault(table, {}).update(pending)
+
     def discard(self) -> None:
         """Drop every pending write."""
         self._tables = {}

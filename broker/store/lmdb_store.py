@@ -364,16 +364,21 @@ class LmdbStore:
         outcomes: list[_Outcome] = []
         try:
             with self._env.begin(write=True) as txn:  # commits on exit, aborts on error
-                base = _LmdbTx(txn, self._dbs, writable=True)
+                # The batch's writes gather in one overlay and reach LMDB once, at the
+                # end: keys that every op writes (journal head, counters, the escrow
+                # account) are put once per batch, and read back from the overlay.
+                # (Each LMDB call lets the event loop take the GIL from this thread.)
+                written = BufferedTx(_LmdbTx(txn, self._dbs, writable=True))
                 for op, _, _ in batch:
-                    tx = BufferedTx(base)
+                    tx = BufferedTx(written)
                     try:
                         result = op(tx)
                     except Exception as exc:  # only this op fails: drop its overlay
                         outcomes.append((None, exc))
                         continue
-                    tx.flush()  # can fail only in LMDB itself (e.g. map full): whole batch
+                    tx.flush()
                     outcomes.append((result, None))
+                written.flush()  # can fail only in LMDB itself (e.g. map full): whole batch
                 started = perf_counter()
             committed = perf_counter()
         except BaseException as exc:  # nothing of this batch is on disk
