@@ -43,6 +43,10 @@ class Services:
         access.require_role(principal, *roles)
         return principal
 
+    def reauthenticate(self, principal: Principal) -> None:
+        """Check again, during a long call, that `authenticate`'s key is still good."""
+        self.store.read(lambda tx: access.require_active(tx, principal))
+
     async def mutate(self, principal: Principal, method: str, request: Message,
                      op: Callable[[Tx, int], Record]) -> Record:
         """Run `op(tx, now)` durably, once per request_id (AIP-155)."""

@@ -98,7 +98,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         async for message in requests:
             # Checked again on every message: a key revoked while its stream is open
             # must stop metering at once, not when the stream ends.
-            p = self.s.authenticate(context, "worker")
+            self.s.reauthenticate(p)
             kind = message.WhichOneof("kind")
             if kind == "usage":
                 report = message.usage

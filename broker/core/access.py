@@ -64,13 +64,24 @@ def authenticate(tx: Tx, secret: str | None) -> Principal:
                           "send 'authorization: Bearer <api key>' metadata")
     row = tx.get("api_key_hashes", hash_secret(secret))
     record = tx.get("api_keys", row["key_id"]) if row else None
+    _check_usable(record)
+    return Principal(key_id=record["key_id"], role=record["role"], owner_id=record["owner_id"],
+                     wallet_id=record["wallet_id"], provider_id=record["provider_id"])
+
+
+def require_active(tx: Tx, principal: Principal) -> None:
+    """Fail as `authenticate` would now, for a principal it returned earlier in a long
+    call (every metering message is checked). A key's secret, id and bindings never
+    change, only `revoked`, so the key record alone decides."""
+    _check_usable(tx.get("api_keys", principal.key_id))
+
+
+def _check_usable(record: Record | None) -> None:
     if record is None:
         raise BrokerError(Code.UNAUTHENTICATED, "API_KEY_INVALID", "the API key is not valid")
     if record["revoked"]:
         raise BrokerError(Code.UNAUTHENTICATED, "API_KEY_REVOKED", "the API key was revoked",
                           {"key_id": record["key_id"]})
-    return Principal(key_id=record["key_id"], role=record["role"], owner_id=record["owner_id"],
-                     wallet_id=record["wallet_id"], provider_id=record["provider_id"])
 
 
 def require_role(principal: Principal, *roles: str) -> None:
