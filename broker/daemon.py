@@ -16,6 +16,7 @@ from .api.authorization import AuthorizationServicer
 from .api.base import Services
 from .api.metering import MeteringServicer
 from .api.registry import WorkerRegistryServicer
+from .api.statements import StatementServicer
 from .api.undecodable import UndecodableRequestInterceptor
 from .api.voucher_keys import VoucherKeyServicer
 from .api.wallet import WalletServicer
@@ -23,7 +24,7 @@ from .core import idempotency, ledger, metering
 from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
-from .keyring import Keyring
+from .keyring import Keyring, retire_voucher_keys
 from .store.base import Store
 from .v1 import (
     admin_service_pb2,
@@ -32,6 +33,8 @@ from .v1 import (
     authorization_service_pb2_grpc,
     metering_service_pb2,
     metering_service_pb2_grpc,
+    statement_service_pb2,
+    statement_service_pb2_grpc,
     voucher_key_service_pb2,
     voucher_key_service_pb2_grpc,
     wallet_service_pb2,
@@ -56,6 +59,8 @@ SERVICES = (
     (wallet_service_pb2, "WalletService", wallet_service_pb2_grpc, WalletServicer),
     (worker_registry_service_pb2, "WorkerRegistryService", worker_registry_service_pb2_grpc,
      WorkerRegistryServicer),
+    (statement_service_pb2, "StatementService", statement_service_pb2_grpc,
+     StatementServicer),
 )
 
 
@@ -74,7 +79,7 @@ def expire_holds(services: Services) -> int:
     total = 0
     while True:
         done = services.store.submit_sync(lambda tx: metering.expire_due(
-            tx, services.clock(), services.config, services.keyring.signer))
+            tx, services.clock(), services.config, services.receipt_keyring.signer))
         total += done
         if not done:
             return total
@@ -82,10 +87,11 @@ def expire_holds(services: Services) -> int:
 
 class Broker:
     def __init__(self, store: Store, keyring: Keyring, config: CoreConfig,
-                 settings: BrokerSettings, cache_secret: bytes = b""):
+                 settings: BrokerSettings, cache_secret: bytes = b"", *,
+                 receipt_keyring: Keyring):
         self.services = Services(store=store, keyring=keyring, config=config,
                                  liveness=Liveness(config.worker_lease_ms),
-                                 cache_secret=cache_secret)
+                                 cache_secret=cache_secret, receipt_keyring=receipt_keyring)
         self.settings = settings
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
@@ -130,8 +136,11 @@ class Broker:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             try:
                 await s.store.submit(lambda tx: metering.expire_due(
-                    tx, s.clock(), s.config, s.keyring.signer))
+                    tx, s.clock(), s.config, s.receipt_keyring.signer))
                 await s.store.submit(lambda tx: idempotency.prune(tx, s.clock()))
+                if s.keyring.due(s.clock()):
+                    await s.store.submit(lambda tx: retire_voucher_keys(
+                        tx, s.keyring, s.clock()))
             except Exception:
                 log.exception("expiry sweep failed; retrying")
 
@@ -152,7 +161,8 @@ async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
     store = data_dir.open_store()
     try:
         broker = Broker(store, Keyring(data_dir.voucher_keys), config, settings,
-                        data_dir.cache_secret())
+                        data_dir.cache_secret(),
+                        receipt_keyring=Keyring.open(data_dir.receipt_keys))
         await broker.start()
     except BaseException:
         store.close()

@@ -37,6 +37,11 @@ TABLES = (
     "sessions",      # metering sessions
     "receipts",
     "workers",
+    "authorization_labels",  # "<authorization_id>" -> {"labels": {...}}, until sealed away
+    "receipt_keys",  # "<owner_id>" -> the owner's X25519 receipt key
+    "wallet_receipts",  # index: "<wallet_id>/<seq:020d>" -> {"receipt_id": ...}
+    "owner_receipts",  # index: "<owner_id>/<period start ms:016d>/<receipt_id>" -> amounts
+    "provider_receipts",  # index: "<provider_id>/<period start ms:016d>/<receipt_id>" -> amounts
 )
 
 
