@@ -1,9 +1,11 @@
-"""`broker` command line: init, serve, credentials, audit."""
+"""`broker` command line: init, serve, credentials, audit, receipts, keys."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import logging
 import sys
 from pathlib import Path
@@ -39,7 +41,8 @@ def cmd_serve(args) -> int:
     from .store import DataDirLocked
 
     data_dir = _data_dir(args)
-    config = CoreConfig(fee_bps=args.fee_bps)
+    config = CoreConfig(fee_bps=args.fee_bps,
+                        receipt_period_ms=RECEIPT_PERIODS[args.receipt_period])
     admin_key = ""
     if not data_dir.is_initialised():
         if not args.demo:
@@ -111,6 +114,111 @@ def cmd_audit(args) -> int:
     return 1 if problems else 0
 
 
+RECEIPT_PERIODS = {"hour": 3_600_000, "day": 86_400_000}
+
+
+def cmd_receipts_keygen(args) -> int:
+    """A new X25519 key pair for sealed receipts: the private key to a 0600 file, the
+    public key printed for RegisterReceiptKey."""
+    from nacl.public import PrivateKey
+
+    from .core.sealing import receipt_key_id
+
+    out = Path(args.out)
+    if out.exists():
+        print(f"broker receipts keygen: {out} exists; not overwriting a key", file=sys.stderr)
+        return 1
+    key = PrivateKey.generate()
+    write_secret(out, bytes(key).hex().encode() + b"\n")
+    public = bytes(key.public_key)
+    print(f"private key written to {out} (mode 0600); keep it, it alone opens your receipts")
+    print(f"receipt key id: {receipt_key_id(public)}")
+    print(f"public key (base64, for StatementService/RegisterReceiptKey): "
+          f"{base64.b64encode(public).decode()}")
+    return 0
+
+
+def _sealed_items(value) -> list:
+    """Receipts and statements in grpcurl's (or protobuf's) JSON: a GetReceipt,
+    ListReceipts or GetStatement answer, or a bare Receipt or Statement."""
+    from google.protobuf import json_format
+
+    from .v1 import resources_pb2, statement_service_pb2
+
+    if isinstance(value, list):
+        return [item for v in value for item in _sealed_items(v)]
+    if not isinstance(value, dict):
+        return []
+    if "receipts" in value:
+        return _sealed_items(value["receipts"])
+    for wrapper in ("receipt", "statement"):
+        if wrapper in value:
+            return _sealed_items(value[wrapper])
+    if "annex" in value:
+        kind = statement_service_pb2.Statement()
+    elif "sealedItemised" in value or "sealed_itemised" in value:
+        kind = resources_pb2.Receipt()
+    else:
+        return []
+    return [json_format.ParseDict(value, kind, ignore_unknown_fields=True)]
+
+
+def cmd_receipts_open(args) -> int:
+    """Open sealed receipts (or a statement's annex) on the owner's side."""
+    from .client import BrokerClient, BrokerClientError, open_sealed
+    from .core.sealing import SealError, load_private_key
+
+    try:
+        key = load_private_key(Path(args.key).read_text())
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+        items = _sealed_items(json.loads(text))
+    except (OSError, ValueError, SealError) as error:
+        print(f"broker receipts open: {error}", file=sys.stderr)
+        return 1
+    if not items:
+        print("broker receipts open: no sealed receipt or statement annex in the input",
+              file=sys.stderr)
+        return 1
+    signing_keys = None
+    if args.broker:
+        try:
+            with BrokerClient(args.broker, "") as client:
+                signing_keys = client.receipt_signing_keys()
+        except BrokerClientError as error:
+            print(f"broker receipts open: cannot fetch the broker's keys: {error}",
+                  file=sys.stderr)
+            return 2
+    try:
+        opened = [open_sealed(item, key, signing_keys) for item in items]
+    except SealError as error:
+        print(f"broker receipts open: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(opened[0] if len(opened) == 1 else opened, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_keys_rotate(args) -> int:
+    """Rotate the voucher- or receipt-signing key of a running broker (admin key)."""
+    from .client import BrokerClient, BrokerClientError
+
+    admin_key = Path(args.admin_key_file).read_text().strip()
+    with BrokerClient(args.broker, admin_key) as client:
+        try:
+            if args.which == "voucher":
+                reply = client.rotate_voucher_key()
+                retire = reply.previous_retire_time.ToJsonString()
+                print(f"voucher key {reply.key.key_id} is active; {reply.previous_key_id} "
+                      f"keeps verifying its vouchers until {retire}, then retires")
+            else:
+                reply = client.rotate_receipt_signing_key()
+                print(f"receipt-signing key {reply.key.key_id} is active; "
+                      f"{reply.previous_key_id} still verifies what it signed")
+        except BrokerClientError as error:
+            print(f"broker keys rotate: {error}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broker", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -128,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="platform fee in basis points of each charge")
     p.add_argument("--demo", action="store_true",
                    help="initialise if needed and create demo owner, wallet and keys")
+    p.add_argument("--receipt-period", choices=sorted(RECEIPT_PERIODS), default="hour",
+                   help="receipts record only the hour or day they settled in; statements "
+                        "are never finer")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("credentials", help="print a demo credential (for grpcurl)")
@@ -139,6 +250,27 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("audit", help="check every ledger invariant of a stopped broker's data")
     p.add_argument("--data-dir", default="var")
     p.set_defaults(func=cmd_audit)
+
+    receipts = sub.add_parser("receipts", help="owner side of sealed receipts").add_subparsers(
+        dest="receipts_command", required=True)
+    p = receipts.add_parser("keygen", help="make an X25519 key pair for sealed receipts")
+    p.add_argument("--out", required=True, help="file for the private key (mode 0600)")
+    p.set_defaults(func=cmd_receipts_keygen)
+    p = receipts.add_parser("open", help="open sealed receipts or a statement's annex")
+    p.add_argument("--key", required=True, help="the private key file from `keygen`")
+    p.add_argument("--broker", help="also check the broker's signatures (its address)")
+    p.add_argument("input", nargs="?", default="-",
+                   help="JSON of GetReceipt, ListReceipts or GetStatement (grpcurl output); "
+                        "- for stdin")
+    p.set_defaults(func=cmd_receipts_open)
+
+    keys = sub.add_parser("keys", help="the broker's signing keys").add_subparsers(
+        dest="keys_command", required=True)
+    p = keys.add_parser("rotate", help="rotate a signing key of a running broker")
+    p.add_argument("which", choices=["voucher", "receipt"])
+    p.add_argument("--broker", default="127.0.0.1:50051")
+    p.add_argument("--admin-key-file", required=True)
+    p.set_defaults(func=cmd_keys_rotate)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
