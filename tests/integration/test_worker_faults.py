@@ -166,7 +166,8 @@ def test_same_voucher_twice(w):
     # Passed through from the broker unchanged (its domain, not the worker's).
     refused(w, auth.voucher, generate_job(max_new_tokens=4),
             grpc.StatusCode.FAILED_PRECONDITION, "VOUCHER_ALREADY_REDEEMED", domain=DOMAIN)
-    assert w.agent.get_receipt(auth.authorization_id) == receipt
+    assert w.agent.get_receipt(auth.authorization_id) == agents_copy(receipt,
+                                                                      auth.authorization_id)
 
 
 def test_unknown_model_and_bad_jobs(w):
