@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from .core.errors import precondition
 from .core.vouchers import Signer
 from .files import write_secret
 from .store.base import Record, Tx
+
+log = logging.getLogger("broker.keys")
 
 # A voucher key retires this long after the longest-lived voucher it can have signed
 # would expire: an Authorize that read the old key id just before the rotation may
@@ -189,6 +192,8 @@ def rotate_voucher_key(tx: Tx, keyring: Keyring, now: int, max_ttl_ms: int) -> R
     journal.append(tx, "voucher_key_rotated", {
         "previous_key_id": rotation.previous_key_id, "key_id": rotation.key_id,
         "previous_retire_ms": rotation.retire_ms}, now)
+    log.info("voucher signing key rotated: %s is active; %s verifies until it retires at %d",
+             rotation.key_id, rotation.previous_key_id, rotation.retire_ms)
     return {"previous_key_id": rotation.previous_key_id, "key_id": rotation.key_id,
             "previous_retire_ms": rotation.retire_ms}
 
@@ -198,6 +203,8 @@ def rotate_receipt_key(tx: Tx, keyring: Keyring, now: int) -> Record:
     keyring.retire_due(now)
     journal.append(tx, "receipt_key_rotated", {
         "previous_key_id": rotation.previous_key_id, "key_id": rotation.key_id}, now)
+    log.info("receipt signing key rotated: %s is active; %s retired (public key kept)",
+             rotation.key_id, rotation.previous_key_id)
     return {"previous_key_id": rotation.previous_key_id, "key_id": rotation.key_id}
 
 
@@ -205,4 +212,5 @@ def retire_voucher_keys(tx: Tx, keyring: Keyring, now: int) -> list[str]:
     retired = keyring.retire_due(now)
     for key_id in retired:
         journal.append(tx, "voucher_key_retired", {"key_id": key_id}, now)
+        log.info("voucher signing key %s retired: its vouchers have expired", key_id)
     return retired

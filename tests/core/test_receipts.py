@@ -83,6 +83,8 @@ def test_a_sealed_receipt_keeps_only_the_sealed_itemised_part():
     stored = shop.stored(worker_copy["receipt_id"])
     assert "itemised" not in stored and stored["sealed"]
     assert stored["receipt_key_id"] == sealing.receipt_key_id(bytes(key.public_key))
+    assert shop.w.read(lambda tx: receipts.get_key(tx, shop.owner["owner_id"]))["key_id"] \
+        == stored["receipt_key_id"]
     # Nothing itemised is left in clear: the labels and the session's usage are gone.
     assert shop.w.read(lambda tx: labels.of(tx, auth_id)) == {}
     session = shop.w.read(lambda tx: tx.get("sessions", worker_copy["itemised"]["session_id"]))

@@ -15,6 +15,7 @@ from broker.v1 import authorization_service_pb2 as auth_pb
 SERVICES = {
     "broker.v1.AdminService", "broker.v1.AuthorizationService", "broker.v1.MeteringService",
     "broker.v1.VoucherKeyService", "broker.v1.WalletService", "broker.v1.WorkerRegistryService",
+    "broker.v1.StatementService",
 }
 
 

@@ -372,6 +372,11 @@ def test_statement_has_totals_per_wallet_and_payment_model_and_no_line_items(p):
          len(receipts))]
     assert statement.job_count == len(receipts)
     assert statement.total_charged == sum(r.charged for r in receipts)
+    # Line items exist only for the owner itself: its receipts, newest first, sealed.
+    listed = t.owner.list_receipts(t.wallet_id, page_size=1)
+    assert [r.receipt_id for r in listed] == [r.receipt_id for r in reversed(receipts)]
+    assert all(r.sealed_itemised and not r.HasField("usage") for r in listed)
+    assert [r.receipt_id for r in t.agent.list_receipts()] == [r.receipt_id for r in listed]
     by_model = {m.payment_model: (m.charged, m.job_count) for m in statement.payment_models}
     assert sum(c for c, _ in by_model.values()) == statement.total_charged
     assert set(by_model) <= {"metered_time", "per_inference", "mixed", "none"}
@@ -581,6 +586,7 @@ def test_broker_keeps_only_sealed_itemised_parts_and_no_log_holds_a_secret(p):
         secrets_ += encodings(seed)
     logs = {"broker": w.broker.log(), "worker": w.worker.log()}
     assert "broker listening" in logs["broker"] and "serving on" in logs["worker"]
+    assert "voucher signing key rotated" in logs["broker"]
     for name, log in logs.items():
         leaked = [s[:10] + "..." for s in secrets_ if s in log]
         assert not leaked, f"secrets in the {name} log: {leaked}"
