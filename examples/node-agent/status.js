@@ -77,4 +77,4 @@ function describeError(error) {
   return lines;
 }
 
-module.exports = { describeError, statusDetails };
+module.exports = { describeError };
