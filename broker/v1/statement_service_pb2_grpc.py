@@ -26,9 +26,8 @@ if _version_not_supported:
 
 
 class StatementServiceStub:
-    """Receipts, statements and payouts, private by default (docs/privacy.md).
-
-    An owner registers an X25519 public key. From then on the itemised part of each
+    """Receipts, statements and payouts, private by default (docs/privacy.md). An
+    owner registers an X25519 public key. From then on the itemised part of each
     receipt (model, usage breakdown, worker, exact times, labels, the worker's signed
     usage) is sealed to that key with a libsodium sealed box, and the broker keeps only
     the sealed form; `broker receipts open --key FILE` opens it on the owner's side.
@@ -80,9 +79,8 @@ class StatementServiceStub:
 
 
 class StatementServiceServicer:
-    """Receipts, statements and payouts, private by default (docs/privacy.md).
-
-    An owner registers an X25519 public key. From then on the itemised part of each
+    """Receipts, statements and payouts, private by default (docs/privacy.md). An
+    owner registers an X25519 public key. From then on the itemised part of each
     receipt (model, usage breakdown, worker, exact times, labels, the worker's signed
     usage) is sealed to that key with a libsodium sealed box, and the broker keeps only
     the sealed form; `broker receipts open --key FILE` opens it on the owner's side.
@@ -194,9 +192,8 @@ def add_StatementServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class StatementService:
-    """Receipts, statements and payouts, private by default (docs/privacy.md).
-
-    An owner registers an X25519 public key. From then on the itemised part of each
+    """Receipts, statements and payouts, private by default (docs/privacy.md). An
+    owner registers an X25519 public key. From then on the itemised part of each
     receipt (model, usage breakdown, worker, exact times, labels, the worker's signed
     usage) is sealed to that key with a libsodium sealed box, and the broker keeps only
     the sealed form; `broker receipts open --key FILE` opens it on the owner's side.
