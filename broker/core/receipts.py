@@ -32,9 +32,6 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 OUTWARD_FIELDS = ("receipt_id", "held", "charged", "released", "worker_payout",
                   "platform_fee", "period_start_ms", "period_end_ms")
-# What the worker reported or was told itself; the rest of the itemised part is the
-# owner's business.
-WORKER_KNOWN = ("session_id", "usage", "prices", "outcome", "settle_ms", "worker_usage")
 # Session fields that exist only in the sealed receipt once it is sealed.
 SEALED_SESSION_FIELDS = ("usage", "signed_usage", "model")
 

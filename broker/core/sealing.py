@@ -65,10 +65,6 @@ def seal_document(public_key: bytes, signer: Signer, document: dict[str, Any]) -
     return SealedBox(PublicKey(public_key)).encrypt(canonical(envelope))
 
 
-def seal_json(public_key: bytes, value: Any) -> bytes:
-    return SealedBox(PublicKey(public_key)).encrypt(canonical(value))
-
-
 def load_private_key(text: str) -> PrivateKey:
     """An owner's private receipt key as written by `broker receipts keygen` (hex)."""
     try:
