@@ -86,10 +86,12 @@ class Keyring:
         for path in sorted(directory.glob("*.json")):
             record = json.loads(path.read_text())
             keys[record["key_id"]] = self._load(record)
-        self._keys: dict[str, _Key] = keys
-        self.active_id = active_file.read_text().strip()
-        if self.active_id not in self._keys or self._keys[self.active_id].signing is None:
-            raise ValueError(f"active key {self.active_id} missing from {directory}")
+        active_id = active_file.read_text().strip()
+        if active_id not in keys or keys[active_id].signing is None:
+            raise ValueError(f"active key {active_id} missing from {directory}")
+        # (active id, keys), replaced as a whole: the event loop reads it while the
+        # store's writer thread rotates.
+        self._state: tuple[str, dict[str, _Key]] = (active_id, keys)
 
     @staticmethod
     def _load(record: Record) -> _Key:
@@ -115,12 +117,16 @@ class Keyring:
         return cls(directory)
 
     @property
+    def active_id(self) -> str:
+        return self._state[0]
+
+    @property
     def signer(self) -> Signer:
-        key_id = self.active_id
-        return Signer(key_id, self._keys[key_id].signing)
+        active_id, keys = self._state
+        return Signer(active_id, keys[active_id].signing)
 
     def signer_for(self, key_id: str) -> Signer:
-        key = self._keys[key_id]
+        key = self._state[1][key_id]
         if key.signing is None:
             raise precondition("SIGNING_KEY_RETIRED",
                                f"key {key_id} has retired: what it signed has expired",
@@ -128,21 +134,22 @@ class Keyring:
         return Signer(key_id, key.signing)
 
     def verify_keys(self, *, include_retired: bool = False) -> dict[str, VerifyKey]:
-        return {kid: key.public for kid, key in self._keys.items()
+        return {kid: key.public for kid, key in self._state[1].items()
                 if include_retired or key.signing is not None}
 
     def public_keys(self, *, include_retired: bool = False) -> list[PublicKey]:
-        keys = [PublicKey(kid, bytes(key.public), kid == self.active_id, key.create_ms,
+        active_id, all_keys = self._state
+        keys = [PublicKey(kid, bytes(key.public), kid == active_id, key.create_ms,
                           key.retire_ms, key.signing is None)
-                for kid, key in self._keys.items()
+                for kid, key in all_keys.items()
                 if include_retired or key.signing is not None]
         return sorted(keys, key=lambda k: (not k.active, -k.create_ms, k.key_id))
 
     def rotate(self, now: int, retire_ms: int) -> Rotation:
         """Make a fresh key active; the old one retires at `retire_ms`."""
         with self._lock:
-            previous_id = self.active_id
-            previous = self._keys[previous_id]
+            previous_id, keys = self._state
+            previous = keys[previous_id]
             signing = SigningKey.generate()
             record = _new_record(signing, now)
             # The new key is on disk before ACTIVE names it; the old one's retire time
@@ -150,30 +157,31 @@ class Keyring:
             write_secret(self.directory / f"{record['key_id']}.json",
                          json.dumps(record).encode())
             self._write(previous_id, previous, retire_ms)
-            keys = {**self._keys, record["key_id"]: self._load(record),
+            keys = {**keys, record["key_id"]: self._load(record),
                     previous_id: _Key(previous.public, previous.signing, previous.create_ms,
                                       retire_ms)}
             write_secret(self.directory / "ACTIVE", record["key_id"].encode())
-            self._keys = keys
-            self.active_id = record["key_id"]
+            self._state = (record["key_id"], keys)
             return Rotation(previous_id, record["key_id"], retire_ms)
 
     def due(self, now: int) -> list[str]:
         """Rotated-out keys whose retire time has come and which still have a seed."""
-        return sorted(kid for kid, key in self._keys.items()
+        active_id, keys = self._state
+        return sorted(kid for kid, key in keys.items()
                       if key.signing is not None and key.retire_ms and key.retire_ms <= now
-                      and kid != self.active_id)
+                      and kid != active_id)
 
     def retire_due(self, now: int) -> list[str]:
         """Destroy the private part of every key that is due. Returns their ids."""
         with self._lock:
             retired = self.due(now)
-            keys = dict(self._keys)
+            active_id, keys = self._state
+            keys = dict(keys)
             for kid in retired:
                 old = keys[kid]
                 keys[kid] = _Key(old.public, None, old.create_ms, old.retire_ms)
                 self._write(kid, keys[kid], old.retire_ms)
-            self._keys = keys
+            self._state = (active_id, keys)
             return retired
 
     def _write(self, key_id: str, key: _Key, retire_ms: int) -> None:
