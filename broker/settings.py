@@ -47,7 +47,7 @@ class Spec:
     minimum: float | None = None
     maximum: float | None = None
     check: Callable[[Any], str | None] | None = None  # returns what is wrong, or None
-    secret: bool = False  # `config show` masks it; errors never echo it
+    secret: bool = False  # no flag (ps shows flags); `config show` masks it; errors hide it
     path: bool = False  # a file or directory name (not itself a secret)
     file_only: bool = False  # a free-form table: no variable, no flag
 
@@ -147,7 +147,7 @@ class Schema(Generic[T]):
             self.options.append(Option(
                 name=f.name, key=spec.key or f.name, kind=kind, item=item, default=default,
                 spec=spec, env="" if spec.file_only else env_prefix + f.name.upper(),
-                flag="" if spec.file_only else "--" + f.name.replace("_", "-")))
+                flag="" if spec.file_only or spec.secret else "--" + f.name.replace("_", "-")))
         self.by_key = {o.key: o for o in self.options}
 
     @property
@@ -282,9 +282,9 @@ class Schema(Generic[T]):
         parser.add_argument("--config", metavar="FILE",
                             help=f"TOML settings file (env {self.config_env}); default none")
         for o in self.options:
-            if o.spec.file_only or (names and o.name not in names):
+            if not o.flag or (names and o.name not in names):
                 continue
-            default = MASK if o.spec.secret and o.default else _toml_value(o.default)
+            default = _toml_value(o.default)
             text = f"{o.spec.help} [{o.key}; env {o.env}; default {default}]"
             kwargs: dict[str, Any] = {"dest": o.name, "default": None,
                                       "help": text.replace("%", "%%")}
@@ -332,7 +332,8 @@ class Schema(Generic[T]):
                 "|-----|-------------|------|---------|---------|"]
         for o in self.options:
             env = f"`{o.env}`" if o.env else "(file only)"
-            flag = f"`{o.flag}`" if o.flag else "(file only)"
+            flag = f"`{o.flag}`" if o.flag else "(file only)" if o.spec.file_only else \
+                "(none: secret)"
             meaning = o.spec.help + (" Secret: shown as `***`." if o.spec.secret else "")
             default = _toml_value(o.default).replace("|", "\\|")
             rows.append(f"| `{o.key}` | {env} | {flag} | `{default}` | {meaning} |")
