@@ -33,12 +33,8 @@ def cmd_serve(args, effective: Effective[WorkerConfig]) -> int:
         log.error("%s", error)
         return 2
 
-    def ready(worker_id: str, port: int) -> None:
-        log.info("worker %s ready on %s, registered with %s", worker_id, config.listen,
-                 config.broker)
-
     try:
-        asyncio.run(serve(config, ready))
+        asyncio.run(serve(config))
     except ListenError as error:
         log.error("%s; is another worker running?", error)
         return 2

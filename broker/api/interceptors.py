@@ -86,17 +86,16 @@ class _Call:
         self.service, _, self.name = method.lstrip("/").rpartition("/")
         self.ids: dict[str, str] = {}
         self.start = time.perf_counter()
-        if self.i.observer is not None:
-            self.i.observer.started(kind, self.service, self.name)
+        self.i.observer.started(kind, self.service, self.name)
 
     def done(self, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
         seconds = time.perf_counter() - self.start
-        code = _code(context, error).name
-        if self.i.observer is not None:
-            self.i.observer.handled(self.kind, self.service, self.name, code, seconds)
+        status = _code(context, error)
+        code = status.name
+        self.i.observer.handled(self.kind, self.service, self.name, code, seconds)
         if self.method in self.i.quiet:
             level = logging.DEBUG
-        elif getattr(grpc.StatusCode, code) in SERVER_FAULTS:
+        elif status in SERVER_FAULTS:
             level = logging.WARNING
         else:
             level = logging.INFO
@@ -108,7 +107,7 @@ class _Call:
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
     """Put it first in the server's interceptors, so that it sees every outcome."""
 
-    def __init__(self, observer: RpcObserver | None, logger: logging.Logger,
+    def __init__(self, observer: RpcObserver, logger: logging.Logger,
                  quiet: Collection[str] = QUIET_METHODS):
         self.observer = observer
         self.log = logger
