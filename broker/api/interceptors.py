@@ -27,6 +27,8 @@ QUIET_METHODS = frozenset({
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
     "/broker.v1.WorkerRegistryService/Heartbeat"})
 
+DEADLINE_SLACK_S = 0.1
+
 # Codes that point at the server rather than the caller.
 SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
                            grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNIMPLEMENTED})
@@ -69,9 +71,10 @@ def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grp
         return context.code() or grpc.StatusCode.OK
     if isinstance(error, Exception):
         return grpc.StatusCode.UNKNOWN
-    # CancelledError or GeneratorExit: the caller hung up, or its deadline passed.
+    # CancelledError or GeneratorExit: the caller hung up, or its deadline passed (the
+    # caller's timer usually fires first, so the server may see a few ms still left).
     remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    if remaining is not None and remaining < DEADLINE_SLACK_S:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
 
