@@ -104,15 +104,14 @@ def receipt(r: Record) -> res_pb.Receipt:
         signed_payload=base64.b64decode(r["signed_payload"]),
         period_start=timestamp(r["period_start_ms"]), period_end=timestamp(r["period_end_ms"]),
         sealed_itemised=base64.b64decode(r["sealed"]), receipt_key_id=r["receipt_key_id"])
-    item = r.get("itemised")
-    if item is not None:
-        msg.session_id = item["session_id"]
-        msg.usage.CopyFrom(usage_to_proto(item["usage"]))
-        msg.prices.CopyFrom(prices_to_proto(item["prices"]))
-        msg.outcome = item["outcome"]
-        msg.settle_time.CopyFrom(timestamp(item["settle_ms"]))
-        msg.worker_usage_payload = base64.b64decode(item["worker_usage"]["payload"])
-        msg.worker_usage_signature = base64.b64decode(item["worker_usage"]["signature"])
+    if "usage" in r:  # the itemised part in clear
+        msg.session_id = r["session_id"]
+        msg.usage.CopyFrom(usage_to_proto(r["usage"]))
+        msg.prices.CopyFrom(prices_to_proto(r["prices"]))
+        msg.outcome = r["outcome"]
+        msg.settle_time.CopyFrom(timestamp(r["settle_ms"]))
+        msg.worker_usage_payload = base64.b64decode(r["worker_usage"]["payload"])
+        msg.worker_usage_signature = base64.b64decode(r["worker_usage"]["signature"])
     return msg
 
 

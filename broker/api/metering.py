@@ -102,7 +102,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
             tx, p, session_id, usage, self.s.clock(), self.s.config, signer, finish.signature))
         return pb.MeterResponse(settled=pb.SessionSettled(
             receipt=convert.receipt(receipt),
-            settle_time=convert.timestamp(receipt["itemised"]["settle_ms"])))
+            settle_time=convert.timestamp(receipt["settle_ms"])))
 
     async def _open(self, p, request: pb.OpenSession) -> Record:
         self.s.refuse_when_draining()

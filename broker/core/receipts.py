@@ -32,6 +32,9 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 OUTWARD_FIELDS = ("receipt_id", "held", "charged", "released", "worker_payout",
                   "platform_fee", "period_start_ms", "period_end_ms")
+# The itemised part; kept in the receipt record only when there is no key to seal it to.
+ITEMISED_FIELDS = ("session_id", "worker_id", "model", "resource_class", "usage", "prices",
+                   "outcome", "labels", "authorize_ms", "open_ms", "settle_ms", "worker_usage")
 # Session fields that exist only in the sealed receipt once it is sealed.
 SEALED_SESSION_FIELDS = ("usage", "signed_usage", "model")
 
@@ -107,7 +110,7 @@ def issue(tx: Tx, auth: Record, ses: Record, outcome: str, now: int, config: Cor
                 "worker_usage": ses.get("signed_usage") or {"payload": "", "signature": ""}}
     key = tx.get("receipt_keys", auth["owner_id"])
     if key is None:
-        record["itemised"] = itemised
+        record.update({k: itemised[k] for k in ITEMISED_FIELDS})
     else:
         sealed = sealing.seal_document(base64.b64decode(key["public_key"]), signer, itemised)
         record.update(sealed=base64.b64encode(sealed).decode(), receipt_key_id=key["key_id"])
@@ -135,12 +138,12 @@ def settled_session(ses: Record, receipt: Record) -> Record:
 
 def worker_view(receipt: Record, ses: Record, outcome: str, now: int) -> Record:
     """The receipt the worker gets: the outward part and what it knows already."""
-    mine = {"session_id": ses["session_id"], "usage": ses["usage"], "prices": ses["prices"],
-            "outcome": outcome, "settle_ms": now,
-            "worker_usage": ses.get("signed_usage") or {"payload": "", "signature": ""}}
     return {**{k: receipt[k] for k in (*OUTWARD_FIELDS, "key_id", "signed_payload",
                                        "signature")},
-            "authorization_id": "", "sealed": "", "receipt_key_id": "", "itemised": mine}
+            "authorization_id": "", "sealed": "", "receipt_key_id": "",
+            "session_id": ses["session_id"], "usage": ses["usage"], "prices": ses["prices"],
+            "outcome": outcome, "settle_ms": now,
+            "worker_usage": ses.get("signed_usage") or {"payload": "", "signature": ""}}
 
 
 # -- reading --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from . import sealing, validate
 from .access import Principal, can_see_owner
 from .config import CoreConfig
 from .errors import denied, invalid, not_found, precondition
-from .receipts import DAY_MS, HOUR_MS
+from .receipts import DAY_MS, HOUR_MS, ITEMISED_FIELDS
 from .tenancy import get_owner, get_provider
 from .vouchers import Signer
 
@@ -110,8 +110,8 @@ def _line_item(tx: Tx, receipt_id: str) -> Record:
     item = {k: r[k] for k in ("receipt_id", "authorization_id", "wallet_id", "held",
                               "charged", "released", "period_start_ms", "period_end_ms",
                               "payment_model", "sealed", "receipt_key_id")}
-    if "itemised" in r:
-        item["itemised"] = r["itemised"]
+    if not r["sealed"]:
+        item["itemised"] = {k: r[k] for k in ITEMISED_FIELDS}
     return item
 
 

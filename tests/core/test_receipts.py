@@ -81,13 +81,13 @@ def test_a_sealed_receipt_keeps_only_the_sealed_itemised_part():
     auth, worker_copy = shop.job(usage, job_labels=LABELS)
     auth_id = auth["authorization_id"]
     stored = shop.stored(worker_copy["receipt_id"])
-    assert "itemised" not in stored and stored["sealed"]
+    assert stored["sealed"] and not set(receipts.ITEMISED_FIELDS) & set(stored)
     assert stored["receipt_key_id"] == sealing.receipt_key_id(bytes(key.public_key))
     assert shop.w.read(lambda tx: receipts.get_key(tx, shop.owner["owner_id"]))["key_id"] \
         == stored["receipt_key_id"]
     # Nothing itemised is left in clear: the labels and the session's usage are gone.
     assert shop.w.read(lambda tx: labels.of(tx, auth_id)) == {}
-    session = shop.w.read(lambda tx: tx.get("sessions", worker_copy["itemised"]["session_id"]))
+    session = shop.w.read(lambda tx: tx.get("sessions", worker_copy["session_id"]))
     assert {"usage", "signed_usage", "model"}.isdisjoint(session)
     clear = json.dumps(shop.w.store.snapshot())
     for value in LABELS.values():
@@ -115,7 +115,7 @@ def test_a_sealed_receipt_keeps_only_the_sealed_itemised_part():
                                                 base64.b64decode(stored["signature"]))
     # The worker's copy: outward part plus what it reported, never the authorization.
     assert worker_copy["authorization_id"] == "" and worker_copy["sealed"] == ""
-    assert worker_copy["itemised"]["usage"] == item["usage"]
+    assert worker_copy["usage"] == item["usage"]
     assert shop.w.violations() == []
 
 
@@ -123,8 +123,8 @@ def test_without_a_receipt_key_the_itemised_part_stays_in_clear():
     shop = Shop()
     auth, worker_copy = shop.job({"gpu_ms": 10}, job_labels=LABELS)
     stored = shop.stored(worker_copy["receipt_id"])
-    assert stored["sealed"] == "" and stored["itemised"]["labels"] == LABELS
-    assert stored["itemised"]["payment_model"] == "metered_time"
+    assert stored["sealed"] == "" and stored["labels"] == LABELS
+    assert stored["payment_model"] == "metered_time" and stored["usage"]["gpu_ms"] == 10
     assert shop.w.read(lambda tx: labels.of(tx, auth["authorization_id"])) == LABELS
 
 
@@ -204,7 +204,7 @@ def test_statement_totals_per_wallet_and_payment_model_without_line_items():
     assert s["period_start_ms"] % HOUR_MS == 0 and s["period_end_ms"] % HOUR_MS == 0
     text = json.dumps(s)
     for r in (a, b, c):
-        assert r["receipt_id"] not in text and r["itemised"]["session_id"] not in text
+        assert r["receipt_id"] not in text and r["session_id"] not in text
     for value in (*LABELS.values(), shop.worker["worker_id"], str(w.now)):
         assert value not in text
     signed = json.loads(base64.b64decode(s["signed_payload"]))

@@ -563,7 +563,7 @@ def test_broker_keeps_only_sealed_itemised_parts_and_no_log_holds_a_secret(p):
         store.close()
     mine = [r for _, r in tables["receipts"] if r["owner_id"] == t.owner_id]
     assert len(mine) == len(p.settled)
-    assert all(r["sealed"] and "itemised" not in r for r in mine)
+    assert all(r["sealed"] and "usage" not in r and "labels" not in r for r in mine)
     settled_sessions = [s for _, s in tables["sessions"]
                         if s["receipt_id"] in {r["receipt_id"] for r in mine}]
     assert settled_sessions and all("usage" not in s and "signed_usage" not in s
