@@ -51,8 +51,8 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
     new = session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id, worker,
                               now, config.report_interval_ms)
     # What the job ran on, for the owner's itemised receipt.
-    new.update(model=model, resource_class=resource_class or worker["capabilities"]
-               ["resource_class"])
+    new.update(model=model,
+               resource_class=resource_class or worker["capabilities"]["resource_class"])
     tx.put("sessions", new["session_id"], new)
     voucher.update(session_id=new["session_id"], redeem_ms=now)
     tx.put("vouchers", claims.voucher_id, voucher)
