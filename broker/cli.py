@@ -40,6 +40,7 @@ def cmd_serve(args) -> int:
 
     data_dir = _data_dir(args)
     config = CoreConfig(fee_bps=args.fee_bps)
+    settings = BrokerSettings(listen=args.listen, audit_interval_s=args.audit_interval_s)
     admin_key = ""
     if not data_dir.is_initialised():
         if not args.demo:
@@ -56,7 +57,7 @@ def cmd_serve(args) -> int:
         sys.stdout.flush()
 
     try:
-        asyncio.run(serve(data_dir, config, BrokerSettings(listen=args.listen), on_ready))
+        asyncio.run(serve(data_dir, config, settings, on_ready))
     except DataDirLocked as error:
         print(f"broker serve: {error}", file=sys.stderr)
         return 2
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen", default="127.0.0.1:50051")
     p.add_argument("--fee-bps", type=int, default=CoreConfig.fee_bps,
                    help="platform fee in basis points of each charge")
+    p.add_argument("--audit-interval-s", type=float, default=300.0,
+                   help="audit the ledger and journal this often (0: never)")
     p.add_argument("--demo", action="store_true",
                    help="initialise if needed and create demo owner, wallet and keys")
     p.set_defaults(func=cmd_serve)

@@ -15,11 +15,12 @@ from .api.admin import AdminServicer
 from .api.authorization import AuthorizationServicer
 from .api.base import Services
 from .api.metering import MeteringServicer
+from .api.policy import PolicyServicer
 from .api.registry import WorkerRegistryServicer
 from .api.undecodable import UndecodableRequestInterceptor
 from .api.voucher_keys import VoucherKeyServicer
 from .api.wallet import WalletServicer
-from .core import idempotency, ledger, metering
+from .core import alerts, audit, idempotency, ledger, metering, sweeps
 from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
@@ -32,6 +33,8 @@ from .v1 import (
     authorization_service_pb2_grpc,
     metering_service_pb2,
     metering_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
     voucher_key_service_pb2,
     voucher_key_service_pb2_grpc,
     wallet_service_pb2,
@@ -51,6 +54,7 @@ SERVICES = (
     (authorization_service_pb2, "AuthorizationService", authorization_service_pb2_grpc,
      AuthorizationServicer),
     (metering_service_pb2, "MeteringService", metering_service_pb2_grpc, MeteringServicer),
+    (policy_service_pb2, "PolicyService", policy_service_pb2_grpc, PolicyServicer),
     (voucher_key_service_pb2, "VoucherKeyService", voucher_key_service_pb2_grpc,
      VoucherKeyServicer),
     (wallet_service_pb2, "WalletService", wallet_service_pb2_grpc, WalletServicer),
@@ -67,10 +71,16 @@ class PortInUse(Exception):
 class BrokerSettings:
     listen: str = "127.0.0.1:50051"
     shutdown_grace_s: float = 5.0
+    # How often the daemon audits the ledger and the journal (0: never).
+    audit_interval_s: float = 300.0
 
 
 def expire_holds(services: Services) -> int:
-    """Resolve every hold that is due (blocking; for start-up)."""
+    """Resolve every hold that is due (blocking; for start-up). Approvals that timed out
+    are denied first, so that their reservations are released as denials."""
+    while services.store.submit_sync(lambda tx: sweeps.run(
+            tx, services.clock(), services.config, services.keyring.signer)):
+        pass
     total = 0
     while True:
         done = services.store.submit_sync(lambda tx: metering.expire_due(
@@ -90,6 +100,7 @@ class Broker:
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task | None = None
+        self._auditor: asyncio.Task | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -122,6 +133,8 @@ class Broker:
         for name in ("", *names[:-1]):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._sweeper = asyncio.create_task(self._sweep())
+        if self.settings.audit_interval_s:
+            self._auditor = asyncio.create_task(self._audit())
         log.info("broker listening on %s", self.settings.listen)
 
     async def _sweep(self) -> None:
@@ -129,19 +142,44 @@ class Broker:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             try:
+                if await s.store.submit(lambda tx: sweeps.run(
+                        tx, s.clock(), s.config, s.keyring.signer)):
+                    s.changes.notify()
                 await s.store.submit(lambda tx: metering.expire_due(
                     tx, s.clock(), s.config, s.keyring.signer))
                 await s.store.submit(lambda tx: idempotency.prune(tx, s.clock()))
             except Exception:
                 log.exception("expiry sweep failed; retrying")
 
+    async def _audit(self) -> None:
+        """The periodic audit: problems are logged and raised as an AUDIT_FAILED alert
+        (once per distinct set of problems)."""
+        s, reported = self.services, None
+        while True:
+            await asyncio.sleep(self.settings.audit_interval_s)
+            try:
+                problems = await asyncio.to_thread(s.store.read, audit.check)
+                for problem in problems:
+                    log.error("audit: %s", problem)
+                if problems and problems != reported:
+                    count = len(problems)
+                    message = f"{count} problem(s): " + "; ".join(problems[:5])[:900]
+                    await s.store.submit(lambda tx, m=message, n=count: (
+                        alerts.raise_alert(tx, "audit_failed", "", "", m, s.clock(), {},
+                                           observed=n)))
+                    s.changes.notify()
+                reported = problems
+            except Exception:
+                log.exception("periodic audit failed; retrying")
+
     async def stop(self) -> None:
         """Graceful: NOT_SERVING, refuse new work, let calls finish, flush the writer."""
         self.services.draining = True
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._auditor):
+            if task is not None:
+                task.cancel()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
         self.services.store.close()
