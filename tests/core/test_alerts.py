@@ -33,7 +33,7 @@ def kinds(w, wallet_id=None):
 
 def steady(w, agent, minutes: int, per_minute: int, amount: int = 1000):
     for _ in range(minutes):
-        for i in range(per_minute):
+        for _ in range(per_minute):
             w.now += MINUTE // (per_minute + 1)
             authorize(w, agent, amount)
         w.now += MINUTE - (MINUTE // (per_minute + 1)) * per_minute

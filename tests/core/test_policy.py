@@ -255,8 +255,9 @@ def test_approval_denied_and_expired(w, reserve):
         ("approval_pending_too_long", expired["authorization_id"])]
     w.now += 30_000
     w.run(lambda tx: sweeps.run(tx, w.now, w.config, w.signer))
-    for auth_id, state, reason in ((denied["authorization_id"], "denied", "too much"),
-                                   (expired["authorization_id"], "expired", "no answer within 60 s")):
+    for auth_id, state, reason in (
+            (denied["authorization_id"], "denied", "too much"),
+            (expired["authorization_id"], "expired", "no answer within 60 s")):
         approval, auth = w.read(lambda tx, a=auth_id: approvals.get(tx, owner_p, a))
         assert (approval["state"], approval["reason"], auth["state"]) == (state, reason, "denied")
     assert balance(w, wallet) == {"posted": 2_000_000, "pending": 0, "available": 2_000_000}
