@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from .api.admin import AdminServicer
 from .api.authorization import AuthorizationServicer
 from .api.base import Services
+from .api.interceptors import ObservingInterceptor
 from .api.metering import MeteringServicer
 from .api.policy import PolicyServicer
 from .api.registry import WorkerRegistryServicer
@@ -25,6 +26,7 @@ from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
 from .keyring import Keyring
+from .metrics import BrokerMetrics, MetricsServer
 from .store.base import Store
 from .v1 import (
     admin_service_pb2,
@@ -47,7 +49,6 @@ log = logging.getLogger("broker")
 
 # Requests are small; anything bigger is refused by gRPC with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 64 * 1024
-SWEEP_INTERVAL_S = 0.5
 
 SERVICES = (
     (admin_service_pb2, "AdminService", admin_service_pb2_grpc, AdminServicer),
@@ -71,6 +72,8 @@ class PortInUse(Exception):
 class BrokerSettings:
     listen: str = "127.0.0.1:50051"
     shutdown_grace_s: float = 5.0
+    sweep_interval_s: float = 0.5
+    metrics_listen: str = ""  # host:port of GET /metrics; empty: no endpoint
     # How often the daemon audits the ledger and the journal (0: never).
     audit_interval_s: float = 300.0
 
@@ -92,24 +95,32 @@ def expire_holds(services: Services) -> int:
 
 class Broker:
     def __init__(self, store: Store, keyring: Keyring, config: CoreConfig,
-                 settings: BrokerSettings, cache_secret: bytes = b""):
+                 settings: BrokerSettings, cache_secret: bytes = b"",
+                 metrics: BrokerMetrics | None = None):
         self.services = Services(store=store, keyring=keyring, config=config,
                                  liveness=Liveness(config.worker_lease_ms),
                                  cache_secret=cache_secret)
         self.settings = settings
+        self.metrics = metrics or BrokerMetrics()
+        self.metrics_server: MetricsServer | None = None
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task | None = None
         self._auditor: asyncio.Task | None = None
+        self._alerts_counted = 0  # alert seq up to which broker_alerts_total has counted
         self.port = 0
 
     async def start(self) -> None:
         store = self.services.store
         store.submit_sync(lambda tx: ledger.ensure_platform_accounts(tx, self.services.clock()))
+        self.metrics.watch_ledger(store)
         released = expire_holds(self.services)
         if released:
             log.info("resolved %d holds that timed out while the broker was down", released)
-        self.server = grpc.aio.server(interceptors=[UndecodableRequestInterceptor()], options=[
+        # The observer first: it sees the final status of every call, refused ones too.
+        interceptors = [ObservingInterceptor(self.metrics.rpc, logging.getLogger("broker.rpc")),
+                        UndecodableRequestInterceptor()]
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.so_reuseport", 0),  # a second broker on the same port must fail to bind
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ])
@@ -129,9 +140,14 @@ class Broker:
             raise PortInUse(f"cannot listen on {self.settings.listen}: {error}") from None
         if not self.port:
             raise PortInUse(f"cannot listen on {self.settings.listen} (in use?)")
+        if self.settings.metrics_listen:
+            self.metrics_server = MetricsServer(self.metrics.registry,
+                                                self.settings.metrics_listen)
+            log.info("metrics on %s", self.metrics_server.url)
         await self.server.start()
         for name in ("", *names[:-1]):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._alerts_counted = store.read(alerts.last_seq)
         self._sweeper = asyncio.create_task(self._sweep())
         if self.settings.audit_interval_s:
             self._auditor = asyncio.create_task(self._audit())
@@ -140,7 +156,7 @@ class Broker:
     async def _sweep(self) -> None:
         s = self.services
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 if await s.store.submit(lambda tx: sweeps.run(
                         tx, s.clock(), s.config, s.keyring.signer)):
@@ -148,8 +164,19 @@ class Broker:
                 await s.store.submit(lambda tx: metering.expire_due(
                     tx, s.clock(), s.config, s.keyring.signer))
                 await s.store.submit(lambda tx: idempotency.prune(tx, s.clock()))
+                self._count_alerts()
             except Exception:
                 log.exception("expiry sweep failed; retrying")
+
+    def _count_alerts(self) -> None:
+        """broker_alerts_total{kind}: alerts are committed by many operations (authorize,
+        settle, sweeps, the audit); count the ones raised since the last look."""
+        raised = self.services.store.read(lambda tx: alerts.raised_after(
+            tx, self._alerts_counted))
+        for alert in raised:
+            self.metrics.alert(alert["kind"])
+        if raised:
+            self._alerts_counted = raised[-1]["seq"]
 
     async def _audit(self) -> None:
         """The periodic audit: problems are logged and raised as an AUDIT_FAILED alert
@@ -182,15 +209,19 @@ class Broker:
                 task.cancel()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.services.store.close()
 
 
 async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
                 on_ready=None) -> None:
     store = data_dir.open_store()
+    metrics = BrokerMetrics()
+    store.commit_observer = metrics.observe_commit
     try:
         broker = Broker(store, Keyring(data_dir.voucher_keys), config, settings,
-                        data_dir.cache_secret())
+                        data_dir.cache_secret(), metrics)
         await broker.start()
     except BaseException:
         store.close()

@@ -247,5 +247,10 @@ def alerts_after(tx: Tx, principal: Principal, wallet_id: str, after_seq: int,
     return found
 
 
+def raised_after(tx: Tx, after_seq: int, limit: int = 1000) -> list[Record]:
+    """Every alert raised after `after_seq`, oldest first (for counting them)."""
+    return [a for _, a in tx.scan("alerts", start=f"{after_seq + 1:020d}", limit=limit)]
+
+
 def last_seq(tx: Tx) -> int:
     return (tx.get("meta", "alert_seq") or {"value": 0})["value"]

@@ -13,6 +13,7 @@ from broker.v1 import policy_service_pb2 as pol_pb
 from broker.v1 import resources_pb2 as res_pb
 
 from .spend_helpers import broker_harness, policy, set_policy, wait_until
+from .test_metrics import Scrape
 
 Code = grpc.StatusCode
 RULES = pol_pb.AlertRules(burst_factor=3, min_authorizations_per_minute=5,
@@ -71,6 +72,14 @@ def test_a_synthetic_burst_alerts_and_the_quiet_control_does_not(hm):
     everything = policy(hm, hm.admin).ListAlerts(pol_pb.ListAlertsRequest(
         wallet_id=quiet.wallet_id)).alerts
     assert everything == []
+    # Counted in the Prometheus metrics too (by the daemon, within a sweep interval).
+    def counted(kind: str) -> float:
+        samples = Scrape(hm.broker.metrics_url).families.get("broker_alerts")
+        return sum(s.value for s in samples.samples if s.name == "broker_alerts_total"
+                   and s.labels.get("kind") == kind) if samples else 0
+
+    wait_until(lambda: counted("denial_run") == 1, what="the alert metric")
+    assert counted("authorization_burst") == 1
 
 
 def test_alerts_page_and_watch_from_a_cursor(hm):

@@ -47,7 +47,7 @@ def flip_one_byte(ledger_dir, kind: str, field: str) -> int:
 
 
 def test_a_flipped_byte_in_the_journal_is_detected(tmp_path):
-    broker = BrokerProcess(tmp_path / "data", extra_args=("--audit-interval-s", "0.5"))
+    broker = BrokerProcess(tmp_path / "data", extra_args=("--audit-interval-seconds", "0.5"))
     broker.start()
     with grpc.insecure_channel(broker.target) as channel:
         h = Harness(broker, channel)
