@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # At info the broker logs one line per call (broker.rpc): not what is measured here.
+    logging.getLogger("broker.rpc").setLevel(logging.WARNING)
     _name_writer_thread()
     data_dir = DataDir(args.data_dir)
     if not data_dir.is_initialised():

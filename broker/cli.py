@@ -1,29 +1,48 @@
-"""`broker` command line: init, serve, credentials, audit."""
+"""`broker` command line: init, serve, credentials, audit, config show, receipts
+(owner side of sealed receipts), keys rotate.
+
+Settings come from defaults < `--config FILE` (TOML) < BROKER_* variables < flags;
+broker/settings.py declares them and docs/operations.md lists them."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-from .core.config import CoreConfig
+from . import logs
 from .datadir import AlreadyInitialised, DataDir, init
 from .files import write_secret
+from .settings import SCHEMA, Effective, Settings, SettingsError
+
+log = logging.getLogger("broker")
 
 
-def _data_dir(args) -> DataDir:
-    return DataDir(Path(args.data_dir))
+def _data_dir(settings: Settings) -> DataDir:
+    return DataDir(Path(settings.data_dir))
 
 
-def cmd_init(args) -> int:
+def announce(settings: Settings, text: str) -> None:
+    """Tell the person at the terminal; in JSON mode, one log line like everything else."""
+    if settings.log_format == "json":
+        log.info(text.strip())
+    else:
+        print(text, flush=True)
+
+
+def cmd_init(args, effective: Effective[Settings]) -> int:
+    settings = effective.settings
     try:
-        key_id, admin_key = init(_data_dir(args))
+        key_id, admin_key = init(_data_dir(settings))
     except AlreadyInitialised as error:
         print(f"broker init: {error}", file=sys.stderr)
         return 1
-    print(f"initialised {args.data_dir} (voucher signing key {key_id})")
+    print(f"initialised {settings.data_dir} (voucher signing key {key_id})")
     if args.admin_key_file:
         write_secret(Path(args.admin_key_file), admin_key.encode() + b"\n")
         print(f"admin API key written to {args.admin_key_file} (mode 0600)")
@@ -33,45 +52,57 @@ def cmd_init(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
+def daemon_settings(settings: Settings):
+    """What `serve` hands to the daemon."""
+    from .daemon import BrokerSettings
+
+    return BrokerSettings(listen=settings.listen,
+                          shutdown_grace_s=settings.shutdown_grace_seconds,
+                          sweep_interval_s=settings.sweep_interval_ms / 1000,
+                          metrics_listen=settings.metrics_listen,
+                          audit_interval_s=settings.audit_interval_seconds)
+
+
+def cmd_serve(args, effective: Effective[Settings]) -> int:
     from . import demo
-    from .daemon import BrokerSettings, PortInUse, serve, serve_processes
+    from .daemon import PortInUse, serve, serve_processes
+    from .metrics import MetricsListenError
     from .store import DataDirLocked
 
-    data_dir = _data_dir(args)
-    config = CoreConfig(fee_bps=args.fee_bps)
+    settings = effective.settings
+    data_dir = _data_dir(settings)
+    config = settings.core_config()
     admin_key = ""
     if not data_dir.is_initialised():
         if not args.demo:
-            print(f"broker serve: {data_dir.root} is not initialised; run `broker init` first",
-                  file=sys.stderr)
+            log.error("%s is not initialised; run `broker init` first", data_dir.root)
             return 1
         _, admin_key = init(data_dir)
 
     def on_ready(broker) -> None:
         if args.demo and demo.bootstrap(broker.services.store, data_dir, config, admin_key):
-            print(f"demo owner, wallet and keys written to {data_dir.demo_credentials}")
+            announce(settings, f"demo owner, wallet and keys written to "
+                               f"{data_dir.demo_credentials}")
         if args.demo:
-            print_demo_help(data_dir, args.listen)
-        sys.stdout.flush()
+            announce(settings, demo_help(data_dir, settings.listen))
 
-    settings = BrokerSettings(listen=args.listen)
     try:
-        if args.processes > 1:
-            return serve_processes(data_dir, config, settings, args.processes, on_ready)
-        asyncio.run(serve(data_dir, config, settings, on_ready))
-    except DataDirLocked as error:
-        print(f"broker serve: {error}", file=sys.stderr)
+        if settings.processes > 1:
+            return serve_processes(data_dir, config, daemon_settings(settings),
+                                   settings.processes, on_ready)
+        asyncio.run(serve(data_dir, config, daemon_settings(settings), on_ready))
+    except (DataDirLocked, MetricsListenError) as error:
+        log.error("%s", error)
         return 2
     except PortInUse as error:
-        print(f"broker serve: {error}; is another broker running?", file=sys.stderr)
+        log.error("%s; is another broker running?", error)
         return 2
     return 0
 
 
-def print_demo_help(data_dir: DataDir, listen: str) -> None:
+def demo_help(data_dir: DataDir, listen: str) -> str:
     key = f"$(.venv/bin/broker credentials --data-dir {data_dir.root} agent)"
-    print(f"""
+    return f"""
 broker ready on {listen}. Try:
   .venv/bin/grpcurl -plaintext {listen} list
   .venv/bin/grpcurl -plaintext -H "authorization: Bearer {key}" \\
@@ -79,13 +110,13 @@ broker ready on {listen}. Try:
   .venv/bin/grpcurl -plaintext -H "authorization: Bearer {key}" \\
       -d '{{"amount": "250000", "ttl_seconds": 300}}' \\
       {listen} broker.v1.AuthorizationService/Authorize
-""")
+"""
 
 
-def cmd_credentials(args) -> int:
+def cmd_credentials(args, effective: Effective[Settings]) -> int:
     from .demo import load_credentials
 
-    data_dir = _data_dir(args)
+    data_dir = _data_dir(effective.settings)
     if not data_dir.demo_credentials.exists():
         print(f"no demo credentials in {data_dir.root}; start `make run` first", file=sys.stderr)
         return 1
@@ -94,12 +125,12 @@ def cmd_credentials(args) -> int:
     return 0
 
 
-def cmd_audit(args) -> int:
+def cmd_audit(args, effective: Effective[Settings]) -> int:
     from .core import audit
     from .store import DataDirLocked
 
     try:
-        store = _data_dir(args).open_store()
+        store = _data_dir(effective.settings).open_store()
     except DataDirLocked as error:
         print(f"broker audit: {error}; use the GetLedgerSummary RPC on a running broker",
               file=sys.stderr)
@@ -114,48 +145,180 @@ def cmd_audit(args) -> int:
     return 1 if problems else 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def cmd_config_show(args, effective: Effective[Settings]) -> int:
+    print(SCHEMA.show(effective), end="")
+    return 0
+
+
+def cmd_receipts_keygen(args, effective: Effective[Settings]) -> int:
+    """A new X25519 key pair for sealed receipts: the private key to a 0600 file, the
+    public key printed for RegisterReceiptKey."""
+    from nacl.public import PrivateKey
+
+    from .core.sealing import receipt_key_id
+
+    out = Path(args.out)
+    if out.exists():
+        print(f"broker receipts keygen: {out} exists; not overwriting a key", file=sys.stderr)
+        return 1
+    key = PrivateKey.generate()
+    write_secret(out, bytes(key).hex().encode() + b"\n")
+    public = bytes(key.public_key)
+    print(f"private key written to {out} (mode 0600); keep it, it alone opens your receipts")
+    print(f"receipt key id: {receipt_key_id(public)}")
+    print(f"public key (base64, for StatementService/RegisterReceiptKey): "
+          f"{base64.b64encode(public).decode()}")
+    return 0
+
+
+def _sealed_items(value) -> list:
+    """Receipts and statements in grpcurl's (or protobuf's) JSON: a GetReceipt,
+    ListReceipts or GetStatement answer, or a bare Receipt or Statement."""
+    from google.protobuf import json_format
+
+    from .v1 import resources_pb2, statement_service_pb2
+
+    if isinstance(value, list):
+        return [item for v in value for item in _sealed_items(v)]
+    if not isinstance(value, dict):
+        return []
+    if "receipts" in value:
+        return _sealed_items(value["receipts"])
+    for wrapper in ("receipt", "statement"):
+        if wrapper in value:
+            return _sealed_items(value[wrapper])
+    if "annex" in value:
+        kind = statement_service_pb2.Statement()
+    elif "sealedItemised" in value or "sealed_itemised" in value:
+        kind = resources_pb2.Receipt()
+    else:
+        return []
+    return [json_format.ParseDict(value, kind, ignore_unknown_fields=True)]
+
+
+def cmd_receipts_open(args, effective: Effective[Settings]) -> int:
+    """Open sealed receipts (or a statement's annex) on the owner's side."""
+    from .client import BrokerClient, BrokerClientError, open_sealed
+    from .core.sealing import SealError, load_private_key
+
+    try:
+        key = load_private_key(Path(args.key).read_text())
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+        items = _sealed_items(json.loads(text))
+    except (OSError, ValueError, SealError) as error:
+        print(f"broker receipts open: {error}", file=sys.stderr)
+        return 1
+    if not items:
+        print("broker receipts open: no sealed receipt or statement annex in the input",
+              file=sys.stderr)
+        return 1
+    signing_keys = None
+    if args.broker:
+        try:
+            with BrokerClient(args.broker, "") as client:
+                signing_keys = client.receipt_signing_keys()
+        except BrokerClientError as error:
+            print(f"broker receipts open: cannot fetch the broker's keys: {error}",
+                  file=sys.stderr)
+            return 2
+    try:
+        opened = [open_sealed(item, key, signing_keys) for item in items]
+    except SealError as error:
+        print(f"broker receipts open: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(opened[0] if len(opened) == 1 else opened, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_keys_rotate(args, effective: Effective[Settings]) -> int:
+    """Rotate the voucher- or receipt-signing key of a running broker (admin key)."""
+    from .client import BrokerClient, BrokerClientError
+
+    admin_key = Path(args.admin_key_file).read_text().strip()
+    with BrokerClient(args.broker, admin_key) as client:
+        try:
+            if args.which == "voucher":
+                reply = client.rotate_voucher_key()
+                retire = reply.previous_retire_time.ToJsonString()
+                print(f"voucher key {reply.key.key_id} is active; {reply.previous_key_id} "
+                      f"keeps verifying its vouchers until {retire}, then retires")
+            else:
+                reply = client.rotate_receipt_signing_key()
+                print(f"receipt-signing key {reply.key.key_id} is active; "
+                      f"{reply.previous_key_id} still verifies what it signed")
+        except BrokerClientError as error:
+            print(f"broker keys rotate: {error}", file=sys.stderr)
+            return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broker", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
+    logging_flags = ("log_format", "log_level")
 
     p = sub.add_parser("init", help="create a data directory, signing key and admin key")
-    p.add_argument("--data-dir", default="var")
+    SCHEMA.add_flags(p, "data_dir", *logging_flags)
     p.add_argument("--admin-key-file", help="write the admin key here (mode 0600)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("serve", help="run the broker")
-    p.add_argument("--data-dir", default="var")
-    p.add_argument("--listen", default="127.0.0.1:50051")
-    p.add_argument("--fee-bps", type=int, default=CoreConfig.fee_bps,
-                   help="platform fee in basis points of each charge")
+    SCHEMA.add_flags(p)
     p.add_argument("--demo", action="store_true",
                    help="initialise if needed and create demo owner, wallet and keys")
-    p.add_argument("--processes", type=_positive, default=1,
-                   help="server processes sharing the port (SO_REUSEPORT) and the ledger")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("credentials", help="print a demo credential (for grpcurl)")
-    p.add_argument("--data-dir", default="var")
+    SCHEMA.add_flags(p, "data_dir")
     p.add_argument("role", choices=["admin", "owner", "agent", "worker", "owner_id",
                                     "wallet_id", "provider_id"])
     p.set_defaults(func=cmd_credentials)
 
     p = sub.add_parser("audit", help="check every ledger invariant of a stopped broker's data")
-    p.add_argument("--data-dir", default="var")
+    SCHEMA.add_flags(p, "data_dir", *logging_flags)
     p.set_defaults(func=cmd_audit)
 
+    p = sub.add_parser("config", help="inspect the settings")
+    config_sub = p.add_subparsers(dest="config_command", required=True)
+    p = config_sub.add_parser("show", help="print the effective settings as TOML, each with "
+                                           "its source; secrets masked")
+    SCHEMA.add_flags(p)
+    p.set_defaults(func=cmd_config_show)
+
+    receipts = sub.add_parser("receipts", help="owner side of sealed receipts").add_subparsers(
+        dest="receipts_command", required=True)
+    p = receipts.add_parser("keygen", help="make an X25519 key pair for sealed receipts")
+    SCHEMA.add_flags(p, *logging_flags)
+    p.add_argument("--out", required=True, help="file for the private key (mode 0600)")
+    p.set_defaults(func=cmd_receipts_keygen)
+    p = receipts.add_parser("open", help="open sealed receipts or a statement's annex")
+    SCHEMA.add_flags(p, *logging_flags)
+    p.add_argument("--key", required=True, help="the private key file from `keygen`")
+    p.add_argument("--broker", help="also check the broker's signatures (its address)")
+    p.add_argument("input", nargs="?", default="-",
+                   help="JSON of GetReceipt, ListReceipts or GetStatement (grpcurl output); "
+                        "- for stdin")
+    p.set_defaults(func=cmd_receipts_open)
+
+    keys = sub.add_parser("keys", help="the broker's signing keys").add_subparsers(
+        dest="keys_command", required=True)
+    p = keys.add_parser("rotate", help="rotate a signing key of a running broker")
+    SCHEMA.add_flags(p, *logging_flags)
+    p.add_argument("which", choices=["voucher", "receipt"])
+    p.add_argument("--broker", default="127.0.0.1:50051")
+    p.add_argument("--admin-key-file", required=True)
+    p.set_defaults(func=cmd_keys_rotate)
+
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return args.func(args)
+    try:
+        effective = SCHEMA.load_args(args, os.environ)
+    except SettingsError as error:
+        print(f"broker {args.command}: {error}", file=sys.stderr)
+        return 2
+    logs.configure(effective.settings.log_format, effective.settings.log_level)
+    for warning in effective.warnings:
+        log.warning("%s", warning)
+    return args.func(args, effective)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import MutableMapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,18 +21,22 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from .api.admin import AdminServicer
 from .api.authorization import AuthorizationServicer
 from .api.base import Services
+from .api.interceptors import ObservingInterceptor
 from .api.metering import MeteringServicer
+from .api.policy import PolicyServicer
 from .api.registry import WorkerRegistryServicer
+from .api.statements import StatementServicer
 from .api.undecodable import UndecodableRequestInterceptor
 from .api.voucher_keys import VoucherKeyServicer
 from .api.wallet import WalletServicer
-from .core import idempotency, ledger, metering
+from .core import alerts, audit, idempotency, ledger, metering, rate_limits, sweeps
 from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
-from .keyring import Keyring
+from .keyring import Keyring, retire_voucher_keys
+from .metrics import BrokerMetrics, MetricsServer
 from .store.base import Store
-from .store.lmdb_store import LeaseTable, LmdbStore, lock_dir, unlock_dir
+from .store.lmdb_store import LmdbStore, RuntimeTables, lock_dir, unlock_dir
 from .v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -41,6 +44,10 @@ from .v1 import (
     authorization_service_pb2_grpc,
     metering_service_pb2,
     metering_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
+    statement_service_pb2,
+    statement_service_pb2_grpc,
     voucher_key_service_pb2,
     voucher_key_service_pb2_grpc,
     wallet_service_pb2,
@@ -53,18 +60,20 @@ log = logging.getLogger("broker")
 
 # Requests are small; anything bigger is refused by gRPC with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 64 * 1024
-SWEEP_INTERVAL_S = 0.5
 
 SERVICES = (
     (admin_service_pb2, "AdminService", admin_service_pb2_grpc, AdminServicer),
     (authorization_service_pb2, "AuthorizationService", authorization_service_pb2_grpc,
      AuthorizationServicer),
     (metering_service_pb2, "MeteringService", metering_service_pb2_grpc, MeteringServicer),
+    (policy_service_pb2, "PolicyService", policy_service_pb2_grpc, PolicyServicer),
     (voucher_key_service_pb2, "VoucherKeyService", voucher_key_service_pb2_grpc,
      VoucherKeyServicer),
     (wallet_service_pb2, "WalletService", wallet_service_pb2_grpc, WalletServicer),
     (worker_registry_service_pb2, "WorkerRegistryService", worker_registry_service_pb2_grpc,
      WorkerRegistryServicer),
+    (statement_service_pb2, "StatementService", statement_service_pb2_grpc,
+     StatementServicer),
 )
 
 
@@ -76,16 +85,36 @@ class PortInUse(Exception):
 class BrokerSettings:
     listen: str = "127.0.0.1:50051"
     shutdown_grace_s: float = 5.0
+    sweep_interval_s: float = 0.5
+    metrics_listen: str = ""  # host:port of GET /metrics; empty: no endpoint
+    # How often the daemon audits the ledger and the journal (0: never).
+    audit_interval_s: float = 300.0
     # False: no fsync per commit. For benchmarks only: acknowledged ops may be lost.
     durable: bool = True
 
 
+@dataclass
+class Prefork:
+    """What one server process of `serve_processes` shares with its siblings."""
+
+    index: int  # 0 alone runs the periodic audit and retires signing keys
+    runtime: RuntimeTables  # worker leases and request-rate buckets
+
+    @property
+    def primary(self) -> bool:
+        return self.index == 0
+
+
 def expire_holds(services: Services) -> int:
-    """Resolve every hold that is due (blocking; for start-up)."""
+    """Resolve every hold that is due (blocking; for start-up). Approvals that timed out
+    are denied first, so that their reservations are released as denials."""
+    while services.store.submit_sync(lambda tx: sweeps.run(
+            tx, services.clock(), services.config, services.receipt_keyring.signer)):
+        pass
     total = 0
     while True:
         done = services.store.submit_sync(lambda tx: metering.expire_due(
-            tx, services.clock(), services.config, services.keyring.signer))
+            tx, services.clock(), services.config, services.receipt_keyring.signer))
         total += done
         if not done:
             return total
@@ -110,28 +139,40 @@ class _GenericHandlersOnly:
 
 class Broker:
     def __init__(self, store: Store, keyring: Keyring, config: CoreConfig,
-                 settings: BrokerSettings, cache_secret: bytes = b"", *,
-                 leases: MutableMapping[str, int] | None = None, reuse_port: bool = False):
-        liveness = Liveness(config.worker_lease_ms, {} if leases is None else leases)
-        self.services = Services(store=store, keyring=keyring, config=config,
-                                 liveness=liveness, cache_secret=cache_secret)
+                 settings: BrokerSettings, cache_secret: bytes = b"",
+                 metrics: BrokerMetrics | None = None, *, receipt_keyring: Keyring,
+                 prefork: Prefork | None = None):
+        shared = prefork.runtime if prefork else None
+        self.services = Services(
+            store=store, keyring=keyring, config=config,
+            liveness=Liveness(config.worker_lease_ms, shared.leases if shared else {}),
+            cache_secret=cache_secret, receipt_keyring=receipt_keyring,
+            limiter=rate_limits.RequestLimiter(shared.rate_buckets if shared else None))
         self.settings = settings
-        self.reuse_port = reuse_port
+        self.prefork = prefork
+        self.metrics = metrics or BrokerMetrics()
+        self.metrics_server: MetricsServer | None = None
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task | None = None
+        self._auditor: asyncio.Task | None = None
+        self._alerts_counted = 0  # alert seq up to which broker_alerts_total has counted
         self.port = 0
 
     async def start(self) -> None:
         store = self.services.store
         store.submit_sync(lambda tx: ledger.ensure_platform_accounts(tx, self.services.clock()))
+        self.metrics.watch_ledger(store)
         released = expire_holds(self.services)
         if released:
             log.info("resolved %d holds that timed out while the broker was down", released)
-        self.server = grpc.aio.server(interceptors=[UndecodableRequestInterceptor()], options=[
+        # The observer first: it sees the final status of every call, refused ones too.
+        interceptors = [ObservingInterceptor(self.metrics.rpc, logging.getLogger("broker.rpc")),
+                        UndecodableRequestInterceptor()]
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
             # A second broker on the same port must fail to bind; the server processes of
             # one prefork broker share it (serve_processes checked that it was free).
-            ("grpc.so_reuseport", int(self.reuse_port)),
+            ("grpc.so_reuseport", int(self.prefork is not None)),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ])
         names = []
@@ -152,44 +193,97 @@ class Broker:
             raise PortInUse(f"cannot listen on {self.settings.listen}: {error}") from None
         if not self.port:
             raise PortInUse(f"cannot listen on {self.settings.listen} (in use?)")
+        if self.settings.metrics_listen:
+            self.metrics_server = MetricsServer(self.metrics.registry,
+                                                self.settings.metrics_listen)
+            log.info("metrics on %s", self.metrics_server.url)
         await self.server.start()
         for name in ("", *names[:-1]):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._alerts_counted = store.read(alerts.last_seq)
         self._sweeper = asyncio.create_task(self._sweep())
+        if self.settings.audit_interval_s and (self.prefork is None or self.prefork.primary):
+            self._auditor = asyncio.create_task(self._audit())
         log.info("broker listening on %s", self.settings.listen)
 
     async def _sweep(self) -> None:
         s = self.services
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await asyncio.sleep(self.settings.sweep_interval_s)
             try:
+                if await s.store.submit(lambda tx: sweeps.run(
+                        tx, s.clock(), s.config, s.receipt_keyring.signer)):
+                    s.changes.notify()
                 await s.store.submit(lambda tx: metering.expire_due(
-                    tx, s.clock(), s.config, s.keyring.signer))
+                    tx, s.clock(), s.config, s.receipt_keyring.signer))
                 await s.store.submit(lambda tx: idempotency.prune(tx, s.clock()))
+                if self.prefork is not None:  # a sibling may have rotated or retired keys
+                    s.keyring.reload()
+                    s.receipt_keyring.reload()
+                if (self.prefork is None or self.prefork.primary) and s.keyring.due(s.clock()):
+                    await s.store.submit(lambda tx: retire_voucher_keys(
+                        tx, s.keyring, s.clock()))
+                self._count_alerts()
             except Exception:
                 log.exception("expiry sweep failed; retrying")
+
+    def _count_alerts(self) -> None:
+        """broker_alerts_total{kind}: alerts are committed by many operations (authorize,
+        settle, sweeps, the audit); count the ones raised since the last look."""
+        raised = self.services.store.read(lambda tx: alerts.raised_after(
+            tx, self._alerts_counted))
+        for alert in raised:
+            self.metrics.alert(alert["kind"])
+        if raised:
+            self._alerts_counted = raised[-1]["seq"]
+
+    async def _audit(self) -> None:
+        """The periodic audit: problems are logged and raised as an AUDIT_FAILED alert
+        (once per distinct set of problems)."""
+        s, reported = self.services, None
+        while True:
+            await asyncio.sleep(self.settings.audit_interval_s)
+            try:
+                problems = await asyncio.to_thread(s.store.read, audit.check)
+                for problem in problems:
+                    log.error("audit: %s", problem)
+                if problems and problems != reported:
+                    count = len(problems)
+                    message = f"{count} problem(s): " + "; ".join(problems[:5])[:900]
+                    await s.store.submit(lambda tx, m=message, n=count: (
+                        alerts.raise_alert(tx, "audit_failed", "", "", m, s.clock(), {},
+                                           observed=n)))
+                    s.changes.notify()
+                reported = problems
+            except Exception:
+                log.exception("periodic audit failed; retrying")
 
     async def stop(self) -> None:
         """Graceful: NOT_SERVING, refuse new work, let calls finish, flush the writer."""
         self.services.draining = True
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._auditor):
+            if task is not None:
+                task.cancel()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.services.store.close()
 
 
 async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
-                on_ready=None, *, prefork: bool = False) -> None:
+                on_ready=None, *, prefork: Prefork | None = None) -> None:
     """Run one broker server until SIGTERM/SIGINT. prefork: one of the server
     processes of `serve_processes` (the parent holds the data directory lock)."""
-    store = LmdbStore(data_dir.ledger, durable=settings.durable, lock=not prefork)
-    leases = LeaseTable(_leases_path(data_dir)) if prefork else None
+    store = LmdbStore(data_dir.ledger, durable=settings.durable, lock=prefork is None)
+    metrics = BrokerMetrics()
+    store.commit_observer = metrics.observe_commit
     try:
         broker = Broker(store, Keyring(data_dir.voucher_keys), config, settings,
-                        data_dir.cache_secret(), leases=leases, reuse_port=prefork)
+                        data_dir.cache_secret(), metrics,
+                        receipt_keyring=Keyring.open(data_dir.receipt_keys), prefork=prefork)
         await broker.start()
     except BaseException:
         store.close()
@@ -205,8 +299,8 @@ async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
     await broker.stop()
 
 
-def _leases_path(data_dir: DataDir) -> Path:
-    return data_dir.root / "leases"
+def _runtime_path(data_dir: DataDir) -> Path:
+    return data_dir.root / "runtime"
 
 
 def serve_processes(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
@@ -218,15 +312,18 @@ def serve_processes(data_dir: DataDir, config: CoreConfig, settings: BrokerSetti
     What the servers share, and how: the ledger, sessions and request ids live in
     LMDB, opened by each process after the fork (LMDB serialises write transactions
     across processes, so each process's group-commit writer stays correct), so a
-    retried call or a resumed session may land on any process. Worker liveness is
-    in `LeaseTable`, a second LMDB environment without fsync. The data directory lock
-    is taken here, before the fork, and held by all of them. `on_ready` runs in the
-    first server only.
+    retried call or a resumed session may land on any process. Worker leases and
+    request-rate buckets are in `RuntimeTables`, a second LMDB environment without
+    fsync. Signing keys are files: each process takes up a sibling's rotation within
+    one sweep interval; only the first process retires keys and runs the periodic
+    audit. Each process serves its own metrics, on the metrics port plus its index.
+    The data directory lock is taken here, before the fork, and held by all of them.
+    `on_ready` runs in the first server only.
     """
     lock_fd = lock_dir(data_dir.ledger)
     try:
         listen = _reserve_port(settings.listen)
-        shutil.rmtree(_leases_path(data_dir), ignore_errors=True)  # liveness is not durable
+        shutil.rmtree(_runtime_path(data_dir), ignore_errors=True)  # leases, rate buckets
         sys.stdout.flush()
         sys.stderr.flush()
         children: dict[int, int] = {}
@@ -265,7 +362,11 @@ def _run_server(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
     try:
         _die_with_parent()
         log.info("server process %d/%d (pid %d)", index + 1, processes, os.getpid())
-        asyncio.run(serve(data_dir, config, settings, on_ready, prefork=True))
+        if settings.metrics_listen:  # one endpoint per process: scrape them all
+            host, _, port = settings.metrics_listen.rpartition(":")
+            settings = replace(settings, metrics_listen=f"{host}:{int(port) + index}")
+        prefork = Prefork(index, RuntimeTables(_runtime_path(data_dir)))  # after the fork
+        asyncio.run(serve(data_dir, config, settings, on_ready, prefork=prefork))
         code = 0
     except BaseException:
         log.exception("server process %d failed", index + 1)

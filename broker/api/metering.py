@@ -6,7 +6,7 @@ import logging
 
 import grpc
 
-from ..core import metering, session, usage_signing, validate, vouchers
+from ..core import killswitch, metering, session, usage_signing, validate, vouchers
 from ..core.errors import BrokerError, invalid
 from ..store.base import Record
 from ..v1 import metering_service_pb2 as pb
@@ -18,7 +18,8 @@ from .errors import to_status
 log = logging.getLogger("broker.metering")
 
 STOP_REASONS = {session.BUDGET_EXHAUSTED: pb.STOP_REASON_BUDGET_EXHAUSTED,
-                session.HOLD_EXPIRING: pb.STOP_REASON_HOLD_EXPIRING}
+                session.HOLD_EXPIRING: pb.STOP_REASON_HOLD_EXPIRING,
+                killswitch.REVOKED: pb.STOP_REASON_REVOKED}
 
 
 def grant(ses: Record) -> pb.MeterResponse:
@@ -110,8 +111,9 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
                 decision = await self._report(p, session_id, report, usage, now)
                 yield pb.MeterResponse(ack=pb.UsageAck(
                     seq=report.seq, charged=decision.charged, remaining=decision.remaining))
-                if decision.stop_reason and early is None:
-                    yield _stop(decision)
+                if decision.stop_reason and (early is None or early.stop.reason !=
+                                             STOP_REASONS[decision.stop_reason]):
+                    yield _stop(decision)  # not foreseen (e.g. the kill switch), or not so
                 ses = decision.session
             elif kind == "finish":
                 yield await self._finish(p, session_id, message.finish)
@@ -127,7 +129,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
 
     async def _finish(self, p, session_id: str, finish: pb.FinishSession) -> pb.MeterResponse:
         usage = convert.usage_from_proto(finish.usage)
-        signer = self.s.keyring.signer
+        signer = self.s.receipt_keyring.signer
         receipt = await self.s.store.submit(lambda tx: metering.finish(
             tx, p, session_id, usage, self.s.clock(), self.s.config, signer, finish.signature))
         return pb.MeterResponse(settled=pb.SessionSettled(

@@ -12,14 +12,25 @@ import base64
 import secrets
 
 from ..store.base import Record, Tx
-from . import journal, ledger, session, usage_signing, validate, vouchers
+from . import (
+    journal,
+    killswitch,
+    ledger,
+    policy,
+    receipts,
+    refills,
+    session,
+    spend,
+    usage_signing,
+    validate,
+    vouchers,
+)
 from .access import Principal
 from .authorizations import CANCELLED, EXPIRED, HELD, REDEEMED, SETTLED
 from .config import CoreConfig
 from .errors import BrokerError, Code, not_found, precondition
 from .money import prices_within, split_fee
 from .registry import get_own_worker, inactive
-from .wallets import refill
 
 FINISHED, STOPPED, HOLD_EXPIRED = "FINISHED", "STOPPED", "HOLD_EXPIRED"
 
@@ -50,6 +61,12 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
                  validate.ident(model, "open.model", required=False))
     new = session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id, worker,
                               now, config.report_interval_ms)
+    # What the job ran on, for the owner's itemised receipt.
+    new.update(model=model,
+               resource_class=resource_class or worker["capabilities"]["resource_class"])
+    # Spend controls: the kill switch, and first use of a worker for the alerts.
+    new = killswitch.on_redeem(tx, new, auth, now)
+    policy.record_redemption(tx, auth, worker_id, now)
     tx.put("sessions", new["session_id"], new)
     voucher.update(session_id=new["session_id"], redeem_ms=now)
     tx.put("vouchers", claims.voucher_id, voucher)
@@ -100,6 +117,7 @@ def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage:
     message = usage_signing.payload(session_id, usage, seq=seq)
     usage_signing.verify(current["usage_public_key"], message, signature)
     decision = session.on_usage(current, seq, usage, now)
+    decision = killswitch.on_usage(tx, current, decision, now)  # STOP if frozen or revoked
     if decision.session is not current:
         decision.session["signed_usage"] = _signed(message, signature)
         tx.put("sessions", session_id, decision.session)
@@ -133,7 +151,8 @@ def _signed(message: bytes, signature: bytes) -> Record:
 
 def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
            signer: vouchers.Signer) -> Record:
-    """Settle atomically; returns the receipt."""
+    """Settle atomically; returns the receipt as the worker sees it. `signer` is the
+    receipt-signing key."""
     auth = tx.get("authorizations", ses["authorization_id"])
     charged = ses["charged"]
     payout, fee = split_fee(charged, config.fee_bps)
@@ -141,6 +160,7 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
         ledger.resolve(tx, auth["hold_id"], ledger.POST_PENDING, now, amount=charged)
     else:
         ledger.resolve(tx, auth["hold_id"], ledger.VOID_PENDING, now)
+    spend.release(tx, auth, auth["amount"] - charged)
     legs = {"authorization_id": auth["authorization_id"]}
     if payout:
         provider = tx.get("providers", ses["provider_id"])
@@ -149,36 +169,17 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
     if fee:
         ledger.transfer(tx, ledger.ESCROW_ACCOUNT, ledger.FEE_ACCOUNT, fee, "platform_fee", now,
                         legs)
-    receipt = sign_receipt(signer, {
-        "receipt_id": "rcpt_" + secrets.token_hex(12),
-        "authorization_id": auth["authorization_id"], "session_id": ses["session_id"],
-        "held": auth["amount"], "charged": charged, "worker_payout": payout,
-        "platform_fee": fee, "released": auth["amount"] - charged, "usage": ses["usage"],
-        "prices": ses["prices"], "outcome": outcome, "settle_ms": now,
-        "worker_usage": ses.get("signed_usage") or {"payload": "", "signature": ""}})
-    tx.put("receipts", receipt["receipt_id"], receipt)
-    tx.put("sessions", ses["session_id"],
-           {**ses, "state": session.SETTLED, "receipt_id": receipt["receipt_id"]})
+    receipt = receipts.issue(tx, auth, ses, outcome, now, config, signer, payout=payout,
+                             fee=fee)
+    tx.put("sessions", ses["session_id"], receipts.settled_session(ses, receipt))
     auth.update(state=SETTLED, charged=charged, receipt_id=receipt["receipt_id"])
     tx.put("authorizations", auth["authorization_id"], auth)
     journal.append(tx, "session_settled", {
         "session_id": ses["session_id"], "authorization_id": auth["authorization_id"],
         "charged": charged, "payout": payout, "fee": fee, "outcome": outcome,
         "receipt_id": receipt["receipt_id"]}, now)
-    refill(tx, tx.get("wallets", auth["wallet_id"]), now)
-    return receipt
-
-
-RECEIPT_SIGNED_FIELDS = ("receipt_id", "authorization_id", "session_id", "held", "charged",
-                         "worker_payout", "platform_fee", "released", "usage", "prices",
-                         "outcome", "settle_ms", "worker_usage")
-
-
-def sign_receipt(signer: vouchers.Signer, fields: Record) -> Record:
-    payload = journal.canonical({k: fields[k] for k in RECEIPT_SIGNED_FIELDS})
-    return {**fields, "key_id": signer.key_id,
-            "signed_payload": base64.b64encode(payload).decode(),
-            "signature": base64.b64encode(signer.sign(payload)).decode()}
+    refills.after_settlement(tx, tx.get("wallets", auth["wallet_id"]), outcome, now)
+    return receipts.worker_view(receipt, ses, outcome, now)
 
 
 def expire_due(tx: Tx, now: int, config: CoreConfig, signer: vouchers.Signer,
@@ -194,6 +195,7 @@ def expire_due(tx: Tx, now: int, config: CoreConfig, signer: vouchers.Signer,
             settle(tx, tx.get("sessions", auth["session_id"]), HOLD_EXPIRED, now, config, signer)
         else:
             ledger.resolve(tx, hold_id, ledger.EXPIRE_PENDING, now)
+            spend.release(tx, auth, auth["amount"])
             auth["state"] = EXPIRED
             tx.put("authorizations", auth["authorization_id"], auth)
             journal.append(tx, "authorization_expired",

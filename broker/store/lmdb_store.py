@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import queue
@@ -203,9 +204,8 @@ class LmdbStore:
     Cancelling a caller of `submit` does not cancel its op: once queued it runs
     and may commit.
 
-    Group commit is observable: `stats` holds running totals, and every callback
-    given to `observe_commits` is called after each commit with (ops in the batch,
-    seconds the commit and its fsync took), on the writer thread: keep it cheap.
+    Group commit is observable: `stats` holds running totals, and `commit_observer`
+    (set by metrics) is told about every batch.
     """
 
     def __init__(
@@ -221,7 +221,6 @@ class LmdbStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self._max_batch = max_batch
         self._lock_fd = lock_dir(self.path) if lock else None
-        self._commit_observers: list[Callable[[int, float], None]] = []
         try:
             self._env = lmdb.open(
                 str(self.path),
@@ -245,6 +244,9 @@ class LmdbStore:
             "max_batch_size": 0,
             "commit_seconds": 0.0,
         }
+        # Told about every batch on the writer thread: (ops in it, seconds its commit and
+        # fsync took, committed?). Metrics set it; it must be quick and must not block.
+        self.commit_observer: Callable[[int, float, bool], None] | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders submits against close
         self._closed = False
@@ -298,10 +300,6 @@ class LmdbStore:
         self._env.close()
         if self._lock_fd is not None:
             unlock_dir(self._lock_fd)
-
-    def observe_commits(self, callback: Callable[[int, float], None]) -> None:
-        """Call `callback(batch_size, commit_seconds)` after every commit (for metrics)."""
-        self._commit_observers.append(callback)
 
     def __enter__(self) -> LmdbStore:
         return self
@@ -384,6 +382,7 @@ class LmdbStore:
         except BaseException as exc:  # nothing of this batch is on disk
             self.stats["failed_commits"] += 1
             self.stats["ops"] += len(batch)
+            self._observe(len(batch), 0.0, False)
             return [(None, exc)] * len(batch)
         stats = self.stats
         stats["commits"] += 1
@@ -391,12 +390,16 @@ class LmdbStore:
         stats["last_batch_size"] = len(batch)
         stats["max_batch_size"] = max(stats["max_batch_size"], len(batch))
         stats["commit_seconds"] += committed - started
-        for observer in self._commit_observers:
-            try:
-                observer(len(batch), committed - started)
-            except Exception:  # a metrics bug must not fail the callers' committed ops
-                log.exception("commit observer failed")
+        self._observe(len(batch), committed - started, True)
         return outcomes
+
+    def _observe(self, batch_size: int, seconds: float, committed: bool) -> None:
+        if self.commit_observer is None:
+            return
+        try:
+            self.commit_observer(batch_size, seconds, committed)
+        except Exception:  # a broken metrics hook must not stop the writer
+            log.exception("commit observer failed")
 
     @staticmethod
     def _resolve(batch: list[_Item], outcomes: list[_Outcome]) -> None:
@@ -426,48 +429,76 @@ def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) 
             future.set_exception(exc)
 
 
-class LeaseTable(MutableMapping[str, int]):
-    """worker id -> lease expiry (ms), shared by the server processes of one broker
-    (prefork), as the `Liveness` table.
-
-    A separate LMDB environment without fsync: liveness is not durable (the prefork
-    parent deletes the directory before it starts the servers), and a heartbeat must
-    not cost a disk flush. Each server process opens it after the fork; LMDB's lock
-    file serialises the (tiny) write transactions across them.
+class RuntimeTables:
+    """Small tables that the server processes of one broker share (prefork), in a
+    second LMDB environment without fsync: worker leases (`Liveness`) and request-rate
+    buckets (`RequestLimiter`). Neither is durable by design (a restart starts them
+    afresh: the prefork parent deletes the directory before it starts the servers), and
+    neither may cost a disk flush per heartbeat or per request. Each server process
+    opens it after the fork; LMDB's lock file serialises the (tiny) write transactions
+    across them, so `SharedTable.update` is atomic across processes.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, map_size: int = 64 << 20) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, map_size: int = 256 << 20) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(self.path), map_size=map_size, max_readers=1024,
+        self._env = lmdb.open(str(self.path), map_size=map_size, max_dbs=2, max_readers=1024,
                               sync=False, metasync=False)
-
-    def __getitem__(self, worker_id: str) -> int:
-        with self._env.begin() as txn:
-            data = txn.get(worker_id.encode())
-        if data is None:
-            raise KeyError(worker_id)
-        return int(data)
-
-    def __setitem__(self, worker_id: str, expire_ms: int) -> None:
-        with self._env.begin(write=True) as txn:
-            txn.put(worker_id.encode(), str(expire_ms).encode())
-
-    def __delitem__(self, worker_id: str) -> None:
-        with self._env.begin(write=True) as txn:
-            if not txn.delete(worker_id.encode()):
-                raise KeyError(worker_id)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([worker_id for worker_id, _ in self.items()])
-
-    def __len__(self) -> int:
-        return self._env.stat()["entries"]
-
-    def items(self) -> list[tuple[str, int]]:  # type: ignore[override]
-        """One consistent snapshot (the mixin would read each key separately)."""
-        with self._env.begin() as txn:
-            return [(k.decode(), int(v)) for k, v in txn.cursor()]
+        self.leases = SharedTable(self._env, b"leases")
+        self.rate_buckets = SharedTable(self._env, b"rate_buckets")
 
     def close(self) -> None:
         self._env.close()
+
+
+class SharedTable(MutableMapping[str, Any]):
+    """str -> JSON value, one LMDB transaction per call (see RuntimeTables)."""
+
+    def __init__(self, env: Any, name: bytes) -> None:
+        self._env = env
+        self._db = env.open_db(name)
+
+    def __getitem__(self, key: str) -> Any:
+        with self._env.begin(db=self._db) as txn:
+            data = txn.get(key.encode())
+        if data is None:
+            raise KeyError(key)
+        return _json_value(data)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        with self._env.begin(write=True, db=self._db) as txn:
+            txn.put(key.encode(), _json_bytes(value))
+
+    def __delitem__(self, key: str) -> None:
+        with self._env.begin(write=True, db=self._db) as txn:
+            if not txn.delete(key.encode()):
+                raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([key for key, _ in self.items()])
+
+    def __len__(self) -> int:
+        with self._env.begin(db=self._db) as txn:
+            return txn.stat(self._db)["entries"]
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        """One consistent snapshot (the mixin would read each key separately)."""
+        with self._env.begin(db=self._db) as txn:
+            return [(k.decode(), _json_value(v)) for k, v in txn.cursor()]
+
+    def update_value(self, key: str, change: Callable[[Any], tuple[Any, T]]) -> T:
+        """Atomically, across processes: `change(current value or None)` returns (new
+        value, result); the new value is stored and the result returned."""
+        with self._env.begin(write=True, db=self._db) as txn:
+            data = txn.get(key.encode())
+            value, result = change(None if data is None else _json_value(data))
+            txn.put(key.encode(), _json_bytes(value))
+        return result
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _json_value(data: bytes) -> Any:
+    return json.loads(data)

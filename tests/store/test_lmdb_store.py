@@ -113,22 +113,6 @@ def test_group_commit_batches_concurrent_ops(tmp_path: Path) -> None:
     assert stats["commit_seconds"] > 0
 
 
-def test_commit_observers_see_every_batch(store: LmdbStore) -> None:
-    seen: list[tuple[int, float]] = []
-    store.observe_commits(lambda size, seconds: seen.append((size, seconds)))
-
-    def broken_observer(size: int, seconds: float) -> None:
-        raise RuntimeError("a metrics bug")
-
-    store.observe_commits(broken_observer)
-    put_a = lambda tx: tx.put("accounts", "a", {"n": 1})  # noqa: E731
-    results = asyncio.run(submit_all(store, [put_a, put_a, put_a]))
-    assert results == [None, None, None]  # the broken observer failed nobody
-    assert [size for size, _ in seen] == [1, 3]  # the blocker's batch, then ours
-    assert all(seconds > 0 for _, seconds in seen)
-    assert store.stats["commits"] == 2
-
-
 def test_lease_table_is_shared_by_processes(tmp_path: Path) -> None:
     leases = LeaseTable(tmp_path / "leases")
     leases["wrk_a"] = 1_000
