@@ -23,11 +23,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.v1 import authorization_service_pb2 as auth_pb
+from broker.v1 import policy_service_pb2 as pol_pb
+from broker.v1 import voucher_key_service_pb2 as keys_pb
 from broker.v1 import worker_registry_service_pb2 as registry_pb
 from worker.broker_link import MeteringSession
 
 from .broker_process import ROOT, BrokerProcess, free_port
 from .conftest import WALLET_START, Harness, rid, rpc_error
+from .spend_helpers import set_policy
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="finds the serving process through /proc")
@@ -273,3 +276,49 @@ def test_a_server_that_dies_stops_the_broker(tmp_path):
     finally:
         world.close()
         broker.stop()
+
+
+def test_a_request_rate_limit_holds_across_the_processes(prefork):
+    a, b = prefork.harnesses()
+    # One request a minute, bursts of two: no token comes back during the test.
+    set_policy(a, a.owner, a.wallet_id,
+               rate_limits=pol_pb.RateLimits(requests_per_minute=1, burst=2))
+    a.agent.balance()
+    b.agent.balance()
+    for h in (a, b):  # the bucket is empty, whichever process answers
+        with rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED"):
+            h.agent.balance()
+
+
+def test_a_key_rotated_on_one_process_signs_and_verifies_on_the_other(prefork):
+    a, b = prefork.harnesses()
+    worker_id = a.register_worker()
+    rotated = a.admin.keys.RotateVoucherKey(keys_pb.RotateVoucherKeyRequest(request_id=rid()))
+    new_key = rotated.key.key_id
+
+    def active(h: Harness) -> str:
+        keys = h.anon.keys.ListVoucherKeys(keys_pb.ListVoucherKeysRequest()).keys
+        return next(k.key_id for k in keys if k.active)
+
+    deadline = time.monotonic() + 20
+    while active(b) != new_key:  # within one sweep interval
+        assert time.monotonic() < deadline, "process B kept the old key"
+        time.sleep(0.1)
+    on_b = b.agent.authorize(50_000, ttl_seconds=300)
+    assert on_b.voucher.split(".")[1] == new_key
+    on_a = a.agent.authorize(50_000, ttl_seconds=300)
+    assert on_a.voucher.split(".")[1] == new_key
+
+    async def redeem_on_b() -> str:
+        channel = await prefork.aio_channel_to(prefork.servers[1])
+        try:
+            session = await MeteringSession.open(channel, b.creds["worker_api_key"],
+                                                 on_a.voucher, worker_id)
+            await session.abandon()
+            return session.session_id
+        finally:
+            await channel.close()
+
+    assert asyncio.run(redeem_on_b()).startswith("ses_")
+    assert b.agent.get_authorization(on_a.authorization_id).state == \
+        auth_pb.AUTHORIZATION_STATE_REDEEMED

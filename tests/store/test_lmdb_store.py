@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from broker.store import DataDirLocked, LmdbStore, StoreClosed, Tx
-from broker.store.lmdb_store import LeaseTable
+from broker.store.lmdb_store import RuntimeTables
 
 from .test_memory_store import Boom, StoreContract, put
 
@@ -113,20 +113,27 @@ def test_group_commit_batches_concurrent_ops(tmp_path: Path) -> None:
     assert stats["commit_seconds"] > 0
 
 
-def test_lease_table_is_shared_by_processes(tmp_path: Path) -> None:
-    leases = LeaseTable(tmp_path / "leases")
-    leases["wrk_a"] = 1_000
+def test_runtime_tables_are_shared_by_processes(tmp_path: Path) -> None:
+    runtime = RuntimeTables(tmp_path / "runtime")
+    runtime.leases["wrk_a"] = 1_000
+    runtime.rate_buckets["key_1"] = [5, 7]
     other = _python(
-        "import sys; from broker.store.lmdb_store import LeaseTable;"
-        "t = LeaseTable(sys.argv[1]); print(dict(t.items())); t['wrk_b'] = 2_000;"
-        "del t['wrk_a']", tmp_path / "leases")
+        "import sys; from broker.store.lmdb_store import RuntimeTables;"
+        "t = RuntimeTables(sys.argv[1]); print(dict(t.leases.items()), t.rate_buckets['key_1']);"
+        "t.leases['wrk_b'] = 2_000; del t.leases['wrk_a'];"
+        "[t.rate_buckets.update_value('n', lambda v: ((v or 0) + 1, None)) for _ in range(500)]",
+        tmp_path / "runtime")
+    for _ in range(500):  # at the same time as the other process: no update is lost
+        runtime.rate_buckets.update_value("n", lambda v: ((v or 0) + 1, None))
     out, _ = other.communicate(timeout=WAIT)
     assert other.returncode == 0
-    assert out.strip() == "{'wrk_a': 1000}"
-    assert leases.items() == [("wrk_b", 2_000)]
-    assert leases.pop("wrk_a", None) is None
-    assert len(leases) == 1
-    leases.close()
+    assert out.strip() == "{'wrk_a': 1000} [5, 7]"
+    assert runtime.leases.items() == [("wrk_b", 2_000)]
+    assert runtime.leases.pop("wrk_a", None) is None
+    assert len(runtime.leases) == 1
+    assert runtime.rate_buckets["n"] == 1_000
+    assert runtime.rate_buckets.update_value("n", lambda v: (0, v)) == 1_000
+    runtime.close()
 
 
 def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
