@@ -45,11 +45,14 @@ class Services:
 
     def authenticate(self, context: grpc.aio.ServicerContext, *roles: str) -> Principal:
         secret = _bearer(context.invocation_metadata() or ())
-        principal = self.store.read(lambda tx: access.authenticate(tx, secret))
-        access.require_role(principal, *roles)
-        if principal.role == "agent":
-            rate = self.store.read(lambda tx: rate_limits.request_rate(tx, principal))
-            self.limiter.admit(principal.key_id, rate, self.clock())
+
+        def check(tx: Tx) -> tuple[Principal, rate_limits.RequestRate | None]:
+            principal = access.authenticate(tx, secret)
+            access.require_role(principal, *roles)
+            return principal, rate_limits.request_rate(tx, principal)  # one snapshot
+
+        principal, rate = self.store.read(check)
+        self.limiter.admit(principal.key_id, rate, self.clock())
         return principal
 
     def reauthenticate(self, principal: Principal) -> None:
