@@ -35,6 +35,7 @@ def cmd_init(args) -> int:
 
 def cmd_serve(args) -> int:
     from . import demo
+    from .clock import offset_clock
     from .daemon import BrokerSettings, PortInUse, serve
     from .store import DataDirLocked
 
@@ -56,7 +57,8 @@ def cmd_serve(args) -> int:
         sys.stdout.flush()
 
     try:
-        asyncio.run(serve(data_dir, config, BrokerSettings(listen=args.listen), on_ready))
+        asyncio.run(serve(data_dir, config, BrokerSettings(listen=args.listen), on_ready,
+                          offset_clock(args.clock_offset_ms)))
     except DataDirLocked as error:
         print(f"broker serve: {error}", file=sys.stderr)
         return 2
@@ -128,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="platform fee in basis points of each charge")
     p.add_argument("--demo", action="store_true",
                    help="initialise if needed and create demo owner, wallet and keys")
+    p.add_argument("--clock-offset-ms", type=int, default=0,
+                   help="run the broker's clock this far ahead (tests and drills only)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("credentials", help="print a demo credential (for grpcurl)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -15,11 +16,13 @@ from .api.admin import AdminServicer
 from .api.authorization import AuthorizationServicer
 from .api.base import Services
 from .api.metering import MeteringServicer
+from .api.pricing import PricingServicer
 from .api.registry import WorkerRegistryServicer
 from .api.undecodable import UndecodableRequestInterceptor
 from .api.voucher_keys import VoucherKeyServicer
 from .api.wallet import WalletServicer
-from .core import idempotency, ledger, metering
+from .clock import now_ms
+from .core import idempotency, ledger, metering, periodic
 from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
@@ -32,6 +35,8 @@ from .v1 import (
     authorization_service_pb2_grpc,
     metering_service_pb2,
     metering_service_pb2_grpc,
+    pricing_service_pb2,
+    pricing_service_pb2_grpc,
     voucher_key_service_pb2,
     voucher_key_service_pb2_grpc,
     wallet_service_pb2,
@@ -51,6 +56,7 @@ SERVICES = (
     (authorization_service_pb2, "AuthorizationService", authorization_service_pb2_grpc,
      AuthorizationServicer),
     (metering_service_pb2, "MeteringService", metering_service_pb2_grpc, MeteringServicer),
+    (pricing_service_pb2, "PricingService", pricing_service_pb2_grpc, PricingServicer),
     (voucher_key_service_pb2, "VoucherKeyService", voucher_key_service_pb2_grpc,
      VoucherKeyServicer),
     (wallet_service_pb2, "WalletService", wallet_service_pb2_grpc, WalletServicer),
@@ -69,6 +75,17 @@ class BrokerSettings:
     shutdown_grace_s: float = 5.0
 
 
+def run_periodic(services: Services) -> int:
+    """Pricing's due work: grants, grant expiry, lease ends (blocking; for start-up)."""
+    total = 0
+    while True:
+        done = services.store.submit_sync(lambda tx: periodic.run_due(
+            tx, services.clock(), services.config, services.keyring.signer))
+        total += done
+        if not done:
+            return total
+
+
 def expire_holds(services: Services) -> int:
     """Resolve every hold that is due (blocking; for start-up)."""
     total = 0
@@ -82,10 +99,11 @@ def expire_holds(services: Services) -> int:
 
 class Broker:
     def __init__(self, store: Store, keyring: Keyring, config: CoreConfig,
-                 settings: BrokerSettings, cache_secret: bytes = b""):
+                 settings: BrokerSettings, cache_secret: bytes = b"",
+                 clock: Callable[[], int] = now_ms):
         self.services = Services(store=store, keyring=keyring, config=config,
                                  liveness=Liveness(config.worker_lease_ms),
-                                 cache_secret=cache_secret)
+                                 cache_secret=cache_secret, clock=clock)
         self.settings = settings
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
@@ -95,6 +113,8 @@ class Broker:
     async def start(self) -> None:
         store = self.services.store
         store.submit_sync(lambda tx: ledger.ensure_platform_accounts(tx, self.services.clock()))
+        if caught_up := run_periodic(self.services):
+            log.info("caught up on %d subscription grants, expiries and lease ends", caught_up)
         released = expire_holds(self.services)
         if released:
             log.info("resolved %d holds that timed out while the broker was down", released)
@@ -129,6 +149,8 @@ class Broker:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             try:
+                await s.store.submit(lambda tx: periodic.run_due(
+                    tx, s.clock(), s.config, s.keyring.signer))
                 await s.store.submit(lambda tx: metering.expire_due(
                     tx, s.clock(), s.config, s.keyring.signer))
                 await s.store.submit(lambda tx: idempotency.prune(tx, s.clock()))
@@ -148,11 +170,11 @@ class Broker:
 
 
 async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
-                on_ready=None) -> None:
+                on_ready=None, clock: Callable[[], int] = now_ms) -> None:
     store = data_dir.open_store()
     try:
         broker = Broker(store, Keyring(data_dir.voucher_keys), config, settings,
-                        data_dir.cache_secret())
+                        data_dir.cache_secret(), clock)
         await broker.start()
     except BaseException:
         store.close()

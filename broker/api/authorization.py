@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core import authorizations
+from ..core import authorizations, pricing
 from ..v1 import authorization_service_pb2 as pb
 from ..v1 import authorization_service_pb2_grpc as pb_grpc
 from . import convert
@@ -22,10 +22,13 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         key_id = self.s.keyring.active_id
         scope = convert.scope_from_proto(request.scope)
         cache_secret = self.s.cache_secret if request.cache_results else b""
-        result = await self.s.mutate(p, "Authorize", request, lambda tx, now: (
-            authorizations.authorize(tx, p, request.amount, scope, request.ttl_seconds, now,
-                                     self.s.config, key_id,
-                                     cache_secret=cache_secret)))
+        # Pricing (issue 6): a quote id binds the voucher to the quote's locked prices.
+        live = set(self.s.liveness.live_ids(self.s.clock()))
+        result = await self.s.mutate(p, "Authorize", request, lambda tx, now: pricing.with_quote(
+            tx, p, request.quote_id, request.select_best_offer, scope, live, now,
+            lambda scope: authorizations.authorize(tx, p, request.amount, scope,
+                                                   request.ttl_seconds, now, self.s.config,
+                                                   key_id, cache_secret=cache_secret)))
         signer = self.s.keyring.signer_for(result["voucher_key_id"])
         token = authorizations.voucher_token(result, signer)
         return pb.AuthorizeResponse(authorization=convert.authorization(result, voucher=token))

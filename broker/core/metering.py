@@ -12,7 +12,7 @@ import base64
 import secrets
 
 from ..store.base import Record, Tx
-from . import journal, ledger, session, usage_signing, validate, vouchers
+from . import journal, ledger, pricing, session, usage_signing, validate, vouchers
 from .access import Principal
 from .authorizations import CANCELLED, EXPIRED, HELD, REDEEMED, SETTLED
 from .config import CoreConfig
@@ -45,11 +45,13 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
     if auth["state"] == EXPIRED or now >= auth["expire_ms"]:
         raise precondition("VOUCHER_EXPIRED", "voucher has expired", voucher_id=claims.voucher_id)
     assert auth["state"] == HELD, "an unredeemed voucher's authorization is held"
+    # Pricing (issue 6): prices bound by a quote or a lease; a leased worker's exclusivity.
+    worker, terms = pricing.redemption_terms(tx, auth, worker, model, now)
     check_scope(claims.scope, worker, validate.ident(resource_class, "open.resource_class",
                                                       required=False),
                  validate.ident(model, "open.model", required=False))
-    new = session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id, worker,
-                              now, config.report_interval_ms)
+    new = {**session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id,
+                                 worker, now, config.report_interval_ms), **terms}
     tx.put("sessions", new["session_id"], new)
     voucher.update(session_id=new["session_id"], redeem_ms=now)
     tx.put("vouchers", claims.voucher_id, voucher)
@@ -70,6 +72,8 @@ def check_scope(scope: Record, worker: Record, resource_class: str, model: str) 
 
     if scope.get("worker_id") and scope["worker_id"] != worker["worker_id"]:
         raise outside("worker", "it is pinned to another worker")
+    if scope.get("worker_ids") and worker["worker_id"] not in scope["worker_ids"]:
+        raise outside("worker", "it is valid at other workers only")
     wanted_class = scope.get("resource_class", "")
     for value in (resource_class, caps["resource_class"]):
         if wanted_class and value and value != wanted_class:
@@ -139,7 +143,7 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
     payout, fee = split_fee(charged, config.fee_bps)
     if charged:
         ledger.resolve(tx, auth["hold_id"], ledger.POST_PENDING, now, amount=charged)
-    else:
+    elif auth["hold_id"]:  # (a job under a lease has no hold of its own: leases.py)
         ledger.resolve(tx, auth["hold_id"], ledger.VOID_PENDING, now)
     legs = {"authorization_id": auth["authorization_id"]}
     if payout:
