@@ -9,11 +9,13 @@
     max_concurrent_jobs = 1
     handler_modules = ["worker.runtime.example_handlers"]  # handler jobs may call these
 
-    [prices]                                  # integer micro-credits
-    gpu_second_price = 1000
-    input_tokens_1k_price = 200
-    output_tokens_1k_price = 600
-    call_price = 50
+    [prices]                                  # integer micro-credits (docs/pricing.md)
+    gpu_second_price = 1000                   # metered time, billed per GPU-millisecond
+    input_tokens_1k_price = 200               # per-inference: per 1,000 tokens in
+    output_tokens_1k_price = 600              # ... and out
+    call_price = 50                           # ... and per call
+    reserved_hour_price = 2_880_000           # a lease of the whole worker, per hour (0: none)
+    unused_reserved_bps = 5_000               # leased time no job used costs this share
 
     [checkpoints]                             # extra models: name = checkpoint file
     # my-lm = "/models/my-lm.pt"
@@ -26,10 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.core.money import PRICE_FIELDS
+from broker.core.errors import BrokerError
+from broker.core.money import SHEET_FIELDS, check_price_sheet
 
+# A lease costs 80% of metered time (2.88M/h = 800/s), and unused leased time half that.
 DEFAULT_PRICES = {"gpu_second_price": 1000, "input_tokens_1k_price": 200,
-                  "output_tokens_1k_price": 600, "call_price": 50}
+                  "output_tokens_1k_price": 600, "call_price": 50,
+                  "reserved_hour_price": 2_880_000, "unused_reserved_bps": 5_000}
 
 
 class ConfigError(Exception):
@@ -76,9 +81,12 @@ def load(path: str | None, overrides: dict[str, Any]) -> WorkerConfig:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
     config = WorkerConfig(**values)
     prices = {**DEFAULT_PRICES, **config.prices}
-    bad = [k for k in prices if k not in PRICE_FIELDS or not isinstance(prices[k], int)
-           or prices[k] < 0]
+    bad = [k for k in prices if k not in SHEET_FIELDS or not isinstance(prices[k], int)
+           or isinstance(prices[k], bool) or prices[k] < 0]
     if bad:
-        raise ConfigError(f"prices must be non-negative integers named {PRICE_FIELDS}: {bad}")
-    config.prices = prices
+        raise ConfigError(f"prices must be non-negative integers named {SHEET_FIELDS}: {bad}")
+    try:
+        config.prices = check_price_sheet(prices, "prices")
+    except BrokerError as error:
+        raise ConfigError(error.message) from None
     return config

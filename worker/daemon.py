@@ -48,9 +48,10 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     usage_key = load_usage_key(state / "usage-key")
     api_key = config.api_key()
     runtime = Runtime(checkpoints=config.checkpoints, handler_modules=config.handler_modules)
-    # Build the model now, so no agent pays for loading it.
+    # Build the models now, so no agent pays for loading them (and measure their sizes).
     await asyncio.to_thread(runtime.load_model, BUILTIN_MODEL)
-    capabilities = {**probe_capabilities(), "models": runtime.models()}
+    sizes = await asyncio.to_thread(runtime.model_parameters)
+    capabilities = {**probe_capabilities(), "models": runtime.models(), "model_parameters": sizes}
 
     server = grpc.aio.server(interceptors=[UndecodableRequestInterceptor(domain="worker.v1")],
                              options=[("grpc.so_reuseport", 0),
