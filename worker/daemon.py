@@ -50,8 +50,8 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     runtime = Runtime(checkpoints=config.checkpoints, handler_modules=config.handler_modules)
     # Build the models now, so no agent pays for loading them (and measure their sizes).
     await asyncio.to_thread(runtime.load_model, BUILTIN_MODEL)
-    sizes = await asyncio.to_thread(runtime.model_parameters)
-    capabilities = {**probe_capabilities(), "models": runtime.models(), "model_parameters": sizes}
+    sizes = await asyncio.to_thread(runtime.model_sizes)
+    capabilities = {**probe_capabilities(), "models": runtime.models(), "model_sizes": sizes}
 
     server = grpc.aio.server(interceptors=[UndecodableRequestInterceptor(domain="worker.v1")],
                              options=[("grpc.so_reuseport", 0),

@@ -128,11 +128,15 @@ def capabilities_from_proto(msg: registry_pb.Capabilities) -> Record:
             "gpu_memory_bytes": msg.gpu_memory_bytes, "models": list(msg.models),
             "meter": msg.meter, "gpu_uuid": msg.gpu_uuid, "driver_version": msg.driver_version,
             "energy_supported": msg.energy_supported,
-            "model_parameters": dict(msg.model_parameters)}
+            "model_sizes": [(s.model, s.parameters) for s in msg.model_sizes]}
 
 
 def capabilities_to_proto(c: Record) -> registry_pb.Capabilities:
-    return registry_pb.Capabilities(**c)
+    """From a stored (or the worker's own) record, whose model_sizes is a dict."""
+    return registry_pb.Capabilities(
+        **{k: v for k, v in c.items() if k != "model_sizes"},
+        model_sizes=[registry_pb.ModelSize(model=m, parameters=n)
+                     for m, n in c.get("model_sizes", {}).items()])
 
 
 def offer(w: Record) -> registry_pb.Offer:

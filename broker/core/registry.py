@@ -30,17 +30,18 @@ def check_capabilities(caps: Record) -> Record:
     optional = {name: validate.ident(caps.get(name, ""), f"capabilities.{name}",
                                      required=False)
                 for name in ("meter", "gpu_uuid", "driver_version")}
-    sizes = dict(caps.get("model_parameters", {}))
-    for model, size in sizes.items():
-        if model not in models or not 0 <= size <= MAX_COUNTER:
-            raise invalid(f"capabilities.model_parameters[{model[:64]!r}]",
-                          "must be a served model's parameter count")
+    sizes = {}  # from (model, parameter count) pairs, as in Capabilities.model_sizes
+    for i, (model, size) in enumerate(caps.get("model_sizes", [])):
+        if model not in models or model in sizes or not 0 <= size <= MAX_COUNTER:
+            raise invalid(f"capabilities.model_sizes[{i}]",
+                          "must be the parameter count of a served model, once per model")
+        sizes[model] = size
     return {"resource_class": validate.ident(caps.get("resource_class", ""),
                                              "capabilities.resource_class"),
             "gpu_name": validate.name(caps.get("gpu_name", ""), "capabilities.gpu_name"),
             "gpu_memory_bytes": memory, "models": models,
             "energy_supported": bool(caps.get("energy_supported", False)), **optional,
-            "model_parameters": sizes}
+            "model_sizes": sizes}
 
 
 def check_endpoint(endpoint: str) -> str:

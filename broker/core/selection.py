@@ -73,7 +73,7 @@ def offer(job: Record, worker: Record, model: str, history: list[Record]) -> Rec
     within = not max_cost or cost["expected"] <= max_cost
     caps = worker["capabilities"]
     return {"worker_id": worker["worker_id"], "endpoint": worker["endpoint"], "model": model,
-            "model_parameters": caps.get("model_parameters", {}).get(model, 0),
+            "model_parameters": caps.get("model_sizes", {}).get(model, 0),
             "resource_class": caps["resource_class"], "prices": dict(worker["prices"]),
             "cost": cost, "latency": latency, "meets_latency_target": meets,
             "within_max_cost": within, "eligible": meets and within}

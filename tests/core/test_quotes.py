@@ -92,7 +92,7 @@ class Market:
     def register(self, prices, models, sizes, worker_id=""):
         return self.w.run(lambda tx: registry.register(
             tx, self.worker_p, worker_id, "127.0.0.1:1",
-            {"resource_class": "cpu", "models": models, "model_parameters": sizes},
+            {"resource_class": "cpu", "models": models, "model_sizes": list(sizes.items())},
             prices, self.w.now))["worker_id"]
 
     def history(self, worker_id, model, *samples):

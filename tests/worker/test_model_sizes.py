@@ -17,7 +17,7 @@ def test_a_smaller_checkpoint_loads_runs_and_is_counted(tmp_path):
     torch.save(tiny_lm.build_model().state_dict(), tmp_path / "bare.pt")  # the old format
     runtime = Runtime(checkpoints={"small": str(tmp_path / "small.pt"),
                                    "bare": str(tmp_path / "bare.pt")})
-    sizes = runtime.model_parameters()
+    sizes = runtime.model_sizes()
     builtin = tiny_lm.parameter_count(tiny_lm.build_model())
     assert sizes == {"small": tiny_lm.parameter_count(small), "bare": builtin,
                      "tiny-lm": builtin}
@@ -32,7 +32,7 @@ def test_a_smaller_checkpoint_loads_runs_and_is_counted(tmp_path):
 def test_a_model_that_fails_to_load_has_no_size(tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"nope")
     runtime = Runtime(checkpoints={"broken": str(tmp_path / "broken.pt")})
-    assert set(runtime.model_parameters()) == {"tiny-lm"}
+    assert set(runtime.model_sizes()) == {"tiny-lm"}
 
 
 def test_the_price_sheet_in_the_config_file(tmp_path):

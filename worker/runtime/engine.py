@@ -41,7 +41,7 @@ class Runtime:
     def models(self) -> list[str]:
         return sorted({BUILTIN_MODEL, *self._checkpoints})
 
-    def model_parameters(self) -> dict[str, int]:
+    def model_sizes(self) -> dict[str, int]:
         """Each model's parameter count (loading every model now); a model that fails
         to load is left out: its size is unknown, and its jobs fail as before."""
         sizes = {}
