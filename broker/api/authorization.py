@@ -23,7 +23,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         scope = convert.scope_from_proto(request.scope)
         cache_secret = self.s.cache_secret if request.cache_results else b""
         # Pricing (issue 6): a quote id binds the voucher to the quote's locked prices.
-        live = set(self.s.liveness.live_ids(self.s.clock()))
+        live = set(self.s.liveness.live_ids(self.s.clock())) if request.quote_id else set()
         result = await self.s.mutate(p, "Authorize", request, lambda tx, now: pricing.with_quote(
             tx, p, request.quote_id, request.select_best_offer, scope, live, now,
             lambda scope: authorizations.authorize(tx, p, request.amount, scope,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..store.base import Tx
-from . import journal, ledger
+from . import grants, journal, ledger
 from .authorizations import SETTLED
 
 BALANCE_FIELDS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
@@ -95,4 +95,4 @@ def check(tx: Tx) -> list[str]:
             problems.append(f"receipt {receipt_id}: payout + fee != charged")
         if receipt["charged"] + receipt["released"] != receipt["held"]:
             problems.append(f"receipt {receipt_id}: charged + released != held")
-    return problems + journal.verify_tx(tx)
+    return problems + journal.verify_tx(tx) + grants.check(tx)  # (subscription credits)
