@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from .api.admin import AdminServicer
 from .api.authorization import AuthorizationServicer
 from .api.base import Services
+from .api.interceptors import ObservingInterceptor
 from .api.metering import MeteringServicer
 from .api.pricing import PricingServicer
 from .api.registry import WorkerRegistryServicer
@@ -27,6 +28,7 @@ from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
 from .keyring import Keyring
+from .metrics import BrokerMetrics, MetricsServer
 from .store.base import Store
 from .v1 import (
     admin_service_pb2,
@@ -49,7 +51,6 @@ log = logging.getLogger("broker")
 
 # Requests are small; anything bigger is refused by gRPC with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 64 * 1024
-SWEEP_INTERVAL_S = 0.5
 
 SERVICES = (
     (admin_service_pb2, "AdminService", admin_service_pb2_grpc, AdminServicer),
@@ -73,6 +74,8 @@ class PortInUse(Exception):
 class BrokerSettings:
     listen: str = "127.0.0.1:50051"
     shutdown_grace_s: float = 5.0
+    sweep_interval_s: float = 0.5
+    metrics_listen: str = ""  # host:port of GET /metrics; empty: no endpoint
 
 
 def run_periodic(services: Services) -> int:
@@ -100,11 +103,13 @@ def expire_holds(services: Services) -> int:
 class Broker:
     def __init__(self, store: Store, keyring: Keyring, config: CoreConfig,
                  settings: BrokerSettings, cache_secret: bytes = b"",
-                 clock: Callable[[], int] = now_ms):
+                 metrics: BrokerMetrics | None = None, clock: Callable[[], int] = now_ms):
         self.services = Services(store=store, keyring=keyring, config=config,
                                  liveness=Liveness(config.worker_lease_ms),
                                  cache_secret=cache_secret, clock=clock)
         self.settings = settings
+        self.metrics = metrics or BrokerMetrics()
+        self.metrics_server: MetricsServer | None = None
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task | None = None
@@ -113,12 +118,16 @@ class Broker:
     async def start(self) -> None:
         store = self.services.store
         store.submit_sync(lambda tx: ledger.ensure_platform_accounts(tx, self.services.clock()))
+        self.metrics.watch_ledger(store)
         if caught_up := run_periodic(self.services):
             log.info("caught up on %d subscription grants, expiries and lease ends", caught_up)
         released = expire_holds(self.services)
         if released:
             log.info("resolved %d holds that timed out while the broker was down", released)
-        self.server = grpc.aio.server(interceptors=[UndecodableRequestInterceptor()], options=[
+        # The observer first: it sees the final status of every call, refused ones too.
+        interceptors = [ObservingInterceptor(self.metrics.rpc, logging.getLogger("broker.rpc")),
+                        UndecodableRequestInterceptor()]
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.so_reuseport", 0),  # a second broker on the same port must fail to bind
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ])
@@ -138,6 +147,10 @@ class Broker:
             raise PortInUse(f"cannot listen on {self.settings.listen}: {error}") from None
         if not self.port:
             raise PortInUse(f"cannot listen on {self.settings.listen} (in use?)")
+        if self.settings.metrics_listen:
+            self.metrics_server = MetricsServer(self.metrics.registry,
+                                                self.settings.metrics_listen)
+            log.info("metrics on %s", self.metrics_server.url)
         await self.server.start()
         for name in ("", *names[:-1]):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -147,7 +160,7 @@ class Broker:
     async def _sweep(self) -> None:
         s = self.services
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 await s.store.submit(lambda tx: periodic.run_due(
                     tx, s.clock(), s.config, s.keyring.signer))
@@ -166,15 +179,19 @@ class Broker:
             self._sweeper.cancel()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.services.store.close()
 
 
 async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
                 on_ready=None, clock: Callable[[], int] = now_ms) -> None:
     store = data_dir.open_store()
+    metrics = BrokerMetrics()
+    store.commit_observer = metrics.observe_commit
     try:
         broker = Broker(store, Keyring(data_dir.voucher_keys), config, settings,
-                        data_dir.cache_secret(), clock)
+                        data_dir.cache_secret(), metrics, clock)
         await broker.start()
     except BaseException:
         store.close()

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from worker.config import DEFAULT_PRICES, ConfigError, load
+from broker.settings import SettingsError
+from worker.config import DEFAULT_PRICES, SCHEMA
 from worker.runtime import JobContext, JobSpec, Runtime, save_checkpoint, tiny_lm
 
 SMALL = tiny_lm.Config(d_model=32, n_heads=2, n_layers=1, d_mlp=64)
@@ -38,13 +40,13 @@ def test_a_model_that_fails_to_load_has_no_size(tmp_path):
 def test_the_price_sheet_in_the_config_file(tmp_path):
     path = tmp_path / "w.toml"
     path.write_text("[prices]\nreserved_hour_price = 7\nunused_reserved_bps = 10000\n")
-    assert load(str(path), {}).prices == {**DEFAULT_PRICES, "reserved_hour_price": 7,
-                                          "unused_reserved_bps": 10_000}
-    for bad in ("unused_reserved_bps = 10001", "reserved_hour_price = -1",
-                "per_minute_price = 3", "call_price = true"):
+    assert SCHEMA.load(str(path)).settings.prices == {
+        **DEFAULT_PRICES, "reserved_hour_price": 7, "unused_reserved_bps": 10_000}
+    for bad, why in (("unused_reserved_bps = 10001", "between 0 and 10000"),
+                     ("reserved_hour_price = -1", "non-negative integers"),
+                     ("per_minute_price = 3", "['per_minute_price']"),
+                     ("call_price = true", "int values")):
         path.write_text(f"[prices]\n{bad}\n")
-        try:
-            load(str(path), {})
-        except ConfigError:
-            continue
-        raise AssertionError(f"accepted {bad}")
+        with pytest.raises(SettingsError) as caught:
+            SCHEMA.load(str(path))
+        assert why in str(caught.value), bad
