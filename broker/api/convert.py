@@ -37,9 +37,8 @@ def timestamp(ms: int) -> Timestamp:
 
 
 def balance(b: Record) -> res_pb.Balance:
-    credits = b.get("credits", 0)  # subscription credits, when the account has any
     return res_pb.Balance(posted=b["posted"], pending=b["pending"], available=b["available"],
-                          credits=credits, purchased=b["posted"] - credits)
+                          credits=b.get("credits", 0))  # (subscription credits, if any)
 
 
 def prices_to_proto(p: Record) -> res_pb.PriceSheet:

@@ -154,7 +154,9 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
         return pb.ListGrantsResponse(grants=[grant_to_proto(g) for g in page["grants"]],
                                      next_page_token=page["next_page_token"],
                                      balance=convert.balance(page["balance"]),
-                                     reserved_credits=page["reserved_credits"])
+                                     reserved_credits=page["reserved_credits"],
+                                     purchased=page["balance"]["posted"]
+                                     - page["balance"].get("credits", 0))
 
     # -- leases -----------------------------------------------------------------------------
 

@@ -314,16 +314,18 @@ class ListGrantsRequest(_message.Message):
     def __init__(self, wallet_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListGrantsResponse(_message.Message):
-    __slots__ = ("grants", "next_page_token", "balance", "reserved_credits")
+    __slots__ = ("grants", "next_page_token", "balance", "reserved_credits", "purchased")
     GRANTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     BALANCE_FIELD_NUMBER: _ClassVar[int]
     RESERVED_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    PURCHASED_FIELD_NUMBER: _ClassVar[int]
     grants: _containers.RepeatedCompositeFieldContainer[Grant]
     next_page_token: str
     balance: _resources_pb2.Balance
     reserved_credits: int
-    def __init__(self, grants: _Optional[_Iterable[_Union[Grant, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., balance: _Optional[_Union[_resources_pb2.Balance, _Mapping]] = ..., reserved_credits: _Optional[int] = ...) -> None: ...
+    purchased: int
+    def __init__(self, grants: _Optional[_Iterable[_Union[Grant, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., balance: _Optional[_Union[_resources_pb2.Balance, _Mapping]] = ..., reserved_credits: _Optional[int] = ..., purchased: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("lease_id", "wallet_id", "worker_id", "endpoint", "state", "start_time", "end_time", "prices", "reserved_ms", "held", "used_ms", "charged", "worker_payout", "platform_fee", "released", "settle_time", "key_id", "signature", "signed_payload", "quote_id")

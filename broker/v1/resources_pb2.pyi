@@ -10,18 +10,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Balance(_message.Message):
-    __slots__ = ("posted", "pending", "available", "credits", "purchased")
+    __slots__ = ("posted", "pending", "available", "credits")
     POSTED_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
-    PURCHASED_FIELD_NUMBER: _ClassVar[int]
     posted: int
     pending: int
     available: int
     credits: int
-    purchased: int
-    def __init__(self, posted: _Optional[int] = ..., pending: _Optional[int] = ..., available: _Optional[int] = ..., credits: _Optional[int] = ..., purchased: _Optional[int] = ...) -> None: ...
+    def __init__(self, posted: _Optional[int] = ..., pending: _Optional[int] = ..., available: _Optional[int] = ..., credits: _Optional[int] = ...) -> None: ...
 
 class PriceSheet(_message.Message):
     __slots__ = ("gpu_second_price", "input_tokens_1k_price", "output_tokens_1k_price", "call_price", "reserved_hour_price", "unused_reserved_bps")

@@ -64,7 +64,7 @@ def test_bad_quotes(h):
 
 def test_a_quote_locks_prices_until_it_expires(h):
     worker_id = register(h, gpu_second_price=1000, call_price=5)
-    q = quote(h, lock_seconds=2)
+    q = quote(h, lock_seconds=5)  # long enough for the steps below on a loaded machine
     (offer,) = q.offers
     assert (offer.worker_id, offer.rank, offer.eligible) == (worker_id, 1, True)
     assert prices_dict(offer.prices) == {"gpu_second_price": 1000, "input_tokens_1k_price": 0,
@@ -87,7 +87,7 @@ def test_a_quote_locks_prices_until_it_expires(h):
     assert run(grant_prices(auth.voucher))["gpu_second_price"] == 1000
     plain = h.agent.authorize(100_000, scope=res_pb.Scope(worker_id=worker_id))
     assert run(grant_prices(plain.voucher))["gpu_second_price"] == 5000
-    time.sleep(2.1)
+    time.sleep(max(0.0, q.expire_time.ToMilliseconds() / 1000 - time.time()) + 0.2)
     with unchanged(h, PRECONDITION, "QUOTE_EXPIRED"):
         h.agent.auths.Authorize(auth_pb.AuthorizeRequest(
             request_id=rid(), amount=100_000, quote_id=q.quote_id,
@@ -132,7 +132,7 @@ def test_bad_plans_and_a_second_subscription(h):
     (grant,) = listed.grants
     assert (grant.amount, grant.remaining, grant.state) == (500_000, 500_000,
                                                             pb.GRANT_STATE_ACTIVE)
-    assert (listed.balance.credits, listed.balance.purchased) == (500_000, 5_000_000)
+    assert (listed.balance.credits, listed.purchased) == (500_000, 5_000_000)
     assert h.agent.balance().credits == 500_000
 
 
