@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..core import authorizations, pricing
+from ..core import authorizations, policy, pricing
+from ..core.errors import BrokerError
 from ..v1 import authorization_service_pb2 as pb
 from ..v1 import authorization_service_pb2_grpc as pb_grpc
 from . import convert
@@ -24,13 +25,30 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         cache_secret = self.s.cache_secret if request.cache_results else b""
         # Pricing (issue 6): a quote id binds the voucher to the quote's locked prices.
         live = set(self.s.liveness.live_ids(self.s.clock())) if request.quote_id else set()
-        result = await self.s.mutate(p, "Authorize", request, lambda tx, now: pricing.with_quote(
-            tx, p, request.quote_id, request.select_best_offer, scope, live, now,
-            lambda scope: authorizations.authorize(tx, p, request.amount, scope,
-                                                   request.ttl_seconds, now, self.s.config,
-                                                   key_id, cache_secret=cache_secret)))
-        signer = self.s.keyring.signer_for(result["voucher_key_id"])
-        token = authorizations.voucher_token(result, signer)
+        try:
+            result = await self.s.mutate(p, "Authorize", request, lambda tx, now: (
+                pricing.with_quote(
+                    tx, p, request.quote_id, request.select_best_offer, scope, live, now,
+                    lambda scope: authorizations.authorize(
+                        tx, p, request.amount, scope, request.ttl_seconds, now, self.s.config,
+                        key_id, cache_secret=cache_secret))))
+        except BrokerError as error:
+            reason = error.reason
+            if reason in policy.COUNTED_DENIALS:  # runs of denials raise alerts
+                await self.s.store.submit(lambda tx: policy.record_denial(
+                    tx, p, reason, self.s.clock()))
+                self.s.changes.notify()
+            raise
+        self.s.changes.notify()
+        if result["state"] == authorizations.PENDING_APPROVAL:
+            # A retry of a request that waited for approval gets its state now (and the
+            # voucher, once approved): agents may poll this way too.
+            result = self.s.store.read(lambda tx: tx.get("authorizations",
+                                                         result["authorization_id"]))
+        token = ""
+        if authorizations.has_voucher(result):
+            signer = self.s.keyring.signer_for(result["voucher_key_id"])
+            token = authorizations.voucher_token(result, signer)
         return pb.AuthorizeResponse(authorization=convert.authorization(result, voucher=token))
 
     @unary

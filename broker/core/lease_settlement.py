@@ -5,8 +5,10 @@ One atomic operation: the lease's jobs are closed first (unredeemed vouchers exp
 running sessions settle on their acknowledged usage, as any hold that times out), then
 the lease is charged money.lease_charge on its jobs' GPU time (the time after an early
 end counts as unused reserved time), the charge is posted from the lease's hold (the
-rest released), split into the provider's payout and the platform fee, and the wallet
-is refilled. The settled lease carries a statement signed with the broker's key.
+rest released), split into the provider's payout and the platform fee; the wallet's
+spend counters drop by what was released. The settled lease carries a statement signed
+with the broker's key. (No refill here: a lease is not a job, so it leaves the refill
+rules' streak of failed jobs alone; the next job's settlement refills the wallet.)
 """
 
 from __future__ import annotations
@@ -14,14 +16,13 @@ from __future__ import annotations
 import base64
 
 from ..store.base import Record, Tx
-from . import journal, ledger, metering, vouchers
+from . import journal, ledger, metering, spend, vouchers
 from .access import Principal
 from .authorizations import EXPIRED, HELD, REDEEMED
 from .config import CoreConfig
 from .errors import precondition
 from .leases import ACTIVE, SETTLED, get, job_authorizations, used_ms
 from .money import lease_charge, split_fee
-from .wallets import refill
 
 STATEMENT_FIELDS = ("lease_id", "worker_id", "start_ms", "end_ms", "reserved_ms",
                     "reserved_hour_price", "unused_reserved_bps", "held", "used_ms", "charged",
@@ -74,7 +75,7 @@ def settle(tx: Tx, lease: Record, now: int, config: CoreConfig,
     journal.append(tx, "lease_settled", {
         "lease_id": lease["lease_id"], "used_ms": used, "charged": charged, "payout": payout,
         "fee": fee, "released": lease["released"]}, now)
-    refill(tx, tx.get("wallets", lease["wallet_id"]), now)
+    spend.add(tx, lease["wallet_id"], lease["create_ms"], -lease["released"])
     return lease
 
 

@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Collection
 
 from ..store.base import Record, Tx
-from . import journal, ledger, pages, quotes, validate
+from . import journal, ledger, pages, policy, quotes, spend, validate
 from .access import Principal, can_see_owner
 from .authorizations import HELD
 from .errors import invalid, not_found, precondition
@@ -84,6 +84,14 @@ def create(tx: Tx, principal: Principal, worker_id: str, duration_seconds: int, 
                            leased_until_ms=str(current["end_ms"]))
     lease_ms = duration_seconds * 1000
     held = check_amount(lease_charge(lease_ms, 0, rate, MAX_BPS), "duration_seconds")
+    # Spend controls: a lease spends like an authorization of its whole hold, on this
+    # worker. It cannot wait for an owner's approval, so above the threshold it is refused.
+    scope = {"resource_class": worker["capabilities"]["resource_class"], "model": "",
+             "max_prices": dict(ZERO_PRICES), "worker_id": worker_id, "worker_ids": []}
+    if policy.check_authorization(tx, principal, wallet, held, scope, now).needs_approval:
+        raise precondition("LEASE_NEEDS_APPROVAL", "the lease's hold is above the approval "
+                           "threshold of the wallet's policy; leases are not approved one by "
+                           "one: ask for a shorter lease", held=str(held))
     lease_id = "lse_" + secrets.token_hex(12)
     end_ms = now + lease_ms
     hold = ledger.hold(tx, wallet["wallet_id"], ledger.ESCROW_ACCOUNT, held, "lease_hold", now,
@@ -102,6 +110,7 @@ def create(tx: Tx, principal: Principal, worker_id: str, duration_seconds: int, 
     tx.put("worker_leases", worker_id, {"lease_id": lease_id})
     tx.put("lease_expiry", f"{end_ms:020d}/{lease_id}", {})
     tx.put("wallet_leases", f"{wallet['wallet_id']}/{seq:020d}", {"lease_id": lease_id})
+    spend.add(tx, wallet["wallet_id"], now, held)
     journal.append(tx, "lease_created", {
         "lease_id": lease_id, "wallet_id": wallet["wallet_id"], "worker_id": worker_id,
         "reserved_ms": lease_ms, "reserved_hour_price": rate,
@@ -175,7 +184,7 @@ def authorize_job(tx: Tx, principal: Principal, lease_id: str, model: str, now: 
             "owner_id": wallet["owner_id"], "amount": 0, "scope": scope, "state": HELD,
             "hold_id": "", "voucher_id": voucher_id, "voucher_key_id": key_id,
             "expire_ms": lease["end_ms"], "create_ms": now, "charged": 0, "receipt_id": "",
-            "session_id": "", "seq": seq, "lease_id": lease_id}
+            "session_id": "", "seq": seq, "key_id": principal.key_id, "lease_id": lease_id}
     tx.put("authorizations", authorization_id, auth)
     tx.put("wallet_authorizations", f"{wallet['wallet_id']}/{seq:020d}",
            {"authorization_id": authorization_id})

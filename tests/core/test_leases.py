@@ -13,7 +13,9 @@ from broker.core import (
     ledger,
     metering,
     periodic,
+    policy,
     registry,
+    spend,
     vouchers,
 )
 from broker.core.errors import BrokerError
@@ -230,4 +232,27 @@ def test_a_lease_that_ended_while_the_broker_was_down_settles_before_its_hold_ex
     assert settled["charged"] == lease_charge(60_000, 0, 1_800_000, 2_500)
     state = s.w.read(lambda tx: ledger.get_hold(tx, lease["hold_id"]))[1]
     assert state["state"] == "posted"
+    s.check()
+
+
+def test_a_lease_spends_under_the_wallets_policy():
+    s = Site()
+    wallet_id = s.wallet["wallet_id"]
+    s.w.run(lambda tx: policy.set_policy(tx, s.owner_p, wallet_id, {
+        "limits": {"daily": 500_000}, "approvals": {"threshold": 350_000}}, False, s.w.now))
+    before = s.w.store.snapshot()
+    with pytest.raises(BrokerError) as err:  # 15 min = 450_000: above the threshold
+        s.lease(900)
+    assert err.value.reason == "LEASE_NEEDS_APPROVAL"
+    assert s.w.store.snapshot() == before
+    lease = s.lease(600)  # 300_000: counted against the daily limit
+    assert s.w.read(lambda tx: spend.totals(tx, wallet_id, s.w.now))["day"] == 300_000
+    with pytest.raises(BrokerError) as err:
+        s.w.run(lambda tx: authorizations.authorize(
+            tx, s.agent, 200_001, {}, 60, s.w.now, s.w.config, s.w.signer.key_id))
+    assert err.value.reason == "SPEND_LIMIT_EXCEEDED"
+    ended = s.w.run(lambda tx: lease_settlement.end(tx, s.agent, lease["lease_id"], s.w.now,
+                                                    s.w.config, s.w.signer))
+    # Once settled, only its charge counts.
+    assert s.w.read(lambda tx: spend.totals(tx, wallet_id, s.w.now))["day"] == ended["charged"]
     s.check()
