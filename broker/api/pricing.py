@@ -187,7 +187,7 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
     @unary
     async def EndLease(self, request, context):
         p = self.s.authenticate(context, "agent", "owner")
-        signer = self.s.keyring.signer
+        signer = self.s.receipt_keyring.signer  # lease statements and job receipts
         lease = await self.s.mutate(p, "EndLease", request, lambda tx, now: (
             lease_settlement.end(tx, p, request.lease_id, now, self.s.config, signer)))
         return pb.EndLeaseResponse(lease=lease_to_proto(lease))

@@ -7,8 +7,9 @@ the lease is charged money.lease_charge on its jobs' GPU time (the time after an
 end counts as unused reserved time), the charge is posted from the lease's hold (the
 rest released), split into the provider's payout and the platform fee; the wallet's
 spend counters drop by what was released. The settled lease carries a statement signed
-with the broker's key. (No refill here: a lease is not a job, so it leaves the refill
-rules' streak of failed jobs alone; the next job's settlement refills the wallet.)
+with the broker's receipt-signing key. (No refill here: a lease is not a job, so it
+leaves the refill rules' streak of failed jobs alone; the next job's settlement refills
+the wallet.)
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
   redeeming worker, whatever the worker charges now.
 - Any other voucher is charged the worker's current price sheet.
 
-The session also records the model and the lease, for the job history and the lease.
+The session also records its lease (the model it records anyway, for receipts).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def redemption_terms(tx: Tx, auth: Record, worker: Record, model: str,
     if current is not None and current["lease_id"] != lease_id:
         raise precondition("WORKER_LEASED", "the worker is leased; it redeems only its "
                            "lease's vouchers", worker_id=worker["worker_id"])
-    fields: Record = {"model": model, "lease_id": lease_id}
+    fields: Record = {"lease_id": lease_id}
     if lease_id:
         prices = dict(leases.ZERO_PRICES)
         fields["budget"] = tx.get("leases", lease_id)["held"]

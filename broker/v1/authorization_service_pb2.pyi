@@ -32,7 +32,14 @@ AUTHORIZATION_STATE_PENDING_APPROVAL: AuthorizationState
 AUTHORIZATION_STATE_DENIED: AuthorizationState
 
 class Authorization(_message.Message):
-    __slots__ = ("authorization_id", "wallet_id", "amount", "scope", "state", "voucher", "expire_time", "create_time", "charged", "receipt_id", "quote_id", "offers", "lease_id")
+    __slots__ = ("authorization_id", "wallet_id", "amount", "scope", "state", "voucher", "expire_time", "create_time", "charged", "receipt_id", "labels", "quote_id", "offers", "lease_id")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     AUTHORIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     WALLET_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +50,7 @@ class Authorization(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     CHARGED_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     QUOTE_ID_FIELD_NUMBER: _ClassVar[int]
     OFFERS_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -56,18 +64,27 @@ class Authorization(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     charged: int
     receipt_id: str
+    labels: _containers.ScalarMap[str, str]
     quote_id: str
     offers: _containers.RepeatedCompositeFieldContainer[_pricing_pb2.BoundOffer]
     lease_id: str
-    def __init__(self, authorization_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., state: _Optional[_Union[AuthorizationState, str]] = ..., voucher: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., charged: _Optional[int] = ..., receipt_id: _Optional[str] = ..., quote_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[_pricing_pb2.BoundOffer, _Mapping]]] = ..., lease_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, authorization_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., state: _Optional[_Union[AuthorizationState, str]] = ..., voucher: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., charged: _Optional[int] = ..., receipt_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., quote_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[_pricing_pb2.BoundOffer, _Mapping]]] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("request_id", "amount", "scope", "ttl_seconds", "cache_results", "quote_id", "select_best_offer")
+    __slots__ = ("request_id", "amount", "scope", "ttl_seconds", "cache_results", "labels", "quote_id", "select_best_offer")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CACHE_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     QUOTE_ID_FIELD_NUMBER: _ClassVar[int]
     SELECT_BEST_OFFER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
@@ -75,9 +92,10 @@ class AuthorizeRequest(_message.Message):
     scope: _resources_pb2.Scope
     ttl_seconds: int
     cache_results: bool
+    labels: _containers.ScalarMap[str, str]
     quote_id: str
     select_best_offer: bool
-    def __init__(self, request_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., cache_results: _Optional[bool] = ..., quote_id: _Optional[str] = ..., select_best_offer: _Optional[bool] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., cache_results: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., quote_id: _Optional[str] = ..., select_best_offer: _Optional[bool] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
     __slots__ = ("authorization",)

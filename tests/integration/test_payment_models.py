@@ -263,8 +263,8 @@ def test_a_lease_is_charged_per_its_stated_terms(market):
                                     charged - fee, fee)
     assert m.h.wallet().pending == pending
     assert m.owner_total() == before - charged
-    # The signed statement verifies with the broker's key.
-    VerifyKey(m.h.public_keys()[ended.key_id]).verify(ended.signed_payload, ended.signature)
+    # The signed statement verifies with the broker's receipt-signing key.
+    VerifyKey(m.h.receipt_keys()[ended.key_id]).verify(ended.signed_payload, ended.signature)
     m.check()
 
 
