@@ -6,7 +6,7 @@ import logging
 
 import grpc
 
-from ..core import job_history, killswitch, metering, session, validate, vouchers
+from ..core import killswitch, metering, session, validate, vouchers
 from ..core.errors import BrokerError, invalid
 from ..store.base import Record
 from ..v1 import metering_service_pb2 as pb
@@ -99,9 +99,8 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
     async def _finish(self, p, session_id: str, finish: pb.FinishSession) -> pb.MeterResponse:
         usage = convert.usage_from_proto(finish.usage)
         signer = self.s.receipt_keyring.signer
-        # Pricing (issue 6): a finished job's latency and usage feed the quotes.
-        receipt = await self.s.store.submit(lambda tx: job_history.after_finish(tx, metering.finish(
-            tx, p, session_id, usage, self.s.clock(), self.s.config, signer, finish.signature)))
+        receipt = await self.s.store.submit(lambda tx: metering.finish(
+            tx, p, session_id, usage, self.s.clock(), self.s.config, signer, finish.signature))
         return pb.MeterResponse(settled=pb.SessionSettled(
             receipt=convert.receipt(receipt),
             settle_time=convert.timestamp(receipt["settle_ms"])))

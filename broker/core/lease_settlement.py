@@ -46,6 +46,7 @@ def _close_jobs(tx: Tx, lease: Record, now: int, config: CoreConfig,
 def settle(tx: Tx, lease: Record, now: int, config: CoreConfig,
            signer: vouchers.Signer) -> Record:
     _close_jobs(tx, lease, now, config, signer)
+    lease = tx.get("leases", lease["lease_id"])  # its jobs' GPU time, counted as they settled
     used = used_ms(tx, lease)
     charged = lease_charge(lease["reserved_ms"], used, lease["reserved_hour_price"],
                            lease["unused_reserved_bps"])

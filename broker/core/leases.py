@@ -20,7 +20,7 @@ from collections.abc import Collection
 from ..store.base import Record, Tx
 from . import journal, ledger, pages, policy, quotes, spend, validate
 from .access import Principal, can_see_owner
-from .authorizations import HELD
+from .authorizations import HELD, REDEEMED
 from .errors import invalid, not_found, precondition
 from .money import MAX_BPS, PRICE_FIELDS, check_amount, lease_charge
 from .registry import inactive
@@ -103,6 +103,7 @@ def create(tx: Tx, principal: Principal, worker_id: str, duration_seconds: int, 
              "state": ACTIVE, "start_ms": now, "end_ms": end_ms, "reserved_ms": lease_ms,
              "reserved_hour_price": rate, "unused_reserved_bps": unused_bps,
              "quote_id": quote_id, "hold_id": hold["transfer_id"], "held": held, "used_ms": 0,
+             "jobs_gpu_ms": 0,
              "charged": 0, "worker_payout": 0, "platform_fee": 0, "released": 0,
              "settle_ms": 0, "statement": {}, "create_ms": now}
     tx.put("leases", lease_id, lease)
@@ -151,11 +152,22 @@ def job_authorizations(tx: Tx, lease_id: str) -> list[Record]:
             for _, row in tx.scan("lease_authorizations", prefix=f"{lease_id}/")]
 
 
+def count_job(tx: Tx, ses: Record) -> None:
+    """A session settles: if it ran under a lease, its GPU time is the lease's (counted
+    here, since a sealed receipt takes the usage out of the settled session)."""
+    if not ses.get("lease_id"):
+        return
+    lease = tx.get("leases", ses["lease_id"])
+    lease["jobs_gpu_ms"] += ses["usage"]["gpu_ms"]
+    tx.put("leases", lease["lease_id"], lease)
+
+
 def used_ms(tx: Tx, lease: Record) -> int:
-    """GPU time of the lease's jobs so far (acknowledged usage), at most the lease."""
-    total = 0
+    """GPU time of the lease's jobs so far: those settled, and the acknowledged usage of
+    those still running; at most the lease."""
+    total = lease["jobs_gpu_ms"]
     for auth in job_authorizations(tx, lease["lease_id"]):
-        if auth["session_id"]:
+        if auth["state"] == REDEEMED:
             total += tx.get("sessions", auth["session_id"])["usage"]["gpu_ms"]
     return min(total, lease["reserved_ms"])
 

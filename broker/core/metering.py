@@ -158,6 +158,7 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
            signer: vouchers.Signer) -> Record:
     """Settle atomically; returns the receipt as the worker sees it. `signer` is the
     receipt-signing key."""
+    pricing.on_settle(tx, ses, outcome, now)  # (its lease's used time, the job history)
     auth = tx.get("authorizations", ses["authorization_id"])
     charged = ses["charged"]
     payout, fee = split_fee(charged, config.fee_bps)

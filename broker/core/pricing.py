@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 
 from ..store.base import Record, Tx
-from . import leases, quotes, validate
+from . import job_history, leases, quotes, validate
 from .access import Principal
 from .errors import precondition
 from .money import PRICE_FIELDS
@@ -38,6 +38,14 @@ def redemption_terms(tx: Tx, auth: Record, worker: Record, model: str,
         prices = quotes.bound_prices(auth, worker["worker_id"]) or \
             {k: worker["prices"][k] for k in PRICE_FIELDS}
     return {**worker, "prices": prices}, fields
+
+
+def on_settle(tx: Tx, ses: Record, outcome: str, now: int) -> None:
+    """A session settles (metering.settle, before its receipt may seal the usage away):
+    a job under a lease adds its GPU time to the lease's used time, and a finished job
+    joins the measured history."""
+    leases.count_job(tx, ses)
+    job_history.record(tx, ses, outcome, now)
 
 
 def with_quote(tx: Tx, principal: Principal, quote_id: str, select_best: bool, scope: Record,

@@ -4,6 +4,7 @@ against it at no charge of their own, and its settlement per its stated terms.""
 import base64
 
 import pytest
+from nacl.public import PrivateKey
 
 from broker.core import (
     authorizations,
@@ -14,6 +15,7 @@ from broker.core import (
     metering,
     periodic,
     policy,
+    receipts,
     registry,
     spend,
     vouchers,
@@ -162,6 +164,25 @@ def test_jobs_under_a_lease_are_metered_against_it_and_it_settles_per_its_terms(
     plain = s.w.run(lambda tx: authorizations.authorize(
         tx, s.agent, 1000, {}, 60, s.w.now, s.w.config, s.w.signer.key_id))
     assert s.redeem(authorizations.voucher_token(plain, s.w.signer))["prices"]["call_price"] == 10
+    s.check()
+
+
+def test_jobs_of_an_owner_with_sealed_receipts_count_too():
+    """Sealed receipts take the usage out of a settled session: the lease counts each
+    job's GPU time as it settles."""
+    s = Site()
+    s.w.run(lambda tx: receipts.register_key(tx, s.owner_p, bytes(PrivateKey.generate()
+                                                                   .public_key), s.w.now))
+    lease = s.lease(600)
+    _, token = s.job(lease["lease_id"])
+    ses = s.redeem(token)
+    s.finish(ses["session_id"], 7_000)
+    assert "usage" not in s.w.read(lambda tx: tx.get("sessions", ses["session_id"]))
+    assert s.get(lease["lease_id"])["used_ms"] == 7_000
+    ended = s.w.run(lambda tx: lease_settlement.end(tx, s.agent, lease["lease_id"], s.w.now,
+                                                    s.w.config, s.w.signer))
+    assert (ended["used_ms"], ended["charged"]) == (
+        7_000, lease_charge(600_000, 7_000, 1_800_000, 2_500))
     s.check()
 
 

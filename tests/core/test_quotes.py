@@ -241,8 +241,8 @@ def test_finished_jobs_leave_history_that_quotes_use():
     ses = m.redeem(auth, m.cheap, "small")
     m.w.now += 250
     usage = {"gpu_ms": 120, "input_tokens": 10, "output_tokens": 40, "calls": 1}
-    m.w.run(lambda tx: job_history.after_finish(tx, metering.finish(
-        tx, m.worker_p, ses["session_id"], usage, m.w.now, m.w.config, m.w.signer)))
+    m.w.run(lambda tx: metering.finish(tx, m.worker_p, ses["session_id"], usage, m.w.now,
+                                       m.w.config, m.w.signer))
     (row,) = m.w.read(lambda tx: job_history.samples(tx, m.cheap, "small"))
     assert (row["duration_ms"], row["gpu_ms"]) == (250, 120)
     q = m.quote({**GENERATE, "models": ["small"]})
