@@ -34,10 +34,17 @@ def cmd_init(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from . import demo
+    from . import demo, tls
     from .daemon import BrokerSettings, PortInUse, serve
     from .store import DataDirLocked
 
+    try:
+        server_tls = tls.load_server(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except tls.TlsError as error:
+        print(f"broker serve: {error}", file=sys.stderr)
+        return 2
+    settings = BrokerSettings(listen=args.listen, tls=server_tls,
+                              shutdown_grace_s=args.shutdown_grace_seconds)
     data_dir = _data_dir(args)
     config = CoreConfig(fee_bps=args.fee_bps)
     admin_key = ""
@@ -56,7 +63,7 @@ def cmd_serve(args) -> int:
         sys.stdout.flush()
 
     try:
-        asyncio.run(serve(data_dir, config, BrokerSettings(listen=args.listen), on_ready))
+        asyncio.run(serve(data_dir, config, settings, on_ready))
     except DataDirLocked as error:
         print(f"broker serve: {error}", file=sys.stderr)
         return 2
@@ -128,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="platform fee in basis points of each charge")
     p.add_argument("--demo", action="store_true",
                    help="initialise if needed and create demo owner, wallet and keys")
+    p.add_argument("--tls-cert", help="serve over TLS with this PEM certificate (chain)")
+    p.add_argument("--tls-key", help="the certificate's PEM private key (mode 0600)")
+    p.add_argument("--tls-client-ca", help="require client certificates signed by this PEM "
+                   "CA (mutual TLS)")
+    p.add_argument("--shutdown-grace-seconds", type=float, default=10.0,
+                   help="on SIGTERM/SIGINT, how long open metering sessions get to finish")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("credentials", help="print a demo credential (for grpcurl)")

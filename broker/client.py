@@ -8,6 +8,9 @@
 
 Every mutating call carries a fresh request_id; a call that fails with
 UNAVAILABLE is retried with the same request_id, so it happens at most once.
+
+A broker on TLS: pass `ca` (the PEM CA that signed its certificate; or `tls=True`
+to trust the system's roots), and for mutual TLS `client_cert` and `client_key`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import uuid
 
 import grpc
 
+from . import tls as tls_files
 from .api.errors import error_info
 from .v1 import authorization_service_pb2 as auth_pb
 from .v1 import authorization_service_pb2_grpc as auth_grpc
@@ -40,8 +44,11 @@ class BrokerClientError(Exception):
 
 class BrokerClient:
     def __init__(self, target: str, api_key: str, *, timeout: float = 10.0, retries: int = 3,
-                 channel: grpc.Channel | None = None):
-        self._channel = channel or grpc.insecure_channel(target)
+                 channel: grpc.Channel | None = None, ca: str | None = None,
+                 client_cert: str | None = None, client_key: str | None = None,
+                 tls: bool = False):
+        self._channel = channel or tls_files.channel(
+            target, tls_files.load_client(ca, client_cert, client_key, tls=tls))
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self._timeout, self._retries = timeout, retries
         self._wallets = wallet_grpc.WalletServiceStub(self._channel)

@@ -11,6 +11,7 @@ import sys
 
 import grpc
 
+from broker import tls
 from broker.core.errors import BrokerError
 
 from .voucher_check import VoucherVerifier, grpc_key_fetcher
@@ -23,9 +24,15 @@ def cmd_serve(args) -> int:
     try:
         config = worker_config.load(args.config, {
             "broker": args.broker, "listen": args.listen, "api_key_file": args.api_key_file,
-            "state_dir": args.state_dir, "advertise": args.advertise})
+            "state_dir": args.state_dir, "advertise": args.advertise,
+            "drain_timeout_s": args.shutdown_grace_seconds, "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
+            **_broker_tls_options(args)})
         config.api_key()
-    except worker_config.ConfigError as error:
+        # Refuse bad TLS files before loading any model.
+        config.server_tls()
+        config.broker_tls()
+    except (worker_config.ConfigError, tls.TlsError) as error:
         print(f"worker serve: {error}", file=sys.stderr)
         return 2
 
@@ -46,7 +53,13 @@ def cmd_serve(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    with grpc.insecure_channel(args.broker) as channel:
+    try:
+        broker_tls = tls.load_client(args.broker_ca, args.broker_client_cert,
+                                     args.broker_client_key)
+    except tls.TlsError as error:
+        print(f"worker verify-voucher: {error}", file=sys.stderr)
+        return 2
+    with tls.channel(args.broker, broker_tls) as channel:
         verifier = VoucherVerifier(grpc_key_fetcher(channel))
         token = sys.stdin.readline().strip() if args.voucher == "-" else args.voucher
         try:
@@ -56,6 +69,19 @@ def cmd_verify(args) -> int:
             return 1
     print(json.dumps({**claims.to_json(), "key_id": claims.key_id}, indent=2))
     return 0
+
+
+def _broker_tls_options(args) -> dict:
+    return {"broker_ca": args.broker_ca, "broker_client_cert": args.broker_client_cert,
+            "broker_client_key": args.broker_client_key}
+
+
+def _add_broker_tls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker-ca", help="reach the broker over TLS, verified with this PEM CA")
+    p.add_argument("--broker-client-cert", help="present this PEM certificate to the broker "
+                   "(mutual TLS)")
+    p.add_argument("--broker-client-key", help="the client certificate's PEM private key "
+                   "(mode 0600)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,10 +96,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--advertise", help="endpoint to announce to agents, default --listen")
     p.add_argument("--api-key-file", help="file holding the worker's broker API key")
     p.add_argument("--state-dir", help="usage key, worker id and result cache; default var/worker")
+    p.add_argument("--shutdown-grace-seconds", type=float, help="on SIGTERM/SIGINT, how long "
+                   "running jobs get to finish; default 30")
+    p.add_argument("--tls-cert", help="serve agents over TLS with this PEM certificate (chain)")
+    p.add_argument("--tls-key", help="the certificate's PEM private key (mode 0600)")
+    p.add_argument("--tls-client-ca", help="require agent certificates signed by this PEM CA "
+                   "(mutual TLS)")
+    _add_broker_tls_flags(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("verify-voucher", help="verify a voucher offline and print its claims")
     p.add_argument("--broker", default="127.0.0.1:50051")
+    _add_broker_tls_flags(p)
     p.add_argument("voucher", help="the voucher token, or - to read it from stdin")
     p.set_defaults(func=cmd_verify)
 

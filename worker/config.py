@@ -8,6 +8,13 @@
     report_every_tokens = 64
     max_concurrent_jobs = 1
     handler_modules = ["worker.runtime.example_handlers"]  # handler jobs may call these
+    drain_timeout_s = 30.0                    # on SIGTERM: how long running jobs may finish
+    tls_cert = ""                             # serve agents over TLS: PEM certificate chain
+    tls_key = ""                              # ... and its private key (mode 0600)
+    tls_client_ca = ""                        # require agent certificates from this CA (mTLS)
+    broker_ca = ""                            # reach the broker over TLS, verified with this CA
+    broker_client_cert = ""                   # present this certificate to the broker (mTLS)
+    broker_client_key = ""                    # ... and its private key (mode 0600)
 
     [prices]                                  # integer micro-credits
     gpu_second_price = 1000
@@ -26,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from broker import tls
 from broker.core.money import PRICE_FIELDS
 
 DEFAULT_PRICES = {"gpu_second_price": 1000, "input_tokens_1k_price": 200,
@@ -46,6 +54,12 @@ class WorkerConfig:
     report_every_tokens: int = 64
     max_concurrent_jobs: int = 1
     drain_timeout_s: float = 30.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    broker_ca: str = ""
+    broker_client_cert: str = ""
+    broker_client_key: str = ""
     prices: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     checkpoints: dict[str, str] = field(default_factory=dict)
     handler_modules: list[str] = field(default_factory=lambda: [
@@ -60,6 +74,15 @@ class WorkerConfig:
         if not path.exists():
             raise ConfigError(f"API key file {path} not found (a key with role worker)")
         return path.read_text().strip()
+
+    def server_tls(self) -> tls.ServerTls | None:
+        """TLS for the agent-facing server (None: plaintext); raises tls.TlsError."""
+        return tls.load_server(self.tls_cert, self.tls_key, self.tls_client_ca)
+
+    def broker_tls(self) -> tls.ClientTls | None:
+        """TLS for the link to the broker (None: plaintext); raises tls.TlsError."""
+        return tls.load_client(self.broker_ca, self.broker_client_cert,
+                               self.broker_client_key)
 
 
 def load(path: str | None, overrides: dict[str, Any]) -> WorkerConfig:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -25,6 +27,43 @@ from .errors import to_status
 log = logging.getLogger("broker.api")
 
 
+def shutting_down() -> BrokerError:
+    return BrokerError(Code.UNAVAILABLE, "SHUTTING_DOWN",
+                       "the broker is shutting down; retry on another broker or later",
+                       retry_after_ms=1000)
+
+
+class MeteringStreams:
+    """The open metering streams, for a graceful shutdown: the broker waits up to its
+    grace period for them to end, then sets `ended` and the rest end with SHUTTING_DOWN
+    (their sessions stay open, for the worker to resume)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ended = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def tracked(self) -> Iterator[None]:
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """True once no stream is open; False if some still are after `timeout_s`."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+
 @dataclass
 class Services:
     store: Store
@@ -36,6 +75,7 @@ class Services:
     clock: Callable[[], int] = now_ms
     # Set on shutdown: new authorizations and sessions are refused with UNAVAILABLE.
     draining: bool = False
+    streams: MeteringStreams = field(default_factory=MeteringStreams)
 
     def authenticate(self, context: grpc.aio.ServicerContext, *roles: str) -> Principal:
         secret = _bearer(context.invocation_metadata() or ())
@@ -58,9 +98,7 @@ class Services:
 
     def refuse_when_draining(self) -> None:
         if self.draining:
-            raise BrokerError(Code.UNAVAILABLE, "SHUTTING_DOWN",
-                              "the broker is shutting down; retry on another broker or later",
-                              retry_after_ms=1000)
+            raise shutting_down()
 
 
 def _bearer(metadata: Any) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -12,7 +13,7 @@ from ..store.base import Record
 from ..v1 import metering_service_pb2 as pb
 from ..v1 import metering_service_pb2_grpc as pb_grpc
 from . import convert
-from .base import Services
+from .base import Services, shutting_down
 from .errors import to_status
 
 log = logging.getLogger("broker.metering")
@@ -37,8 +38,9 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
 
     async def Meter(self, request_iterator, context):
         try:
-            async for response in self._meter(request_iterator, context):
-                yield response
+            with self.s.streams.tracked():
+                async for response in self._meter(request_iterator, context):
+                    yield response
         except BrokerError as error:
             await context.abort_with_status(to_status(error))
         except grpc.aio.AbortError:
@@ -68,7 +70,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
                           "SESSION_NOT_OPEN")
         session_id = ses["session_id"]
         yield grant(ses)
-        async for message in requests:
+        async for message in self._until_shutdown(requests):
             # Checked again on every message: a key revoked while its stream is open
             # must stop metering at once, not when the stream ends.
             p = self.s.authenticate(context, "worker")
@@ -82,6 +84,26 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
             else:
                 raise invalid("kind", "the session is already open; send usage or finish",
                               "SESSION_ALREADY_OPEN")
+
+    async def _until_shutdown(self, requests):
+        """The stream's messages until its end or the end of the broker's shutdown grace
+        period: then the stream ends with SHUTTING_DOWN, and the session stays open with
+        everything acknowledged so far, for the worker to resume on a broker that is up."""
+        ended = asyncio.ensure_future(self.s.streams.ended.wait())
+        message = None
+        try:
+            while True:
+                message = asyncio.ensure_future(anext(requests, None))
+                await asyncio.wait((message, ended), return_when=asyncio.FIRST_COMPLETED)
+                if not message.done():
+                    raise shutting_down()
+                if message.result() is None:
+                    return
+                yield message.result()
+        finally:
+            ended.cancel()
+            if message is not None:
+                message.cancel()
 
     async def _report(self, p, session_id: str, report: pb.UsageReport) -> list:
         usage = convert.usage_from_proto(report.usage)
