@@ -22,7 +22,16 @@ from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
 from .broker_process import BrokerProcess
-from .conftest import WorkerWorld, burn_job, check_error, usage_dict
+from .conftest import (
+    WorkerWorld,
+    aio_channel,
+    burn_job,
+    check_error,
+    open_session,
+    run,
+    stream_rpc_error,
+    usage_dict,
+)
 from .worker_process import WorkerProcess
 
 SETTLED = auth_pb.AUTHORIZATION_STATE_SETTLED
@@ -78,9 +87,6 @@ class Job:
             assert time.monotonic() < deadline, "no usage acknowledged"
             time.sleep(0.05)
 
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
     def stopped(self, timeout: float = 60.0) -> grpc.RpcError:
         """The error the call ended with."""
         self._thread.join(timeout)
@@ -130,9 +136,10 @@ def check_balanced(w, receipt) -> None:
 
 
 def test_sigterm_mid_job_ends_the_stream_and_the_session_resumes_after_restart(w):
-    start_with_grace(w, 2)
+    start_with_grace(w, 4)
     auth = w.authorize(1_000_000)
-    job = Job(w, auth.voucher, burn_job(9_000))
+    spare = w.authorize(100_000)
+    job = Job(w, auth.voucher, burn_job(10_000))
     job.wait_acked()
     sigterm = time.monotonic()
     w.broker.proc.send_signal(signal.SIGTERM)
@@ -148,12 +155,19 @@ def test_sigterm_mid_job_ends_the_stream_and_the_session_resumes_after_restart(w
     assert retry is not None and retry.retry_delay.ToMilliseconds() > 0
     assert w.h.wallet() == before  # nothing was held
 
+    async def redeem_spare():
+        async with aio_channel(w.broker.target) as ch, \
+                stream_rpc_error(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN"):
+            await open_session(ch, w.creds["worker_api_key"], spare.voucher, w.worker_id)
+
+    run(redeem_spare())  # no new metering session either
+
     # The job outlasts the grace period: its stream is ended, the broker exits cleanly.
     assert w.broker.proc.wait(30) == 0
-    assert time.monotonic() - sigterm >= 2
+    assert time.monotonic() - sigterm >= 4
     assert "ending 1 metering stream(s)" in w.broker.log()
     acked = job.acked()[-1]
-    assert acked.charged > 0 and job.running()
+    assert acked.charged > 0
     # On disk: the session is still open, with everything acknowledged before the end.
     ses = open_session_record(w, auth.authorization_id)
     assert ses["state"] == "open" and not ses["stop_reason"]
@@ -170,10 +184,14 @@ def test_sigterm_mid_job_ends_the_stream_and_the_session_resumes_after_restart(w
     assert receipt.outcome == "FINISHED"
     usage = usage_dict(receipt.usage)
     assert usage == usage_dict(result.usage)
-    assert usage["gpu_ms"] >= 8_000  # the work done while the broker was away counts
+    # The work done while the broker was away counts (CPU time: a loaded machine gives
+    # the 10 s job less than 10 s of it).
+    assert usage["gpu_ms"] >= max(5_000, acked.usage.gpu_ms + 1)
     assert receipt.charged == charge_for(usage, DEFAULT_PRICES) >= acked.charged
     assert receipt.held == 1_000_000
     assert w.state(auth.authorization_id).state == SETTLED
+    assert w.state(spare.authorization_id).state == auth_pb.AUTHORIZATION_STATE_HELD
+    w.agent.cancel(spare.authorization_id)
     check_balanced(w, receipt)
     w.check_log_privacy()
 
