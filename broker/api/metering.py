@@ -70,7 +70,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
                           "SESSION_NOT_OPEN")
         session_id = ses["session_id"]
         yield grant(ses)
-        async for message in self._until_shutdown(requests):
+        while (message := await self._next(requests)) is not None:
             # Checked again on every message: a key revoked while its stream is open
             # must stop metering at once, not when the stream ends.
             p = self.s.authenticate(context, "worker")
@@ -85,25 +85,21 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
                 raise invalid("kind", "the session is already open; send usage or finish",
                               "SESSION_ALREADY_OPEN")
 
-    async def _until_shutdown(self, requests):
-        """The stream's messages until its end or the end of the broker's shutdown grace
-        period: then the stream ends with SHUTTING_DOWN, and the session stays open with
-        everything acknowledged so far, for the worker to resume on a broker that is up."""
+    async def _next(self, requests) -> pb.MeterRequest | None:
+        """The stream's next message (None at its end). Once the broker's shutdown grace
+        period is over, SHUTTING_DOWN instead: the session stays open with everything
+        acknowledged so far, for the worker to resume on a broker that is up."""
+        message = asyncio.ensure_future(anext(requests, None))
         ended = asyncio.ensure_future(self.s.streams.ended.wait())
-        message = None
         try:
-            while True:
-                message = asyncio.ensure_future(anext(requests, None))
-                await asyncio.wait((message, ended), return_when=asyncio.FIRST_COMPLETED)
-                if not message.done():
-                    raise shutting_down()
-                if message.result() is None:
-                    return
-                yield message.result()
+            done, _ = await asyncio.wait((message, ended), return_when=asyncio.FIRST_COMPLETED)
         finally:
             ended.cancel()
-            if message is not None:
+            if not message.done():
                 message.cancel()
+        if message not in done:
+            raise shutting_down()
+        return message.result()
 
     async def _report(self, p, session_id: str, report: pb.UsageReport) -> list:
         usage = convert.usage_from_proto(report.usage)

@@ -81,11 +81,16 @@ class Job:
     def acked(self) -> list:
         return [e.usage for e in self.events if e.WhichOneof("kind") == "usage"]
 
-    def wait_acked(self, timeout: float = 20.0) -> None:
+    def wait_acked(self, timeout: float = 30.0) -> None:
+        """Until the broker has acknowledged some usage of the running job."""
         deadline = time.monotonic() + timeout
         while not self.acked():
-            assert time.monotonic() < deadline, "no usage acknowledged"
+            assert self._thread.is_alive(), f"the job ended: {self.kinds()} {self.error}"
+            assert time.monotonic() < deadline, f"no usage acknowledged: {self.kinds()}"
             time.sleep(0.05)
+
+    def kinds(self) -> list[str]:
+        return [e.WhichOneof("kind") for e in self.events]
 
     def stopped(self, timeout: float = 60.0) -> grpc.RpcError:
         """The error the call ended with."""
@@ -123,20 +128,26 @@ def open_session_record(w, authorization_id: str) -> dict:
 
 
 def start_with_grace(w, seconds: float) -> None:
-    """Restart the broker (idle: it exits at once) with this shutdown grace period."""
+    """Restart the broker (idle: it exits at once) with this shutdown grace period, and
+    wait for the worker to be back (its heartbeat reaches the new broker)."""
     w.broker.extra_args = ("--shutdown-grace-seconds", str(seconds))
     w.restart_broker()
+    deadline = time.monotonic() + 30
+    while w.worker_id not in w.worker.offered_ids():
+        assert time.monotonic() < deadline, "the worker did not come back"
+        time.sleep(0.1)
 
 
-def check_balanced(w, receipt) -> None:
+def check_balanced(w, receipt, pending_before: int) -> None:
     assert receipt.charged + receipt.released == receipt.held
     assert receipt.worker_payout + receipt.platform_fee == receipt.charged
-    assert w.h.wallet().pending == 0
+    assert w.h.wallet().pending == pending_before  # no hold of the test left behind
     assert w.violations() == []
 
 
 def test_sigterm_mid_job_ends_the_stream_and_the_session_resumes_after_restart(w):
     start_with_grace(w, 4)
+    pending = w.h.wallet().pending
     auth = w.authorize(1_000_000)
     spare = w.authorize(100_000)
     job = Job(w, auth.voucher, burn_job(10_000))
@@ -177,6 +188,8 @@ def test_sigterm_mid_job_ends_the_stream_and_the_session_resumes_after_restart(w
     # Restarted on the same data dir: the worker resumes the session, the job completes
     # and settles on everything measured, the time the broker was away included.
     w.restart_broker()
+    assert w.state(spare.authorization_id).state == auth_pb.AUTHORIZATION_STATE_HELD
+    w.agent.cancel(spare.authorization_id)
     result = job.result()
     assert result.status == worker_pb.JOB_STATUS_COMPLETED, result.error
     receipt = result.receipt
@@ -184,22 +197,20 @@ def test_sigterm_mid_job_ends_the_stream_and_the_session_resumes_after_restart(w
     assert receipt.outcome == "FINISHED"
     usage = usage_dict(receipt.usage)
     assert usage == usage_dict(result.usage)
-    # The work done while the broker was away counts (CPU time: a loaded machine gives
-    # the 10 s job less than 10 s of it).
-    assert usage["gpu_ms"] >= max(5_000, acked.usage.gpu_ms + 1)
-    assert receipt.charged == charge_for(usage, DEFAULT_PRICES) >= acked.charged
+    # The work done while the broker was away counts.
+    assert usage["gpu_ms"] > ses["usage"]["gpu_ms"]
+    assert receipt.charged == charge_for(usage, DEFAULT_PRICES) > ses["charged"]
     assert receipt.held == 1_000_000
     assert w.state(auth.authorization_id).state == SETTLED
-    assert w.state(spare.authorization_id).state == auth_pb.AUTHORIZATION_STATE_HELD
-    w.agent.cancel(spare.authorization_id)
-    check_balanced(w, receipt)
+    check_balanced(w, receipt, pending)
     w.check_log_privacy()
 
 
 def test_sigint_lets_a_session_finish_within_the_grace_period(w):
     start_with_grace(w, 20)
+    pending = w.h.wallet().pending
     auth = w.authorize(1_000_000)
-    job = Job(w, auth.voucher, burn_job(2_500))
+    job = Job(w, auth.voucher, burn_job(4_000))
     job.wait_acked()
     cuts = w.broker.log().count("grace period over")
     w.broker.proc.send_signal(signal.SIGINT)
@@ -213,7 +224,7 @@ def test_sigint_lets_a_session_finish_within_the_grace_period(w):
     w.restart_broker()
     assert w.state(auth.authorization_id).state == SETTLED
     assert w.agent.get_receipt(auth.authorization_id) == result.receipt
-    check_balanced(w, result.receipt)
+    check_balanced(w, result.receipt, pending)
 
 
 def test_worker_sigterm_settles_a_job_that_outlasts_its_grace_period(w, tmp_path):
@@ -221,6 +232,7 @@ def test_worker_sigterm_settles_a_job_that_outlasts_its_grace_period(w, tmp_path
     worker = WorkerProcess(w.broker.target, tmp_path / "short-grace", creds["worker_api_key"],
                            creds["agent_api_key"], config={"drain_timeout_s": 1.0}).start()
     try:
+        pending = w.h.wallet().pending
         auth = w.authorize(1_000_000, worker_id=worker.worker_id)
         job = Job(w, auth.voucher, burn_job(30_000), target=worker.target)
         job.wait_acked()
@@ -234,7 +246,7 @@ def test_worker_sigterm_settles_a_job_that_outlasts_its_grace_period(w, tmp_path
         assert 0 < usage_dict(receipt.usage)["gpu_ms"] < 30_000
         assert receipt.charged == charge_for(usage_dict(receipt.usage), DEFAULT_PRICES)
         assert worker.worker_id not in worker.offered_ids()
-        check_balanced(w, receipt)
+        check_balanced(w, receipt, pending)
         w.check_log_privacy(worker)
     finally:
         if worker.alive():
