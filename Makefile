@@ -6,8 +6,10 @@ STAMP  := $(VENV)/.installed-stamp
 BUF    := .cache/buf/node_modules/.bin/buf
 DATA   ?= var
 LISTEN ?= 127.0.0.1:50051
+NODE_AGENT := examples/node-agent
+NODE_STAMP := $(NODE_AGENT)/node_modules/.installed-stamp
 
-.PHONY: run demo gpu-check test fuzz crash-test soak lint proto check-stubs breaking clean venv
+.PHONY: run demo demo-node node-deps api-docs gpu-check test fuzz crash-test soak lint proto check-stubs breaking clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +19,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The Node.js agent's packages, exactly as locked (tests run it too).
+$(NODE_STAMP): $(NODE_AGENT)/package.json $(NODE_AGENT)/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix $(NODE_AGENT)
+	touch $@
+
+node-deps: $(NODE_STAMP)
+
 ## run: the broker on $(LISTEN) (LMDB under ./$(DATA), demo data on first run) and a local worker
 run: $(STAMP)
 	$(BIN)/python scripts/run_local.py --data-dir $(DATA) --listen $(LISTEN)
@@ -25,12 +34,16 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo_agent.py --broker $(LISTEN) --credentials $(DATA)/demo-credentials.json
 
+## demo-node: the same purchase from Node.js (examples/node-agent, grpc-js + the .proto files)
+demo-node: $(NODE_STAMP)
+	node $(NODE_AGENT)/agent.js --broker $(LISTEN) --credentials $(DATA)/demo-credentials.json
+
 ## gpu-check: on a machine with an NVIDIA GPU, a real CUDA job through broker and worker
 gpu-check: $(STAMP)
 	$(BIN)/python scripts/gpu_check.py
 
 ## test: stub freshness, then the whole suite
-test: $(STAMP) check-stubs
+test: $(STAMP) $(NODE_STAMP) check-stubs
 	$(BIN)/python -m pytest -q
 
 ## crash-test: SIGKILL a loaded broker 30 times; every acknowledged operation must survive
@@ -48,6 +61,10 @@ fuzz: $(STAMP)
 ## proto: regenerate the Python stubs from protos/
 proto: $(STAMP)
 	$(BIN)/python scripts/protos.py
+
+## api-docs: regenerate docs/api.md from the comments in protos/
+api-docs: $(STAMP)
+	$(BIN)/python scripts/gen_api_docs.py
 
 check-stubs: $(STAMP)
 	$(BIN)/python scripts/protos.py --check

@@ -1,29 +1,45 @@
-"""`broker` command line: init, serve, credentials, audit."""
+"""`broker` command line: init, serve, credentials, audit, config show.
+
+Settings come from defaults < `--config FILE` (TOML) < BROKER_* variables < flags;
+broker/settings.py declares them and docs/operations.md lists them."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
-from .core.config import CoreConfig
+from . import logs
 from .datadir import AlreadyInitialised, DataDir, init
 from .files import write_secret
+from .settings import SCHEMA, Effective, Settings, SettingsError
+
+log = logging.getLogger("broker")
 
 
-def _data_dir(args) -> DataDir:
-    return DataDir(Path(args.data_dir))
+def _data_dir(settings: Settings) -> DataDir:
+    return DataDir(Path(settings.data_dir))
 
 
-def cmd_init(args) -> int:
+def announce(settings: Settings, text: str) -> None:
+    """Tell the person at the terminal; in JSON mode, one log line like everything else."""
+    if settings.log_format == "json":
+        log.info(text.strip())
+    else:
+        print(text, flush=True)
+
+
+def cmd_init(args, effective: Effective[Settings]) -> int:
+    settings = effective.settings
     try:
-        key_id, admin_key = init(_data_dir(args))
+        key_id, admin_key = init(_data_dir(settings))
     except AlreadyInitialised as error:
         print(f"broker init: {error}", file=sys.stderr)
         return 1
-    print(f"initialised {args.data_dir} (voucher signing key {key_id})")
+    print(f"initialised {settings.data_dir} (voucher signing key {key_id})")
     if args.admin_key_file:
         write_secret(Path(args.admin_key_file), admin_key.encode() + b"\n")
         print(f"admin API key written to {args.admin_key_file} (mode 0600)")
@@ -33,49 +49,59 @@ def cmd_init(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
+def daemon_settings(settings: Settings, server_tls=None):
+    """What `serve` hands to the daemon (`server_tls`: broker.tls.load_server's)."""
+    from .daemon import BrokerSettings
+
+    return BrokerSettings(listen=settings.listen,
+                          shutdown_grace_s=settings.shutdown_grace_seconds,
+                          sweep_interval_s=settings.sweep_interval_ms / 1000,
+                          metrics_listen=settings.metrics_listen, tls=server_tls)
+
+
+def cmd_serve(args, effective: Effective[Settings]) -> int:
     from . import demo, tls
-    from .daemon import BrokerSettings, PortInUse, serve
+    from .daemon import PortInUse, serve
+    from .metrics import MetricsListenError
     from .store import DataDirLocked
 
+    settings = effective.settings
     try:
-        server_tls = tls.load_server(args.tls_cert, args.tls_key, args.tls_client_ca)
+        server_tls = tls.load_server(settings.tls_cert, settings.tls_key,
+                                     settings.tls_client_ca)
     except tls.TlsError as error:
-        print(f"broker serve: {error}", file=sys.stderr)
+        log.error("%s", error)
         return 2
-    settings = BrokerSettings(listen=args.listen, tls=server_tls,
-                              shutdown_grace_s=args.shutdown_grace_seconds)
-    data_dir = _data_dir(args)
-    config = CoreConfig(fee_bps=args.fee_bps)
+    data_dir = _data_dir(settings)
+    config = settings.core_config()
     admin_key = ""
     if not data_dir.is_initialised():
         if not args.demo:
-            print(f"broker serve: {data_dir.root} is not initialised; run `broker init` first",
-                  file=sys.stderr)
+            log.error("%s is not initialised; run `broker init` first", data_dir.root)
             return 1
         _, admin_key = init(data_dir)
 
     def on_ready(broker) -> None:
         if args.demo and demo.bootstrap(broker.services.store, data_dir, config, admin_key):
-            print(f"demo owner, wallet and keys written to {data_dir.demo_credentials}")
+            announce(settings, f"demo owner, wallet and keys written to "
+                               f"{data_dir.demo_credentials}")
         if args.demo:
-            print_demo_help(data_dir, args.listen)
-        sys.stdout.flush()
+            announce(settings, demo_help(data_dir, settings.listen))
 
     try:
-        asyncio.run(serve(data_dir, config, settings, on_ready))
-    except DataDirLocked as error:
-        print(f"broker serve: {error}", file=sys.stderr)
+        asyncio.run(serve(data_dir, config, daemon_settings(settings, server_tls), on_ready))
+    except (DataDirLocked, MetricsListenError) as error:
+        log.error("%s", error)
         return 2
     except PortInUse as error:
-        print(f"broker serve: {error}; is another broker running?", file=sys.stderr)
+        log.error("%s; is another broker running?", error)
         return 2
     return 0
 
 
-def print_demo_help(data_dir: DataDir, listen: str) -> None:
+def demo_help(data_dir: DataDir, listen: str) -> str:
     key = f"$(.venv/bin/broker credentials --data-dir {data_dir.root} agent)"
-    print(f"""
+    return f"""
 broker ready on {listen}. Try:
   .venv/bin/grpcurl -plaintext {listen} list
   .venv/bin/grpcurl -plaintext -H "authorization: Bearer {key}" \\
@@ -83,13 +109,13 @@ broker ready on {listen}. Try:
   .venv/bin/grpcurl -plaintext -H "authorization: Bearer {key}" \\
       -d '{{"amount": "250000", "ttl_seconds": 300}}' \\
       {listen} broker.v1.AuthorizationService/Authorize
-""")
+"""
 
 
-def cmd_credentials(args) -> int:
+def cmd_credentials(args, effective: Effective[Settings]) -> int:
     from .demo import load_credentials
 
-    data_dir = _data_dir(args)
+    data_dir = _data_dir(effective.settings)
     if not data_dir.demo_credentials.exists():
         print(f"no demo credentials in {data_dir.root}; start `make run` first", file=sys.stderr)
         return 1
@@ -98,12 +124,12 @@ def cmd_credentials(args) -> int:
     return 0
 
 
-def cmd_audit(args) -> int:
+def cmd_audit(args, effective: Effective[Settings]) -> int:
     from .core import audit
     from .store import DataDirLocked
 
     try:
-        store = _data_dir(args).open_store()
+        store = _data_dir(effective.settings).open_store()
     except DataDirLocked as error:
         print(f"broker audit: {error}; use the GetLedgerSummary RPC on a running broker",
               file=sys.stderr)
@@ -118,45 +144,54 @@ def cmd_audit(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_config_show(args, effective: Effective[Settings]) -> int:
+    print(SCHEMA.show(effective), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broker", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
+    logging_flags = ("log_format", "log_level")
 
     p = sub.add_parser("init", help="create a data directory, signing key and admin key")
-    p.add_argument("--data-dir", default="var")
+    SCHEMA.add_flags(p, "data_dir", *logging_flags)
     p.add_argument("--admin-key-file", help="write the admin key here (mode 0600)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("serve", help="run the broker")
-    p.add_argument("--data-dir", default="var")
-    p.add_argument("--listen", default="127.0.0.1:50051")
-    p.add_argument("--fee-bps", type=int, default=CoreConfig.fee_bps,
-                   help="platform fee in basis points of each charge")
+    SCHEMA.add_flags(p)
     p.add_argument("--demo", action="store_true",
                    help="initialise if needed and create demo owner, wallet and keys")
-    p.add_argument("--tls-cert", help="serve over TLS with this PEM certificate (chain)")
-    p.add_argument("--tls-key", help="the certificate's PEM private key (mode 0600)")
-    p.add_argument("--tls-client-ca", help="require client certificates signed by this PEM "
-                   "CA (mutual TLS)")
-    p.add_argument("--shutdown-grace-seconds", type=float, default=10.0,
-                   help="on SIGTERM/SIGINT, how long open metering sessions get to finish")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("credentials", help="print a demo credential (for grpcurl)")
-    p.add_argument("--data-dir", default="var")
+    SCHEMA.add_flags(p, "data_dir")
     p.add_argument("role", choices=["admin", "owner", "agent", "worker", "owner_id",
                                     "wallet_id", "provider_id"])
     p.set_defaults(func=cmd_credentials)
 
     p = sub.add_parser("audit", help="check every ledger invariant of a stopped broker's data")
-    p.add_argument("--data-dir", default="var")
+    SCHEMA.add_flags(p, "data_dir", *logging_flags)
     p.set_defaults(func=cmd_audit)
 
+    p = sub.add_parser("config", help="inspect the settings")
+    config_sub = p.add_subparsers(dest="config_command", required=True)
+    p = config_sub.add_parser("show", help="print the effective settings as TOML, each with "
+                                           "its source; secrets masked")
+    SCHEMA.add_flags(p)
+    p.set_defaults(func=cmd_config_show)
+
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return args.func(args)
+    try:
+        effective = SCHEMA.load_args(args, os.environ)
+    except SettingsError as error:
+        print(f"broker {args.command}: {error}", file=sys.stderr)
+        return 2
+    logs.configure(effective.settings.log_format, effective.settings.log_level)
+    for warning in effective.warnings:
+        log.warning("%s", warning)
+    return args.func(args, effective)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from .api.admin import AdminServicer
 from .api.authorization import AuthorizationServicer
 from .api.base import Services
+from .api.interceptors import ObservingInterceptor
 from .api.metering import MeteringServicer
 from .api.registry import WorkerRegistryServicer
 from .api.undecodable import UndecodableRequestInterceptor
@@ -24,6 +25,7 @@ from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
 from .keyring import Keyring
+from .metrics import BrokerMetrics, MetricsServer
 from .store.base import Store
 from .tls import ServerTls, add_port
 from .v1 import (
@@ -45,7 +47,6 @@ log = logging.getLogger("broker")
 
 # Requests are small; anything bigger is refused by gRPC with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 64 * 1024
-SWEEP_INTERVAL_S = 0.5
 # At the end of a shutdown, what calls still running get to finish.
 STOP_GRACE_S = 2.0
 
@@ -71,6 +72,8 @@ class BrokerSettings:
     listen: str = "127.0.0.1:50051"
     # On SIGTERM/SIGINT, how long open metering sessions get to finish (see Broker.stop).
     shutdown_grace_s: float = 10.0
+    sweep_interval_s: float = 0.5
+    metrics_listen: str = ""  # host:port of GET /metrics; empty: no endpoint
     tls: ServerTls | None = None  # None: plaintext
 
 
@@ -87,11 +90,14 @@ def expire_holds(services: Services) -> int:
 
 class Broker:
     def __init__(self, store: Store, keyring: Keyring, config: CoreConfig,
-                 settings: BrokerSettings, cache_secret: bytes = b""):
+                 settings: BrokerSettings, cache_secret: bytes = b"",
+                 metrics: BrokerMetrics | None = None):
         self.services = Services(store=store, keyring=keyring, config=config,
                                  liveness=Liveness(config.worker_lease_ms),
                                  cache_secret=cache_secret)
         self.settings = settings
+        self.metrics = metrics or BrokerMetrics()
+        self.metrics_server: MetricsServer | None = None
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task | None = None
@@ -100,10 +106,14 @@ class Broker:
     async def start(self) -> None:
         store = self.services.store
         store.submit_sync(lambda tx: ledger.ensure_platform_accounts(tx, self.services.clock()))
+        self.metrics.watch_ledger(store)
         released = expire_holds(self.services)
         if released:
             log.info("resolved %d holds that timed out while the broker was down", released)
-        self.server = grpc.aio.server(interceptors=[UndecodableRequestInterceptor()], options=[
+        # The observer first: it sees the final status of every call, refused ones too.
+        interceptors = [ObservingInterceptor(self.metrics.rpc, logging.getLogger("broker.rpc")),
+                        UndecodableRequestInterceptor()]
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.so_reuseport", 0),  # a second broker on the same port must fail to bind
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ])
@@ -123,6 +133,10 @@ class Broker:
             raise PortInUse(f"cannot listen on {self.settings.listen}: {error}") from None
         if not self.port:
             raise PortInUse(f"cannot listen on {self.settings.listen} (in use?)")
+        if self.settings.metrics_listen:
+            self.metrics_server = MetricsServer(self.metrics.registry,
+                                                self.settings.metrics_listen)
+            log.info("metrics on %s", self.metrics_server.url)
         await self.server.start()
         for name in ("", *names[:-1]):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -135,7 +149,7 @@ class Broker:
     async def _sweep(self) -> None:
         s = self.services
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 await s.store.submit(lambda tx: metering.expire_due(
                     tx, s.clock(), s.config, s.keyring.signer))
@@ -165,6 +179,8 @@ class Broker:
             self._sweeper.cancel()
         if self.server is not None:
             await self.server.stop(STOP_GRACE_S)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         s.store.close()  # runs every operation already queued, then closes the env
         log.info("stopped")
 
@@ -172,9 +188,11 @@ class Broker:
 async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
                 on_ready=None) -> None:
     store = data_dir.open_store()
+    metrics = BrokerMetrics()
+    store.commit_observer = metrics.observe_commit
     try:
         broker = Broker(store, Keyring(data_dir.voucher_keys), config, settings,
-                        data_dir.cache_secret())
+                        data_dir.cache_secret(), metrics)
         await broker.start()
     except BaseException:
         store.close()

@@ -1,5 +1,6 @@
 """`worker` command line: `worker serve` runs the worker daemon; `worker
-verify-voucher` checks a voucher offline against a broker's published keys."""
+verify-voucher` checks a voucher offline against a broker's published keys; `worker
+config show` prints the effective settings (defaults < --config FILE < WORKER_* < flags)."""
 
 from __future__ import annotations
 
@@ -7,59 +8,58 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 
 import grpc
 
-from broker import tls
+from broker import logs, tls
 from broker.core.errors import BrokerError
+from broker.settings import Effective, SettingsError
 
+from .config import SCHEMA, WorkerConfig
 from .voucher_check import VoucherVerifier, grpc_key_fetcher
 
+log = logging.getLogger("worker")
 
-def cmd_serve(args) -> int:
-    from . import config as worker_config
+
+def cmd_serve(args, effective: Effective[WorkerConfig]) -> int:
     from .daemon import ListenError, serve
 
+    config = effective.settings
     try:
-        config = worker_config.load(args.config, {
-            "broker": args.broker, "listen": args.listen, "api_key_file": args.api_key_file,
-            "state_dir": args.state_dir, "advertise": args.advertise,
-            "drain_timeout_s": args.shutdown_grace_seconds, "tls_cert": args.tls_cert,
-            "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
-            **_broker_tls_options(args)})
-        config.api_key()
-        # Refuse bad TLS files before loading any model.
+        config.read_api_key()
+        # Bad TLS files stop the worker before it loads any model.
         config.server_tls()
         config.broker_tls()
-    except (worker_config.ConfigError, tls.TlsError) as error:
-        print(f"worker serve: {error}", file=sys.stderr)
+    except (SettingsError, tls.TlsError) as error:
+        log.error("%s", error)
         return 2
-
-    def ready(worker_id: str, port: int) -> None:
-        print(f"worker {worker_id} ready on {config.listen}, registered with {config.broker}",
-              flush=True)
 
     try:
-        asyncio.run(serve(config, ready))
+        asyncio.run(serve(config))
     except ListenError as error:
-        print(f"worker serve: {error}; is another worker running?", file=sys.stderr)
+        log.error("%s; is another worker running?", error)
         return 2
     except grpc.aio.AioRpcError as error:
-        print(f"worker serve: the broker refused registration: {error.code().name} "
-              f"{error.details()}", file=sys.stderr)
+        log.error("the broker refused registration: %s %s", error.code().name,
+                  error.details())
         return 2
     return 0
 
 
-def cmd_verify(args) -> int:
+def cmd_config_show(args, effective: Effective[WorkerConfig]) -> int:
+    print(SCHEMA.show(effective), end="")
+    return 0
+
+
+def cmd_verify(args, effective: Effective[WorkerConfig]) -> int:
     try:
-        broker_tls = tls.load_client(args.broker_ca, args.broker_client_cert,
-                                     args.broker_client_key)
+        broker_tls = effective.settings.broker_tls()
     except tls.TlsError as error:
-        print(f"worker verify-voucher: {error}", file=sys.stderr)
+        log.error("%s", error)
         return 2
-    with tls.channel(args.broker, broker_tls) as channel:
+    with tls.channel(effective.settings.broker, broker_tls) as channel:
         verifier = VoucherVerifier(grpc_key_fetcher(channel))
         token = sys.stdin.readline().strip() if args.voucher == "-" else args.voucher
         try:
@@ -71,50 +71,37 @@ def cmd_verify(args) -> int:
     return 0
 
 
-def _broker_tls_options(args) -> dict:
-    return {"broker_ca": args.broker_ca, "broker_client_cert": args.broker_client_cert,
-            "broker_client_key": args.broker_client_key}
-
-
-def _add_broker_tls_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker-ca", help="reach the broker over TLS, verified with this PEM CA")
-    p.add_argument("--broker-client-cert", help="present this PEM certificate to the broker "
-                   "(mutual TLS)")
-    p.add_argument("--broker-client-key", help="the client certificate's PEM private key "
-                   "(mode 0600)")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="worker", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the worker daemon")
-    p.add_argument("--config", help="TOML config file (see worker/config.py)")
-    p.add_argument("--broker", help="broker address, default 127.0.0.1:50051")
-    p.add_argument("--listen", help="address to serve agents on, default 127.0.0.1:50052")
-    p.add_argument("--advertise", help="endpoint to announce to agents, default --listen")
-    p.add_argument("--api-key-file", help="file holding the worker's broker API key")
-    p.add_argument("--state-dir", help="usage key, worker id and result cache; default var/worker")
-    p.add_argument("--shutdown-grace-seconds", type=float, help="on SIGTERM/SIGINT, how long "
-                   "running jobs get to finish; default 30")
-    p.add_argument("--tls-cert", help="serve agents over TLS with this PEM certificate (chain)")
-    p.add_argument("--tls-key", help="the certificate's PEM private key (mode 0600)")
-    p.add_argument("--tls-client-ca", help="require agent certificates signed by this PEM CA "
-                   "(mutual TLS)")
-    _add_broker_tls_flags(p)
+    SCHEMA.add_flags(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("verify-voucher", help="verify a voucher offline and print its claims")
-    p.add_argument("--broker", default="127.0.0.1:50051")
-    _add_broker_tls_flags(p)
+    SCHEMA.add_flags(p, "broker", "broker_ca", "broker_client_cert", "broker_client_key",
+                     "log_format", "log_level")
     p.add_argument("voucher", help="the voucher token, or - to read it from stdin")
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser("config", help="inspect the settings")
+    config_sub = p.add_subparsers(dest="config_command", required=True)
+    p = config_sub.add_parser("show", help="print the effective settings as TOML, each with "
+                                           "its source; secrets masked")
+    SCHEMA.add_flags(p)
+    p.set_defaults(func=cmd_config_show)
+
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return args.func(args)
+    try:
+        effective = SCHEMA.load_args(args, os.environ)
+    except SettingsError as error:
+        print(f"worker {args.command}: {error}", file=sys.stderr)
+        return 2
+    logs.configure(effective.settings.log_format, effective.settings.log_level)
+    for warning in effective.warnings:
+        log.warning("%s", warning)
+    return args.func(args, effective)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Worker settings: one TOML file, overridden by command-line flags.
+"""Worker settings: defaults < one TOML file < WORKER_* variables < flags.
 
     broker = "127.0.0.1:50051"
     listen = "127.0.0.1:50052"
@@ -8,13 +8,24 @@
     report_every_tokens = 64
     max_concurrent_jobs = 1
     handler_modules = ["worker.runtime.example_handlers"]  # handler jobs may call these
-    drain_timeout_s = 30.0                    # on SIGTERM: how long running jobs may finish
-    tls_cert = ""                             # serve agents over TLS: PEM certificate chain
-    tls_key = ""                              # ... and its private key (mode 0600)
-    tls_client_ca = ""                        # require agent certificates from this CA (mTLS)
     broker_ca = ""                            # reach the broker over TLS, verified with this CA
     broker_client_cert = ""                   # present this certificate to the broker (mTLS)
     broker_client_key = ""                    # ... and its private key (mode 0600)
+
+    [tls]                                     # serve agents over TLS
+    cert = ""                                 # PEM certificate chain
+    key = ""                                  # its private key (mode 0600)
+    client_ca = ""                            # require agent certificates from this CA (mTLS)
+
+    [shutdown]
+    grace_seconds = 30.0                      # on SIGTERM: how long running jobs may finish
+
+    [metrics]
+    listen = "127.0.0.1:9465"                 # GET /metrics; "" turns it off
+
+    [log]
+    format = "text"                           # or "json"
+    level = "info"
 
     [prices]                                  # integer micro-credits
     gpu_second_price = 1000
@@ -24,55 +35,99 @@
 
     [checkpoints]                             # extra models: name = checkpoint file
     # my-lm = "/models/my-lm.pt"
+
+Every key, its variable, flag and default: `WorkerConfig` below, and the table in
+docs/operations.md generated from it (`worker config show` prints what is in effect).
 """
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from broker import tls
 from broker.core.money import PRICE_FIELDS
+from broker.settings import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    Schema,
+    SettingsError,
+    grpc_listen,
+    host_port_or_empty,
+    not_empty,
+    setting,
+    tls_problems,
+)
 
 DEFAULT_PRICES = {"gpu_second_price": 1000, "input_tokens_1k_price": 200,
                   "output_tokens_1k_price": 600, "call_price": 50}
 
+def _check_prices(prices: dict[str, int]) -> str | None:
+    bad = sorted(k for k, v in prices.items() if k not in PRICE_FIELDS or v < 0)
+    if bad:
+        return f"prices must be non-negative integers named {', '.join(PRICE_FIELDS)}: {bad}"
+    return None
 
-class ConfigError(Exception):
-    pass
 
-
-@dataclass
+@dataclass(frozen=True)
 class WorkerConfig:
-    broker: str = "127.0.0.1:50051"
-    listen: str = "127.0.0.1:50052"
-    advertise: str = ""
-    api_key_file: str = "var/worker/api-key"
-    state_dir: str = "var/worker"
-    report_every_tokens: int = 64
-    max_concurrent_jobs: int = 1
-    drain_timeout_s: float = 30.0
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    broker_ca: str = ""
-    broker_client_cert: str = ""
-    broker_client_key: str = ""
-    prices: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PRICES))
-    checkpoints: dict[str, str] = field(default_factory=dict)
-    handler_modules: list[str] = field(default_factory=lambda: [
-        "worker.runtime.example_handlers"])
+    broker: str = setting("127.0.0.1:50051", "The broker's gRPC address.", check=not_empty)
+    listen: str = setting("127.0.0.1:50052", "Address agents' Execute calls are served on.",
+                          check=grpc_listen)
+    advertise: str = setting("", "Endpoint announced to agents in the offers; empty: "
+                                 "`listen`.")
+    api_key_file: str = setting("var/worker/api-key", "File holding the worker's broker API "
+                                "key (role worker).", path=True)
+    api_key: str = setting("", "The API key itself, instead of `api_key_file` (e.g. from a "
+                           "secret store through WORKER_API_KEY).", secret=True)
+    state_dir: str = setting("var/worker", "Usage-signing key, worker id and result cache.",
+                             path=True, check=not_empty)
+    report_every_tokens: int = setting(64, "Report usage at least every this many tokens, "
+                                       "besides the broker's interval.", minimum=1)
+    max_concurrent_jobs: int = setting(1, "Jobs run at once; one more is refused with "
+                                       "WORKER_BUSY.", minimum=1)
+    shutdown_grace_seconds: float = setting(
+        30.0, "On SIGTERM, how long running jobs get to finish; then they are cancelled and "
+        "settle what they measured.", key="shutdown.grace_seconds", minimum=0)
+    tls_cert: str = setting("", "PEM certificate chain of the agent-facing server; with "
+                            "`tls.key` turns TLS on.", key="tls.cert", path=True)
+    tls_key: str = setting("", "PEM private key file of `tls.cert` (mode 0600).",
+                           key="tls.key", path=True)
+    tls_client_ca: str = setting("", "PEM CA bundle; when set, agents must present a "
+                                 "certificate it signed (mTLS).", key="tls.client_ca",
+                                 path=True)
+    broker_ca: str = setting("", "PEM CA bundle to verify the broker with; turns TLS on for "
+                             "the link to the broker.", path=True)
+    broker_client_cert: str = setting("", "PEM certificate the worker presents to a broker "
+                                      "that requires mTLS.", path=True)
+    broker_client_key: str = setting("", "PEM private key file of `broker_client_cert` "
+                                     "(mode 0600).", path=True)
+    metrics_listen: str = setting("127.0.0.1:9465", "Address of the Prometheus endpoint "
+                                  "(GET /metrics); empty turns it off.", key="metrics.listen",
+                                  check=host_port_or_empty)
+    log_format: str = setting("text", "Log format on stderr: `text` or `json` (one object "
+                              "per line).", key="log.format", choices=LOG_FORMATS)
+    log_level: str = setting("info", "Least severe level logged: debug, info, warning, "
+                             "error.", key="log.level", choices=LOG_LEVELS)
+    prices: dict[str, int] = setting(dict(DEFAULT_PRICES), "Price sheet in micro-credits "
+                                     "(`[prices]` table; keys left out keep their default).",
+                                     file_only=True, check=_check_prices)
+    checkpoints: dict[str, str] = setting({}, "Extra models: `name = \"checkpoint file\"` "
+                                          "(`[checkpoints]` table).", file_only=True)
+    handler_modules: list[str] = setting(["worker.runtime.example_handlers"], "Modules whose "
+                                         "handlers `handler` jobs may call (comma-separated "
+                                         "in the variable and the flag).")
 
     @property
     def endpoint(self) -> str:
         return self.advertise or self.listen
 
-    def api_key(self) -> str:
+    def read_api_key(self) -> str:
+        if self.api_key:
+            return self.api_key
         path = Path(self.api_key_file)
         if not path.exists():
-            raise ConfigError(f"API key file {path} not found (a key with role worker)")
+            raise SettingsError(f"API key file {path} not found (a key with role worker)")
         return path.read_text().strip()
 
     def server_tls(self) -> tls.ServerTls | None:
@@ -85,23 +140,11 @@ class WorkerConfig:
                                self.broker_client_key)
 
 
-def load(path: str | None, overrides: dict[str, Any]) -> WorkerConfig:
-    values: dict[str, Any] = {}
-    if path:
-        try:
-            values = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(f"cannot read config {path}: {error}") from None
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    known = set(WorkerConfig.__dataclass_fields__)
-    unknown = set(values) - known
-    if unknown:
-        raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
-    config = WorkerConfig(**values)
-    prices = {**DEFAULT_PRICES, **config.prices}
-    bad = [k for k in prices if k not in PRICE_FIELDS or not isinstance(prices[k], int)
-           or prices[k] < 0]
-    if bad:
-        raise ConfigError(f"prices must be non-negative integers named {PRICE_FIELDS}: {bad}")
-    config.prices = prices
-    return config
+def _cross_check(c: WorkerConfig) -> list[str]:
+    problems = tls_problems(c.tls_cert, c.tls_key, c.tls_client_ca)
+    if bool(c.broker_client_cert) != bool(c.broker_client_key):
+        problems.append("broker_client_cert and broker_client_key must be set together")
+    return problems
+
+
+SCHEMA = Schema(WorkerConfig, "WORKER_", _cross_check)

@@ -14,12 +14,15 @@ from grpc_reflection.v1alpha import reflection
 from nacl.signing import SigningKey
 
 from broker import tls
+from broker.api.interceptors import ObservingInterceptor
 from broker.api.undecodable import UndecodableRequestInterceptor
 from broker.files import write_secret
+from broker.metrics import MetricsListenError, MetricsServer
 
 from .config import WorkerConfig
 from .execution import BrokerAccess, JobRunner, WorkerIdentity
 from .meters import make_meter, probe_capabilities
+from .metrics import WorkerMetrics
 from .registration import Registration
 from .result_cache import ResultCache
 from .runtime.engine import BUILTIN_MODEL, Runtime
@@ -49,14 +52,17 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o700)
     usage_key = load_usage_key(state / "usage-key")
-    api_key = config.api_key()
+    api_key = config.read_api_key()
     server_tls, broker_tls = config.server_tls(), config.broker_tls()
     runtime = Runtime(checkpoints=config.checkpoints, handler_modules=config.handler_modules)
     # Build the model now, so no agent pays for loading it.
     await asyncio.to_thread(runtime.load_model, BUILTIN_MODEL)
     capabilities = {**probe_capabilities(), "models": runtime.models()}
+    metrics = WorkerMetrics(capabilities, runtime.device)
 
-    server = grpc.aio.server(interceptors=[UndecodableRequestInterceptor(domain="worker.v1")],
+    interceptors = [ObservingInterceptor(metrics.rpc, logging.getLogger("worker.rpc")),
+                    UndecodableRequestInterceptor(domain="worker.v1")]
+    server = grpc.aio.server(interceptors=interceptors,
                              options=[("grpc.so_reuseport", 0),
                                       ("grpc.max_receive_message_length", 1 << 20)])
     try:
@@ -65,6 +71,13 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
         raise ListenError(f"cannot listen on {config.listen}: {error}") from None
     if not port:
         raise ListenError(f"cannot listen on {config.listen} (in use?)")
+    metrics_server = None
+    if config.metrics_listen:
+        try:
+            metrics_server = MetricsServer(metrics.registry, config.metrics_listen)
+        except MetricsListenError as error:
+            raise ListenError(str(error)) from None
+        log.info("metrics on %s", metrics_server.url)
 
     # Reconnect to a restarted broker within seconds, not gRPC's default 2 minutes.
     options = [("grpc.max_reconnect_backoff_ms", 2000)]
@@ -77,7 +90,7 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     runner = JobRunner(runtime, lambda: make_meter(runtime.device),
                        VoucherVerifier(grpc_key_fetcher(key_channel)).verify,
                        BrokerAccess(channel, api_key, usage_key),
-                       WorkerIdentity(worker_id, capabilities, config.prices), cache,
+                       WorkerIdentity(worker_id, capabilities, config.prices), cache, metrics,
                        config.report_every_tokens)
     servicer = WorkerServicer(runner, config.max_concurrent_jobs, config.handler_modules)
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
@@ -105,8 +118,9 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
 
     log.info("draining: no new jobs")
     await health_servicer.enter_graceful_shutdown()
-    if not await servicer.drain(config.drain_timeout_s):
-        log.warning("jobs still running after %.0f s; cancelling them", config.drain_timeout_s)
+    grace = config.shutdown_grace_seconds
+    if not await servicer.drain(grace):
+        log.warning("jobs still running after %.0f s; cancelling them", grace)
     heartbeats.cancel()
     # Cancels the calls of jobs still running, as if their agents hung up: each job stops
     # and settles what it measured, over the broker link, so that stays open until then.
@@ -118,3 +132,5 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     await channel.close()
     key_channel.close()
     cache.close()
+    if metrics_server is not None:
+        metrics_server.close()

@@ -22,6 +22,7 @@ from broker.v1 import resources_pb2 as res_pb
 from .broker_link import MeteringSession, SessionClosed
 from .metered_job import MeteredJob, usage_event
 from .meters import Meter
+from .metrics import WorkerMetrics
 from .result_cache import ResultCache, cache_key
 from .runtime.jobs import JobFailed, JobSpec
 from .v1 import worker_service_pb2 as pb
@@ -72,7 +73,7 @@ def job_spec(job: pb.Job) -> tuple[JobSpec, dict[str, Any]]:
 class JobRunner:
     def __init__(self, runtime, meter_factory: Callable[[], Meter],
                  verify_voucher: Callable[[str], VoucherClaims], broker: BrokerAccess,
-                 identity: WorkerIdentity, cache: ResultCache | None,
+                 identity: WorkerIdentity, cache: ResultCache | None, metrics: WorkerMetrics,
                  report_every_tokens: int = 64):
         self.runtime = runtime
         self.meter_factory = meter_factory
@@ -80,6 +81,7 @@ class JobRunner:
         self.broker = broker
         self.identity = identity
         self.cache = cache
+        self.metrics = metrics
         self.report_every_tokens = report_every_tokens
 
     async def execute(self, request: pb.ExecuteRequest) -> AsyncIterator[pb.ExecuteResponse]:
@@ -105,8 +107,9 @@ class JobRunner:
             async for event in self._replay(session, cached):
                 yield event
         else:
-            async for event in MeteredJob(self, spec, session, key).run():
-                yield event
+            with self.metrics.running():
+                async for event in MeteredJob(self, spec, session, key).run():
+                    yield event
 
     async def _redeem(self, voucher: str, resource_class: str, model: str) -> MeteringSession:
         b = self.broker
@@ -126,6 +129,8 @@ class JobRunner:
             yield pb.ExecuteResponse(output=pb.JobOutput(text=text, token_ids=token_ids))
         usage = {"calls": 1}
         ack = await session.report(usage)
+        self.metrics.report(acked=True)
+        self.metrics.cache_hit()
         yield usage_event(usage, ack.charged, ack.remaining, "cache")
         receipt = await session.finish(usage)
         yield pb.ExecuteResponse(result=pb.JobResult(

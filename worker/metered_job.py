@@ -157,8 +157,10 @@ class MeteredJob:
         try:
             ack = await self.session.report(usage)
         except SessionClosed as closed:
+            self.r.metrics.report(acked=False)
             await self._reconnect(closed)
             return None
+        self.r.metrics.report(acked=True)
         return usage_event(usage, ack.charged, ack.remaining, self.meter.name)
 
     async def _reconnect(self, closed: SessionClosed) -> None:
@@ -205,8 +207,12 @@ class MeteredJob:
         reading = await asyncio.to_thread(self.meter.stop)
         usage = self.usage(reading.gpu_ms, reading.energy_mj)
         receipt = res_pb.Receipt()
-        if not self.lost_broker:
-            receipt = await self._finish(usage)
+        try:
+            if not self.lost_broker:
+                receipt = await self._finish(usage)
+        finally:
+            outcome = pb.JobStatus.Name(self.status).removeprefix("JOB_STATUS_").lower()
+            self.r.metrics.job_done(outcome, self.meter.name, reading)
         if self.status == pb.JOB_STATUS_COMPLETED and self.cache_key is not None:
             self.r.cache.put(self.cache_key, {"outputs": self.outputs,
                                               "result_json": _json(self.summary)})

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import logging
 import os
 import queue
 import threading
@@ -40,6 +41,8 @@ from broker.store.buffered import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger("broker.store")
 
 LOCK_FILE = "broker.lock"
 DEFAULT_MAX_BATCH = 4096
@@ -213,6 +216,9 @@ class LmdbStore:
             "max_batch_size": 0,
             "commit_seconds": 0.0,
         }
+        # Told about every batch on the writer thread: (ops in it, seconds its commit and
+        # fsync took, committed?). Metrics set it; it must be quick and must not block.
+        self.commit_observer: Callable[[int, float, bool], None] | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders submits against close
         self._closed = False
@@ -321,6 +327,7 @@ class LmdbStore:
         except BaseException as exc:  # nothing of this batch is on disk
             self.stats["failed_commits"] += 1
             self.stats["ops"] += len(batch)
+            self._observe(len(batch), 0.0, False)
             return [(None, exc)] * len(batch)
         stats = self.stats
         stats["commits"] += 1
@@ -328,7 +335,16 @@ class LmdbStore:
         stats["last_batch_size"] = len(batch)
         stats["max_batch_size"] = max(stats["max_batch_size"], len(batch))
         stats["commit_seconds"] += committed - started
+        self._observe(len(batch), committed - started, True)
         return outcomes
+
+    def _observe(self, batch_size: int, seconds: float, committed: bool) -> None:
+        if self.commit_observer is None:
+            return
+        try:
+            self.commit_observer(batch_size, seconds, committed)
+        except Exception:  # a broken metrics hook must not stop the writer
+            log.exception("commit observer failed")
 
     @staticmethod
     def _resolve(batch: list[_Item], outcomes: list[_Outcome]) -> None:

@@ -24,12 +24,15 @@ def free_port() -> int:
 
 
 class BrokerProcess:
-    """`broker serve --demo` in a subprocess; stdout/stderr go to <data dir>.log."""
+    """`broker serve --demo` in a subprocess; stdout/stderr go to <data dir>.log. Its
+    Prometheus endpoint is on a free port (`metrics_url`), not the default 9464."""
 
     def __init__(self, data_dir: Path, port: int | None = None, extra_args: tuple = ()):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.extra_args = extra_args
         self.proc: subprocess.Popen | None = None
         self.log_path = self.data_dir.with_name(self.data_dir.name + ".log")
@@ -38,7 +41,8 @@ class BrokerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(self.data_dir),
-             "--listen", self.target, "--demo", *self.extra_args],
+             "--listen", self.target, "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+             "--demo", *self.extra_args],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + timeout

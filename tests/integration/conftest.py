@@ -423,12 +423,13 @@ class WorkerWorld:
 
 
 @contextlib.contextmanager
-def worker_world(directory, config: dict | None = None):
+def worker_world(directory, config: dict | None = None, *, broker_args: tuple = (),
+                 worker_args: tuple = ()):
     """Start a broker (--demo) and a worker in `directory`; stop both at the end."""
-    broker = BrokerProcess(directory / "broker").start()
+    broker = BrokerProcess(directory / "broker", extra_args=broker_args).start()
     creds = broker.credentials
     worker = WorkerProcess(broker.target, directory / "worker", creds["worker_api_key"],
-                           creds["agent_api_key"], config=config)
+                           creds["agent_api_key"], config=config, extra_args=worker_args)
     try:
         worker.start()
         world = WorkerWorld(broker, worker)

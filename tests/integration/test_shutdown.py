@@ -230,7 +230,8 @@ def test_sigint_lets_a_session_finish_within_the_grace_period(w):
 def test_worker_sigterm_settles_a_job_that_outlasts_its_grace_period(w, tmp_path):
     creds = w.creds
     worker = WorkerProcess(w.broker.target, tmp_path / "short-grace", creds["worker_api_key"],
-                           creds["agent_api_key"], config={"drain_timeout_s": 1.0}).start()
+                           creds["agent_api_key"],
+                           extra_args=("--shutdown-grace-seconds", "1")).start()
     try:
         pending = w.h.wallet().pending
         auth = w.authorize(1_000_000, worker_id=worker.worker_id)

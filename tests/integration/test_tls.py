@@ -330,7 +330,7 @@ def test_bad_tls_files_stop_the_broker_with_one_line(tmp_path, pki):
         (["--tls-cert", cert, "--tls-key", str(encrypted)], "encrypted"),
         (["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", str(not_pem)],
          "holds no PEM certificate"),
-        (["--tls-client-ca", str(pki.ca)], "a client CA alone"),
+        (["--tls-client-ca", str(pki.ca)], "needs tls.cert and tls.key"),
     ]
     for flags, message in cases:
         done = run_cli("-m", "broker.cli", "serve", "--data-dir", str(data_dir), "--demo",
@@ -351,7 +351,7 @@ def test_bad_tls_files_stop_the_worker_with_one_line(tmp_path, pki):
     cases = [
         (["--broker-ca", str(tmp_path / "missing-ca.pem")], "cannot read the CA"),
         (["--broker-ca", str(pki.ca), "--broker-client-cert", str(pki.worker[0])],
-         "needs its private key"),
+         "must be set together"),
         (["--tls-cert", str(pki.server[0]), "--tls-key", str(loose)], "chmod 600"),
     ]
     for flags, message in cases:

@@ -49,14 +49,17 @@ def to_toml(config: dict) -> str:
 class WorkerProcess:
     """`worker serve` against a broker. `start()` returns once the WorkerService reports
     SERVING and the worker is listed in the broker's offers (checked with `offers_key`,
-    an agent or owner key)."""
+    an agent or owner key). Its Prometheus endpoint is on a free port (`metrics_url`)."""
 
     def __init__(self, broker_target: str, state_dir: Path, api_key: str, offers_key: str, *,
-                 port: int | None = None, config: dict | None = None):
+                 port: int | None = None, config: dict | None = None, extra_args: tuple = ()):
         self.broker_target = broker_target
         self.state_dir = Path(state_dir)
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.extra_args = extra_args
         self.offers_key = offers_key
         self.proc: subprocess.Popen | None = None
         self.worker_id = ""
@@ -75,7 +78,8 @@ class WorkerProcess:
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "worker.cli", "serve", "--broker", self.broker_target,
                "--listen", self.target, "--api-key-file", str(self.key_file),
-               "--state-dir", str(self.state_dir)]
+               "--state-dir", str(self.state_dir),
+               "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *self.extra_args]
         if self.config_file is not None:
             cmd += ["--config", str(self.config_file)]
         return cmd

@@ -1,0 +1,181 @@
+"""Prometheus metrics of a broker process (docs/operations.md lists every family).
+
+Each `BrokerMetrics` has its own CollectorRegistry, so several brokers can live in one
+process (tests) without sharing counters. Three sources:
+
+- RPCs: `RpcMetrics`, fed by broker/api/interceptors.py (also used by the worker);
+- the LMDB writer: `observe_commit`, hooked into LmdbStore.commit_observer;
+- the ledger: `LedgerCollector` reads it when scraped (holds and open sessions now;
+  settlements, spend and fees from the journal entries committed since start).
+
+This module and worker/metrics.py are the only ones that import prometheus_client.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .core import stats
+from .settings import split_host_port
+from .store.base import Store
+from .store.buffered import StoreClosed
+
+RPC_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                       30, 60, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+COMMIT_SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                          0.1, 0.25, 0.5, 1)
+
+
+class RpcMetrics:
+    """gRPC server metrics, named as in go-grpc-prometheus so dashboards carry over."""
+
+    def __init__(self, registry: CollectorRegistry):
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self._started = Counter("grpc_server_started", "RPCs started on the server.", labels,
+                                registry=registry)
+        self._handled = Counter("grpc_server_handled",
+                                "RPCs completed on the server, by status code.",
+                                [*labels, "grpc_code"], registry=registry)
+        self._seconds = Histogram("grpc_server_handling_seconds",
+                                  "Time from the start of an RPC to its status (streams: "
+                                  "the whole stream).", labels, buckets=RPC_SECONDS_BUCKETS,
+                                  registry=registry)
+        self._in_flight = Gauge("grpc_server_in_flight", "RPCs running now.", labels,
+                                registry=registry)
+
+    def started(self, kind: str, service: str, method: str) -> None:
+        self._started.labels(kind, service, method).inc()
+        self._in_flight.labels(kind, service, method).inc()
+
+    def handled(self, kind: str, service: str, method: str, code: str, seconds: float) -> None:
+        self._in_flight.labels(kind, service, method).dec()
+        self._handled.labels(kind, service, method, code).inc()
+        self._seconds.labels(kind, service, method).observe(seconds)
+
+
+class LedgerCollector(Collector):
+    """Ledger figures, read when scraped (one read snapshot per scrape)."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._lock = threading.Lock()  # scrapes may overlap
+        self._tally = stats.Tally(seq=store.read(stats.journal_head))
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            try:
+                while self._store.read(self._tally.catch_up):
+                    pass
+                holds = self._store.read(stats.holds)
+            except StoreClosed:  # shutting down
+                return
+            t = self._tally
+            yield _gauge("broker_holds_pending", "Holds (authorizations) not yet resolved.",
+                         holds.pending)
+            yield _gauge("broker_holds_pending_amount",
+                         "Micro-credits on hold in pending authorizations.", holds.amount)
+            yield _gauge("broker_metering_sessions_open",
+                         "Metering sessions redeemed and not yet settled.", holds.open_sessions)
+            settlements = CounterMetricFamily(
+                "broker_settlements", "Settled metering sessions since the broker started, by "
+                "outcome (finished, stopped, hold_expired).", labels=["outcome"])
+            for outcome, count in sorted(t.settlements.items()):
+                settlements.add_metric([outcome], count)
+            yield settlements
+            yield _counter("broker_spend", "Micro-credits charged to agents at settlement "
+                           "since the broker started.", t.charged)
+            yield _counter("broker_worker_payouts", "Micro-credits paid to workers' providers "
+                           "at settlement since the broker started.", t.payouts)
+            yield _counter("broker_platform_fees", "Micro-credits of platform fees at "
+                           "settlement since the broker started.", t.fees)
+            yield _counter("broker_authorized_amount", "Micro-credits put on hold by "
+                           "authorizations since the broker started.", t.authorized)
+            events = CounterMetricFamily(
+                "broker_journal_entries", "Journal entries (committed state changes) since "
+                "the broker started, by kind.", labels=["kind"])
+            for kind, count in sorted(t.events.items()):
+                events.add_metric([kind], count)
+            yield events
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+_live: weakref.WeakSet[BrokerMetrics] = weakref.WeakSet()
+
+
+class BrokerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rpc = RpcMetrics(self.registry)
+        self._batch = Histogram("broker_ledger_commit_batch_size",
+                                "Operations per LMDB write transaction (group commit).",
+                                buckets=BATCH_BUCKETS, registry=self.registry)
+        self._commit = Histogram("broker_ledger_commit_seconds",
+                                 "Time to commit one batch, fsync included.",
+                                 buckets=COMMIT_SECONDS_BUCKETS, registry=self.registry)
+        self._failed = Counter("broker_ledger_commit_failures",
+                               "Batches whose commit failed (none of their operations "
+                               "took effect).", registry=self.registry)
+        self._alerts = Counter("broker_alerts", "Alerts raised, by kind.", ["kind"],
+                               registry=self.registry)
+        _live.add(self)
+
+    def observe_commit(self, batch_size: int, seconds: float, committed: bool) -> None:
+        """LmdbStore.commit_observer (runs on the writer thread)."""
+        self._batch.observe(batch_size)
+        if committed:
+            self._commit.observe(seconds)
+        else:
+            self._failed.inc()
+
+    def watch_ledger(self, store: Store) -> None:
+        self.registry.register(LedgerCollector(store))
+
+    def alert(self, kind: str) -> None:
+        self._alerts.labels(kind).inc()
+
+
+def alert(kind: str) -> None:
+    """Count an alert of `kind` (e.g. "spend_threshold") in broker_alerts_total.
+
+    A plain function so that any adapter can call it after the alert is committed;
+    it counts in every BrokerMetrics of this process (one, outside tests)."""
+    for metrics in list(_live):
+        metrics.alert(kind)
+
+
+class MetricsServer:
+    """GET /metrics over HTTP on `listen` (host:port; port 0 picks a free one)."""
+
+    def __init__(self, registry: CollectorRegistry, listen: str):
+        host, port = split_host_port(listen)
+        try:
+            self._server, self._thread = start_http_server(port, host, registry)
+        except OSError as error:
+            raise MetricsListenError(
+                f"cannot serve metrics on {listen}: {error.strerror or error}; set "
+                "metrics.listen to another address, or to \"\" to turn the endpoint off"
+            ) from None
+        self.port = self._server.server_port
+        self.url = f"http://{listen.rpartition(':')[0]}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class MetricsListenError(Exception):
+    pass

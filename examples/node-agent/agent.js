@@ -1,0 +1,254 @@
+#!/usr/bin/env node
+'use strict';
+// An agent in Node.js that buys one `generate` job, loading the broker's .proto files
+// at run time (no generated code): discover the offers, authorize a hold and get a
+// voucher, execute the job on the worker with that voucher, fetch and check the
+// signed receipt, read the wallet's balance. Exits 1 on any failure, with the gRPC
+// code and the ErrorInfo reason.
+//
+//   node agent.js [--broker 127.0.0.1:50051] [--credentials var/demo-credentials.json]
+//                 [--amount 200000] [--tokens 24] [--prompt TEXT] [--timeout 60]
+
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const path = require('node:path');
+const { parseArgs } = require('node:util');
+
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const { describeError } = require('./status');
+
+const PROTO_FILES = [
+  'broker/v1/worker_registry_service.proto',
+  'broker/v1/authorization_service.proto',
+  'broker/v1/wallet_service.proto',
+  'broker/v1/voucher_key_service.proto',
+  'worker/v1/worker_service.proto',
+];
+// Raw Ed25519 public keys (as ListVoucherKeys returns them) become SPKI DER with this prefix.
+const ED25519_SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
+
+class AgentError extends Error {}
+
+function options() {
+  const { values } = parseArgs({
+    options: {
+      broker: { type: 'string', default: '127.0.0.1:50051' },
+      credentials: { type: 'string', default: 'var/demo-credentials.json' },
+      protos: { type: 'string', default: path.resolve(__dirname, '..', '..', 'protos') },
+      model: { type: 'string', default: 'tiny-lm' },
+      prompt: { type: 'string', default: 'The cheapest GPU is ' },
+      tokens: { type: 'string', default: '24' },
+      amount: { type: 'string', default: '200000' },
+      timeout: { type: 'string', default: '60' },
+    },
+  });
+  for (const name of ['tokens', 'amount', 'timeout']) {
+    if (!/^[1-9][0-9]*$/.test(values[name])) {
+      throw new AgentError(`--${name} must be a positive integer, not ${values[name]}`);
+    }
+  }
+  return values;
+}
+
+function loadApi(protosDir) {
+  // keepCase: field names as in the .proto; int64 as decimal strings (no precision loss);
+  // oneofs: `event.kind` names the member that is set.
+  const definition = protoLoader.loadSync(PROTO_FILES, {
+    includeDirs: [protosDir], keepCase: true, longs: String, enums: String,
+    defaults: true, oneofs: true,
+  });
+  return grpc.loadPackageDefinition(definition);
+}
+
+/** Promise-returning unary call; the error names the method that failed. */
+function unary(client, method, request, metadata, deadline) {
+  return new Promise((resolve, reject) => {
+    client[method](request, metadata, { deadline }, (error, reply) => {
+      if (error) {
+        error.method = method;
+        reject(error);
+      } else {
+        resolve(reply);
+      }
+    });
+  });
+}
+
+const balanceText = (b) => `posted ${b.posted}, pending ${b.pending}, available ${b.available}`;
+const timeText = (t) => new Date(Number(t.seconds) * 1000 + t.nanos / 1e6).toISOString();
+
+/** Authorize, retried on UNAVAILABLE with the same request_id (AIP-155): at most one hold. */
+async function authorize(auths, request, metadata, deadline) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return (await unary(auths, 'Authorize', request, metadata, deadline)).authorization;
+    } catch (error) {
+      if (error.code !== grpc.status.UNAVAILABLE || attempt === 3) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 200 * attempt));
+    }
+  }
+}
+
+/** Runs the job on the worker, printing tokens as they stream; returns the last events. */
+function execute(worker, request, deadline) {
+  return new Promise((resolve, reject) => {
+    const seen = { accepted: null, usage: null, usageReports: 0, result: null };
+    const call = worker.Execute(request, { deadline });
+    call.on('data', (event) => {
+      switch (event.kind) {
+        case 'accepted':
+          seen.accepted = event.accepted;
+          console.log(`job ${event.accepted.job_id} accepted: budget ${event.accepted.budget},` +
+            ` meter ${event.accepted.meter}`);
+          process.stdout.write(request.job.generate.prompt);
+          break;
+        case 'output':
+          process.stdout.write(event.output.text);
+          break;
+        case 'usage':
+          seen.usage = event.usage;
+          seen.usageReports += 1;
+          break;
+        case 'result':
+          seen.result = event.result;
+          break;
+        default:
+          break; // an event kind newer than these protos: nothing to show
+      }
+    });
+    call.on('error', (error) => {
+      error.method = 'Execute';
+      reject(error);
+    });
+    call.on('end', () => {
+      process.stdout.write('\n');
+      resolve(seen);
+    });
+  });
+}
+
+/** The receipt adds up and carries a valid signature by one of the broker's keys. */
+function checkReceipt(receipt, keys) {
+  const n = (v) => BigInt(v);
+  if (n(receipt.charged) + n(receipt.released) !== n(receipt.held) ||
+      n(receipt.worker_payout) + n(receipt.platform_fee) !== n(receipt.charged)) {
+    throw new AgentError(`receipt ${receipt.receipt_id} does not add up`);
+  }
+  const key = keys.find((k) => k.key_id === receipt.key_id);
+  if (!key) throw new AgentError(`receipt signed with unknown key ${receipt.key_id}`);
+  const publicKey = crypto.createPublicKey({
+    key: Buffer.concat([ED25519_SPKI_PREFIX, key.public_key]), format: 'der', type: 'spki',
+  });
+  if (!crypto.verify(null, receipt.signed_payload, publicKey, receipt.signature)) {
+    throw new AgentError(`receipt ${receipt.receipt_id} has a bad signature`);
+  }
+  return key.key_id;
+}
+
+async function run(opts) {
+  const credentials = JSON.parse(fs.readFileSync(opts.credentials, 'utf8'));
+  if (!credentials.agent_api_key) {
+    throw new AgentError(`${opts.credentials} has no agent_api_key`);
+  }
+  const api = loadApi(opts.protos);
+  const deadline = Date.now() + Number(opts.timeout) * 1000;
+  const metadata = new grpc.Metadata();
+  metadata.add('authorization', `Bearer ${credentials.agent_api_key}`);
+  const insecure = grpc.credentials.createInsecure();
+  const broker = {
+    registry: new api.broker.v1.WorkerRegistryService(opts.broker, insecure),
+    auths: new api.broker.v1.AuthorizationService(opts.broker, insecure),
+    wallets: new api.broker.v1.WalletService(opts.broker, insecure),
+    keys: new api.broker.v1.VoucherKeyService(opts.broker, insecure),
+  };
+  let worker = null;
+  try {
+    const before = await unary(broker.wallets, 'GetBalance', {}, metadata, deadline);
+    console.log(`wallet ${before.account_id} before: ${balanceText(before.balance)}`);
+
+    // 1. Discover: live workers serving the model, cheapest first.
+    const { offers } = await unary(broker.registry, 'ListOffers', { model: opts.model },
+      metadata, deadline);
+    if (offers.length === 0) throw new AgentError(`no live worker offers ${opts.model}`);
+    const offer = offers[0];
+    const p = offer.prices;
+    console.log(`offer: worker ${offer.worker_id} at ${offer.endpoint}` +
+      ` (${offer.capabilities.resource_class}): ${p.gpu_second_price}/GPU-s,` +
+      ` ${p.input_tokens_1k_price}/1k in, ${p.output_tokens_1k_price}/1k out,` +
+      ` ${p.call_price}/call`);
+
+    // 2. Authorize: a hold on the wallet and a voucher pinned to that worker.
+    const auth = await authorize(broker.auths, {
+      request_id: crypto.randomUUID(), amount: opts.amount, ttl_seconds: 300,
+      scope: { model: opts.model, worker_id: offer.worker_id },
+    }, metadata, deadline);
+    console.log(`authorized ${auth.amount}: ${auth.authorization_id},` +
+      ` expires ${timeText(auth.expire_time)}`);
+
+    // 3. Execute on the worker: the voucher is the credential, no API key.
+    worker = new api.worker.v1.WorkerService(offer.endpoint, insecure);
+    const job = { generate: { model: opts.model, prompt: opts.prompt,
+      max_new_tokens: Number(opts.tokens) } };
+    const seen = await execute(worker, { voucher: auth.voucher, job }, deadline);
+    if (!seen.accepted || !seen.result) {
+      throw new AgentError('the worker ended the stream without a result');
+    }
+    const { result } = seen;
+    const u = result.usage;
+    console.log(`job ${result.status}: ${u.input_tokens} tokens in, ${u.output_tokens} out,` +
+      ` ${u.gpu_ms} ms compute, ${u.calls} call (${seen.usageReports} usage reports)`);
+    if (result.status !== 'JOB_STATUS_COMPLETED' && result.status !== 'JOB_STATUS_STOPPED') {
+      throw new AgentError(`the job did not complete: ${result.status} ${result.error}`);
+    }
+
+    // 4. Receipt: from the broker, checked against its published keys.
+    const { receipt } = await unary(broker.auths, 'GetReceipt',
+      { authorization_id: auth.authorization_id }, metadata, deadline);
+    if (result.receipt && result.receipt.receipt_id !== receipt.receipt_id) {
+      throw new AgentError(`the worker's receipt ${result.receipt.receipt_id} is not the` +
+        ` broker's ${receipt.receipt_id}`);
+    }
+    const { keys } = await unary(broker.keys, 'ListVoucherKeys', {}, new grpc.Metadata(),
+      deadline);
+    const keyId = checkReceipt(receipt, keys);
+    console.log(`receipt ${receipt.receipt_id}: held ${receipt.held}, charged ${receipt.charged}` +
+      ` (worker ${receipt.worker_payout} + fee ${receipt.platform_fee}),` +
+      ` released ${receipt.released}, outcome ${receipt.outcome}`);
+    console.log(`receipt signature verified with broker key ${keyId}`);
+
+    // 5. Balance: the hold is resolved and the wallet refilled to its target.
+    const after = await unary(broker.wallets, 'GetBalance', {}, metadata, deadline);
+    console.log(`wallet ${after.account_id} after: ${balanceText(after.balance)}`);
+  } finally {
+    for (const client of [...Object.values(broker), worker]) if (client) client.close();
+  }
+}
+
+async function main() {
+  let opts;
+  try {
+    opts = options();
+  } catch (error) {
+    console.error(`node-agent: ${error.message}`);
+    return 2;
+  }
+  // Deadlines bound every call; this also catches anything else that hangs.
+  setTimeout(() => {
+    console.error(`node-agent: timed out after ${opts.timeout} s`);
+    process.exit(1);
+  }, Number(opts.timeout) * 1000 + 5000).unref();
+  try {
+    await run(opts);
+    return 0;
+  } catch (error) {
+    const where = error.method ? `${error.method} failed: ` : '';
+    const [first, ...rest] = describeError(error);
+    console.error(`node-agent: ${where}${first}`);
+    for (const line of rest) console.error(`  ${line}`);
+    return 1;
+  }
+}
+
+main().then((code) => { process.exitCode = code; });
