@@ -16,11 +16,12 @@ from .api.authorization import AuthorizationServicer
 from .api.base import Services
 from .api.interceptors import ObservingInterceptor
 from .api.metering import MeteringServicer
+from .api.policy import PolicyServicer
 from .api.registry import WorkerRegistryServicer
 from .api.undecodable import UndecodableRequestInterceptor
 from .api.voucher_keys import VoucherKeyServicer
 from .api.wallet import WalletServicer
-from .core import idempotency, ledger, metering
+from .core import alerts, audit, idempotency, ledger, metering, sweeps
 from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
@@ -35,6 +36,8 @@ from .v1 import (
     authorization_service_pb2_grpc,
     metering_service_pb2,
     metering_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
     voucher_key_service_pb2,
     voucher_key_service_pb2_grpc,
     wallet_service_pb2,
@@ -55,6 +58,7 @@ SERVICES = (
     (authorization_service_pb2, "AuthorizationService", authorization_service_pb2_grpc,
      AuthorizationServicer),
     (metering_service_pb2, "MeteringService", metering_service_pb2_grpc, MeteringServicer),
+    (policy_service_pb2, "PolicyService", policy_service_pb2_grpc, PolicyServicer),
     (voucher_key_service_pb2, "VoucherKeyService", voucher_key_service_pb2_grpc,
      VoucherKeyServicer),
     (wallet_service_pb2, "WalletService", wallet_service_pb2_grpc, WalletServicer),
@@ -74,11 +78,17 @@ class BrokerSettings:
     shutdown_grace_s: float = 10.0
     sweep_interval_s: float = 0.5
     metrics_listen: str = ""  # host:port of GET /metrics; empty: no endpoint
+    # How often the daemon audits the ledger and the journal (0: never).
+    audit_interval_s: float = 300.0
     tls: ServerTls | None = None  # None: plaintext
 
 
 def expire_holds(services: Services) -> int:
-    """Resolve every hold that is due (blocking; for start-up)."""
+    """Resolve every hold that is due (blocking; for start-up). Approvals that timed out
+    are denied first, so that their reservations are released as denials."""
+    while services.store.submit_sync(lambda tx: sweeps.run(
+            tx, services.clock(), services.config, services.keyring.signer)):
+        pass
     total = 0
     while True:
         done = services.store.submit_sync(lambda tx: metering.expire_due(
@@ -101,6 +111,8 @@ class Broker:
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task | None = None
+        self._auditor: asyncio.Task | None = None
+        self._alerts_counted = 0  # alert seq up to which broker_alerts_total has counted
         self.port = 0
 
     async def start(self) -> None:
@@ -140,7 +152,10 @@ class Broker:
         await self.server.start()
         for name in ("", *names[:-1]):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._alerts_counted = store.read(alerts.last_seq)
         self._sweeper = asyncio.create_task(self._sweep())
+        if self.settings.audit_interval_s:
+            self._auditor = asyncio.create_task(self._audit())
         tls = self.settings.tls
         log.info("broker listening on %s (%s)", self.settings.listen,
                  "plaintext" if tls is None else
@@ -151,11 +166,46 @@ class Broker:
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
+                if await s.store.submit(lambda tx: sweeps.run(
+                        tx, s.clock(), s.config, s.keyring.signer)):
+                    s.changes.notify()
                 await s.store.submit(lambda tx: metering.expire_due(
                     tx, s.clock(), s.config, s.keyring.signer))
                 await s.store.submit(lambda tx: idempotency.prune(tx, s.clock()))
+                self._count_alerts()
             except Exception:
                 log.exception("expiry sweep failed; retrying")
+
+    def _count_alerts(self) -> None:
+        """broker_alerts_total{kind}: alerts are committed by many operations (authorize,
+        settle, sweeps, the audit); count the ones raised since the last look."""
+        raised = self.services.store.read(lambda tx: alerts.raised_after(
+            tx, self._alerts_counted))
+        for alert in raised:
+            self.metrics.alert(alert["kind"])
+        if raised:
+            self._alerts_counted = raised[-1]["seq"]
+
+    async def _audit(self) -> None:
+        """The periodic audit: problems are logged and raised as an AUDIT_FAILED alert
+        (once per distinct set of problems)."""
+        s, reported = self.services, None
+        while True:
+            await asyncio.sleep(self.settings.audit_interval_s)
+            try:
+                problems = await asyncio.to_thread(s.store.read, audit.check)
+                for problem in problems:
+                    log.error("audit: %s", problem)
+                if problems and problems != reported:
+                    count = len(problems)
+                    message = f"{count} problem(s): " + "; ".join(problems[:5])[:900]
+                    await s.store.submit(lambda tx, m=message, n=count: (
+                        alerts.raise_alert(tx, "audit_failed", "", "", m, s.clock(), {},
+                                           observed=n)))
+                    s.changes.notify()
+                reported = problems
+            except Exception:
+                log.exception("periodic audit failed; retrying")
 
     async def stop(self) -> None:
         """Graceful: NOT_SERVING and no new authorizations or sessions at once; open
@@ -175,8 +225,9 @@ class Broker:
                      "open, to be resumed", s.streams.count)
             s.streams.ended.set()
             await s.streams.wait_idle(STOP_GRACE_S)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._auditor):
+            if task is not None:
+                task.cancel()
         if self.server is not None:
             await self.server.stop(STOP_GRACE_S)
         if self.metrics_server is not None:

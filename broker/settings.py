@@ -424,6 +424,10 @@ class Settings:
     shutdown_grace_seconds: float = setting(
         10.0, "On SIGTERM, how long running calls and metering sessions get to finish.",
         key="shutdown.grace_seconds", minimum=0)
+    audit_interval_seconds: float = setting(
+        300.0, "How often the daemon audits every ledger invariant and the journal's hash "
+        "chain (problems are logged and raised as an AUDIT_FAILED alert); 0 turns it off.",
+        key="audit.interval_seconds", minimum=0)
 
     def core_config(self) -> CoreConfig:
         return CoreConfig(**{f.name: getattr(self, f.name)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..core import authorizations
+from ..core import authorizations, policy
+from ..core.errors import BrokerError
 from ..v1 import authorization_service_pb2 as pb
 from ..v1 import authorization_service_pb2_grpc as pb_grpc
 from . import convert
@@ -22,12 +23,28 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         key_id = self.s.keyring.active_id
         scope = convert.scope_from_proto(request.scope)
         cache_secret = self.s.cache_secret if request.cache_results else b""
-        result = await self.s.mutate(p, "Authorize", request, lambda tx, now: (
-            authorizations.authorize(tx, p, request.amount, scope, request.ttl_seconds, now,
-                                     self.s.config, key_id,
-                                     cache_secret=cache_secret)))
-        signer = self.s.keyring.signer_for(result["voucher_key_id"])
-        token = authorizations.voucher_token(result, signer)
+        try:
+            result = await self.s.mutate(p, "Authorize", request, lambda tx, now: (
+                authorizations.authorize(tx, p, request.amount, scope, request.ttl_seconds, now,
+                                         self.s.config, key_id,
+                                         cache_secret=cache_secret)))
+        except BrokerError as error:
+            reason = error.reason
+            if reason in policy.COUNTED_DENIALS:  # runs of denials raise alerts
+                await self.s.store.submit(lambda tx: policy.record_denial(
+                    tx, p, reason, self.s.clock()))
+                self.s.changes.notify()
+            raise
+        self.s.changes.notify()
+        if result["state"] == authorizations.PENDING_APPROVAL:
+            # A retry of a request that waited for approval gets its state now (and the
+            # voucher, once approved): agents may poll this way too.
+            result = self.s.store.read(lambda tx: tx.get("authorizations",
+                                                         result["authorization_id"]))
+        token = ""
+        if authorizations.has_voucher(result):
+            signer = self.s.keyring.signer_for(result["voucher_key_id"])
+            token = authorizations.voucher_token(result, signer)
         return pb.AuthorizeResponse(authorization=convert.authorization(result, voucher=token))
 
     @unary

@@ -15,7 +15,7 @@ import grpc
 from google.protobuf.message import Message
 
 from ..clock import now_ms
-from ..core import access, idempotency
+from ..core import access, idempotency, rate_limits
 from ..core.access import Principal
 from ..core.config import CoreConfig
 from ..core.errors import BrokerError, Code
@@ -23,6 +23,7 @@ from ..core.registry import Liveness
 from ..keyring import Keyring
 from ..store.base import Record, Store, Tx
 from .errors import to_status
+from .watch import Changes
 
 log = logging.getLogger("broker.api")
 
@@ -76,11 +77,17 @@ class Services:
     # Set on shutdown: new authorizations and sessions are refused with UNAVAILABLE.
     draining: bool = False
     streams: MeteringStreams = field(default_factory=MeteringStreams)
+    # Spend controls: request rate per agent key (in memory), and watch stream wake-ups.
+    limiter: rate_limits.RequestLimiter = field(default_factory=rate_limits.RequestLimiter)
+    changes: Changes = field(default_factory=Changes)
 
     def authenticate(self, context: grpc.aio.ServicerContext, *roles: str) -> Principal:
         secret = _bearer(context.invocation_metadata() or ())
         principal = self.store.read(lambda tx: access.authenticate(tx, secret))
         access.require_role(principal, *roles)
+        if principal.role == "agent":
+            rate = self.store.read(lambda tx: rate_limits.request_rate(tx, principal))
+            self.limiter.admit(principal.key_id, rate, self.clock())
         return principal
 
     async def mutate(self, principal: Principal, method: str, request: Message,

@@ -18,7 +18,9 @@ AUTH_STATES = {"held": auth_pb.AUTHORIZATION_STATE_HELD,
                "redeemed": auth_pb.AUTHORIZATION_STATE_REDEEMED,
                "settled": auth_pb.AUTHORIZATION_STATE_SETTLED,
                "cancelled": auth_pb.AUTHORIZATION_STATE_CANCELLED,
-               "expired": auth_pb.AUTHORIZATION_STATE_EXPIRED}
+               "expired": auth_pb.AUTHORIZATION_STATE_EXPIRED,
+               "pending_approval": auth_pb.AUTHORIZATION_STATE_PENDING_APPROVAL,
+               "denied": auth_pb.AUTHORIZATION_STATE_DENIED}
 TRANSFER_KINDS = {"posted": wallet_pb.TRANSFER_KIND_POSTED,
                   "pending": wallet_pb.TRANSFER_KIND_PENDING,
                   "post_pending": wallet_pb.TRANSFER_KIND_POST_PENDING,

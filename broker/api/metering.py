@@ -7,7 +7,7 @@ import logging
 
 import grpc
 
-from ..core import metering, session, validate, vouchers
+from ..core import killswitch, metering, session, validate, vouchers
 from ..core.errors import BrokerError, invalid
 from ..store.base import Record
 from ..v1 import metering_service_pb2 as pb
@@ -19,7 +19,8 @@ from .errors import to_status
 log = logging.getLogger("broker.metering")
 
 STOP_REASONS = {session.BUDGET_EXHAUSTED: pb.STOP_REASON_BUDGET_EXHAUSTED,
-                session.HOLD_EXPIRING: pb.STOP_REASON_HOLD_EXPIRING}
+                session.HOLD_EXPIRING: pb.STOP_REASON_HOLD_EXPIRING,
+                killswitch.REVOKED: pb.STOP_REASON_REVOKED}
 
 
 def grant(ses: Record) -> pb.MeterResponse:

@@ -97,3 +97,11 @@ def can_see_owner(principal: Principal, owner_id: str) -> bool:
     if principal.role == "admin" or (principal.role == "auditor" and not principal.owner_id):
         return True
     return principal.owner_id == owner_id
+
+
+def require_global_reader(principal: Principal, what: str) -> None:
+    """Raw billing data (the journal, ledger-wide audits) is for admins and for auditors
+    bound to no owner: it names every tenant's ids and amounts."""
+    require_role(principal, "admin", "auditor")
+    if principal.owner_id:
+        raise denied(f"{what} needs an admin or a global auditor key", "ROLE_NOT_ALLOWED")

@@ -1,13 +1,16 @@
 """Ledger invariants (DESIGN.md section 2), checked on any Tx: by tests after every
-step, by the GetLedgerSummary RPC, and by an offline audit of a data directory."""
+step, by the GetLedgerSummary and Audit RPCs, by the daemon's periodic audit, and by
+an offline audit of a data directory (`broker audit`). Each problem names exactly
+what is wrong: the account, hold, receipt, counter or journal entry."""
 
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 
-from ..store.base import Tx
-from . import journal, ledger
-from .authorizations import SETTLED
+from ..store.base import Record, Tx
+from . import journal, ledger, pages, spend, validate
+from .authorizations import SETTLED, has_voucher
 
 BALANCE_FIELDS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 
@@ -82,6 +85,7 @@ def check(tx: Tx) -> list[str]:
 
     redemptions = Counter(s["voucher_id"] for _, s in tx.scan("sessions"))
     problems += [f"voucher {v} redeemed {n} times" for v, n in redemptions.items() if n > 1]
+    counted: Counter = Counter()  # spend counters recomputed from the authorizations
     for auth_id, auth in tx.scan("authorizations"):
         if auth["charged"] > auth["amount"]:
             problems.append(f"authorization {auth_id} charged {auth['charged']} "
@@ -90,9 +94,101 @@ def check(tx: Tx) -> list[str]:
             receipt = tx.get("receipts", auth["receipt_id"])
             if receipt is None or receipt["charged"] != auth["charged"]:
                 problems.append(f"authorization {auth_id} has no matching receipt")
+        if not has_voucher(auth) and tx.get("vouchers", auth["voucher_id"]) is not None:
+            problems.append(f"authorization {auth_id} is {auth['state']} but has a voucher")
+        for period, bucket in spend.buckets(auth["create_ms"]).items():
+            counted[f"{auth['wallet_id']}/{period}/{bucket}"] += spend.contribution(auth)
+    for key, row in tx.scan("spend_totals"):
+        if row["amount"] != counted.pop(key, 0):
+            problems.append(f"spend counter {key} is {row['amount']}, the authorizations "
+                            f"say {counted.get(key, 0) or 'less'}")
+    problems += [f"spend counter {key} is missing ({n} spent)"
+                 for key, n in counted.items() if n]
     for receipt_id, receipt in tx.scan("receipts"):
         if receipt["worker_payout"] + receipt["platform_fee"] != receipt["charged"]:
             problems.append(f"receipt {receipt_id}: payout + fee != charged")
         if receipt["charged"] + receipt["released"] != receipt["held"]:
             problems.append(f"receipt {receipt_id}: charged + released != held")
-    return problems + journal.verify_tx(tx)
+    return problems + _refund_problems(tx) + check_journal(tx)
+
+
+def _refund_problems(tx: Tx) -> list[str]:
+    problems = []
+    sums: dict[str, Counter] = {}
+    for refund_id, refund in tx.scan("refunds"):
+        if refund["provider_refund"] + refund["fee_refund"] != refund["amount"]:
+            problems.append(f"refund {refund_id}: provider + fee shares != amount")
+        total = sums.setdefault(refund["receipt_id"], Counter())
+        total.update(amount=refund["amount"], provider=refund["provider_refund"],
+                     fee=refund["fee_refund"])
+    for receipt_id, total in sums.items():
+        receipt = tx.get("receipts", receipt_id)
+        if receipt is None:
+            problems.append(f"refunds of missing receipt {receipt_id}")
+        elif total["amount"] > receipt["charged"] or \
+                total["provider"] > receipt["worker_payout"] or \
+                total["fee"] > receipt["platform_fee"]:
+            problems.append(f"receipt {receipt_id}: refunded {total['amount']} "
+                            f"of {receipt['charged']} charged (more than was charged)")
+    return problems
+
+
+def _when(ms: object) -> str:
+    try:
+        return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="seconds")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return repr(ms)
+
+
+def check_journal(tx: Tx) -> list[str]:
+    """The hash chain, entry by entry. Reads each entry on its own, so an entry whose
+    stored bytes no longer decode is reported (and the rest still checked)."""
+    problems = []
+    head = tx.get("meta", "journal_head") or {"seq": 0, "hash": journal.GENESIS}
+    prev: str | None = journal.GENESIS
+    for seq in range(1, head["seq"] + 1):
+        try:
+            entry = tx.get("journal", f"{seq:020d}")
+        except ValueError:
+            problems.append(f"journal entry {seq}: its stored bytes are not valid JSON "
+                            "(altered or corrupted on disk)")
+            prev = None
+            continue
+        if entry is None:
+            problems.append(f"journal entry {seq}: missing (the chain has a gap)")
+            prev = None
+            continue
+        what = f"journal entry {seq} ({entry.get('kind')!s:.40}, {_when(entry.get('time_ms'))})"
+        if entry.get("seq") != seq:
+            problems.append(f"{what}: says it is entry {entry.get('seq')!s:.20} (moved)")
+        if prev is not None and entry.get("prev") != prev:
+            problems.append(f"{what}: its prev hash does not match entry {seq - 1} "
+                            "(an entry before it was replaced or removed)")
+        try:
+            digest = journal.entry_hash(str(entry.get("prev")), seq, entry.get("time_ms"),
+                                        entry.get("kind"), entry.get("data"))
+        except (TypeError, ValueError):
+            digest = ""
+        if digest != entry.get("hash"):
+            problems.append(f"{what}: its content does not match its hash "
+                            "(altered after it was written)")
+        prev = entry.get("hash")
+    if head["seq"] and prev is not None and head["hash"] != prev:
+        problems.append(f"journal head: its hash does not match entry {head['seq']}")
+    try:
+        extra = next(iter(tx.scan("journal", start=f"{head['seq'] + 1:020d}", limit=1)), None)
+    except ValueError:
+        extra = ("?", None)
+    if extra is not None:
+        problems.append(f"journal: entries after its head (entry {head['seq']}); "
+                        "appended outside the broker")
+    return problems
+
+
+def list_journal(tx: Tx, page_size: int, page_token: str) -> Record:
+    """Journal entries, oldest first (AIP-158 pages)."""
+    size = validate.page_size(page_size)
+    after = pages.decode(page_token)
+    rows = list(tx.scan("journal", start=after + "\x00" if after else None, limit=size + 1))
+    token = pages.encode(rows[size - 1][0]) if len(rows) > size else ""
+    return {"entries": [entry for _, entry in rows[:size]], "next_page_token": token}

@@ -7,11 +7,12 @@ import hmac
 import secrets
 
 from ..store.base import Record, Tx
-from . import journal, ledger, pages, validate, vouchers
+from . import journal, ledger, pages, policy, spend, validate, vouchers
 from .access import Principal, can_see_owner
 from .config import CoreConfig
 from .errors import BrokerError, Code, invalid, not_found, precondition
 from .money import check_amount, check_prices
+from .policy import DENIED, PENDING_APPROVAL
 from .wallets import get_wallet, require_spendable
 
 HELD, REDEEMED, SETTLED, CANCELLED, EXPIRED = "held", "redeemed", "settled", "cancelled", "expired"
@@ -50,28 +51,47 @@ def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seco
         scope["cache_scope"] = cache_scope_for(cache_secret, wallet["owner_id"])
     if scope["worker_id"] and tx.get("workers", scope["worker_id"]) is None:
         raise not_found("worker", scope["worker_id"])
+    # Spend controls (broker/core/policy.py): scope rules, limits, velocity, approvals.
+    verdict = policy.check_authorization(tx, principal, wallet, amount, scope, now)
     authorization_id = "auth_" + secrets.token_hex(12)
-    expire_ms = now + ttl_ms
-    held = ledger.hold(tx, wallet["wallet_id"], ledger.ESCROW_ACCOUNT, amount, "hold", now,
-                       timeout_ms=expire_ms, user_data={"authorization_id": authorization_id})
     # The voucher id is independent of the authorization id: workers cannot link them.
     voucher_id = "vch_" + secrets.token_hex(12)
     seq = ledger.next_seq(tx, "authorization_seq")
     auth = {"authorization_id": authorization_id, "wallet_id": wallet["wallet_id"],
             "owner_id": wallet["owner_id"], "amount": amount, "scope": scope, "state": HELD,
-            "hold_id": held["transfer_id"], "voucher_id": voucher_id, "voucher_key_id": key_id,
-            "expire_ms": expire_ms, "create_ms": now, "charged": 0, "receipt_id": "",
-            "session_id": "", "seq": seq}
-    tx.put("authorizations", authorization_id, auth)
+            "hold_id": "", "voucher_id": voucher_id, "voucher_key_id": key_id,
+            "expire_ms": now + ttl_ms, "create_ms": now, "charged": 0, "receipt_id": "",
+            "session_id": "", "seq": seq, "key_id": principal.key_id}
     tx.put("wallet_authorizations", f"{wallet['wallet_id']}/{seq:020d}",
            {"authorization_id": authorization_id})
-    tx.put("vouchers", voucher_id, {"voucher_id": voucher_id, "authorization_id": authorization_id,
-                                    "session_id": "", "redeem_ms": 0})
-    journal.append(tx, "authorized", {"authorization_id": authorization_id,
-                                      "wallet_id": wallet["wallet_id"], "amount": amount,
-                                      "hold_id": held["transfer_id"],
-                                      "voucher_id": voucher_id}, now)
+    if verdict.needs_approval:
+        policy.request_approval(tx, auth, ttl_ms, verdict, now)
+    else:
+        activate(tx, auth, now)
+    policy.record_authorization(tx, wallet, auth, now)
     return auth
+
+
+def activate(tx: Tx, auth: Record, now: int) -> None:
+    """Hold the amount until `expire_ms` and make the voucher redeemable (at once, or
+    when an owner approves)."""
+    held = ledger.hold(tx, auth["wallet_id"], ledger.ESCROW_ACCOUNT, auth["amount"], "hold",
+                       now, timeout_ms=auth["expire_ms"],
+                       user_data={"authorization_id": auth["authorization_id"]})
+    auth.update(state=HELD, hold_id=held["transfer_id"])
+    tx.put("authorizations", auth["authorization_id"], auth)
+    tx.put("vouchers", auth["voucher_id"], {"voucher_id": auth["voucher_id"],
+                                            "authorization_id": auth["authorization_id"],
+                                            "session_id": "", "redeem_ms": 0})
+    journal.append(tx, "authorized", {"authorization_id": auth["authorization_id"],
+                                      "wallet_id": auth["wallet_id"], "amount": auth["amount"],
+                                      "hold_id": auth["hold_id"],
+                                      "voucher_id": auth["voucher_id"]}, now)
+
+
+def has_voucher(auth: Record) -> bool:
+    """False while waiting for approval (PENDING_APPROVAL) and once refused (DENIED)."""
+    return auth["state"] not in (PENDING_APPROVAL, DENIED)
 
 
 def voucher_token(auth: Record, signer: vouchers.Signer) -> str:
@@ -118,6 +138,7 @@ def cancel(tx: Tx, principal: Principal, authorization_id: str, now: int) -> Rec
                            "authorization can be cancelled",
                            authorization_id=authorization_id, state=auth["state"])
     ledger.resolve(tx, auth["hold_id"], ledger.VOID_PENDING, now)
+    spend.release(tx, auth, auth["amount"])
     auth["state"] = CANCELLED
     tx.put("authorizations", auth["authorization_id"], auth)
     journal.append(tx, "authorization_cancelled",

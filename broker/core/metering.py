@@ -12,14 +12,24 @@ import base64
 import secrets
 
 from ..store.base import Record, Tx
-from . import journal, ledger, session, usage_signing, validate, vouchers
+from . import (
+    journal,
+    killswitch,
+    ledger,
+    policy,
+    refills,
+    session,
+    spend,
+    usage_signing,
+    validate,
+    vouchers,
+)
 from .access import Principal
 from .authorizations import CANCELLED, EXPIRED, HELD, REDEEMED, SETTLED
 from .config import CoreConfig
 from .errors import BrokerError, Code, not_found, precondition
 from .money import prices_within, split_fee
 from .registry import get_own_worker, inactive
-from .wallets import refill
 
 FINISHED, STOPPED, HOLD_EXPIRED = "FINISHED", "STOPPED", "HOLD_EXPIRED"
 
@@ -50,6 +60,9 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
                  validate.ident(model, "open.model", required=False))
     new = session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id, worker,
                               now, config.report_interval_ms)
+    # Spend controls: the kill switch, and first use of a worker for the alerts.
+    new = killswitch.on_redeem(tx, new, auth, now)
+    policy.record_redemption(tx, auth, worker_id, now)
     tx.put("sessions", new["session_id"], new)
     voucher.update(session_id=new["session_id"], redeem_ms=now)
     tx.put("vouchers", claims.voucher_id, voucher)
@@ -100,6 +113,7 @@ def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage:
     message = usage_signing.payload(session_id, usage, seq=seq)
     usage_signing.verify(current["usage_public_key"], message, signature)
     decision = session.on_usage(current, seq, usage, now)
+    decision = killswitch.on_usage(tx, current, decision, now)  # STOP if frozen or revoked
     if decision.session is not current:
         decision.session["signed_usage"] = _signed(message, signature)
         tx.put("sessions", session_id, decision.session)
@@ -141,6 +155,7 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
         ledger.resolve(tx, auth["hold_id"], ledger.POST_PENDING, now, amount=charged)
     else:
         ledger.resolve(tx, auth["hold_id"], ledger.VOID_PENDING, now)
+    spend.release(tx, auth, auth["amount"] - charged)
     legs = {"authorization_id": auth["authorization_id"]}
     if payout:
         provider = tx.get("providers", ses["provider_id"])
@@ -165,7 +180,7 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
         "session_id": ses["session_id"], "authorization_id": auth["authorization_id"],
         "charged": charged, "payout": payout, "fee": fee, "outcome": outcome,
         "receipt_id": receipt["receipt_id"]}, now)
-    refill(tx, tx.get("wallets", auth["wallet_id"]), now)
+    refills.after_settlement(tx, tx.get("wallets", auth["wallet_id"]), outcome, now)
     return receipt
 
 
@@ -194,6 +209,7 @@ def expire_due(tx: Tx, now: int, config: CoreConfig, signer: vouchers.Signer,
             settle(tx, tx.get("sessions", auth["session_id"]), HOLD_EXPIRED, now, config, signer)
         else:
             ledger.resolve(tx, hold_id, ledger.EXPIRE_PENDING, now)
+            spend.release(tx, auth, auth["amount"])
             auth["state"] = EXPIRED
             tx.put("authorizations", auth["authorization_id"], auth)
             journal.append(tx, "authorization_expired",

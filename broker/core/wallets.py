@@ -87,10 +87,11 @@ def set_frozen(tx: Tx, owner_id: str, wallet_id: str, frozen: bool, now: int) ->
     return view(tx, wallet)
 
 
-def refill(tx: Tx, wallet: Record, now: int) -> int:
+def refill(tx: Tx, wallet: Record, now: int, limit: int | None = None) -> int:
     """Top the wallet's available balance up to its refill target from the treasury,
-    as far as the treasury and the cap allow. Returns the amount moved."""
-    if not wallet["refill_target"] or wallet["frozen"]:
+    as far as the treasury and the cap allow, and at most `limit` (the refill rules in
+    broker/core/refills.py). Returns the amount moved."""
+    if not wallet["refill_target"] or wallet["frozen"] or limit == 0:
         return 0
     account = ledger.get_account(tx, wallet["wallet_id"])
     treasury = ledger.get_account(tx, get_owner(tx, wallet["owner_id"])["treasury_account_id"])
@@ -98,6 +99,8 @@ def refill(tx: Tx, wallet: Record, now: int) -> int:
     amount = min(wallet["refill_target"] - bal["available"],
                  wallet["cap"] - bal["posted"],
                  ledger.balance(treasury)["available"])
+    if limit is not None:
+        amount = min(amount, limit)
     if amount <= 0:
         return 0
     tr = ledger.transfer(tx, treasury["account_id"], wallet["wallet_id"], amount, "refill", now)

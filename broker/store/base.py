@@ -37,6 +37,22 @@ TABLES = (
     "sessions",      # metering sessions
     "receipts",
     "workers",
+    # Spend controls (broker/core/policy.py and its neighbours).
+    "policies",      # "owner/<owner_id>" (tenant default) or "wallet/<wallet_id>" -> policy
+    "spend_totals",  # "<wallet_id>/<period>/<bucket>" -> {"amount": ...}
+    "refill_states",  # "<wallet_id>" -> refills today, failure streak, paused
+    "approvals",     # "<authorization_id>" -> approval request
+    "pending_approvals",  # index: "<owner_id>/<seq:020d>" -> {"authorization_id": ...}
+    "approval_timers",  # index: "<ms:020d>/<authorization_id>/<expire|alert>" -> {}
+    "baselines",     # "<wallet_id>" -> anomaly baselines
+    "alerts",        # "<seq:020d>" -> alert
+    "owner_alerts",  # index: "<owner_id>/<seq:020d>" -> {}
+    "stop_deadlines",  # index: "<ms:020d>/<session_id>" -> {} (kill switch)
+    "disputes",      # "<dispute_id>" -> dispute
+    "receipt_disputes",  # "<receipt_id>" -> {"dispute_id": ...}
+    "owner_disputes",  # index: "<owner_id>/<seq:020d>" -> {"dispute_id": ...}
+    "refunds",       # "<refund_id>" -> signed refund receipt
+    "receipt_refunds",  # index: "<receipt_id>/<refund_id>" -> {"amount": ...}
 )
 
 

@@ -19,12 +19,16 @@ class AuthorizationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUTHORIZATION_STATE_SETTLED: _ClassVar[AuthorizationState]
     AUTHORIZATION_STATE_CANCELLED: _ClassVar[AuthorizationState]
     AUTHORIZATION_STATE_EXPIRED: _ClassVar[AuthorizationState]
+    AUTHORIZATION_STATE_PENDING_APPROVAL: _ClassVar[AuthorizationState]
+    AUTHORIZATION_STATE_DENIED: _ClassVar[AuthorizationState]
 AUTHORIZATION_STATE_UNSPECIFIED: AuthorizationState
 AUTHORIZATION_STATE_HELD: AuthorizationState
 AUTHORIZATION_STATE_REDEEMED: AuthorizationState
 AUTHORIZATION_STATE_SETTLED: AuthorizationState
 AUTHORIZATION_STATE_CANCELLED: AuthorizationState
 AUTHORIZATION_STATE_EXPIRED: AuthorizationState
+AUTHORIZATION_STATE_PENDING_APPROVAL: AuthorizationState
+AUTHORIZATION_STATE_DENIED: AuthorizationState
 
 class Authorization(_message.Message):
     __slots__ = ("authorization_id", "wallet_id", "amount", "scope", "state", "voucher", "expire_time", "create_time", "charged", "receipt_id")

@@ -15,9 +15,11 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOP_REASON_UNSPECIFIED: _ClassVar[StopReason]
     STOP_REASON_BUDGET_EXHAUSTED: _ClassVar[StopReason]
     STOP_REASON_HOLD_EXPIRING: _ClassVar[StopReason]
+    STOP_REASON_REVOKED: _ClassVar[StopReason]
 STOP_REASON_UNSPECIFIED: StopReason
 STOP_REASON_BUDGET_EXHAUSTED: StopReason
 STOP_REASON_HOLD_EXPIRING: StopReason
+STOP_REASON_REVOKED: StopReason
 
 class MeterRequest(_message.Message):
     __slots__ = ("open", "resume", "usage", "finish")

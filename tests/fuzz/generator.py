@@ -803,4 +803,57 @@ TEMPLATES = {
         "model": g.rng.choice(("", "tiny-lm"))},
     "worker.v1.WorkerService.Execute": lambda g, voucher="", **_: {
         "voucher": voucher or g.voucher(), "job": _job(g)},
+    **{f"broker.v1.PolicyService.{name}": make for name, make in {
+        "SetSpendPolicy": lambda g, **_: {
+            "request_id": _rid(g), "wallet_id": g.rng.choice(("", g.corpus.pick("wallet_id"))),
+            "clear": g.rng.random() < 0.2, "policy": {
+                "max_per_authorization": g.rng.choice((0, 5_000, 10**6)),
+                "limits": {"daily": g.rng.choice((0, 10**6)), "all_time": g.rng.choice((0, 10**7))},
+                "scope_rules": {"allowed_models": g.rng.choice(([], ["tiny-lm"]))},
+                "max_prices": _prices(g),
+                "approvals": {"threshold": g.rng.choice((0, 5_000)),
+                              "timeout_seconds": g.rng.choice((0, 60)),
+                              "reserve_funds": g.rng.random() < 0.5},
+                "rate_limits": {"requests_per_minute": g.rng.choice((0, 600)),
+                                "spend_per_minute": g.rng.choice((0, 10**6))},
+                "refills": {"daily_cap": g.rng.choice((0, 10**6)),
+                            "pause_after_failures": g.rng.choice((0, 3))},
+                "alerts": {"burst_factor": g.rng.choice((0, 3)), "freeze_on": g.rng.choice(
+                    ([], [g.rng.randint(1, 8)]))}}},
+        "GetSpendPolicy": lambda g, **_: {
+            "wallet_id": g.rng.choice(("", g.corpus.pick("wallet_id")))},
+        "GetSpendStatus": lambda g, **_: {
+            "wallet_id": g.rng.choice(("", g.corpus.pick("wallet_id")))},
+        "ResumeRefills": lambda g, **_: {"request_id": _rid(g),
+                                         "wallet_id": g.corpus.pick("wallet_id")},
+        "ListApprovals": lambda g, **_: {
+            "wallet_id": g.rng.choice(("", g.corpus.pick("wallet_id"))),
+            "page_size": g.rng.randint(0, 3), "page_token": g.rng.choice(("", g.page_token()))},
+        "GetApproval": lambda g, **_: {"authorization_id": g.corpus.pick("authorization_id")},
+        "ApproveAuthorization": lambda g, **_: {
+            "request_id": _rid(g), "authorization_id": g.corpus.pick("authorization_id"),
+            "reason": _name(g)},
+        "DenyAuthorization": lambda g, **_: {
+            "request_id": _rid(g), "authorization_id": g.corpus.pick("authorization_id"),
+            "reason": _name(g)},
+        "WatchAuthorization": lambda g, **_: {
+            "authorization_id": g.corpus.pick("authorization_id")},
+        "ListAlerts": lambda g, **_: {
+            "wallet_id": g.rng.choice(("", g.corpus.pick("wallet_id"))),
+            "page_size": g.rng.randint(0, 3), "page_token": g.rng.choice(("", g.page_token()))},
+        "WatchAlerts": lambda g, **_: {
+            "wallet_id": g.rng.choice(("", g.corpus.pick("wallet_id"))),
+            "after_alert_id": g.rng.choice(("", "alr_0", "alr_1", g.corpus.pick("alert_id")))},
+        "Audit": lambda g, **_: {},
+        "ListJournalEntries": lambda g, **_: {
+            "page_size": g.rng.randint(0, 5), "page_token": g.rng.choice(("", g.page_token()))},
+        "DisputeReceipt": lambda g, **_: {
+            "request_id": _rid(g), "receipt_id": g.corpus.pick("receipt_id"),
+            "reason": _name(g)},
+        "ListDisputes": lambda g, **_: {
+            "page_size": g.rng.randint(0, 3), "page_token": g.rng.choice(("", g.page_token()))},
+        "RefundReceipt": lambda g, **_: {
+            "request_id": _rid(g), "receipt_id": g.corpus.pick("receipt_id"),
+            "amount": g.rng.choice((1, g.rng.randint(1, 5_000), 10**12)), "reason": _name(g)},
+    }.items()},
 }

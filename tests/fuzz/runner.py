@@ -55,6 +55,7 @@ from broker.core import usage_signing
 from broker.v1 import admin_service_pb2 as admin_pb
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import metering_service_pb2 as meter_pb
+from broker.v1 import policy_service_pb2 as policy_pb
 from broker.v1 import voucher_key_service_pb2 as keys_pb
 from broker.v1 import wallet_service_pb2 as wallet_pb
 from broker.v1 import worker_registry_service_pb2 as registry_pb
@@ -77,6 +78,9 @@ MAX_WORLD_AGE_S = 420
 MAX_WORLD_JOURNAL = 500
 CALL_TIMEOUT_S = 20
 JOB_TIMEOUT_S = 60
+# A broker watch stream lives until the client leaves: read what comes this long. Its
+# first answer (or its error) comes at once, so ending with nothing at all is a hang.
+WATCH_S = 1.5
 HEALTH_EVERY = 400
 PREFERRED_ROLES = {
     "broker.v1.AdminService": ("admin",),
@@ -85,6 +89,7 @@ PREFERRED_ROLES = {
     "broker.v1.WorkerRegistryService": ("worker", "worker", "agent"),
     "broker.v1.MeteringService": ("worker",),
     "broker.v1.VoucherKeyService": ("none",),
+    "broker.v1.PolicyService": ("owner", "owner", "admin", "agent"),
     "worker.v1.WorkerService": ("none",),
 }
 
@@ -570,6 +575,8 @@ class Fuzzer:
                                    "accepted with a key that this method refused before",
                                    shown())
                 self.invalidate()
+                if rpc.name == "SetSpendPolicy" and not msg.clear and key in self.keys:
+                    self.clear_policy(key, msg.wallet_id)
                 if getattr(msg, "request_id", "") and not how:
                     self.replayable.append((rpc, msg, key, metadata))
             elif self.cached is not None:
@@ -582,6 +589,41 @@ class Fuzzer:
                 self.unverified.append(f"{rpc.name}[{key}]")
         if status_violation is not None and how != "wire":
             self.minimize(rpc, msg, metadata, outcome.code, status_violation)
+
+    def clear_policy(self, key: str, wallet_id: str) -> None:
+        """A spend policy changes what later calls may do (and may deny, alert, freeze or
+        expire things in the background): remove it at once, so that every later input is
+        judged against a world without one. The policy RPCs themselves are still fuzzed."""
+        self.setup("broker.v1.PolicyService.SetSpendPolicy", policy_pb.SetSpendPolicyRequest(
+            request_id=uuid.uuid4().hex, wallet_id=wallet_id, clear=True), key)
+
+    def fuzz_watch(self, rpc: Rpc) -> None:
+        """A broker watch stream (read-only): what comes within WATCH_S."""
+        key, metadata = self.pick_key(rpc)
+        msg = self.request(rpc)
+        payload, how = self.encode(rpc, msg)
+        shown = lambda: f"{how + ' ' if how else ''}{short_repr(msg)}"  # noqa: E731
+        events: list = []
+        outcome = Outcome(OK)
+        try:
+            for event in self.world.callable(rpc)(payload, metadata=metadata, timeout=WATCH_S):
+                events.append(event)
+        except grpc.RpcError as error:
+            outcome = Outcome.of(error)
+            if outcome.code == StatusCode.DEADLINE_EXCEEDED and events:
+                outcome = Outcome(OK)  # still live after its first answers: as it should be
+        self.count(rpc, max(1, len(events)))
+        self.judge(rpc, key, outcome, len(payload), shown)
+        self.note_auth(rpc, key, outcome)
+        if outcome.ok:
+            self.stats.accepted += 1
+            self.stats.accepted_by_method[rpc.full_name] += 1
+            for event in events:
+                self.corpus.harvest(event)
+        else:
+            self.stats.rejected += 1
+        if self.cached is not None:
+            self.unverified.append(f"{rpc.name}[{key}]")
 
     def fuzz_replay(self) -> None:
         """An accepted mutating request again, same key and request_id (AIP-155): it must
@@ -960,8 +1002,8 @@ class Fuzzer:
     # -- the loop --------------------------------------------------------------------------
 
     def pick_rpc(self) -> Rpc:
-        weights = [4 if rpc.client_streaming or rpc.server_streaming else 1
-                   for rpc in self.rpcs]
+        weights = [4 if rpc.client_streaming or rpc.server_streaming and rpc.target == "worker"
+                   else 1 for rpc in self.rpcs]
         return self.rng.choices(self.rpcs, weights)[0]
 
     def run(self) -> Stats:
@@ -984,6 +1026,8 @@ class Fuzzer:
                 rpc = self.pick_rpc()
                 if rpc.client_streaming:
                     self.fuzz_meter(rpc)
+                elif rpc.server_streaming and rpc.target == "broker":
+                    self.fuzz_watch(rpc)
                 elif rpc.server_streaming:
                     self.fuzz_execute(rpc)
                 else:
