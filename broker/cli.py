@@ -1,4 +1,5 @@
-"""`broker` command line: init, serve, credentials, audit, config show.
+"""`broker` command line: init, serve, credentials, audit, config show, receipts
+(owner side of sealed receipts), keys rotate.
 
 Settings come from defaults < `--config FILE` (TOML) < BROKER_* variables < flags;
 broker/settings.py declares them and docs/operations.md lists them."""
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import logging
 import os
 import sys
@@ -150,6 +153,108 @@ def cmd_config_show(args, effective: Effective[Settings]) -> int:
     return 0
 
 
+def cmd_receipts_keygen(args, effective: Effective[Settings]) -> int:
+    """A new X25519 key pair for sealed receipts: the private key to a 0600 file, the
+    public key printed for RegisterReceiptKey."""
+    from nacl.public import PrivateKey
+
+    from .core.sealing import receipt_key_id
+
+    out = Path(args.out)
+    if out.exists():
+        print(f"broker receipts keygen: {out} exists; not overwriting a key", file=sys.stderr)
+        return 1
+    key = PrivateKey.generate()
+    write_secret(out, bytes(key).hex().encode() + b"\n")
+    public = bytes(key.public_key)
+    print(f"private key written to {out} (mode 0600); keep it, it alone opens your receipts")
+    print(f"receipt key id: {receipt_key_id(public)}")
+    print(f"public key (base64, for StatementService/RegisterReceiptKey): "
+          f"{base64.b64encode(public).decode()}")
+    return 0
+
+
+def _sealed_items(value) -> list:
+    """Receipts and statements in grpcurl's (or protobuf's) JSON: a GetReceipt,
+    ListReceipts or GetStatement answer, or a bare Receipt or Statement."""
+    from google.protobuf import json_format
+
+    from .v1 import resources_pb2, statement_service_pb2
+
+    if isinstance(value, list):
+        return [item for v in value for item in _sealed_items(v)]
+    if not isinstance(value, dict):
+        return []
+    if "receipts" in value:
+        return _sealed_items(value["receipts"])
+    for wrapper in ("receipt", "statement"):
+        if wrapper in value:
+            return _sealed_items(value[wrapper])
+    if "annex" in value:
+        kind = statement_service_pb2.Statement()
+    elif "sealedItemised" in value or "sealed_itemised" in value:
+        kind = resources_pb2.Receipt()
+    else:
+        return []
+    return [json_format.ParseDict(value, kind, ignore_unknown_fields=True)]
+
+
+def cmd_receipts_open(args, effective: Effective[Settings]) -> int:
+    """Open sealed receipts (or a statement's annex) on the owner's side."""
+    from .client import BrokerClient, BrokerClientError, open_sealed
+    from .core.sealing import SealError, load_private_key
+
+    try:
+        key = load_private_key(Path(args.key).read_text())
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+        items = _sealed_items(json.loads(text))
+    except (OSError, ValueError, SealError) as error:
+        print(f"broker receipts open: {error}", file=sys.stderr)
+        return 1
+    if not items:
+        print("broker receipts open: no sealed receipt or statement annex in the input",
+              file=sys.stderr)
+        return 1
+    signing_keys = None
+    if args.broker:
+        try:
+            with BrokerClient(args.broker, "") as client:
+                signing_keys = client.receipt_signing_keys()
+        except BrokerClientError as error:
+            print(f"broker receipts open: cannot fetch the broker's keys: {error}",
+                  file=sys.stderr)
+            return 2
+    try:
+        opened = [open_sealed(item, key, signing_keys) for item in items]
+    except SealError as error:
+        print(f"broker receipts open: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(opened[0] if len(opened) == 1 else opened, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_keys_rotate(args, effective: Effective[Settings]) -> int:
+    """Rotate the voucher- or receipt-signing key of a running broker (admin key)."""
+    from .client import BrokerClient, BrokerClientError
+
+    admin_key = Path(args.admin_key_file).read_text().strip()
+    with BrokerClient(args.broker, admin_key) as client:
+        try:
+            if args.which == "voucher":
+                reply = client.rotate_voucher_key()
+                retire = reply.previous_retire_time.ToJsonString()
+                print(f"voucher key {reply.key.key_id} is active; {reply.previous_key_id} "
+                      f"keeps verifying its vouchers until {retire}, then retires")
+            else:
+                reply = client.rotate_receipt_signing_key()
+                print(f"receipt-signing key {reply.key.key_id} is active; "
+                      f"{reply.previous_key_id} still verifies what it signed")
+        except BrokerClientError as error:
+            print(f"broker keys rotate: {error}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,6 +287,30 @@ def main(argv: list[str] | None = None) -> int:
                                            "its source; secrets masked")
     SCHEMA.add_flags(p)
     p.set_defaults(func=cmd_config_show)
+
+    receipts = sub.add_parser("receipts", help="owner side of sealed receipts").add_subparsers(
+        dest="receipts_command", required=True)
+    p = receipts.add_parser("keygen", help="make an X25519 key pair for sealed receipts")
+    SCHEMA.add_flags(p, *logging_flags)
+    p.add_argument("--out", required=True, help="file for the private key (mode 0600)")
+    p.set_defaults(func=cmd_receipts_keygen)
+    p = receipts.add_parser("open", help="open sealed receipts or a statement's annex")
+    SCHEMA.add_flags(p, *logging_flags)
+    p.add_argument("--key", required=True, help="the private key file from `keygen`")
+    p.add_argument("--broker", help="also check the broker's signatures (its address)")
+    p.add_argument("input", nargs="?", default="-",
+                   help="JSON of GetReceipt, ListReceipts or GetStatement (grpcurl output); "
+                        "- for stdin")
+    p.set_defaults(func=cmd_receipts_open)
+
+    keys = sub.add_parser("keys", help="the broker's signing keys").add_subparsers(
+        dest="keys_command", required=True)
+    p = keys.add_parser("rotate", help="rotate a signing key of a running broker")
+    SCHEMA.add_flags(p, *logging_flags)
+    p.add_argument("which", choices=["voucher", "receipt"])
+    p.add_argument("--broker", default="127.0.0.1:50051")
+    p.add_argument("--admin-key-file", required=True)
+    p.set_defaults(func=cmd_keys_rotate)
 
     args = parser.parse_args(argv)
     try:

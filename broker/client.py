@@ -9,6 +9,9 @@
 Every mutating call carries a fresh request_id; a call that fails with
 UNAVAILABLE is retried with the same request_id, so it happens at most once.
 
+Owners open the sealed itemised part of their receipts (and a statement's annex)
+with `open_sealed`, on their own side, with the private key they registered.
+
 A broker on TLS: pass `ca` (the PEM CA that signed its certificate; or `tls=True`
 to trust the system's roots), and for mutual TLS `client_cert` and `client_key`.
 """
@@ -17,14 +20,23 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from nacl.public import PrivateKey
+from nacl.signing import VerifyKey
 
 from . import tls as tls_files
 from .api.errors import error_info
+from .core import sealing
 from .v1 import authorization_service_pb2 as auth_pb
 from .v1 import authorization_service_pb2_grpc as auth_grpc
 from .v1 import resources_pb2 as res_pb
+from .v1 import statement_service_pb2 as statement_pb
+from .v1 import statement_service_pb2_grpc as statement_grpc
+from .v1 import voucher_key_service_pb2 as keys_pb
+from .v1 import voucher_key_service_pb2_grpc as keys_grpc
 from .v1 import wallet_service_pb2 as wallet_pb
 from .v1 import wallet_service_pb2_grpc as wallet_grpc
 from .v1 import worker_registry_service_pb2 as registry_pb
@@ -54,6 +66,8 @@ class BrokerClient:
         self._wallets = wallet_grpc.WalletServiceStub(self._channel)
         self._auths = auth_grpc.AuthorizationServiceStub(self._channel)
         self._registry = registry_grpc.WorkerRegistryServiceStub(self._channel)
+        self._statements = statement_grpc.StatementServiceStub(self._channel)
+        self._keys = keys_grpc.VoucherKeyServiceStub(self._channel)
 
     def __enter__(self) -> BrokerClient:
         return self
@@ -87,12 +101,14 @@ class BrokerClient:
     def authorize(self, amount: int, *, resource_class: str = "", model: str = "",
                   worker_id: str = "", max_prices: dict[str, int] | None = None,
                   ttl_seconds: int = 0, request_id: str = "",
-                  cache_results: bool = False) -> auth_pb.Authorization:
+                  cache_results: bool = False,
+                  labels: dict[str, str] | None = None) -> auth_pb.Authorization:
+        """`labels` (job names, purposes) stay inside the broker, for the owner's books."""
         scope = res_pb.Scope(resource_class=resource_class, model=model, worker_id=worker_id,
                              max_prices=res_pb.PriceSheet(**(max_prices or {})))
         request = auth_pb.AuthorizeRequest(request_id=request_id or self._request_id(),
                                            amount=amount, scope=scope, ttl_seconds=ttl_seconds,
-                                           cache_results=cache_results)
+                                           cache_results=cache_results, labels=labels or {})
         return self._call(self._auths.Authorize, request).authorization
 
     def cancel(self, authorization_id: str) -> auth_pb.Authorization:
@@ -149,3 +165,80 @@ class BrokerClient:
         request = wallet_pb.UnfreezeWalletRequest(request_id=self._request_id(),
                                                   wallet_id=wallet_id)
         return self._call(self._wallets.UnfreezeWallet, request).wallet
+
+    def register_receipt_key(self, public_key: bytes) -> statement_pb.ReceiptKey:
+        """Seal the itemised part of this owner's future receipts to `public_key`."""
+        request = statement_pb.RegisterReceiptKeyRequest(request_id=self._request_id(),
+                                                         public_key=public_key)
+        return self._call(self._statements.RegisterReceiptKey, request).receipt_key
+
+    def list_receipts(self, wallet_id: str = "", page_size: int = 100) -> list:
+        """Every receipt of the wallet, newest first (follows pagination)."""
+        receipts, token = [], ""
+        while True:
+            page = self._call(self._statements.ListReceipts, statement_pb.ListReceiptsRequest(
+                wallet_id=wallet_id, page_size=page_size, page_token=token))
+            receipts += page.receipts
+            token = page.next_page_token
+            if not token:
+                return receipts
+
+    def get_statement(self, start_ms: int, end_ms: int, *, granularity: int = 0,
+                      include_annex: bool = False, owner_id: str = "") -> statement_pb.Statement:
+        request = statement_pb.GetStatementRequest(
+            owner_id=owner_id, period_start=_timestamp(start_ms),
+            period_end=_timestamp(end_ms), granularity=granularity,
+            include_annex=include_annex)
+        return self._call(self._statements.GetStatement, request).statement
+
+    def get_payout_statement(self, start_ms: int, end_ms: int, *, granularity: int = 0,
+                             provider_id: str = "") -> statement_pb.PayoutStatement:
+        request = statement_pb.GetPayoutStatementRequest(
+            provider_id=provider_id, period_start=_timestamp(start_ms),
+            period_end=_timestamp(end_ms), granularity=granularity)
+        return self._call(self._statements.GetPayoutStatement, request).statement
+
+    def receipt_signing_keys(self) -> dict[str, bytes]:
+        """The broker's keys that verify receipts and statements, by key id."""
+        reply = self._call(self._statements.ListReceiptSigningKeys,
+                           statement_pb.ListReceiptSigningKeysRequest())
+        return {k.key_id: k.public_key for k in reply.keys}
+
+    # Admins ---------------------------------------------------------------------------
+
+    def rotate_voucher_key(self) -> keys_pb.RotateVoucherKeyResponse:
+        return self._call(self._keys.RotateVoucherKey,
+                          keys_pb.RotateVoucherKeyRequest(request_id=self._request_id()))
+
+    def rotate_receipt_signing_key(self) -> statement_pb.RotateReceiptSigningKeyResponse:
+        return self._call(self._statements.RotateReceiptSigningKey,
+                          statement_pb.RotateReceiptSigningKeyRequest(
+                              request_id=self._request_id()))
+
+
+def _timestamp(ms: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def open_sealed(sealed: Any, private_key: PrivateKey | str,
+                signing_keys: dict[str, bytes] | None = None) -> dict:
+    """Open, on the owner's side, a receipt's sealed itemised part or a statement's
+    sealed annex: `sealed` is a Receipt, a Statement or the raw sealed bytes;
+    `private_key` the owner's private receipt key (a PrivateKey, or the hex text
+    `broker receipts keygen` wrote). With `signing_keys` (receipt_signing_keys()), the
+    broker's signature inside must verify. Raises sealing.SealError with a clear
+    message when the key is not the one it was sealed to."""
+    if isinstance(private_key, str):
+        private_key = sealing.load_private_key(private_key)
+    verify = ({kid: VerifyKey(raw) for kid, raw in signing_keys.items()}
+              if signing_keys is not None else None)
+    if isinstance(sealed, res_pb.Receipt):
+        document = sealing.open_document(private_key, sealed.sealed_itemised, verify)
+        if document.get("receipt_id") != sealed.receipt_id:
+            raise sealing.SealError("the sealed part belongs to another receipt")
+        return document
+    if isinstance(sealed, statement_pb.Statement):
+        return sealing.open_document(private_key, sealed.annex, verify)
+    return sealing.open_document(private_key, bytes(sealed), verify)

@@ -18,6 +18,7 @@ from .api.interceptors import ObservingInterceptor
 from .api.metering import MeteringServicer
 from .api.policy import PolicyServicer
 from .api.registry import WorkerRegistryServicer
+from .api.statements import StatementServicer
 from .api.undecodable import UndecodableRequestInterceptor
 from .api.voucher_keys import VoucherKeyServicer
 from .api.wallet import WalletServicer
@@ -25,7 +26,7 @@ from .core import alerts, audit, idempotency, ledger, metering, sweeps
 from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
-from .keyring import Keyring
+from .keyring import Keyring, retire_voucher_keys
 from .metrics import BrokerMetrics, MetricsServer
 from .store.base import Store
 from .tls import ServerTls, add_port
@@ -38,6 +39,8 @@ from .v1 import (
     metering_service_pb2_grpc,
     policy_service_pb2,
     policy_service_pb2_grpc,
+    statement_service_pb2,
+    statement_service_pb2_grpc,
     voucher_key_service_pb2,
     voucher_key_service_pb2_grpc,
     wallet_service_pb2,
@@ -64,6 +67,8 @@ SERVICES = (
     (wallet_service_pb2, "WalletService", wallet_service_pb2_grpc, WalletServicer),
     (worker_registry_service_pb2, "WorkerRegistryService", worker_registry_service_pb2_grpc,
      WorkerRegistryServicer),
+    (statement_service_pb2, "StatementService", statement_service_pb2_grpc,
+     StatementServicer),
 )
 
 
@@ -87,12 +92,12 @@ def expire_holds(services: Services) -> int:
     """Resolve every hold that is due (blocking; for start-up). Approvals that timed out
     are denied first, so that their reservations are released as denials."""
     while services.store.submit_sync(lambda tx: sweeps.run(
-            tx, services.clock(), services.config, services.keyring.signer)):
+            tx, services.clock(), services.config, services.receipt_keyring.signer)):
         pass
     total = 0
     while True:
         done = services.store.submit_sync(lambda tx: metering.expire_due(
-            tx, services.clock(), services.config, services.keyring.signer))
+            tx, services.clock(), services.config, services.receipt_keyring.signer))
         total += done
         if not done:
             return total
@@ -101,10 +106,10 @@ def expire_holds(services: Services) -> int:
 class Broker:
     def __init__(self, store: Store, keyring: Keyring, config: CoreConfig,
                  settings: BrokerSettings, cache_secret: bytes = b"",
-                 metrics: BrokerMetrics | None = None):
+                 metrics: BrokerMetrics | None = None, *, receipt_keyring: Keyring):
         self.services = Services(store=store, keyring=keyring, config=config,
                                  liveness=Liveness(config.worker_lease_ms),
-                                 cache_secret=cache_secret)
+                                 cache_secret=cache_secret, receipt_keyring=receipt_keyring)
         self.settings = settings
         self.metrics = metrics or BrokerMetrics()
         self.metrics_server: MetricsServer | None = None
@@ -167,11 +172,14 @@ class Broker:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 if await s.store.submit(lambda tx: sweeps.run(
-                        tx, s.clock(), s.config, s.keyring.signer)):
+                        tx, s.clock(), s.config, s.receipt_keyring.signer)):
                     s.changes.notify()
                 await s.store.submit(lambda tx: metering.expire_due(
-                    tx, s.clock(), s.config, s.keyring.signer))
+                    tx, s.clock(), s.config, s.receipt_keyring.signer))
                 await s.store.submit(lambda tx: idempotency.prune(tx, s.clock()))
+                if s.keyring.due(s.clock()):
+                    await s.store.submit(lambda tx: retire_voucher_keys(
+                        tx, s.keyring, s.clock()))
                 self._count_alerts()
             except Exception:
                 log.exception("expiry sweep failed; retrying")
@@ -243,7 +251,8 @@ async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
     store.commit_observer = metrics.observe_commit
     try:
         broker = Broker(store, Keyring(data_dir.voucher_keys), config, settings,
-                        data_dir.cache_secret(), metrics)
+                        data_dir.cache_secret(), metrics,
+                        receipt_keyring=Keyring.open(data_dir.receipt_keys))
         await broker.start()
     except BaseException:
         store.close()

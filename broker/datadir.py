@@ -27,6 +27,10 @@ class DataDir:
         return self.root / "keys" / "voucher"
 
     @property
+    def receipt_keys(self) -> Path:
+        return self.root / "keys" / "receipt"
+
+    @property
     def demo_credentials(self) -> Path:
         return self.root / "demo-credentials.json"
 
@@ -61,6 +65,7 @@ def init(data_dir: DataDir) -> tuple[str, str]:
     store = data_dir.open_store()  # takes the directory lock first
     try:
         key_id = Keyring.create(data_dir.voucher_keys)
+        Keyring.create(data_dir.receipt_keys)
         data_dir.cache_secret()
         data_dir.voucher_keys.parent.chmod(0o700)
 

@@ -400,6 +400,11 @@ class Settings:
     max_wallet_cap: int = setting(
         CoreConfig.max_wallet_cap, "Largest cap a wallet may have, in micro-credits.",
         minimum=1, maximum=2**63 - 1)
+    receipt_period_ms: int = setting(
+        CoreConfig.receipt_period_ms, "Receipts record only the hour (3600000) or day "
+        "(86400000) they settled in; statements are never finer (docs/privacy.md).",
+        check=lambda ms: None if ms in (3_600_000, 86_400_000)
+        else "must be 3600000 (an hour) or 86400000 (a day)")
     sweep_interval_ms: int = setting(
         500, "How often holds that timed out are resolved and expired idempotency records "
         "pruned.", minimum=10)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core import authorizations, policy
+from ..core import authorizations, labels, policy
 from ..core.errors import BrokerError
 from ..v1 import authorization_service_pb2 as pb
 from ..v1 import authorization_service_pb2_grpc as pb_grpc
@@ -23,11 +23,12 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         key_id = self.s.keyring.active_id
         scope = convert.scope_from_proto(request.scope)
         cache_secret = self.s.cache_secret if request.cache_results else b""
+        job_labels = dict(request.labels)
         try:
             result = await self.s.mutate(p, "Authorize", request, lambda tx, now: (
                 authorizations.authorize(tx, p, request.amount, scope, request.ttl_seconds, now,
-                                         self.s.config, key_id,
-                                         cache_secret=cache_secret)))
+                                         self.s.config, key_id, cache_secret=cache_secret,
+                                         job_labels=job_labels)))
         except BrokerError as error:
             reason = error.reason
             if reason in policy.COUNTED_DENIALS:  # runs of denials raise alerts
@@ -45,22 +46,26 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         if authorizations.has_voucher(result):
             signer = self.s.keyring.signer_for(result["voucher_key_id"])
             token = authorizations.voucher_token(result, signer)
-        return pb.AuthorizeResponse(authorization=convert.authorization(result, voucher=token))
+        return pb.AuthorizeResponse(authorization=convert.authorization(
+            result, voucher=token, labels=job_labels))
 
     @unary
     async def GetAuthorization(self, request, context):
         p = self.s.authenticate(context, *READERS)
-        found = self.s.store.read(lambda tx: authorizations.get_authorization(
-            tx, p, request.authorization_id))
-        return pb.GetAuthorizationResponse(authorization=convert.authorization(found))
+        found, job_labels = self.s.store.read(lambda tx: _with_labels(
+            tx, authorizations.get_authorization(tx, p, request.authorization_id)))
+        return pb.GetAuthorizationResponse(authorization=convert.authorization(
+            found, labels=job_labels))
 
     @unary
     async def ListAuthorizations(self, request, context):
         p = self.s.authenticate(context, *READERS)
-        page = self.s.store.read(lambda tx: authorizations.list_authorizations(
-            tx, p, request.wallet_id, request.page_size, request.page_token))
+        page, found = self.s.store.read(lambda tx: _page_with_labels(
+            tx, authorizations.list_authorizations(tx, p, request.wallet_id,
+                                                   request.page_size, request.page_token)))
         return pb.ListAuthorizationsResponse(
-            authorizations=[convert.authorization(a) for a in page["authorizations"]],
+            authorizations=[convert.authorization(a, labels=job_labels)
+                            for a, job_labels in found],
             next_page_token=page["next_page_token"])
 
     @unary
@@ -68,7 +73,9 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         p = self.s.authenticate(context, "agent", "owner")
         result = await self.s.mutate(p, "CancelAuthorization", request, lambda tx, now: (
             authorizations.cancel(tx, p, request.authorization_id, now)))
-        return pb.CancelAuthorizationResponse(authorization=convert.authorization(result))
+        _, job_labels = self.s.store.read(lambda tx: _with_labels(tx, result))
+        return pb.CancelAuthorizationResponse(authorization=convert.authorization(
+            result, labels=job_labels))
 
     @unary
     async def GetReceipt(self, request, context):
@@ -76,3 +83,11 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         found = self.s.store.read(lambda tx: authorizations.get_receipt(
             tx, p, request.authorization_id))
         return pb.GetReceiptResponse(receipt=convert.receipt(found))
+
+
+def _with_labels(tx, auth):
+    return auth, labels.of(tx, auth["authorization_id"])
+
+
+def _page_with_labels(tx, page):
+    return page, [_with_labels(tx, a) for a in page["authorizations"]]

@@ -73,6 +73,8 @@ class Services:
     liveness: Liveness
     # HMAC key that turns owner ids into opaque result-cache scopes.
     cache_secret: bytes = b""
+    # Signs receipts and statements (separate from the voucher keys in `keyring`).
+    receipt_keyring: Keyring | None = None
     clock: Callable[[], int] = now_ms
     # Set on shutdown: new authorizations and sessions are refused with UNAVAILABLE.
     draining: bool = False

@@ -84,27 +84,37 @@ def transfer(t: Record) -> wallet_pb.Transfer:
                               code=t["code"], create_time=timestamp(t["create_ms"]))
 
 
-def authorization(a: Record, *, voucher: str = "") -> auth_pb.Authorization:
+def authorization(a: Record, *, voucher: str = "",
+                  labels: dict[str, str] | None = None) -> auth_pb.Authorization:
     return auth_pb.Authorization(
         authorization_id=a["authorization_id"], wallet_id=a["wallet_id"], amount=a["amount"],
         scope=scope_to_proto(a["scope"]), state=AUTH_STATES[a["state"]],
         voucher=voucher,
         expire_time=timestamp(a["expire_ms"]), create_time=timestamp(a["create_ms"]),
-        charged=a["charged"], receipt_id=a["receipt_id"])
+        charged=a["charged"], receipt_id=a["receipt_id"], labels=labels or {})
 
 
 def receipt(r: Record) -> res_pb.Receipt:
-    return res_pb.Receipt(
+    """A stored receipt (sealed, or with its itemised part in clear) or a worker's copy
+    (see core/receipts.py)."""
+    msg = res_pb.Receipt(
         receipt_id=r["receipt_id"], authorization_id=r["authorization_id"],
-        session_id=r["session_id"], held=r["held"], charged=r["charged"],
+        held=r["held"], charged=r["charged"],
         worker_payout=r["worker_payout"], platform_fee=r["platform_fee"],
-        released=r["released"], usage=usage_to_proto(r["usage"]),
-        prices=prices_to_proto(r["prices"]), outcome=r["outcome"],
-        settle_time=timestamp(r["settle_ms"]), key_id=r["key_id"],
+        released=r["released"], key_id=r["key_id"],
         signature=base64.b64decode(r["signature"]),
         signed_payload=base64.b64decode(r["signed_payload"]),
-        worker_usage_payload=base64.b64decode(r["worker_usage"]["payload"]),
-        worker_usage_signature=base64.b64decode(r["worker_usage"]["signature"]))
+        period_start=timestamp(r["period_start_ms"]), period_end=timestamp(r["period_end_ms"]),
+        sealed_itemised=base64.b64decode(r["sealed"]), receipt_key_id=r["receipt_key_id"])
+    if "usage" in r:  # the itemised part in clear
+        msg.session_id = r["session_id"]
+        msg.usage.CopyFrom(usage_to_proto(r["usage"]))
+        msg.prices.CopyFrom(prices_to_proto(r["prices"]))
+        msg.outcome = r["outcome"]
+        msg.settle_time.CopyFrom(timestamp(r["settle_ms"]))
+        msg.worker_usage_payload = base64.b64decode(r["worker_usage"]["payload"])
+        msg.worker_usage_signature = base64.b64decode(r["worker_usage"]["signature"])
+    return msg
 
 
 def capabilities_from_proto(msg: registry_pb.Capabilities) -> Record:

@@ -116,7 +116,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
 
     async def _finish(self, p, session_id: str, finish: pb.FinishSession) -> pb.MeterResponse:
         usage = convert.usage_from_proto(finish.usage)
-        signer = self.s.keyring.signer
+        signer = self.s.receipt_keyring.signer
         receipt = await self.s.store.submit(lambda tx: metering.finish(
             tx, p, session_id, usage, self.s.clock(), self.s.config, signer, finish.signature))
         return pb.MeterResponse(settled=pb.SessionSettled(

@@ -226,7 +226,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     @unary
     async def RefundReceipt(self, request, context):
         p = self.s.authenticate(context, "admin")
-        signer = self.s.keyring.signer
+        signer = self.s.receipt_keyring.signer  # refund receipts are receipts
         result = await self.s.mutate(p, "RefundReceipt", request, lambda tx, now: (
             refunds.refund(tx, p, request.receipt_id, request.amount, request.reason, now,
                            signer)))

@@ -7,7 +7,7 @@ import hmac
 import secrets
 
 from ..store.base import Record, Tx
-from . import journal, ledger, pages, policy, spend, validate, vouchers
+from . import journal, labels, ledger, pages, policy, spend, validate, vouchers
 from .access import Principal, can_see_owner
 from .config import CoreConfig
 from .errors import BrokerError, Code, invalid, not_found, precondition
@@ -35,13 +35,15 @@ def cache_scope_for(secret: bytes, owner_id: str) -> str:
 
 def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seconds: int,
               now: int, config: CoreConfig, key_id: str, *,
-              cache_secret: bytes = b"") -> Record:
+              cache_secret: bytes = b"", job_labels: dict[str, str] | None = None) -> Record:
     """Hold `amount` on the agent's wallet. The voucher is not stored: Ed25519 is
     deterministic, so `voucher_token` re-creates the same token from the record
     (a retried request gets its voucher back without the broker keeping it).
-    `cache_secret` is given when the agent opted into result caching."""
+    `cache_secret` is given when the agent opted into result caching. `job_labels`
+    are kept apart from the record (see labels.py)."""
     check_amount(amount, "amount")
     scope = check_scope(scope)
+    job_labels = labels.check(job_labels or {})
     ttl_ms = ttl_seconds * 1000 if ttl_seconds else config.default_ttl_ms
     if not 0 < ttl_ms <= config.max_ttl_ms:
         raise invalid("ttl_seconds", f"must be between 1 and {config.max_ttl_ms // 1000}")
@@ -64,6 +66,7 @@ def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seco
             "session_id": "", "seq": seq, "key_id": principal.key_id}
     tx.put("wallet_authorizations", f"{wallet['wallet_id']}/{seq:020d}",
            {"authorization_id": authorization_id})
+    labels.store(tx, authorization_id, job_labels)
     if verdict.needs_approval:
         policy.request_approval(tx, auth, ttl_ms, verdict, now)
     else:
@@ -98,7 +101,8 @@ def voucher_token(auth: Record, signer: vouchers.Signer) -> str:
     """The authorization's voucher, signed by `signer` (the key named in the record)."""
     assert signer.key_id == auth["voucher_key_id"], "sign with the key the record names"
     return vouchers.issue(signer, vouchers.VoucherClaims(
-        voucher_id=auth["voucher_id"], amount=auth["amount"], scope=auth["scope"],
+        voucher_id=auth["voucher_id"], amount=auth["amount"],
+        scope=labels.for_worker(auth["scope"]),
         issued_ms=auth["create_ms"], expire_ms=auth["expire_ms"]))
 
 

@@ -18,3 +18,5 @@ class CoreConfig:
     worker_lease_ms: int = 15_000
     # Largest cap a single wallet may have.
     max_wallet_cap: int = 10**15
+    # Receipts record only the hour (or day) they settled in; statements are never finer.
+    receipt_period_ms: int = 3_600_000

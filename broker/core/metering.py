@@ -17,6 +17,7 @@ from . import (
     killswitch,
     ledger,
     policy,
+    receipts,
     refills,
     session,
     spend,
@@ -60,6 +61,9 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
                  validate.ident(model, "open.model", required=False))
     new = session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id, worker,
                               now, config.report_interval_ms)
+    # What the job ran on, for the owner's itemised receipt.
+    new.update(model=model,
+               resource_class=resource_class or worker["capabilities"]["resource_class"])
     # Spend controls: the kill switch, and first use of a worker for the alerts.
     new = killswitch.on_redeem(tx, new, auth, now)
     policy.record_redemption(tx, auth, worker_id, now)
@@ -147,7 +151,8 @@ def _signed(message: bytes, signature: bytes) -> Record:
 
 def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
            signer: vouchers.Signer) -> Record:
-    """Settle atomically; returns the receipt."""
+    """Settle atomically; returns the receipt as the worker sees it. `signer` is the
+    receipt-signing key."""
     auth = tx.get("authorizations", ses["authorization_id"])
     charged = ses["charged"]
     payout, fee = split_fee(charged, config.fee_bps)
@@ -164,16 +169,9 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
     if fee:
         ledger.transfer(tx, ledger.ESCROW_ACCOUNT, ledger.FEE_ACCOUNT, fee, "platform_fee", now,
                         legs)
-    receipt = sign_receipt(signer, {
-        "receipt_id": "rcpt_" + secrets.token_hex(12),
-        "authorization_id": auth["authorization_id"], "session_id": ses["session_id"],
-        "held": auth["amount"], "charged": charged, "worker_payout": payout,
-        "platform_fee": fee, "released": auth["amount"] - charged, "usage": ses["usage"],
-        "prices": ses["prices"], "outcome": outcome, "settle_ms": now,
-        "worker_usage": ses.get("signed_usage") or {"payload": "", "signature": ""}})
-    tx.put("receipts", receipt["receipt_id"], receipt)
-    tx.put("sessions", ses["session_id"],
-           {**ses, "state": session.SETTLED, "receipt_id": receipt["receipt_id"]})
+    receipt = receipts.issue(tx, auth, ses, outcome, now, config, signer, payout=payout,
+                             fee=fee)
+    tx.put("sessions", ses["session_id"], receipts.settled_session(ses, receipt))
     auth.update(state=SETTLED, charged=charged, receipt_id=receipt["receipt_id"])
     tx.put("authorizations", auth["authorization_id"], auth)
     journal.append(tx, "session_settled", {
@@ -181,19 +179,7 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
         "charged": charged, "payout": payout, "fee": fee, "outcome": outcome,
         "receipt_id": receipt["receipt_id"]}, now)
     refills.after_settlement(tx, tx.get("wallets", auth["wallet_id"]), outcome, now)
-    return receipt
-
-
-RECEIPT_SIGNED_FIELDS = ("receipt_id", "authorization_id", "session_id", "held", "charged",
-                         "worker_payout", "platform_fee", "released", "usage", "prices",
-                         "outcome", "settle_ms", "worker_usage")
-
-
-def sign_receipt(signer: vouchers.Signer, fields: Record) -> Record:
-    payload = journal.canonical({k: fields[k] for k in RECEIPT_SIGNED_FIELDS})
-    return {**fields, "key_id": signer.key_id,
-            "signed_payload": base64.b64encode(payload).decode(),
-            "signature": base64.b64encode(signer.sign(payload)).decode()}
+    return receipts.worker_view(receipt, ses, outcome, now)
 
 
 def expire_due(tx: Tx, now: int, config: CoreConfig, signer: vouchers.Signer,

@@ -106,8 +106,7 @@ def refund(tx: Tx, principal: Principal, receipt_id: str, amount: int, reason: s
         credited = get_owner(tx, wallet["owner_id"])["treasury_account_id"]
     refund_id = "rfd_" + secrets.token_hex(12)
     legs = {"refund_id": refund_id, "receipt_id": receipt_id}
-    payout_account = tx.get("providers", tx.get("sessions", receipt["session_id"])
-                            ["provider_id"])["payout_account_id"]
+    payout_account = tx.get("providers", receipt["provider_id"])["payout_account_id"]
     transfers = []
     if provider_refund:
         transfers.append(ledger.transfer(tx, payout_account, credited, provider_refund,
@@ -118,11 +117,15 @@ def refund(tx: Tx, principal: Principal, receipt_id: str, amount: int, reason: s
     disputed = tx.get("receipt_disputes", receipt_id)
     record = _sign(signer, {
         "refund_id": refund_id, "receipt_id": receipt_id,
-        "authorization_id": auth["authorization_id"], "session_id": receipt["session_id"],
+        # A sealed receipt keeps its session and the worker's signed usage inside the seal
+        # (docs/privacy.md): the refund then links to them through the receipt id.
+        "authorization_id": auth["authorization_id"],
+        "session_id": receipt.get("session_id", ""),
         "wallet_id": wallet["wallet_id"], "amount": amount, "provider_refund": provider_refund,
         "fee_refund": fee_refund, "credited_account_id": credited, "reason": reason,
         "dispute_id": disputed["dispute_id"] if disputed else "",
-        "worker_usage": receipt["worker_usage"], "refund_ms": now})
+        "worker_usage": receipt.get("worker_usage", {"payload": "", "signature": ""}),
+        "refund_ms": now})
     tx.put("refunds", refund_id, {**record, "transfer_ids": transfers})
     tx.put("receipt_refunds", f"{receipt_id}/{refund_id}", {"amount": amount})
     if disputed:

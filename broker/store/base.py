@@ -53,6 +53,11 @@ TABLES = (
     "owner_disputes",  # index: "<owner_id>/<seq:020d>" -> {"dispute_id": ...}
     "refunds",       # "<refund_id>" -> signed refund receipt
     "receipt_refunds",  # index: "<receipt_id>/<refund_id>" -> {"amount": ...}
+    "authorization_labels",  # "<authorization_id>" -> {"labels": {...}}, until sealed away
+    "receipt_keys",  # "<owner_id>" -> the owner's X25519 receipt key
+    "wallet_receipts",  # index: "<wallet_id>/<seq:020d>" -> {"receipt_id": ...}
+    "owner_receipts",  # index: "<owner_id>/<period start ms:016d>/<receipt_id>" -> amounts
+    "provider_receipts",  # index: "<provider_id>/<period start ms:016d>/<receipt_id>" -> amounts
 )
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#broker/v1/voucher_key_service.proto\x12\tbroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x18\n\x16ListVoucherKeysRequest\">\n\x17ListVoucherKeysResponse\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.broker.v1.VoucherKey\"q\n\nVoucherKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2m\n\x11VoucherKeyService\x12X\n\x0fListVoucherKeys\x12!.broker.v1.ListVoucherKeysRequest\x1a\".broker.v1.ListVoucherKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#broker/v1/voucher_key_service.proto\x12\tbroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x18\n\x16ListVoucherKeysRequest\">\n\x17ListVoucherKeysResponse\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.broker.v1.VoucherKey\"\xa2\x01\n\nVoucherKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bretire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x17RotateVoucherKeyRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x91\x01\n\x18RotateVoucherKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.broker.v1.VoucherKey\x12\x17\n\x0fprevious_key_id\x18\x02 \x01(\t\x12\x38\n\x14previous_retire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xca\x01\n\x11VoucherKeyService\x12X\n\x0fListVoucherKeys\x12!.broker.v1.ListVoucherKeysRequest\x1a\".broker.v1.ListVoucherKeysResponse\x12[\n\x10RotateVoucherKey\x12\".broker.v1.RotateVoucherKeyRequest\x1a#.broker.v1.RotateVoucherKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTVOUCHERKEYSREQUEST']._serialized_end=107
   _globals['_LISTVOUCHERKEYSRESPONSE']._serialized_start=109
   _globals['_LISTVOUCHERKEYSRESPONSE']._serialized_end=171
-  _globals['_VOUCHERKEY']._serialized_start=173
-  _globals['_VOUCHERKEY']._serialized_end=286
-  _globals['_VOUCHERKEYSERVICE']._serialized_start=288
-  _globals['_VOUCHERKEYSERVICE']._serialized_end=397
+  _globals['_VOUCHERKEY']._serialized_start=174
+  _globals['_VOUCHERKEY']._serialized_end=336
+  _globals['_ROTATEVOUCHERKEYREQUEST']._serialized_start=338
+  _globals['_ROTATEVOUCHERKEYREQUEST']._serialized_end=383
+  _globals['_ROTATEVOUCHERKEYRESPONSE']._serialized_start=386
+  _globals['_ROTATEVOUCHERKEYRESPONSE']._serialized_end=531
+  _globals['_VOUCHERKEYSERVICE']._serialized_start=534
+  _globals['_VOUCHERKEYSERVICE']._serialized_end=736
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class VoucherKeyServiceStub:
     """Publishes the broker's Ed25519 public keys so that workers can verify
-    vouchers and receipts offline. Needs no API key.
+    vouchers offline. Listing needs no API key. (Receipts and statements are signed
+    by a separate key: see StatementService.ListReceiptSigningKeys.)
     """
 
     def __init__(self, channel):
@@ -41,15 +42,31 @@ class VoucherKeyServiceStub:
                 request_serializer=broker_dot_v1_dot_voucher__key__service__pb2.ListVoucherKeysRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_voucher__key__service__pb2.ListVoucherKeysResponse.FromString,
                 _registered_method=True)
+        self.RotateVoucherKey = channel.unary_unary(
+                '/broker.v1.VoucherKeyService/RotateVoucherKey',
+                request_serializer=broker_dot_v1_dot_voucher__key__service__pb2.RotateVoucherKeyRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_voucher__key__service__pb2.RotateVoucherKeyResponse.FromString,
+                _registered_method=True)
 
 
 class VoucherKeyServiceServicer:
     """Publishes the broker's Ed25519 public keys so that workers can verify
-    vouchers and receipts offline. Needs no API key.
+    vouchers offline. Listing needs no API key. (Receipts and statements are signed
+    by a separate key: see StatementService.ListReceiptSigningKeys.)
     """
 
     def ListVoucherKeys(self, request, context):
-        """Lists the public keys that currently verify vouchers and receipts.
+        """Lists the public keys that currently verify vouchers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateVoucherKey(self, request, context):
+        """Makes a new voucher-signing key the active one (a new key id). The old key keeps
+        verifying the vouchers issued under it until those have expired, then retires:
+        its private part is destroyed and it leaves the list. Journaled. Requires an
+        admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -63,6 +80,11 @@ def add_VoucherKeyServiceServicer_to_server(servicer, server):
                     request_deserializer=broker_dot_v1_dot_voucher__key__service__pb2.ListVoucherKeysRequest.FromString,
                     response_serializer=broker_dot_v1_dot_voucher__key__service__pb2.ListVoucherKeysResponse.SerializeToString,
             ),
+            'RotateVoucherKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateVoucherKey,
+                    request_deserializer=broker_dot_v1_dot_voucher__key__service__pb2.RotateVoucherKeyRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_voucher__key__service__pb2.RotateVoucherKeyResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'broker.v1.VoucherKeyService', rpc_method_handlers)
@@ -73,7 +95,8 @@ def add_VoucherKeyServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class VoucherKeyService:
     """Publishes the broker's Ed25519 public keys so that workers can verify
-    vouchers and receipts offline. Needs no API key.
+    vouchers offline. Listing needs no API key. (Receipts and statements are signed
+    by a separate key: see StatementService.ListReceiptSigningKeys.)
     """
 
     @staticmethod
@@ -93,6 +116,33 @@ class VoucherKeyService:
             '/broker.v1.VoucherKeyService/ListVoucherKeys',
             broker_dot_v1_dot_voucher__key__service__pb2.ListVoucherKeysRequest.SerializeToString,
             broker_dot_v1_dot_voucher__key__service__pb2.ListVoucherKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateVoucherKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.VoucherKeyService/RotateVoucherKey',
+            broker_dot_v1_dot_voucher__key__service__pb2.RotateVoucherKeyRequest.SerializeToString,
+            broker_dot_v1_dot_voucher__key__service__pb2.RotateVoucherKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

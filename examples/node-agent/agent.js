@@ -23,10 +23,11 @@ const PROTO_FILES = [
   'broker/v1/worker_registry_service.proto',
   'broker/v1/authorization_service.proto',
   'broker/v1/wallet_service.proto',
-  'broker/v1/voucher_key_service.proto',
+  'broker/v1/statement_service.proto',
   'worker/v1/worker_service.proto',
 ];
-// Raw Ed25519 public keys (as ListVoucherKeys returns them) become SPKI DER with this prefix.
+// Raw Ed25519 public keys (as ListReceiptSigningKeys returns them) become SPKI DER with this
+// prefix.
 const ED25519_SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
 
 class AgentError extends Error {}
@@ -161,7 +162,7 @@ async function run(opts) {
     registry: new api.broker.v1.WorkerRegistryService(opts.broker, insecure),
     auths: new api.broker.v1.AuthorizationService(opts.broker, insecure),
     wallets: new api.broker.v1.WalletService(opts.broker, insecure),
-    keys: new api.broker.v1.VoucherKeyService(opts.broker, insecure),
+    statements: new api.broker.v1.StatementService(opts.broker, insecure),
   };
   let worker = null;
   try {
@@ -210,8 +211,8 @@ async function run(opts) {
       throw new AgentError(`the worker's receipt ${result.receipt.receipt_id} is not the` +
         ` broker's ${receipt.receipt_id}`);
     }
-    const { keys } = await unary(broker.keys, 'ListVoucherKeys', {}, new grpc.Metadata(),
-      deadline);
+    const { keys } = await unary(broker.statements, 'ListReceiptSigningKeys', {},
+      new grpc.Metadata(), deadline);
     const keyId = checkReceipt(receipt, keys);
     console.log(`receipt ${receipt.receipt_id}: held ${receipt.held}, charged ${receipt.charged}` +
       ` (worker ${receipt.worker_payout} + fee ${receipt.platform_fee}),` +

@@ -206,6 +206,8 @@ class Corpus:
     def harvest(self, msg: Message) -> None:
         """Remember every id, voucher and page token in a response."""
         for field, value in msg.ListFields():
+            if _is_map(field):
+                continue  # labels: nothing a later request could reuse
             if field.type == FD.TYPE_MESSAGE:
                 for item in (value if _repeated(field) else [value]):
                     self.harvest(item)
@@ -221,6 +223,10 @@ class Corpus:
 
 def _repeated(field: FieldDescriptor) -> bool:
     return field.is_repeated if hasattr(field, "is_repeated") else field.label == FD.LABEL_REPEATED
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.type == FD.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
 
 
 # -- the generator --------------------------------------------------------------------
@@ -255,7 +261,10 @@ class Generator:
             count = rng.choice((0, 1, 1, 2, 3, 5)) if rng.random() < 0.95 \
                 else rng.choice((64, 65, 200))
             for _ in range(count):
-                if field.type == FD.TYPE_MESSAGE:
+                if _is_map(field):
+                    entry = field.message_type.fields_by_name
+                    container[self.scalar(entry["key"])] = self.scalar(entry["value"])
+                elif field.type == FD.TYPE_MESSAGE:
                     item = container.add()
                     if depth < MAX_DEPTH:
                         self.fill(item, depth + 1)
@@ -555,7 +564,7 @@ class Generator:
         if _repeated(field):
             container = getattr(parent, field.name)
             if r < 0.3:
-                del container[:]
+                parent.ClearField(field.name)
             elif field.type != FD.TYPE_MESSAGE and len(container) and r < 0.5:
                 container.extend(list(container))
             else:
@@ -640,6 +649,8 @@ def _slots(msg: Message, depth: int) -> Iterator[tuple[Message, FieldDescriptor]
     for field in msg.DESCRIPTOR.fields:
         yield msg, field
         if field.type != FD.TYPE_MESSAGE or depth >= MAX_DEPTH:
+            continue
+        if _is_map(field):
             continue
         if _repeated(field):
             for item in getattr(msg, field.name):

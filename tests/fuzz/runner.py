@@ -155,7 +155,10 @@ def short_repr(msg: Message | bytes, limit: int = 600) -> str:
 
 def _cut(msg: Message) -> None:
     for fd, value in msg.ListFields():
-        if fd.type == fd.TYPE_MESSAGE:
+        if fd.type == fd.TYPE_MESSAGE and fd.message_type.GetOptions().map_entry:
+            for key in [k for k, v in value.items() if isinstance(v, str) and len(v) > 80]:
+                value[key] = f"{value[key][:40]}...(+{len(value[key]) - 40})"
+        elif fd.type == fd.TYPE_MESSAGE:
             for item in (value if _is_repeated(fd) else [value]):
                 _cut(item)
         elif fd.type == fd.TYPE_STRING and not _is_repeated(fd) and len(value) > 80:

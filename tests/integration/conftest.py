@@ -15,6 +15,8 @@ from broker.v1 import admin_service_pb2_grpc as admin_grpc
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import authorization_service_pb2_grpc as auth_grpc
 from broker.v1 import resources_pb2 as res_pb
+from broker.v1 import statement_service_pb2 as statement_pb
+from broker.v1 import statement_service_pb2_grpc as statement_grpc
 from broker.v1 import voucher_key_service_pb2 as keys_pb
 from broker.v1 import voucher_key_service_pb2_grpc as keys_grpc
 from broker.v1 import wallet_service_pb2 as wallet_pb
@@ -87,6 +89,7 @@ class Client:
         self.auths = _Bound(auth_grpc.AuthorizationServiceStub(channel), metadata)
         self.registry = _Bound(registry_grpc.WorkerRegistryServiceStub(channel), metadata)
         self.keys = _Bound(keys_grpc.VoucherKeyServiceStub(channel), metadata)
+        self.statements = _Bound(statement_grpc.StatementServiceStub(channel), metadata)
 
     # Shortcuts used everywhere.
     def balance(self, wallet_id: str = "") -> res_pb.Balance:
@@ -201,6 +204,12 @@ class Harness:
 
     def public_keys(self) -> dict[str, bytes]:
         reply = self.anon.keys.ListVoucherKeys(keys_pb.ListVoucherKeysRequest())
+        return {k.key_id: k.public_key for k in reply.keys}
+
+    def receipt_keys(self) -> dict[str, bytes]:
+        """The keys that verify receipts and statements."""
+        reply = self.anon.statements.ListReceiptSigningKeys(
+            statement_pb.ListReceiptSigningKeysRequest())
         return {k.key_id: k.public_key for k in reply.keys}
 
     def wait_for_state(self, authorization_id: str, state: int,
@@ -459,6 +468,16 @@ def unchanged(h, code, reason):
             return suppressed
 
     return _Check()
+
+
+def agents_copy(receipt: res_pb.Receipt, authorization_id: str) -> res_pb.Receipt:
+    """The worker's copy of a receipt as GetReceipt gives it to the agent and owner (of
+    an owner without a receipt key): the same, plus the authorization id."""
+    assert receipt.authorization_id == "", "the worker's copy never names the authorization"
+    copy = res_pb.Receipt()
+    copy.CopyFrom(receipt)
+    copy.authorization_id = authorization_id
+    return copy
 
 
 def balance_tuple(b) -> tuple[int, int, int]:

@@ -128,7 +128,7 @@ def test_a_partial_refund_lands_once(hm):
     assert (first.worker_usage_payload, first.worker_usage_signature) == \
         (receipt.worker_usage_payload, receipt.worker_usage_signature)
     usage_key.verify_key.verify(first.worker_usage_payload, first.worker_usage_signature)
-    VerifyKey(hm.public_keys()[first.key_id]).verify(first.signed_payload, first.signature)
+    VerifyKey(hm.receipt_keys()[first.key_id]).verify(first.signed_payload, first.signature)
     assert json.loads(first.signed_payload)["amount"] == 30_000
     # A retry (same request_id) answers with the same refund; nothing moves again.
     assert refund(30_000, request_id) == first

@@ -21,6 +21,7 @@ from .conftest import worker_world
 SERVICES = {
     "broker.v1.AdminService", "broker.v1.AuthorizationService", "broker.v1.MeteringService",
     "broker.v1.VoucherKeyService", "broker.v1.WalletService", "broker.v1.WorkerRegistryService",
+    "broker.v1.StatementService",
 }
 
 
@@ -243,16 +244,21 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
         result = events[-1]["result"]
         assert result["status"] == "JOB_STATUS_COMPLETED"
 
-        # the receipt: the same from the worker, grpcurl and the broker's own client
+        # the receipt: the same from the worker, grpcurl and the broker's own client (the
+        # worker's copy never names the authorization)
         receipt = only("GetReceipt").json()[0]["receipt"]
-        assert receipt == result["receipt"]
+        assert "authorization_id" not in result["receipt"]
+        assert receipt == {**result["receipt"],
+                           "authorization_id": authorization["authorization_id"]}
         expected = world.agent.get_receipt(authorization["authorization_id"])
         assert (receipt["receipt_id"], receipt["held"], receipt["charged"],
                 receipt["released"]) == (expected.receipt_id, "200000", str(expected.charged),
                                          str(200_000 - expected.charged))
         assert expected.charged > 0
         assert receipt["usage"]["output_tokens"] == "8"
-        keys = only("ListVoucherKeys").json()[0]["keys"]
+        voucher_keys = only("ListVoucherKeys").json()[0]["keys"]
+        assert authorization["voucher"].split(".")[1] in [k["key_id"] for k in voucher_keys]
+        keys = only("ListReceiptSigningKeys").json()[0]["keys"]
         assert receipt["key_id"] in [k["key_id"] for k in keys]
 
         # the refusal: a google.rpc.Status with ErrorInfo and QuotaFailure

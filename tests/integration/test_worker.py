@@ -18,6 +18,7 @@ from broker.v1 import authorization_service_pb2 as auth_pb
 from worker.v1 import worker_service_pb2 as worker_pb
 
 from .conftest import (
+    agents_copy,
     burn_job,
     check_worker_error,
     generate_job,
@@ -56,7 +57,7 @@ def check_receipt(w, receipt, held: int, usage: dict, outcome: str = "FINISHED")
     assert receipt.released == held - receipt.charged
     assert (receipt.worker_payout, receipt.platform_fee) == split_fee(receipt.charged, FEE_BPS)
     assert receipt.outcome == outcome
-    keys = w.h.public_keys()
+    keys = w.h.receipt_keys()
     VerifyKey(keys[receipt.key_id]).verify(receipt.signed_payload, receipt.signature)
     assert json.loads(receipt.signed_payload)["charged"] == receipt.charged
 
@@ -138,11 +139,11 @@ def test_generate_end_to_end(w):
     assert summary == {"text": text, "input_tokens": len(prompt), "output_tokens": tokens}
 
     receipt = result.receipt
-    assert receipt.authorization_id == auth.authorization_id
     check_receipt(w, receipt, held, final)
     assert 0 < receipt.charged < held
     check_worker_signature(w, receipt, final)
-    assert w.agent.get_receipt(auth.authorization_id) == receipt
+    assert w.agent.get_receipt(auth.authorization_id) == agents_copy(receipt,
+                                                                      auth.authorization_id)
     settled = w.state(auth.authorization_id)
     assert settled.state == auth_pb.AUTHORIZATION_STATE_SETTLED
     assert (settled.charged, settled.receipt_id) == (receipt.charged, receipt.receipt_id)

@@ -20,6 +20,7 @@ from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
 from .conftest import (
     DOMAIN,
+    agents_copy,
     burn_job,
     check_worker_error,
     generate_job,
@@ -66,14 +67,16 @@ def refused(w, voucher: str, job: worker_pb.Job, code: grpc.StatusCode, reason: 
     return caught.value
 
 
-def check_settled_on_measured_usage(w, receipt, result_usage=None) -> dict:
+def check_settled_on_measured_usage(w, auth, receipt, result_usage=None) -> dict:
     usage = usage_dict(receipt.usage)
     if result_usage is not None:
         assert usage == usage_dict(result_usage)
     assert receipt.charged == charge_for(usage, PRICES)
     assert receipt.released == receipt.held - receipt.charged
     assert receipt.worker_payout + receipt.platform_fee == receipt.charged
-    assert w.agent.get_receipt(receipt.authorization_id) == receipt
+    # The worker's copy does not name the authorization; GetReceipt's does.
+    mine = receipt if receipt.authorization_id else agents_copy(receipt, auth.authorization_id)
+    assert w.agent.get_receipt(auth.authorization_id) == mine
     return usage
 
 
@@ -163,7 +166,8 @@ def test_same_voucher_twice(w):
     # Passed through from the broker unchanged (its domain, not the worker's).
     refused(w, auth.voucher, generate_job(max_new_tokens=4),
             grpc.StatusCode.FAILED_PRECONDITION, "VOUCHER_ALREADY_REDEEMED", domain=DOMAIN)
-    assert w.agent.get_receipt(auth.authorization_id) == receipt
+    assert w.agent.get_receipt(auth.authorization_id) == agents_copy(receipt,
+                                                                      auth.authorization_id)
 
 
 def test_unknown_model_and_bad_jobs(w):
@@ -189,7 +193,7 @@ def test_handler_exception_fails_the_job_and_charges_measured_usage(w):
     assert result.status == worker_pb.JOB_STATUS_FAILED
     assert result.error == "handler raised ValueError: this handler always fails"
     assert "Traceback" not in result.error
-    usage = check_settled_on_measured_usage(w, result.receipt, result.usage)
+    usage = check_settled_on_measured_usage(w, auth, result.receipt, result.usage)
     assert usage["calls"] == 1 and usage["input_tokens"] == usage["output_tokens"] == 0
     assert 0 < result.receipt.charged < held // 10
     assert w.state(auth.authorization_id).state == SETTLED
@@ -210,7 +214,7 @@ def test_handler_off_the_allow_list_never_runs(w, tmp_path):
         result = run.result
         assert result.status == worker_pb.JOB_STATUS_FAILED
         assert result.error == "unknown handler 'shutil:rmtree'"
-        usage = check_settled_on_measured_usage(w, result.receipt, result.usage)
+        usage = check_settled_on_measured_usage(w, auth, result.receipt, result.usage)
         assert usage["input_tokens"] == usage["output_tokens"] == 0
         assert result.receipt.charged < held // 10
     assert (victim / "data").read_text() == "keep me"
@@ -224,7 +228,7 @@ def test_allowed_handler_runs(w):
     result = run.result
     assert result.status == worker_pb.JOB_STATUS_COMPLETED
     assert json.loads(result.result_json) == {"result": {"words": 3}}
-    usage = check_settled_on_measured_usage(w, result.receipt, result.usage)
+    usage = check_settled_on_measured_usage(w, auth, result.receipt, result.usage)
     assert (usage["input_tokens"], usage["output_tokens"], usage["calls"]) == (3, 3, 1)
 
 
@@ -249,7 +253,7 @@ def test_agent_hangs_up_mid_stream(w):
     # The job stops and the session is settled on what was measured.
     receipt = w.wait_settled(auth.authorization_id, timeout=5)
     assert time.monotonic() - cancelled < 5
-    usage = check_settled_on_measured_usage(w, receipt)
+    usage = check_settled_on_measured_usage(w, auth, receipt)
     assert received <= usage["output_tokens"] < 2048, usage
     assert usage["input_tokens"] == len("long " * 10) and usage["calls"] == 1
     assert 0 < receipt.charged < held
@@ -278,7 +282,7 @@ def test_every_hang_up_is_settled_at_once(w):
             time.sleep(pause)
             call.cancel()
         receipt = w.wait_settled(auth.authorization_id, timeout=5)
-        usage = check_settled_on_measured_usage(w, receipt)
+        usage = check_settled_on_measured_usage(w, auth, receipt)
         assert receipt.outcome == "FINISHED", (tokens, receipt.outcome)
         assert tokens <= usage["output_tokens"] < 1000, (tokens, usage)
     assert w.h.wallet().pending == 0
@@ -331,7 +335,7 @@ def test_broker_unreachable_at_redemption(tmp_path):
                         assert time.monotonic() < deadline, "no recovery"
                         time.sleep(0.2)
                 assert run.result.status == worker_pb.JOB_STATUS_COMPLETED
-                assert run.result.receipt.authorization_id == auth.authorization_id
+                assert run.result.receipt.receipt_id == w.state(auth.authorization_id).receipt_id
             assert w.violations() == []
             assert fresh.stop() == 0
             w.check_log_privacy(w.worker, fresh)
@@ -367,9 +371,9 @@ def test_broker_lost_mid_job(tmp_path):
         # The worker kept measuring, resumed the session and settled it.
         assert result.status == worker_pb.JOB_STATUS_COMPLETED, result.error
         receipt = result.receipt
-        assert receipt.authorization_id == auth.authorization_id
+        assert receipt.receipt_id == w.state(auth.authorization_id).receipt_id
         assert receipt.outcome == "FINISHED"
-        usage = check_settled_on_measured_usage(w, receipt, result.usage)
+        usage = check_settled_on_measured_usage(w, auth, receipt, result.usage)
         assert usage["gpu_ms"] >= 3_000  # the work done while the broker was away counts
         assert w.state(auth.authorization_id).state == SETTLED
         assert w.h.wallet().pending == 0
@@ -408,8 +412,8 @@ def test_broker_lost_between_last_report_and_finish(tmp_path):
         result = run.result
         assert result.status == worker_pb.JOB_STATUS_COMPLETED, result.error
         receipt = result.receipt
-        assert receipt.authorization_id == auth.authorization_id, result.error
-        usage = check_settled_on_measured_usage(w, receipt, result.usage)
+        assert receipt.receipt_id == w.state(auth.authorization_id).receipt_id, result.error
+        usage = check_settled_on_measured_usage(w, auth, receipt, result.usage)
         assert not acked or usage["gpu_ms"] > acked[-1]["gpu_ms"]
         assert w.state(auth.authorization_id).state == SETTLED
         assert w.violations() == []

@@ -1,0 +1,164 @@
+"""Receipts: an outward part signed by the broker, an itemised part sealed to the owner.
+
+The outward part says what happened to the money, and when only coarsely: receipt
+id, held, charged, released, worker payout, platform fee, and the hour or day the
+settlement fell in. The itemised part says what the job was: model, resource class,
+worker, usage breakdown, prices, outcome, labels, exact times and the worker's signed
+usage. When the owner has registered an X25519 receipt key, the itemised part is
+signed, sealed to that key (sealing.py) and stored only in that form; the labels are
+deleted and the settled session is stripped of its usage and model, so the sealed
+receipt is the one place the broker still holds them. An owner without a receipt key
+gets the itemised part in clear, as the broker has nothing to seal it to.
+
+Receipt ids are random and unrelated to authorization, voucher or session ids. The
+worker's copy (`worker_view`) never carries the authorization id.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+from ..store.base import Record, Tx
+from . import journal, labels, ledger, pages, sealing, validate
+from .access import Principal
+from .config import CoreConfig
+from .errors import invalid, not_found
+from .session import SETTLED
+from .vouchers import Signer
+from .wallets import get_wallet
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+OUTWARD_FIELDS = ("receipt_id", "held", "charged", "released", "worker_payout",
+                  "platform_fee", "period_start_ms", "period_end_ms")
+# The itemised part; kept in the receipt record only when there is no key to seal it to.
+ITEMISED_FIELDS = ("session_id", "worker_id", "model", "resource_class", "usage", "prices",
+                   "outcome", "labels", "authorize_ms", "open_ms", "settle_ms", "worker_usage")
+# Session fields that exist only in the sealed receipt once it is sealed.
+SEALED_SESSION_FIELDS = ("usage", "signed_usage", "model")
+
+
+def period_of(ms: int, period_ms: int) -> tuple[int, int]:
+    """The whole hour or day (UTC) that `ms` falls in."""
+    start = ms - ms % period_ms
+    return start, start + period_ms
+
+
+def payment_model(usage: Record, prices: Record) -> str:
+    """Which of the charge's parts were non-zero: GPU time, inference (calls and
+    tokens), both, or neither."""
+    time = usage["gpu_ms"] * prices["gpu_second_price"] > 0
+    inference = (usage["input_tokens"] * prices["input_tokens_1k_price"]
+                 + usage["output_tokens"] * prices["output_tokens_1k_price"]
+                 + usage["calls"] * prices["call_price"]) > 0
+    if time and inference:
+        return "mixed"
+    return "metered_time" if time else "per_inference" if inference else "none"
+
+
+# -- owners' receipt keys ---------------------------------------------------------------
+
+
+def register_key(tx: Tx, principal: Principal, public_key: bytes, now: int) -> Record:
+    sealing.check_public_key(public_key)
+    record = {"owner_id": principal.owner_id, "key_id": sealing.receipt_key_id(public_key),
+              "public_key": base64.b64encode(public_key).decode(), "create_ms": now}
+    tx.put("receipt_keys", principal.owner_id, record)
+    journal.append(tx, "receipt_key_registered",
+                   {"owner_id": principal.owner_id, "key_id": record["key_id"]}, now)
+    return record
+
+
+def get_key(tx: Tx, owner_id: str) -> Record:
+    found = tx.get("receipt_keys", owner_id)
+    if found is None:
+        raise not_found("receipt_key", owner_id)
+    return found
+
+
+# -- settlement ---------------------------------------------------------------------------
+
+
+def issue(tx: Tx, auth: Record, ses: Record, outcome: str, now: int, config: CoreConfig,
+          signer: Signer, *, payout: int, fee: int) -> Record:
+    """Build, sign, seal (when the owner has a key) and store the receipt of a settled
+    session, with the indexes statements read. Returns the stored record."""
+    receipt_id = "rcpt_" + secrets.token_hex(12)
+    start, end = period_of(now, config.receipt_period_ms)
+    charged = ses["charged"]
+    model = payment_model(ses["usage"], ses["prices"])
+    outward = {"type": "receipt", "receipt_id": receipt_id, "held": auth["amount"],
+               "charged": charged, "released": auth["amount"] - charged,
+               "worker_payout": payout, "platform_fee": fee,
+               "period_start_ms": start, "period_end_ms": end}
+    signed = sealing.sign_document(signer, outward)
+    record = {**{k: outward[k] for k in OUTWARD_FIELDS},
+              "authorization_id": auth["authorization_id"], "owner_id": auth["owner_id"],
+              "wallet_id": auth["wallet_id"], "provider_id": ses["provider_id"],
+              "payment_model": model, "key_id": signed["key_id"],
+              "signed_payload": signed["payload"], "signature": signed["signature"],
+              "sealed": "", "receipt_key_id": ""}
+    itemised = {"type": "receipt.itemised", "receipt_id": receipt_id,
+                "authorization_id": auth["authorization_id"], "wallet_id": auth["wallet_id"],
+                "session_id": ses["session_id"], "worker_id": ses["worker_id"],
+                "model": ses.get("model", ""), "resource_class": ses.get("resource_class", ""),
+                "usage": ses["usage"], "prices": ses["prices"], "payment_model": model,
+                "outcome": outcome, "labels": labels.of(tx, auth["authorization_id"]),
+                "authorize_ms": auth["create_ms"], "open_ms": ses["open_ms"],
+                "settle_ms": now,
+                "worker_usage": ses.get("signed_usage") or {"payload": "", "signature": ""}}
+    key = tx.get("receipt_keys", auth["owner_id"])
+    if key is None:
+        record.update({k: itemised[k] for k in ITEMISED_FIELDS})
+    else:
+        sealed = sealing.seal_document(base64.b64decode(key["public_key"]), signer, itemised)
+        record.update(sealed=base64.b64encode(sealed).decode(), receipt_key_id=key["key_id"])
+        labels.forget(tx, auth["authorization_id"])
+    tx.put("receipts", receipt_id, record)
+    seq = ledger.next_seq(tx, "receipt_seq")
+    tx.put("wallet_receipts", f"{auth['wallet_id']}/{seq:020d}", {"receipt_id": receipt_id})
+    tx.put("owner_receipts", f"{auth['owner_id']}/{start:016d}/{receipt_id}", {
+        "wallet_id": auth["wallet_id"], "payment_model": model, "charged": charged,
+        "released": record["released"]})
+    tx.put("provider_receipts", f"{ses['provider_id']}/{start:016d}/{receipt_id}", {
+        "charged": charged, "payout": payout, "fee": fee})
+    return record
+
+
+def settled_session(ses: Record, receipt: Record) -> Record:
+    """The session as kept after settlement: without usage, signed usage and model
+    when they now live in a sealed receipt."""
+    settled = {**ses, "state": SETTLED, "receipt_id": receipt["receipt_id"]}
+    if receipt["sealed"]:
+        for name in SEALED_SESSION_FIELDS:
+            settled.pop(name, None)
+    return settled
+
+
+def worker_view(receipt: Record, ses: Record, outcome: str, now: int) -> Record:
+    """The receipt the worker gets: the outward part and what it knows already."""
+    return {**{k: receipt[k] for k in (*OUTWARD_FIELDS, "key_id", "signed_payload",
+                                       "signature")},
+            "authorization_id": "", "sealed": "", "receipt_key_id": "",
+            "session_id": ses["session_id"], "usage": ses["usage"], "prices": ses["prices"],
+            "outcome": outcome, "settle_ms": now,
+            "worker_usage": ses.get("signed_usage") or {"payload": "", "signature": ""}}
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+def list_receipts(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
+                  page_token: str) -> Record:
+    wallet = get_wallet(tx, principal, wallet_id)
+    size = validate.page_size(page_size)
+    before = pages.decode(page_token)
+    prefix = f"{wallet['wallet_id']}/"
+    if before and not before.startswith(prefix):
+        raise invalid("page_token", "belongs to another listing", "INVALID_PAGE_TOKEN")
+    rows = list(tx.scan("wallet_receipts", prefix=prefix, stop=before or None, reverse=True,
+                        limit=size + 1))
+    found = [tx.get("receipts", row["receipt_id"]) for _, row in rows[:size]]
+    token = pages.encode(rows[size - 1][0]) if len(rows) > size else ""
+    return {"receipts": found, "next_page_token": token}

@@ -1,0 +1,151 @@
+"""Aggregated statements: per owner (totals per wallet and per payment model) and per
+provider (payouts per period). No line items, and no timestamp finer than the
+statement's granularity, an hour or a day, never finer than the broker's setting
+(receipts record only the period they fell in). An owner's statement may carry an
+annex of line items, sealed to the owner's receipt key. Statements are signed with
+the receipt-signing key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections import defaultdict
+
+from ..store.base import Record, Tx
+from . import sealing, validate
+from .access import Principal, can_see_owner
+from .config import CoreConfig
+from .errors import denied, invalid, not_found, precondition
+from .receipts import DAY_MS, HOUR_MS, ITEMISED_FIELDS
+from .tenancy import get_owner, get_provider
+from .vouchers import Signer
+
+MAX_SPAN_MS = 366 * DAY_MS
+# Timestamps beyond year 9999 are not valid google.protobuf.Timestamps.
+MAX_TIME_MS = 253_402_300_799_999
+
+
+def bounds(start_ms: int, end_ms: int, granularity_ms: int,
+           config: CoreConfig) -> tuple[int, int, int]:
+    """(start, end, granularity): the request's period widened to whole periods of the
+    granularity, which is never finer than the broker's receipt period."""
+    if granularity_ms not in (0, HOUR_MS, DAY_MS):
+        raise invalid("granularity", "must be HOUR or DAY")
+    granularity = max(granularity_ms, config.receipt_period_ms)
+    for name, value in (("period_start", start_ms), ("period_end", end_ms)):
+        if not 0 <= value <= MAX_TIME_MS:
+            raise invalid(name, "must be a time between 1970 and 9999")
+    if end_ms <= start_ms:
+        raise invalid("period_end", "must be after period_start")
+    start = start_ms - start_ms % granularity
+    end = -(-end_ms // granularity) * granularity
+    if end - start > MAX_SPAN_MS:
+        raise invalid("period_end", "the period may span at most 366 days")
+    return start, end, granularity
+
+
+def _signed(signer: Signer, document: Record) -> Record:
+    signed = sealing.sign_document(signer, document)
+    return {**document, "key_id": signed["key_id"], "signed_payload": signed["payload"],
+            "signature": signed["signature"]}
+
+
+def _owner_for(tx: Tx, principal: Principal, owner_id: str) -> str:
+    owner_id = validate.ident(owner_id, "owner_id", required=False) or principal.owner_id
+    if not owner_id:
+        raise invalid("owner_id", "is required")
+    if not can_see_owner(principal, owner_id):
+        raise not_found("owner", owner_id)  # no hint that another tenant exists
+    return get_owner(tx, owner_id)["owner_id"]
+
+
+def owner_statement(tx: Tx, principal: Principal, owner_id: str, start_ms: int, end_ms: int,
+                    granularity_ms: int, include_annex: bool, config: CoreConfig,
+                    signer: Signer) -> Record:
+    owner_id = _owner_for(tx, principal, owner_id)
+    start, end, granularity = bounds(start_ms, end_ms, granularity_ms, config)
+    key = tx.get("receipt_keys", owner_id)
+    if include_annex and key is None:
+        raise precondition("RECEIPT_KEY_NOT_REGISTERED",
+                           "the annex is sealed to the owner's receipt key; register one "
+                           "with RegisterReceiptKey first", owner_id=owner_id)
+    wallets: dict[str, Record] = defaultdict(lambda: {"charged": 0, "released": 0,
+                                                      "job_count": 0})
+    models: dict[str, Record] = defaultdict(lambda: {"charged": 0, "job_count": 0})
+    items = []
+    for index_key, row in tx.scan("owner_receipts", start=f"{owner_id}/{start:016d}",
+                                  stop=f"{owner_id}/{end:016d}"):
+        wallet, model = wallets[row["wallet_id"]], models[row["payment_model"]]
+        wallet["charged"] += row["charged"]
+        wallet["released"] += row["released"]
+        wallet["job_count"] += 1
+        model["charged"] += row["charged"]
+        model["job_count"] += 1
+        if include_annex:
+            items.append(_line_item(tx, index_key.rsplit("/", 1)[1]))
+    statement = {
+        "type": "statement", "owner_id": owner_id, "period_start_ms": start,
+        "period_end_ms": end, "granularity_ms": granularity,
+        "wallets": [{"wallet_id": w, **t} for w, t in sorted(wallets.items())],
+        "payment_models": [{"payment_model": m, **t} for m, t in sorted(models.items())],
+        "total_charged": sum(t["charged"] for t in wallets.values()),
+        "total_released": sum(t["released"] for t in wallets.values()),
+        "job_count": sum(t["job_count"] for t in wallets.values()),
+        "annex_sha256": "", "receipt_key_id": ""}
+    annex = b""
+    if include_annex:
+        annex = sealing.seal_document(base64.b64decode(key["public_key"]), signer, {
+            "type": "statement.annex", "owner_id": owner_id, "period_start_ms": start,
+            "period_end_ms": end, "items": items})
+        statement.update(annex_sha256=hashlib.sha256(annex).hexdigest(),
+                         receipt_key_id=key["key_id"])
+    return {**_signed(signer, statement), "annex": base64.b64encode(annex).decode()}
+
+
+def _line_item(tx: Tx, receipt_id: str) -> Record:
+    """One receipt for the sealed annex: its outward part, and its itemised part as
+    the broker holds it (sealed, or in clear if settled before the owner had a key)."""
+    r = tx.get("receipts", receipt_id)
+    item = {k: r[k] for k in ("receipt_id", "authorization_id", "wallet_id", "held",
+                              "charged", "released", "period_start_ms", "period_end_ms",
+                              "payment_model", "sealed", "receipt_key_id")}
+    if not r["sealed"]:
+        item["itemised"] = {k: r[k] for k in ITEMISED_FIELDS}
+    return item
+
+
+def payout_statement(tx: Tx, principal: Principal, provider_id: str, start_ms: int,
+                     end_ms: int, granularity_ms: int, config: CoreConfig,
+                     signer: Signer) -> Record:
+    provider_id = validate.ident(provider_id, "provider_id", required=False)
+    if principal.role == "worker":
+        if provider_id and provider_id != principal.provider_id:
+            raise not_found("provider", provider_id)
+        provider_id = principal.provider_id
+    elif principal.role == "auditor" and principal.owner_id:
+        raise denied("an auditor bound to an owner cannot read providers' payouts",
+                     "ROLE_NOT_ALLOWED")
+    elif not provider_id:
+        raise invalid("provider_id", "is required")
+    provider_id = get_provider(tx, provider_id)["provider_id"]
+    start, end, granularity = bounds(start_ms, end_ms, granularity_ms, config)
+    periods: dict[int, Record] = defaultdict(lambda: {"charged": 0, "payout": 0,
+                                                      "platform_fee": 0, "job_count": 0})
+    for index_key, row in tx.scan("provider_receipts", start=f"{provider_id}/{start:016d}",
+                                  stop=f"{provider_id}/{end:016d}"):
+        settled_period = int(index_key.split("/")[1])
+        period = periods[settled_period - settled_period % granularity]
+        period["charged"] += row["charged"]
+        period["payout"] += row["payout"]
+        period["platform_fee"] += row["fee"]
+        period["job_count"] += 1
+    rows = [{"period_start_ms": p, "period_end_ms": p + granularity, **t}
+            for p, t in sorted(periods.items())]
+    return _signed(signer, {
+        "type": "payout_statement", "provider_id": provider_id, "period_start_ms": start,
+        "period_end_ms": end, "granularity_ms": granularity, "periods": rows,
+        "total_charged": sum(r["charged"] for r in rows),
+        "total_payout": sum(r["payout"] for r in rows),
+        "total_platform_fee": sum(r["platform_fee"] for r in rows),
+        "job_count": sum(r["job_count"] for r in rows)})

@@ -1,0 +1,94 @@
+"""A recording gRPC proxy: put it between a worker and the broker, and it passes every
+call through unchanged while keeping every message the worker receives (and sends),
+as raw bytes, with each failed call's status and trailing metadata.
+
+Every method is proxied as a bidirectional stream of raw bytes: on the wire a unary
+call is a stream of one message, so one handler serves them all without knowing any
+proto. Calls are tagged with the caller's bearer key, so the test can tell the
+worker's calls from its own (WorkerProcess lists offers through the same address).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from .broker_process import free_port
+
+
+@dataclass(frozen=True)
+class Captured:
+    method: str  # "/broker.v1.MeteringService/Meter"
+    direction: str  # "received" (broker -> worker), "sent", or "status"
+    data: bytes
+    bearer: str  # the caller's API key, "" for none
+
+
+class CapturingProxy:
+    def __init__(self, upstream: str):
+        self.target = f"127.0.0.1:{free_port()}"
+        self.captured: list[Captured] = []
+        self._lock = threading.Lock()
+        self._channel = grpc.insecure_channel(upstream)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+        self._server.add_generic_rpc_handlers((_Handler(self),))
+        self._server.add_insecure_port(self.target)
+
+    def start(self) -> CapturingProxy:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop(2).wait()
+        self._channel.close()
+
+    def record(self, method: str, direction: str, data: bytes, bearer: str) -> None:
+        with self._lock:
+            self.captured.append(Captured(method, direction, data, bearer))
+
+    def of(self, bearers: set[str]) -> list[Captured]:
+        """What calls made with one of `bearers` ("" for none) carried."""
+        with self._lock:
+            return [c for c in self.captured if c.bearer in bearers]
+
+
+class _Handler(grpc.GenericRpcHandler):
+    def __init__(self, proxy: CapturingProxy):
+        self.proxy = proxy
+
+    def service(self, details):
+        method = details.method
+        proxy = self.proxy
+
+        def behaviour(request_iterator, context):
+            metadata = tuple(context.invocation_metadata())
+            bearer = next((v.partition(" ")[2] for k, v in metadata if k == "authorization"),
+                          "")
+
+            def requests():
+                for raw in request_iterator:
+                    proxy.record(method, "sent", raw, bearer)
+                    yield raw
+
+            call = proxy._channel.stream_stream(method)(
+                requests(), metadata=[(k, v) for k, v in metadata if not k.startswith(":")
+                                      and k not in ("user-agent", "grpc-accept-encoding")])
+            context.add_callback(call.cancel)
+            try:
+                for raw in call:
+                    proxy.record(method, "received", raw, bearer)
+                    yield raw
+            except grpc.RpcError as error:
+                trailing = tuple(error.trailing_metadata() or ())
+                details_text = error.details() or ""
+                proxy.record(method, "status", details_text.encode() + b"".join(
+                    v if isinstance(v, bytes) else v.encode() for _, v in trailing), bearer)
+                if error.code() == grpc.StatusCode.CANCELLED:
+                    return
+                context.set_trailing_metadata(trailing)
+                context.abort(error.code(), details_text)
+
+        return grpc.stream_stream_rpc_method_handler(behaviour)
