@@ -24,6 +24,7 @@ from worker.v1 import worker_service_pb2_grpc as worker_grpc
 from .broker_process import BrokerProcess
 from .conftest import (
     WorkerWorld,
+    agents_copy,
     aio_channel,
     burn_job,
     check_error,
@@ -193,7 +194,7 @@ def test_sigterm_mid_job_ends_the_stream_and_the_session_resumes_after_restart(w
     result = job.result()
     assert result.status == worker_pb.JOB_STATUS_COMPLETED, result.error
     receipt = result.receipt
-    assert receipt.authorization_id == auth.authorization_id
+    assert receipt.receipt_id == w.state(auth.authorization_id).receipt_id
     assert receipt.outcome == "FINISHED"
     usage = usage_dict(receipt.usage)
     assert usage == usage_dict(result.usage)
@@ -223,7 +224,8 @@ def test_sigint_lets_a_session_finish_within_the_grace_period(w):
     assert result.receipt.charged == charge_for(usage_dict(result.usage), DEFAULT_PRICES)
     w.restart_broker()
     assert w.state(auth.authorization_id).state == SETTLED
-    assert w.agent.get_receipt(auth.authorization_id) == result.receipt
+    assert w.agent.get_receipt(auth.authorization_id) == agents_copy(result.receipt,
+                                                                      auth.authorization_id)
     check_balanced(w, result.receipt, pending)
 
 

@@ -32,7 +32,7 @@ from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
 from .broker_process import ROOT, BrokerProcess
-from .conftest import bearer, generate_job
+from .conftest import agents_copy, bearer, generate_job
 from .test_grpcurl import SERVICES, find_grpcurl
 from .worker_process import SERVICE, WorkerProcess
 
@@ -226,7 +226,8 @@ def test_mtls_cycle_agent_broker_worker(tmp_path, pki):
             result = events[-1].result
             assert result.status == worker_pb.JOB_STATUS_COMPLETED, result.error
             assert result.receipt.outcome == "FINISHED" and result.receipt.charged > 0
-            assert agent.get_receipt(auth.authorization_id) == result.receipt
+            assert agent.get_receipt(auth.authorization_id) == agents_copy(
+                result.receipt, auth.authorization_id)
             assert agent.balance().pending == 0
 
             # Refused at the handshake: plaintext, no client certificate, a client
