@@ -18,6 +18,9 @@ UNAVAILABLE is retried with the same request_id, so it happens at most once.
 
 Owners open the sealed itemised part of their receipts (and a statement's annex)
 with `open_sealed`, on their own side, with the private key they registered.
+
+A broker on TLS: pass `ca` (the PEM CA that signed its certificate; or `tls=True`
+to trust the system's roots), and for mutual TLS `client_cert` and `client_key`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from nacl.signing import VerifyKey
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
+from . import tls as tls_files
 from .api.errors import error_info
 from .core import sealing
 from .v1 import authorization_service_pb2 as auth_pb
@@ -80,8 +84,11 @@ class Execution:
 
 class BrokerClient:
     def __init__(self, target: str, api_key: str, *, timeout: float = 10.0, retries: int = 3,
-                 channel: grpc.Channel | None = None):
-        self._channel = channel or grpc.insecure_channel(target)
+                 channel: grpc.Channel | None = None, ca: str | None = None,
+                 client_cert: str | None = None, client_key: str | None = None,
+                 tls: bool = False):
+        self._channel = channel or tls_files.channel(
+            target, tls_files.load_client(ca, client_cert, client_key, tls=tls))
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self._timeout, self._retries = timeout, retries
         self._wallets = wallet_grpc.WalletServiceStub(self._channel)
@@ -153,10 +160,12 @@ class BrokerClient:
         return self._call(self._pricing.Quote, request).quote
 
     def execute(self, authorization: auth_pb.Authorization, job, *,
-                offers: list | None = None, timeout: float = 60.0) -> Execution:
+                offers: list | None = None, timeout: float = 60.0,
+                worker_tls: tls_files.ClientTls | None = None) -> Execution:
         """Run `job` (a worker.v1.Job) with the authorization's voucher at its offers,
         best first (`authorization.offers`, or `offers`: anything with worker_id and
-        endpoint), and return the whole event stream.
+        endpoint), and return the whole event stream. `worker_tls`: for workers that
+        serve agents over TLS (tls.load_client).
 
         Failover: when a worker fails before it accepted the job (unreachable, busy,
         draining, or refusing the voucher), the next offer gets the same voucher, but
@@ -172,7 +181,7 @@ class BrokerClient:
         for offer in candidates:
             events: list = []
             try:
-                with grpc.insecure_channel(offer.endpoint) as channel:
+                with tls_files.channel(offer.endpoint, worker_tls) as channel:
                     for event in worker_grpc.WorkerServiceStub(channel).Execute(
                             request, timeout=timeout):
                         events.append(event)

@@ -32,6 +32,7 @@ from .datadir import DataDir
 from .keyring import Keyring, retire_voucher_keys
 from .metrics import BrokerMetrics, MetricsServer
 from .store.base import Store
+from .tls import ServerTls, add_port
 from .v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -57,6 +58,8 @@ log = logging.getLogger("broker")
 
 # Requests are small; anything bigger is refused by gRPC with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 64 * 1024
+# At the end of a shutdown, what calls still running get to finish.
+STOP_GRACE_S = 2.0
 
 SERVICES = (
     (admin_service_pb2, "AdminService", admin_service_pb2_grpc, AdminServicer),
@@ -82,11 +85,13 @@ class PortInUse(Exception):
 @dataclass
 class BrokerSettings:
     listen: str = "127.0.0.1:50051"
-    shutdown_grace_s: float = 5.0
+    # On SIGTERM/SIGINT, how long open metering sessions get to finish (see Broker.stop).
+    shutdown_grace_s: float = 10.0
     sweep_interval_s: float = 0.5
     metrics_listen: str = ""  # host:port of GET /metrics; empty: no endpoint
     # How often the daemon audits the ledger and the journal (0: never).
     audit_interval_s: float = 300.0
+    tls: ServerTls | None = None  # None: plaintext
 
 
 def run_periodic(services: Services) -> int:
@@ -161,7 +166,7 @@ class Broker:
                   reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, self.server)
         try:
-            self.port = self.server.add_insecure_port(self.settings.listen)
+            self.port = add_port(self.server, self.settings.listen, self.settings.tls)
         except RuntimeError as error:
             raise PortInUse(f"cannot listen on {self.settings.listen}: {error}") from None
         if not self.port:
@@ -177,7 +182,10 @@ class Broker:
         self._sweeper = asyncio.create_task(self._sweep())
         if self.settings.audit_interval_s:
             self._auditor = asyncio.create_task(self._audit())
-        log.info("broker listening on %s", self.settings.listen)
+        tls = self.settings.tls
+        log.info("broker listening on %s (%s)", self.settings.listen,
+                 "plaintext" if tls is None else
+                 "TLS, client certificates required" if tls.client_ca else "TLS")
 
     async def _sweep(self) -> None:
         s = self.services
@@ -231,18 +239,32 @@ class Broker:
                 log.exception("periodic audit failed; retrying")
 
     async def stop(self) -> None:
-        """Graceful: NOT_SERVING, refuse new work, let calls finish, flush the writer."""
-        self.services.draining = True
+        """Graceful: NOT_SERVING and no new authorizations or sessions at once; open
+        metering sessions get the grace period to finish; the streams still open then
+        end with SHUTTING_DOWN (their sessions stay open, for the workers to resume on
+        a broker that is up); calls in flight finish; the writer flushes its queue."""
+        s = self.services
+        s.draining = True
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        grace = self.settings.shutdown_grace_s
+        if s.streams.count:
+            log.info("draining: waiting up to %.0f s for %d metering session(s) to finish",
+                     grace, s.streams.count)
+        if not await s.streams.wait_idle(grace):
+            log.info("grace period over: ending %d metering stream(s); their sessions stay "
+                     "open, to be resumed", s.streams.count)
+            s.streams.ended.set()
+            await s.streams.wait_idle(STOP_GRACE_S)
         for task in (self._sweeper, self._auditor):
             if task is not None:
                 task.cancel()
         if self.server is not None:
-            await self.server.stop(self.settings.shutdown_grace_s)
+            await self.server.stop(STOP_GRACE_S)
         if self.metrics_server is not None:
             self.metrics_server.close()
-        self.services.store.close()
+        s.store.close()  # runs every operation already queued, then closes the env
+        log.info("stopped")
 
 
 async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
