@@ -52,24 +52,31 @@ def cmd_init(args, effective: Effective[Settings]) -> int:
     return 0
 
 
-def daemon_settings(settings: Settings):
-    """What `serve` hands to the daemon."""
+def daemon_settings(settings: Settings, server_tls=None):
+    """What `serve` hands to the daemon (`server_tls`: broker.tls.load_server's)."""
     from .daemon import BrokerSettings
 
     return BrokerSettings(listen=settings.listen,
                           shutdown_grace_s=settings.shutdown_grace_seconds,
                           sweep_interval_s=settings.sweep_interval_ms / 1000,
                           metrics_listen=settings.metrics_listen,
-                          audit_interval_s=settings.audit_interval_seconds)
+                          audit_interval_s=settings.audit_interval_seconds, tls=server_tls)
 
 
 def cmd_serve(args, effective: Effective[Settings]) -> int:
-    from . import demo
+    from . import demo, tls
+    from .clock import offset_clock
     from .daemon import PortInUse, serve, serve_processes
     from .metrics import MetricsListenError
     from .store import DataDirLocked
 
     settings = effective.settings
+    try:
+        server_tls = tls.load_server(settings.tls_cert, settings.tls_key,
+                                     settings.tls_client_ca)
+    except tls.TlsError as error:
+        log.error("%s", error)
+        return 2
     data_dir = _data_dir(settings)
     config = settings.core_config()
     admin_key = ""
@@ -87,10 +94,12 @@ def cmd_serve(args, effective: Effective[Settings]) -> int:
             announce(settings, demo_help(data_dir, settings.listen))
 
     try:
+        clock = offset_clock(args.clock_offset_ms)
         if settings.processes > 1:
-            return serve_processes(data_dir, config, daemon_settings(settings),
-                                   settings.processes, on_ready)
-        asyncio.run(serve(data_dir, config, daemon_settings(settings), on_ready))
+            return serve_processes(data_dir, config, daemon_settings(settings, server_tls),
+                                   settings.processes, on_ready, clock)
+        asyncio.run(serve(data_dir, config, daemon_settings(settings, server_tls), on_ready,
+                          clock))
     except (DataDirLocked, MetricsListenError) as error:
         log.error("%s", error)
         return 2
@@ -266,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     SCHEMA.add_flags(p)
     p.add_argument("--demo", action="store_true",
                    help="initialise if needed and create demo owner, wallet and keys")
+    p.add_argument("--clock-offset-ms", type=int, default=0,
+                   help="run the broker's clock this far ahead (tests and drills only)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("credentials", help="print a demo credential (for grpcurl)")

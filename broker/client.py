@@ -6,17 +6,28 @@
         ... hand auth.voucher to a worker ...
         receipt = client.get_receipt(auth.authorization_id)
 
+Or let the broker choose, and fail over between workers with the same voucher:
+
+        quote = client.quote("generate", models=["tiny-lm"], input_tokens=20,
+                             output_tokens=64, latency_target_ms=2000)
+        auth = client.authorize(250_000, quote_id=quote.quote_id, select_best_offer=True)
+        run = client.execute(auth, job)     # tries auth.offers in order (see execute)
+
 Every mutating call carries a fresh request_id; a call that fails with
 UNAVAILABLE is retried with the same request_id, so it happens at most once.
 
 Owners open the sealed itemised part of their receipts (and a statement's annex)
 with `open_sealed`, on their own side, with the private key they registered.
+
+A broker on TLS: pass `ca` (the PEM CA that signed its certificate; or `tls=True`
+to trust the system's roots), and for mutual TLS `client_cert` and `client_key`.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -24,10 +35,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nacl.public import PrivateKey
 from nacl.signing import VerifyKey
 
+from worker.v1 import worker_service_pb2 as worker_pb
+from worker.v1 import worker_service_pb2_grpc as worker_grpc
+
+from . import tls as tls_files
 from .api.errors import error_info
 from .core import sealing
 from .v1 import authorization_service_pb2 as auth_pb
 from .v1 import authorization_service_pb2_grpc as auth_grpc
+from .v1 import pricing_pb2
+from .v1 import pricing_service_pb2 as pricing_pb
+from .v1 import pricing_service_pb2_grpc as pricing_grpc
 from .v1 import resources_pb2 as res_pb
 from .v1 import statement_service_pb2 as statement_pb
 from .v1 import statement_service_pb2_grpc as statement_grpc
@@ -50,15 +68,33 @@ class BrokerClientError(Exception):
         super().__init__(f"{self.code.name} {self.reason}: {error.details()}")
 
 
+@dataclass
+class Execution:
+    """A job run by `BrokerClient.execute`: the offer that ran it, every event of its
+    stream, and the offers tried before it with the error each gave."""
+
+    offer: pricing_pb2.BoundOffer
+    events: list = field(default_factory=list)
+    failovers: list[tuple[str, BrokerClientError]] = field(default_factory=list)
+
+    @property
+    def result(self):
+        return self.events[-1].result
+
+
 class BrokerClient:
     def __init__(self, target: str, api_key: str, *, timeout: float = 10.0, retries: int = 3,
-                 channel: grpc.Channel | None = None):
-        self._channel = channel or grpc.insecure_channel(target)
+                 channel: grpc.Channel | None = None, ca: str | None = None,
+                 client_cert: str | None = None, client_key: str | None = None,
+                 tls: bool = False):
+        self._channel = channel or tls_files.channel(
+            target, tls_files.load_client(ca, client_cert, client_key, tls=tls))
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self._timeout, self._retries = timeout, retries
         self._wallets = wallet_grpc.WalletServiceStub(self._channel)
         self._auths = auth_grpc.AuthorizationServiceStub(self._channel)
         self._registry = registry_grpc.WorkerRegistryServiceStub(self._channel)
+        self._pricing = pricing_grpc.PricingServiceStub(self._channel)
         self._statements = statement_grpc.StatementServiceStub(self._channel)
         self._keys = keys_grpc.VoucherKeyServiceStub(self._channel)
 
@@ -94,15 +130,102 @@ class BrokerClient:
     def authorize(self, amount: int, *, resource_class: str = "", model: str = "",
                   worker_id: str = "", max_prices: dict[str, int] | None = None,
                   ttl_seconds: int = 0, request_id: str = "",
-                  cache_results: bool = False,
+                  cache_results: bool = False, quote_id: str = "",
+                  select_best_offer: bool = False,
                   labels: dict[str, str] | None = None) -> auth_pb.Authorization:
-        """`labels` (job names, purposes) stay inside the broker, for the owner's books."""
+        """A hold and its voucher. With a quote id the voucher is charged the quote's
+        locked prices; with select_best_offer the broker picks the offer (and the
+        voucher is valid at every eligible offer of that model: see execute).
+        `labels` (job names, purposes) stay inside the broker, for the owner's books."""
         scope = res_pb.Scope(resource_class=resource_class, model=model, worker_id=worker_id,
                              max_prices=res_pb.PriceSheet(**(max_prices or {})))
         request = auth_pb.AuthorizeRequest(request_id=request_id or self._request_id(),
                                            amount=amount, scope=scope, ttl_seconds=ttl_seconds,
-                                           cache_results=cache_results, labels=labels or {})
+                                           cache_results=cache_results, quote_id=quote_id,
+                                           select_best_offer=select_best_offer,
+                                           labels=labels or {})
         return self._call(self._auths.Authorize, request).authorization
+
+    def quote(self, kind: str, *, models: tuple[str, ...] | list[str] = (),
+              input_tokens: int = 0, output_tokens: int = 0, gpu_ms: int = 0,
+              latency_target_ms: int = 0, max_cost: int = 0, resource_class: str = "",
+              lock_seconds: int = 0) -> pricing_pb.Quote:
+        """Ranked live offers for a job, prices locked for lock_seconds (0: 60)."""
+        job = pricing_pb.JobDescription(
+            kind=kind, models=list(models), input_tokens=input_tokens,
+            output_tokens=output_tokens, gpu_ms=gpu_ms, latency_target_ms=latency_target_ms,
+            max_cost=max_cost, resource_class=resource_class)
+        request = pricing_pb.QuoteRequest(request_id=self._request_id(), job=job,
+                                          lock_seconds=lock_seconds)
+        return self._call(self._pricing.Quote, request).quote
+
+    def execute(self, authorization: auth_pb.Authorization, job, *,
+                offers: list | None = None, timeout: float = 60.0,
+                worker_tls: tls_files.ClientTls | None = None) -> Execution:
+        """Run `job` (a worker.v1.Job) with the authorization's voucher at its offers,
+        best first (`authorization.offers`, or `offers`: anything with worker_id and
+        endpoint), and return the whole event stream. `worker_tls`: for workers that
+        serve agents over TLS (tls.load_client).
+
+        Failover: when a worker fails before it accepted the job (unreachable, busy,
+        draining, or refusing the voucher), the next offer gets the same voucher, but
+        only after the broker confirms the authorization is still held, i.e. no worker
+        redeemed the voucher. The broker redeems a voucher at most once, so a worker
+        that redeemed it and then failed can never cause a second charge: the client
+        stops there and raises. A malformed job (INVALID_ARGUMENT) is not retried."""
+        candidates = list(offers if offers is not None else authorization.offers)
+        if not candidates:
+            raise ValueError("the authorization names no offers; pass offers=")
+        request = worker_pb.ExecuteRequest(voucher=authorization.voucher, job=job)
+        failovers: list[tuple[str, BrokerClientError]] = []
+        for offer in candidates:
+            events: list = []
+            try:
+                with tls_files.channel(offer.endpoint, worker_tls) as channel:
+                    for event in worker_grpc.WorkerServiceStub(channel).Execute(
+                            request, timeout=timeout):
+                        events.append(event)
+                return Execution(offer, events, failovers)
+            except grpc.RpcError as error:
+                failure = BrokerClientError(error)
+                accepted = any(e.WhichOneof("kind") == "accepted" for e in events)
+                if accepted or error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise failure from None
+                failovers.append((offer.worker_id, failure))
+                held = self.get_authorization(authorization.authorization_id).state
+                if held != auth_pb.AUTHORIZATION_STATE_HELD:
+                    raise failure from None
+        raise failovers[-1][1]
+
+    def get_quote(self, quote_id: str) -> pricing_pb.Quote:
+        return self._call(self._pricing.GetQuote,
+                          pricing_pb.GetQuoteRequest(quote_id=quote_id)).quote
+
+    def list_grants(self, wallet_id: str = "") -> pricing_pb.ListGrantsResponse:
+        """The first page of a wallet's grants (newest first) and its balance breakdown."""
+        return self._call(self._pricing.ListGrants,
+                          pricing_pb.ListGrantsRequest(wallet_id=wallet_id, page_size=1000))
+
+    def create_lease(self, worker_id: str, duration_seconds: int,
+                     quote_id: str = "") -> pricing_pb.Lease:
+        request = pricing_pb.CreateLeaseRequest(request_id=self._request_id(),
+                                                worker_id=worker_id,
+                                                duration_seconds=duration_seconds,
+                                                quote_id=quote_id)
+        return self._call(self._pricing.CreateLease, request).lease
+
+    def authorize_lease_job(self, lease_id: str, model: str = "") -> auth_pb.Authorization:
+        request = pricing_pb.AuthorizeLeaseJobRequest(request_id=self._request_id(),
+                                                      lease_id=lease_id, model=model)
+        return self._call(self._pricing.AuthorizeLeaseJob, request).authorization
+
+    def get_lease(self, lease_id: str) -> pricing_pb.Lease:
+        return self._call(self._pricing.GetLease,
+                          pricing_pb.GetLeaseRequest(lease_id=lease_id)).lease
+
+    def end_lease(self, lease_id: str) -> pricing_pb.Lease:
+        request = pricing_pb.EndLeaseRequest(request_id=self._request_id(), lease_id=lease_id)
+        return self._call(self._pricing.EndLease, request).lease
 
     def cancel(self, authorization_id: str) -> auth_pb.Authorization:
         request = auth_pb.CancelAuthorizationRequest(request_id=self._request_id(),
@@ -159,6 +282,24 @@ class BrokerClient:
                                                   wallet_id=wallet_id)
         return self._call(self._wallets.UnfreezeWallet, request).wallet
 
+    def create_plan(self, credits_per_period: int, period_seconds: int, *,
+                    rollover_periods: int = 0, priority: int = 0,
+                    display_name: str = "") -> pricing_pb.Plan:
+        request = pricing_pb.CreatePlanRequest(
+            request_id=self._request_id(), display_name=display_name,
+            credits_per_period=credits_per_period, period_seconds=period_seconds,
+            rollover_periods=rollover_periods, priority=priority)
+        return self._call(self._pricing.CreatePlan, request).plan
+
+    def subscribe(self, plan_id: str, wallet_id: str) -> pricing_pb.Subscription:
+        request = pricing_pb.SubscribeRequest(request_id=self._request_id(), plan_id=plan_id,
+                                              wallet_id=wallet_id)
+        return self._call(self._pricing.Subscribe, request).subscription
+
+    def cancel_subscription(self, subscription_id: str) -> pricing_pb.Subscription:
+        request = pricing_pb.CancelSubscriptionRequest(request_id=self._request_id(),
+                                                       subscription_id=subscription_id)
+        return self._call(self._pricing.CancelSubscription, request).subscription
     def register_receipt_key(self, public_key: bytes) -> statement_pb.ReceiptKey:
         """Seal the itemised part of this owner's future receipts to `public_key`."""
         request = statement_pb.RegisterReceiptKeyRequest(request_id=self._request_id(),

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,12 +25,14 @@ from .api.base import Services
 from .api.interceptors import ObservingInterceptor
 from .api.metering import MeteringServicer
 from .api.policy import PolicyServicer
+from .api.pricing import PricingServicer
 from .api.registry import WorkerRegistryServicer
 from .api.statements import StatementServicer
 from .api.undecodable import UndecodableRequestInterceptor
 from .api.voucher_keys import VoucherKeyServicer
 from .api.wallet import WalletServicer
-from .core import alerts, audit, idempotency, ledger, metering, rate_limits, sweeps
+from .clock import now_ms
+from .core import alerts, audit, idempotency, ledger, metering, periodic, rate_limits, sweeps
 from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
@@ -37,6 +40,7 @@ from .keyring import Keyring, retire_voucher_keys
 from .metrics import BrokerMetrics, MetricsServer
 from .store.base import Store
 from .store.lmdb_store import LmdbStore, RuntimeTables, lock_dir, unlock_dir
+from .tls import ServerTls, add_port
 from .v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -46,6 +50,8 @@ from .v1 import (
     metering_service_pb2_grpc,
     policy_service_pb2,
     policy_service_pb2_grpc,
+    pricing_service_pb2,
+    pricing_service_pb2_grpc,
     statement_service_pb2,
     statement_service_pb2_grpc,
     voucher_key_service_pb2,
@@ -60,6 +66,8 @@ log = logging.getLogger("broker")
 
 # Requests are small; anything bigger is refused by gRPC with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 64 * 1024
+# At the end of a shutdown, what calls still running get to finish.
+STOP_GRACE_S = 2.0
 
 SERVICES = (
     (admin_service_pb2, "AdminService", admin_service_pb2_grpc, AdminServicer),
@@ -67,6 +75,7 @@ SERVICES = (
      AuthorizationServicer),
     (metering_service_pb2, "MeteringService", metering_service_pb2_grpc, MeteringServicer),
     (policy_service_pb2, "PolicyService", policy_service_pb2_grpc, PolicyServicer),
+    (pricing_service_pb2, "PricingService", pricing_service_pb2_grpc, PricingServicer),
     (voucher_key_service_pb2, "VoucherKeyService", voucher_key_service_pb2_grpc,
      VoucherKeyServicer),
     (wallet_service_pb2, "WalletService", wallet_service_pb2_grpc, WalletServicer),
@@ -84,11 +93,13 @@ class PortInUse(Exception):
 @dataclass
 class BrokerSettings:
     listen: str = "127.0.0.1:50051"
-    shutdown_grace_s: float = 5.0
+    # On SIGTERM/SIGINT, how long open metering sessions get to finish (see Broker.stop).
+    shutdown_grace_s: float = 10.0
     sweep_interval_s: float = 0.5
     metrics_listen: str = ""  # host:port of GET /metrics; empty: no endpoint
     # How often the daemon audits the ledger and the journal (0: never).
     audit_interval_s: float = 300.0
+    tls: ServerTls | None = None  # None: plaintext
     # False: no fsync per commit. For benchmarks only: acknowledged ops may be lost.
     durable: bool = True
 
@@ -103,6 +114,17 @@ class Prefork:
     @property
     def primary(self) -> bool:
         return self.index == 0
+
+
+def run_periodic(services: Services) -> int:
+    """Pricing's due work: grants, grant expiry, lease ends (blocking; for start-up)."""
+    total = 0
+    while True:
+        done = services.store.submit_sync(lambda tx: periodic.run_due(
+            tx, services.clock(), services.config, services.receipt_keyring.signer))
+        total += done
+        if not done:
+            return total
 
 
 def expire_holds(services: Services) -> int:
@@ -141,12 +163,12 @@ class Broker:
     def __init__(self, store: Store, keyring: Keyring, config: CoreConfig,
                  settings: BrokerSettings, cache_secret: bytes = b"",
                  metrics: BrokerMetrics | None = None, *, receipt_keyring: Keyring,
-                 prefork: Prefork | None = None):
+                 clock: Callable[[], int] = now_ms, prefork: Prefork | None = None):
         shared = prefork.runtime if prefork else None
         self.services = Services(
             store=store, keyring=keyring, config=config,
             liveness=Liveness(config.worker_lease_ms, shared.leases if shared else {}),
-            cache_secret=cache_secret, receipt_keyring=receipt_keyring,
+            cache_secret=cache_secret, receipt_keyring=receipt_keyring, clock=clock,
             limiter=rate_limits.RequestLimiter(shared.rate_buckets if shared else None))
         self.settings = settings
         self.prefork = prefork
@@ -163,6 +185,8 @@ class Broker:
         store = self.services.store
         store.submit_sync(lambda tx: ledger.ensure_platform_accounts(tx, self.services.clock()))
         self.metrics.watch_ledger(store)
+        if caught_up := run_periodic(self.services):
+            log.info("caught up on %d subscription grants, expiries and lease ends", caught_up)
         released = expire_holds(self.services)
         if released:
             log.info("resolved %d holds that timed out while the broker was down", released)
@@ -188,7 +212,7 @@ class Broker:
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer(names), server)
         try:
-            self.port = self.server.add_insecure_port(self.settings.listen)
+            self.port = add_port(self.server, self.settings.listen, self.settings.tls)
         except RuntimeError as error:
             raise PortInUse(f"cannot listen on {self.settings.listen}: {error}") from None
         if not self.port:
@@ -204,7 +228,10 @@ class Broker:
         self._sweeper = asyncio.create_task(self._sweep())
         if self.settings.audit_interval_s and (self.prefork is None or self.prefork.primary):
             self._auditor = asyncio.create_task(self._audit())
-        log.info("broker listening on %s", self.settings.listen)
+        tls = self.settings.tls
+        log.info("broker listening on %s (%s)", self.settings.listen,
+                 "plaintext" if tls is None else
+                 "TLS, client certificates required" if tls.client_ca else "TLS")
 
     async def _sweep(self) -> None:
         s = self.services
@@ -214,6 +241,8 @@ class Broker:
                 if await s.store.submit(lambda tx: sweeps.run(
                         tx, s.clock(), s.config, s.receipt_keyring.signer)):
                     s.changes.notify()
+                await s.store.submit(lambda tx: periodic.run_due(
+                    tx, s.clock(), s.config, s.receipt_keyring.signer))
                 await s.store.submit(lambda tx: metering.expire_due(
                     tx, s.clock(), s.config, s.receipt_keyring.signer))
                 await s.store.submit(lambda tx: idempotency.prune(tx, s.clock()))
@@ -259,22 +288,37 @@ class Broker:
                 log.exception("periodic audit failed; retrying")
 
     async def stop(self) -> None:
-        """Graceful: NOT_SERVING, refuse new work, let calls finish, flush the writer."""
-        self.services.draining = True
+        """Graceful: NOT_SERVING and no new authorizations or sessions at once; open
+        metering sessions get the grace period to finish; the streams still open then
+        end with SHUTTING_DOWN (their sessions stay open, for the workers to resume on
+        a broker that is up); calls in flight finish; the writer flushes its queue."""
+        s = self.services
+        s.draining = True
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        grace = self.settings.shutdown_grace_s
+        if s.streams.count:
+            log.info("draining: waiting up to %.0f s for %d metering session(s) to finish",
+                     grace, s.streams.count)
+        if not await s.streams.wait_idle(grace):
+            log.info("grace period over: ending %d metering stream(s); their sessions stay "
+                     "open, to be resumed", s.streams.count)
+            s.streams.ended.set()
+            await s.streams.wait_idle(STOP_GRACE_S)
         for task in (self._sweeper, self._auditor):
             if task is not None:
                 task.cancel()
         if self.server is not None:
-            await self.server.stop(self.settings.shutdown_grace_s)
+            await self.server.stop(STOP_GRACE_S)
         if self.metrics_server is not None:
             self.metrics_server.close()
-        self.services.store.close()
+        s.store.close()  # runs every operation already queued, then closes the env
+        log.info("stopped")
 
 
 async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
-                on_ready=None, *, prefork: Prefork | None = None) -> None:
+                on_ready=None, clock: Callable[[], int] = now_ms, *,
+                prefork: Prefork | None = None) -> None:
     """Run one broker server until SIGTERM/SIGINT. prefork: one of the server
     processes of `serve_processes` (the parent holds the data directory lock)."""
     store = LmdbStore(data_dir.ledger, durable=settings.durable, lock=prefork is None)
@@ -283,7 +327,8 @@ async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
     try:
         broker = Broker(store, Keyring(data_dir.voucher_keys), config, settings,
                         data_dir.cache_secret(), metrics,
-                        receipt_keyring=Keyring.open(data_dir.receipt_keys), prefork=prefork)
+                        receipt_keyring=Keyring.open(data_dir.receipt_keys), clock=clock,
+                        prefork=prefork)
         await broker.start()
     except BaseException:
         store.close()
@@ -304,7 +349,7 @@ def _runtime_path(data_dir: DataDir) -> Path:
 
 
 def serve_processes(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
-                    processes: int, on_ready=None) -> int:
+                    processes: int, on_ready=None, clock: Callable[[], int] = now_ms) -> int:
     """Prefork: `processes` server processes on one port (SO_REUSEPORT) and one LMDB
     environment; returns the exit status. Blocks until SIGTERM/SIGINT (passed on to
     every server) or until a server exits on its own (the others are then stopped).
@@ -332,7 +377,7 @@ def serve_processes(data_dir: DataDir, config: CoreConfig, settings: BrokerSetti
                 pid = os.fork()
                 if pid == 0:
                     _run_server(data_dir, config, replace(settings, listen=listen),
-                                on_ready if index == 0 else None, index, processes)
+                                on_ready if index == 0 else None, clock, index, processes)
                 children[pid] = index
         except BaseException:
             _stop(children)
@@ -356,7 +401,7 @@ def _reserve_port(listen: str) -> str:
 
 
 def _run_server(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings, on_ready,
-                index: int, processes: int) -> None:
+                clock: Callable[[], int], index: int, processes: int) -> None:
     """The body of one forked server process; never returns."""
     code = 1
     try:
@@ -366,7 +411,7 @@ def _run_server(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
             host, _, port = settings.metrics_listen.rpartition(":")
             settings = replace(settings, metrics_listen=f"{host}:{int(port) + index}")
         prefork = Prefork(index, RuntimeTables(_runtime_path(data_dir)))  # after the fork
-        asyncio.run(serve(data_dir, config, settings, on_ready, prefork=prefork))
+        asyncio.run(serve(data_dir, config, settings, on_ready, clock, prefork=prefork))
         code = 0
     except BaseException:
         log.exception("server process %d failed", index + 1)

@@ -13,7 +13,7 @@ import sys
 
 import grpc
 
-from broker import logs
+from broker import logs, tls
 from broker.core.errors import BrokerError
 from broker.settings import Effective, SettingsError
 
@@ -29,7 +29,10 @@ def cmd_serve(args, effective: Effective[WorkerConfig]) -> int:
     config = effective.settings
     try:
         config.read_api_key()
-    except SettingsError as error:
+        # Bad TLS files stop the worker before it loads any model.
+        config.server_tls()
+        config.broker_tls()
+    except (SettingsError, tls.TlsError) as error:
         log.error("%s", error)
         return 2
 
@@ -51,7 +54,12 @@ def cmd_config_show(args, effective: Effective[WorkerConfig]) -> int:
 
 
 def cmd_verify(args, effective: Effective[WorkerConfig]) -> int:
-    with grpc.insecure_channel(effective.settings.broker) as channel:
+    try:
+        broker_tls = effective.settings.broker_tls()
+    except tls.TlsError as error:
+        log.error("%s", error)
+        return 2
+    with tls.channel(effective.settings.broker, broker_tls) as channel:
         verifier = VoucherVerifier(grpc_key_fetcher(channel))
         token = sys.stdin.readline().strip() if args.voucher == "-" else args.voucher
         try:
@@ -72,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("verify-voucher", help="verify a voucher offline and print its claims")
-    SCHEMA.add_flags(p, "broker", "log_format", "log_level")
+    SCHEMA.add_flags(p, "broker", "broker_ca", "broker_client_cert", "broker_client_key",
+                     "log_format", "log_level")
     p.add_argument("voucher", help="the voucher token, or - to read it from stdin")
     p.set_defaults(func=cmd_verify)
 

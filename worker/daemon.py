@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nacl.signing import SigningKey
 
+from broker import tls
 from broker.api.interceptors import ObservingInterceptor
 from broker.api.undecodable import UndecodableRequestInterceptor
 from broker.files import write_secret
@@ -31,6 +32,8 @@ from .voucher_check import VoucherVerifier, grpc_key_fetcher
 
 log = logging.getLogger("worker")
 SERVICE_NAME = worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
+# On shutdown, how long cancelled jobs get to settle with the broker.
+SETTLE_TIMEOUT_S = 15.0
 
 
 class ListenError(Exception):
@@ -50,10 +53,12 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     state.chmod(0o700)
     usage_key = load_usage_key(state / "usage-key")
     api_key = config.read_api_key()
+    server_tls, broker_tls = config.server_tls(), config.broker_tls()
     runtime = Runtime(checkpoints=config.checkpoints, handler_modules=config.handler_modules)
-    # Build the model now, so no agent pays for loading it.
+    # Build the models now, so no agent pays for loading them (and measure their sizes).
     await asyncio.to_thread(runtime.load_model, BUILTIN_MODEL)
-    capabilities = {**probe_capabilities(), "models": runtime.models()}
+    sizes = await asyncio.to_thread(runtime.model_sizes)
+    capabilities = {**probe_capabilities(), "models": runtime.models(), "model_sizes": sizes}
     metrics = WorkerMetrics(capabilities, runtime.device)
 
     interceptors = [ObservingInterceptor(metrics.rpc, logging.getLogger("worker.rpc")),
@@ -62,7 +67,7 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
                              options=[("grpc.so_reuseport", 0),
                                       ("grpc.max_receive_message_length", 1 << 20)])
     try:
-        port = server.add_insecure_port(config.listen)
+        port = tls.add_port(server, config.listen, server_tls)
     except RuntimeError as error:
         raise ListenError(f"cannot listen on {config.listen}: {error}") from None
     if not port:
@@ -77,8 +82,8 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
 
     # Reconnect to a restarted broker within seconds, not gRPC's default 2 minutes.
     options = [("grpc.max_reconnect_backoff_ms", 2000)]
-    channel = grpc.aio.insecure_channel(config.broker, options=options)
-    key_channel = grpc.insecure_channel(config.broker, options=options)  # blocking, in a thread
+    channel = tls.aio_channel(config.broker, broker_tls, options)
+    key_channel = tls.channel(config.broker, broker_tls, options)  # blocking, in a thread
     registration = Registration(channel, api_key, config.endpoint, capabilities,
                                 config.prices, bytes(usage_key.verify_key), state / "worker-id")
     worker_id = await registration.register()
@@ -99,8 +104,10 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     heartbeats = asyncio.create_task(registration.heartbeat_forever())
-    log.info("worker %s serving on %s (%s, meter %s)", worker_id, config.listen,
-             capabilities["resource_class"], capabilities["meter"])
+    log.info("worker %s serving on %s (%s, meter %s, %s)", worker_id, config.listen,
+             capabilities["resource_class"], capabilities["meter"],
+             "plaintext" if server_tls is None else
+             "TLS, client certificates required" if server_tls.client_ca else "TLS")
     if on_ready is not None:
         on_ready(worker_id, port)
 
@@ -112,11 +119,17 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
 
     log.info("draining: no new jobs")
     await health_servicer.enter_graceful_shutdown()
-    if not await servicer.drain(config.drain_timeout_s):
-        log.warning("jobs still running after %.0f s; stopping anyway", config.drain_timeout_s)
+    grace = config.shutdown_grace_seconds
+    if not await servicer.drain(grace):
+        log.warning("jobs still running after %.0f s; cancelling them", grace)
     heartbeats.cancel()
+    # Cancels the calls of jobs still running, as if their agents hung up: each job stops
+    # and settles what it measured, over the broker link, so that stays open until then.
+    await server.stop(0)
+    if not await servicer.drain(SETTLE_TIMEOUT_S):
+        log.warning("jobs not settled after %.0f s; their holds settle what the broker "
+                    "acknowledged when they expire", SETTLE_TIMEOUT_S)
     await registration.deregister()
-    await server.stop(2)
     await channel.close()
     key_channel.close()
     cache.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core import authorizations, labels, policy
+from ..core import authorizations, labels, policy, pricing
 from ..core.errors import BrokerError
 from ..v1 import authorization_service_pb2 as pb
 from ..v1 import authorization_service_pb2_grpc as pb_grpc
@@ -24,11 +24,15 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         scope = convert.scope_from_proto(request.scope)
         cache_secret = self.s.cache_secret if request.cache_results else b""
         job_labels = dict(request.labels)
+        # Pricing (issue 6): a quote id binds the voucher to the quote's locked prices.
+        live = set(self.s.liveness.live_ids(self.s.clock())) if request.quote_id else set()
         try:
             result = await self.s.mutate(p, "Authorize", request, lambda tx, now: (
-                authorizations.authorize(tx, p, request.amount, scope, request.ttl_seconds, now,
-                                         self.s.config, key_id, cache_secret=cache_secret,
-                                         job_labels=job_labels)))
+                pricing.with_quote(
+                    tx, p, request.quote_id, request.select_best_offer, scope, live, now,
+                    lambda scope: authorizations.authorize(
+                        tx, p, request.amount, scope, request.ttl_seconds, now, self.s.config,
+                        key_id, cache_secret=cache_secret, job_labels=job_labels))))
         except BrokerError as error:
             reason = error.reason
             if reason in policy.COUNTED_DENIALS:  # runs of denials raise alerts

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,43 @@ from .watch import Changes
 log = logging.getLogger("broker.api")
 
 
+def shutting_down() -> BrokerError:
+    return BrokerError(Code.UNAVAILABLE, "SHUTTING_DOWN",
+                       "the broker is shutting down; retry on another broker or later",
+                       retry_after_ms=1000)
+
+
+class MeteringStreams:
+    """The open metering streams, for a graceful shutdown: the broker waits up to its
+    grace period for them to end, then sets `ended` and the rest end with SHUTTING_DOWN
+    (their sessions stay open, for the worker to resume)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ended = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def tracked(self) -> Iterator[None]:
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """True once no stream is open; False if some still are after `timeout_s`."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+
 @dataclass
 class Services:
     store: Store
@@ -39,6 +78,7 @@ class Services:
     clock: Callable[[], int] = now_ms
     # Set on shutdown: new authorizations and sessions are refused with UNAVAILABLE.
     draining: bool = False
+    streams: MeteringStreams = field(default_factory=MeteringStreams)
     # Spend controls: request rate per agent key (in memory), and watch stream wake-ups.
     limiter: rate_limits.RequestLimiter = field(default_factory=rate_limits.RequestLimiter)
     changes: Changes = field(default_factory=Changes)
@@ -74,9 +114,7 @@ class Services:
 
     def refuse_when_draining(self) -> None:
         if self.draining:
-            raise BrokerError(Code.UNAVAILABLE, "SHUTTING_DOWN",
-                              "the broker is shutting down; retry on another broker or later",
-                              retry_after_ms=1000)
+            raise shutting_down()
 
 
 def _bearer(metadata: Any) -> str | None:

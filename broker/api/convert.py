@@ -6,10 +6,11 @@ import base64
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ..core.money import PRICE_FIELDS, USAGE_FIELDS
+from ..core.money import PRICE_FIELDS, SHEET_FIELDS, USAGE_FIELDS
 from ..store.base import Record
 from ..v1 import admin_service_pb2 as admin_pb
 from ..v1 import authorization_service_pb2 as auth_pb
+from ..v1 import pricing_pb2
 from ..v1 import resources_pb2 as res_pb
 from ..v1 import wallet_service_pb2 as wallet_pb
 from ..v1 import worker_registry_service_pb2 as registry_pb
@@ -38,14 +39,20 @@ def timestamp(ms: int) -> Timestamp:
 
 
 def balance(b: Record) -> res_pb.Balance:
-    return res_pb.Balance(posted=b["posted"], pending=b["pending"], available=b["available"])
+    return res_pb.Balance(posted=b["posted"], pending=b["pending"], available=b["available"],
+                          credits=b.get("credits", 0))  # (subscription credits, if any)
 
 
 def prices_to_proto(p: Record) -> res_pb.PriceSheet:
-    return res_pb.PriceSheet(**{name: p.get(name, 0) for name in PRICE_FIELDS})
+    return res_pb.PriceSheet(**{name: p.get(name, 0) for name in SHEET_FIELDS})
 
 
 def prices_from_proto(msg: res_pb.PriceSheet) -> Record:
+    return {name: getattr(msg, name) for name in SHEET_FIELDS}
+
+
+def caps_from_proto(msg: res_pb.PriceSheet) -> Record:
+    """A Scope's price caps: the usage prices only."""
     return {name: getattr(msg, name) for name in PRICE_FIELDS}
 
 
@@ -60,13 +67,15 @@ def usage_from_proto(msg: res_pb.Usage) -> Record:
 def scope_from_proto(msg: res_pb.Scope) -> Record:
     # cache_scope is set by the broker only, never taken from the caller.
     return {"resource_class": msg.resource_class, "model": msg.model,
-            "max_prices": prices_from_proto(msg.max_prices), "worker_id": msg.worker_id}
+            "max_prices": caps_from_proto(msg.max_prices), "worker_id": msg.worker_id,
+            "worker_ids": list(msg.worker_ids)}
 
 
 def scope_to_proto(s: Record) -> res_pb.Scope:
     return res_pb.Scope(resource_class=s["resource_class"], model=s["model"],
                         max_prices=prices_to_proto(s["max_prices"]), worker_id=s["worker_id"],
-                        cache_scope=s.get("cache_scope", ""))
+                        cache_scope=s.get("cache_scope", ""),
+                        worker_ids=s.get("worker_ids", []))
 
 
 def wallet(w: Record) -> wallet_pb.Wallet:
@@ -91,7 +100,15 @@ def authorization(a: Record, *, voucher: str = "",
         scope=scope_to_proto(a["scope"]), state=AUTH_STATES[a["state"]],
         voucher=voucher,
         expire_time=timestamp(a["expire_ms"]), create_time=timestamp(a["create_ms"]),
-        charged=a["charged"], receipt_id=a["receipt_id"], labels=labels or {})
+        charged=a["charged"], receipt_id=a["receipt_id"], labels=labels or {},
+        quote_id=a.get("binding", {}).get("quote_id", ""),
+        offers=[bound_offer(o) for o in a.get("binding", {}).get("offers", [])],
+        lease_id=a.get("lease_id", ""))
+
+
+def bound_offer(o: Record) -> pricing_pb2.BoundOffer:
+    return pricing_pb2.BoundOffer(worker_id=o["worker_id"], endpoint=o["endpoint"],
+                                  model=o["model"], prices=prices_to_proto(o["prices"]))
 
 
 def receipt(r: Record) -> res_pb.Receipt:
@@ -121,11 +138,16 @@ def capabilities_from_proto(msg: registry_pb.Capabilities) -> Record:
     return {"resource_class": msg.resource_class, "gpu_name": msg.gpu_name,
             "gpu_memory_bytes": msg.gpu_memory_bytes, "models": list(msg.models),
             "meter": msg.meter, "gpu_uuid": msg.gpu_uuid, "driver_version": msg.driver_version,
-            "energy_supported": msg.energy_supported}
+            "energy_supported": msg.energy_supported,
+            "model_sizes": [(s.model, s.parameters) for s in msg.model_sizes]}
 
 
 def capabilities_to_proto(c: Record) -> registry_pb.Capabilities:
-    return registry_pb.Capabilities(**c)
+    """From a stored (or the worker's own) record, whose model_sizes is a dict."""
+    return registry_pb.Capabilities(
+        **{k: v for k, v in c.items() if k != "model_sizes"},
+        model_sizes=[registry_pb.ModelSize(model=m, parameters=n)
+                     for m, n in c.get("model_sizes", {}).items()])
 
 
 def offer(w: Record) -> registry_pb.Offer:

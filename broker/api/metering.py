@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -12,7 +13,7 @@ from ..store.base import Record
 from ..v1 import metering_service_pb2 as pb
 from ..v1 import metering_service_pb2_grpc as pb_grpc
 from . import convert
-from .base import Services
+from .base import Services, shutting_down
 from .errors import to_status
 
 log = logging.getLogger("broker.metering")
@@ -65,8 +66,9 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
 
     async def Meter(self, request_iterator, context):
         try:
-            async for response in self._meter(request_iterator, context):
-                yield response
+            with self.s.streams.tracked():
+                async for response in self._meter(request_iterator, context):
+                    yield response
         except BrokerError as error:
             await context.abort_with_status(to_status(error))
         except grpc.aio.AbortError:
@@ -96,7 +98,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
                           "SESSION_NOT_OPEN")
         session_id = ses["session_id"]
         yield grant(ses)
-        async for message in requests:
+        while (message := await self._next(requests)) is not None:
             # Checked again on every message: a key revoked while its stream is open
             # must stop metering at once, not when the stream ends.
             self.s.reauthenticate(p)
@@ -121,6 +123,22 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
             else:
                 raise invalid("kind", "the session is already open; send usage or finish",
                               "SESSION_ALREADY_OPEN")
+
+    async def _next(self, requests) -> pb.MeterRequest | None:
+        """The stream's next message (None at its end). Once the broker's shutdown grace
+        period is over, SHUTTING_DOWN instead: the session stays open with everything
+        acknowledged so far, for the worker to resume on a broker that is up."""
+        message = asyncio.ensure_future(anext(requests, None))
+        ended = asyncio.ensure_future(self.s.streams.ended.wait())
+        try:
+            done, _ = await asyncio.wait((message, ended), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            if not message.done():
+                message.cancel()
+        if message not in done:
+            raise shutting_down()
+        return message.result()
 
     async def _report(self, p, session_id: str, report: pb.UsageReport, usage: Record,
                       now: int) -> session.UsageDecision:

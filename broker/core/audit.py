@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from ..store.base import Record, Tx
-from . import journal, ledger, pages, spend, validate
+from . import grants, journal, ledger, pages, spend, validate
 from .authorizations import SETTLED, has_voucher
 
 BALANCE_FIELDS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
@@ -98,6 +98,10 @@ def check(tx: Tx) -> list[str]:
             problems.append(f"authorization {auth_id} is {auth['state']} but has a voucher")
         for period, bucket in spend.buckets(auth["create_ms"]).items():
             counted[f"{auth['wallet_id']}/{period}/{bucket}"] += spend.contribution(auth)
+    for _, lease in tx.scan("leases"):  # (pricing: a lease counts its hold, then its charge)
+        for period, bucket in spend.buckets(lease["create_ms"]).items():
+            counted[f"{lease['wallet_id']}/{period}/{bucket}"] += \
+                lease["charged"] if lease["state"] == "settled" else lease["held"]
     for key, row in tx.scan("spend_totals"):
         if row["amount"] != counted.pop(key, 0):
             problems.append(f"spend counter {key} is {row['amount']}, the authorizations "
@@ -109,7 +113,7 @@ def check(tx: Tx) -> list[str]:
             problems.append(f"receipt {receipt_id}: payout + fee != charged")
         if receipt["charged"] + receipt["released"] != receipt["held"]:
             problems.append(f"receipt {receipt_id}: charged + released != held")
-    return problems + _refund_problems(tx) + check_journal(tx)
+    return problems + _refund_problems(tx) + check_journal(tx) + grants.check(tx)
 
 
 def _refund_problems(tx: Tx) -> list[str]:

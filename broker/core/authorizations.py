@@ -24,7 +24,18 @@ def check_scope(scope: Record) -> Record:
             "model": validate.ident(scope.get("model", ""), "scope.model", required=False),
             "max_prices": check_prices(scope.get("max_prices", {}), "scope.max_prices"),
             "worker_id": validate.ident(scope.get("worker_id", ""), "scope.worker_id",
-                                        required=False)}
+                                        required=False),
+            "worker_ids": check_worker_ids(scope.get("worker_ids", []))}
+
+
+MAX_WORKER_IDS = 16
+
+
+def check_worker_ids(worker_ids: list[str]) -> list[str]:
+    """Scope.worker_ids (pricing, issue 6): the workers that may redeem the voucher."""
+    if len(worker_ids) > MAX_WORKER_IDS:
+        raise invalid("scope.worker_ids", f"at most {MAX_WORKER_IDS} workers")
+    return [validate.ident(w, f"scope.worker_ids[{i}]") for i, w in enumerate(worker_ids)]
 
 
 def cache_scope_for(secret: bytes, owner_id: str) -> str:
@@ -141,7 +152,8 @@ def cancel(tx: Tx, principal: Principal, authorization_id: str, now: int) -> Rec
                            f"authorization is {auth['state']}; only a held, unredeemed "
                            "authorization can be cancelled",
                            authorization_id=authorization_id, state=auth["state"])
-    ledger.resolve(tx, auth["hold_id"], ledger.VOID_PENDING, now)
+    if auth["hold_id"]:  # (a job under a lease has no hold of its own: leases.py)
+        ledger.resolve(tx, auth["hold_id"], ledger.VOID_PENDING, now)
     spend.release(tx, auth, auth["amount"])
     auth["state"] = CANCELLED
     tx.put("authorizations", auth["authorization_id"], auth)

@@ -22,8 +22,10 @@ MAX_LABELS = 16
 MAX_VALUE = 256
 KEY = re.compile(r"[a-z0-9_.-]{1,63}")
 
-# The technical fields a voucher's scope may carry to a worker.
-WORKER_SCOPE_FIELDS = ("resource_class", "model", "max_prices", "worker_id", "cache_scope")
+# The technical fields a voucher's scope may carry to a worker (worker_ids: the offers
+# a best-offer voucher may be redeemed at, pricing).
+WORKER_SCOPE_FIELDS = ("resource_class", "model", "max_prices", "worker_id", "cache_scope",
+                       "worker_ids")
 
 
 def check(labels: dict[str, str]) -> dict[str, str]:

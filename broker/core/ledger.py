@@ -15,6 +15,7 @@ import secrets
 from typing import Any
 
 from ..store.base import Record, Tx
+from . import grants
 from .errors import BrokerError, Code, precondition
 from .money import MAX_AMOUNT
 
@@ -67,7 +68,10 @@ def get_account(tx: Tx, account_id: str) -> Record:
 def balance(account: Record) -> dict[str, int]:
     posted = account["credits_posted"] - account["debits_posted"]
     pending = account["debits_pending"]
-    return {"posted": posted, "pending": pending, "available": posted - pending}
+    out = {"posted": posted, "pending": pending, "available": posted - pending}
+    if grants.has_credits(account):  # of posted, the subscription credits (grants.py)
+        out["credits"] = account["grant_credits"]
+    return out
 
 
 def _check_amount(amount: int) -> None:
@@ -153,6 +157,8 @@ def hold(tx: Tx, debit_id: str, credit_id: str, amount: int, code: str, now: int
     tx.put("accounts", credit_id, credit)
     pending = _record(tx, _new_transfer(PENDING, debit_id, credit_id, amount, code, now,
                                         timeout_ms=timeout_ms, user_data=user_data or {}))
+    if grants.has_credits(debit):  # subscription credits are spent first (grants.py)
+        grants.on_hold(tx, debit, pending["transfer_id"], amount)
     tx.put("hold_states", pending["transfer_id"], {"state": "pending"})
     tx.put("hold_expiry", f"{timeout_ms:020d}/{pending['transfer_id']}", {})
     return pending
@@ -188,6 +194,8 @@ def resolve(tx: Tx, pending_id: str, kind: str, now: int, amount: int = 0) -> Re
     credit["credits_pending"] -= held
     debit["debits_posted"] += amount
     credit["credits_posted"] += amount
+    returns = grants.on_resolve(tx, debit, pending_id, amount, now) if grants.has_credits(debit) \
+        else []
     tx.put("accounts", debit["account_id"], debit)
     tx.put("accounts", credit["account_id"], credit)
     resolution = _record(tx, _new_transfer(
@@ -197,6 +205,8 @@ def resolve(tx: Tx, pending_id: str, kind: str, now: int, amount: int = 0) -> Re
         "state": RESOLUTION_STATE[kind], "resolved_by": resolution["transfer_id"],
         "posted": amount, "released": held - amount, "resolve_ms": now})
     tx.delete("hold_expiry", f"{pending['timeout_ms']:020d}/{pending_id}")
+    for issuer_account_id, freed in returns:  # freed credits of grants that expired meanwhile
+        transfer(tx, debit["account_id"], issuer_account_id, freed, "grant_return", now)
     return resolution
 
 

@@ -17,6 +17,7 @@ from . import (
     killswitch,
     ledger,
     policy,
+    pricing,
     receipts,
     refills,
     session,
@@ -56,11 +57,13 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
     if auth["state"] == EXPIRED or now >= auth["expire_ms"]:
         raise precondition("VOUCHER_EXPIRED", "voucher has expired", voucher_id=claims.voucher_id)
     assert auth["state"] == HELD, "an unredeemed voucher's authorization is held"
+    # Pricing (issue 6): prices bound by a quote or a lease; a leased worker's exclusivity.
+    worker, terms = pricing.redemption_terms(tx, auth, worker, model, now)
     check_scope(claims.scope, worker, validate.ident(resource_class, "open.resource_class",
                                                       required=False),
                  validate.ident(model, "open.model", required=False))
-    new = session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id, worker,
-                              now, config.report_interval_ms)
+    new = {**session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id,
+                                 worker, now, config.report_interval_ms), **terms}
     # What the job ran on, for the owner's itemised receipt.
     new.update(model=model,
                resource_class=resource_class or worker["capabilities"]["resource_class"])
@@ -87,6 +90,8 @@ def check_scope(scope: Record, worker: Record, resource_class: str, model: str) 
 
     if scope.get("worker_id") and scope["worker_id"] != worker["worker_id"]:
         raise outside("worker", "it is pinned to another worker")
+    if scope.get("worker_ids") and worker["worker_id"] not in scope["worker_ids"]:
+        raise outside("worker", "it is valid at other workers only")
     wanted_class = scope.get("resource_class", "")
     for value in (resource_class, caps["resource_class"]):
         if wanted_class and value and value != wanted_class:
@@ -153,12 +158,13 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
            signer: vouchers.Signer) -> Record:
     """Settle atomically; returns the receipt as the worker sees it. `signer` is the
     receipt-signing key."""
+    pricing.on_settle(tx, ses, outcome, now)  # (its lease's used time, the job history)
     auth = tx.get("authorizations", ses["authorization_id"])
     charged = ses["charged"]
     payout, fee = split_fee(charged, config.fee_bps)
     if charged:
         ledger.resolve(tx, auth["hold_id"], ledger.POST_PENDING, now, amount=charged)
-    else:
+    elif auth["hold_id"]:  # (a job under a lease has no hold of its own: leases.py)
         ledger.resolve(tx, auth["hold_id"], ledger.VOID_PENDING, now)
     spend.release(tx, auth, auth["amount"] - charged)
     legs = {"authorization_id": auth["authorization_id"]}

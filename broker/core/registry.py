@@ -14,7 +14,7 @@ from ..store.base import Record, Tx
 from . import journal, usage_signing, validate
 from .access import Principal
 from .errors import BrokerError, invalid, not_found, precondition
-from .money import check_prices
+from .money import MAX_COUNTER, check_price_sheet
 
 MAX_MODELS = 64
 
@@ -31,11 +31,18 @@ def check_capabilities(caps: Record) -> Record:
     optional = {name: validate.ident(caps.get(name, ""), f"capabilities.{name}",
                                      required=False)
                 for name in ("meter", "gpu_uuid", "driver_version")}
+    sizes = {}  # from (model, parameter count) pairs, as in Capabilities.model_sizes
+    for i, (model, size) in enumerate(caps.get("model_sizes", [])):
+        if model not in models or model in sizes or not 0 <= size <= MAX_COUNTER:
+            raise invalid(f"capabilities.model_sizes[{i}]",
+                          "must be the parameter count of a served model, once per model")
+        sizes[model] = size
     return {"resource_class": validate.ident(caps.get("resource_class", ""),
                                              "capabilities.resource_class"),
             "gpu_name": validate.name(caps.get("gpu_name", ""), "capabilities.gpu_name"),
             "gpu_memory_bytes": memory, "models": models,
-            "energy_supported": bool(caps.get("energy_supported", False)), **optional}
+            "energy_supported": bool(caps.get("energy_supported", False)), **optional,
+            "model_sizes": sizes}
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -51,7 +58,7 @@ def register(tx: Tx, principal: Principal, worker_id: str, endpoint: str, capabi
     endpoint = check_endpoint(endpoint)
     usage_key = usage_signing.check_public_key(usage_public_key)
     capabilities = check_capabilities(capabilities)
-    prices = check_prices(prices, "prices")
+    prices = check_price_sheet(prices, "prices")
     if worker_id:
         existing = get_own_worker(tx, principal, worker_id)
         create_ms = existing["create_ms"]

@@ -58,6 +58,26 @@ TABLES = (
     "wallet_receipts",  # index: "<wallet_id>/<seq:020d>" -> {"receipt_id": ...}
     "owner_receipts",  # index: "<owner_id>/<period start ms:016d>/<receipt_id>" -> amounts
     "provider_receipts",  # index: "<provider_id>/<period start ms:016d>/<receipt_id>" -> amounts
+    # Pricing (issue 6): quotes, job history, subscriptions and grants, leases.
+    "quotes",
+    "quote_expiry",  # index: "<expire_ms:020d>/<quote_id>" -> {}
+    "job_history",   # "<worker_id>/<model>/<seq:020d>" -> one finished job's latency and usage
+    "plans",
+    "owner_plans",   # index: "<owner_id>/<seq:020d>" -> {"plan_id": ...}
+    "subscriptions",
+    "owner_subscriptions",  # index: "<owner_id>/<seq:020d>" -> {"subscription_id": ...}
+    "wallet_plans",  # index: "<wallet_id>/<plan_id>" -> {"subscription_id": ...} (active)
+    "subscription_due",  # index: "<next period start:020d>/<subscription_id>" -> {}
+    "grants",
+    "wallet_grants",  # index: "<wallet_id>/<seq:020d>" -> {"grant_id": ...}
+    "grant_order",   # index: "<wallet_id>/<expire_ms:020d>/<priority rank>/<grant_id>" (active)
+    "grant_expiry",  # index: "<expire_ms:020d>/<grant_id>" -> {} (active)
+    "grant_holds",   # "<hold transfer id>" -> the grant credits that hold reserves
+    "leases",
+    "wallet_leases",  # index: "<wallet_id>/<seq:020d>" -> {"lease_id": ...}
+    "worker_leases",  # "<worker_id>" -> {"lease_id": ...} while a lease is active
+    "lease_expiry",  # index: "<end_ms:020d>/<lease_id>" -> {} (active)
+    "lease_authorizations",  # index: "<lease_id>/<seq:020d>" -> {"authorization_id": ...}
 )
 
 

@@ -1,34 +1,41 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Balance(_message.Message):
-    __slots__ = ("posted", "pending", "available")
+    __slots__ = ("posted", "pending", "available", "credits")
     POSTED_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
     posted: int
     pending: int
     available: int
-    def __init__(self, posted: _Optional[int] = ..., pending: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...
+    credits: int
+    def __init__(self, posted: _Optional[int] = ..., pending: _Optional[int] = ..., available: _Optional[int] = ..., credits: _Optional[int] = ...) -> None: ...
 
 class PriceSheet(_message.Message):
-    __slots__ = ("gpu_second_price", "input_tokens_1k_price", "output_tokens_1k_price", "call_price")
+    __slots__ = ("gpu_second_price", "input_tokens_1k_price", "output_tokens_1k_price", "call_price", "reserved_hour_price", "unused_reserved_bps")
     GPU_SECOND_PRICE_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_1K_PRICE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_1K_PRICE_FIELD_NUMBER: _ClassVar[int]
     CALL_PRICE_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_HOUR_PRICE_FIELD_NUMBER: _ClassVar[int]
+    UNUSED_RESERVED_BPS_FIELD_NUMBER: _ClassVar[int]
     gpu_second_price: int
     input_tokens_1k_price: int
     output_tokens_1k_price: int
     call_price: int
-    def __init__(self, gpu_second_price: _Optional[int] = ..., input_tokens_1k_price: _Optional[int] = ..., output_tokens_1k_price: _Optional[int] = ..., call_price: _Optional[int] = ...) -> None: ...
+    reserved_hour_price: int
+    unused_reserved_bps: int
+    def __init__(self, gpu_second_price: _Optional[int] = ..., input_tokens_1k_price: _Optional[int] = ..., output_tokens_1k_price: _Optional[int] = ..., call_price: _Optional[int] = ..., reserved_hour_price: _Optional[int] = ..., unused_reserved_bps: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("gpu_ms", "input_tokens", "output_tokens", "calls", "energy_mj")
@@ -45,18 +52,20 @@ class Usage(_message.Message):
     def __init__(self, gpu_ms: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., calls: _Optional[int] = ..., energy_mj: _Optional[int] = ...) -> None: ...
 
 class Scope(_message.Message):
-    __slots__ = ("resource_class", "model", "max_prices", "worker_id", "cache_scope")
+    __slots__ = ("resource_class", "model", "max_prices", "worker_id", "cache_scope", "worker_ids")
     RESOURCE_CLASS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MAX_PRICES_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CACHE_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
     resource_class: str
     model: str
     max_prices: PriceSheet
     worker_id: str
     cache_scope: str
-    def __init__(self, resource_class: _Optional[str] = ..., model: _Optional[str] = ..., max_prices: _Optional[_Union[PriceSheet, _Mapping]] = ..., worker_id: _Optional[str] = ..., cache_scope: _Optional[str] = ...) -> None: ...
+    worker_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, resource_class: _Optional[str] = ..., model: _Optional[str] = ..., max_prices: _Optional[_Union[PriceSheet, _Mapping]] = ..., worker_id: _Optional[str] = ..., cache_scope: _Optional[str] = ..., worker_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Receipt(_message.Message):
     __slots__ = ("receipt_id", "authorization_id", "session_id", "held", "charged", "worker_payout", "platform_fee", "released", "usage", "prices", "outcome", "settle_time", "key_id", "signature", "signed_payload", "worker_usage_payload", "worker_usage_signature", "period_start", "period_end", "sealed_itemised", "receipt_key_id")

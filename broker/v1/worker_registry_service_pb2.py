@@ -26,7 +26,7 @@ from broker.v1 import resources_pb2 as broker_dot_v1_dot_resources__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'broker/v1/worker_registry_service.proto\x12\tbroker.v1\x1a\x19\x62roker/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x01\n\x0c\x43\x61pabilities\x12\x16\n\x0eresource_class\x18\x01 \x01(\t\x12\x10\n\x08gpu_name\x18\x02 \x01(\t\x12\x18\n\x10gpu_memory_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\r\n\x05meter\x18\x05 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x06 \x01(\t\x12\x16\n\x0e\x64river_version\x18\x07 \x01(\t\x12\x18\n\x10\x65nergy_supported\x18\x08 \x01(\x08\"\xc0\x01\n\x15RegisterWorkerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12-\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x17.broker.v1.Capabilities\x12%\n\x06prices\x18\x04 \x01(\x0b\x32\x15.broker.v1.PriceSheet\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x18\n\x10usage_public_key\x18\x06 \x01(\x0c\"\x86\x01\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"J\n\x11HeartbeatResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x17\x44\x65registerWorkerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\"-\n\x18\x44\x65registerWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\":\n\x11ListOffersRequest\x12\x16\n\x0eresource_class\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\x82\x01\n\x05Offer\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12-\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x17.broker.v1.Capabilities\x12%\n\x06prices\x18\x04 \x01(\x0b\x32\x15.broker.v1.PriceSheet\"6\n\x12ListOffersResponse\x12 \n\x06offers\x18\x01 \x03(\x0b\x32\x10.broker.v1.Offer2\xde\x02\n\x15WorkerRegistryService\x12U\n\x0eRegisterWorker\x12 .broker.v1.RegisterWorkerRequest\x1a!.broker.v1.RegisterWorkerResponse\x12\x46\n\tHeartbeat\x12\x1b.broker.v1.HeartbeatRequest\x1a\x1c.broker.v1.HeartbeatResponse\x12[\n\x10\x44\x65registerWorker\x12\".broker.v1.DeregisterWorkerRequest\x1a#.broker.v1.DeregisterWorkerResponse\x12I\n\nListOffers\x12\x1c.broker.v1.ListOffersRequest\x1a\x1d.broker.v1.ListOffersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'broker/v1/worker_registry_service.proto\x12\tbroker.v1\x1a\x19\x62roker/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n\x0c\x43\x61pabilities\x12\x16\n\x0eresource_class\x18\x01 \x01(\t\x12\x10\n\x08gpu_name\x18\x02 \x01(\t\x12\x18\n\x10gpu_memory_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\r\n\x05meter\x18\x05 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x06 \x01(\t\x12\x16\n\x0e\x64river_version\x18\x07 \x01(\t\x12\x18\n\x10\x65nergy_supported\x18\x08 \x01(\x08\x12)\n\x0bmodel_sizes\x18\x14 \x03(\x0b\x32\x14.broker.v1.ModelSize\".\n\tModelSize\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nparameters\x18\x02 \x01(\x03\"\xc0\x01\n\x15RegisterWorkerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12-\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x17.broker.v1.Capabilities\x12%\n\x06prices\x18\x04 \x01(\x0b\x32\x15.broker.v1.PriceSheet\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x18\n\x10usage_public_key\x18\x06 \x01(\x0c\"\x86\x01\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"J\n\x11HeartbeatResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x17\x44\x65registerWorkerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\"-\n\x18\x44\x65registerWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\":\n\x11ListOffersRequest\x12\x16\n\x0eresource_class\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\x82\x01\n\x05Offer\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12-\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x17.broker.v1.Capabilities\x12%\n\x06prices\x18\x04 \x01(\x0b\x32\x15.broker.v1.PriceSheet\"6\n\x12ListOffersResponse\x12 \n\x06offers\x18\x01 \x03(\x0b\x32\x10.broker.v1.Offer2\xde\x02\n\x15WorkerRegistryService\x12U\n\x0eRegisterWorker\x12 .broker.v1.RegisterWorkerRequest\x1a!.broker.v1.RegisterWorkerResponse\x12\x46\n\tHeartbeat\x12\x1b.broker.v1.HeartbeatRequest\x1a\x1c.broker.v1.HeartbeatResponse\x12[\n\x10\x44\x65registerWorker\x12\".broker.v1.DeregisterWorkerRequest\x1a#.broker.v1.DeregisterWorkerResponse\x12I\n\nListOffers\x12\x1c.broker.v1.ListOffersRequest\x1a\x1d.broker.v1.ListOffersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,25 +34,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.v1.worker_registry_s
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CAPABILITIES']._serialized_start=115
-  _globals['_CAPABILITIES']._serialized_end=296
-  _globals['_REGISTERWORKERREQUEST']._serialized_start=299
-  _globals['_REGISTERWORKERREQUEST']._serialized_end=491
-  _globals['_REGISTERWORKERRESPONSE']._serialized_start=494
-  _globals['_REGISTERWORKERRESPONSE']._serialized_end=628
-  _globals['_HEARTBEATREQUEST']._serialized_start=630
-  _globals['_HEARTBEATREQUEST']._serialized_end=667
-  _globals['_HEARTBEATRESPONSE']._serialized_start=669
-  _globals['_HEARTBEATRESPONSE']._serialized_end=743
-  _globals['_DEREGISTERWORKERREQUEST']._serialized_start=745
-  _globals['_DEREGISTERWORKERREQUEST']._serialized_end=809
-  _globals['_DEREGISTERWORKERRESPONSE']._serialized_start=811
-  _globals['_DEREGISTERWORKERRESPONSE']._serialized_end=856
-  _globals['_LISTOFFERSREQUEST']._serialized_start=858
-  _globals['_LISTOFFERSREQUEST']._serialized_end=916
-  _globals['_OFFER']._serialized_start=919
-  _globals['_OFFER']._serialized_end=1049
-  _globals['_LISTOFFERSRESPONSE']._serialized_start=1051
-  _globals['_LISTOFFERSRESPONSE']._serialized_end=1105
-  _globals['_WORKERREGISTRYSERVICE']._serialized_start=1108
-  _globals['_WORKERREGISTRYSERVICE']._serialized_end=1458
+  _globals['_CAPABILITIES']._serialized_end=339
+  _globals['_MODELSIZE']._serialized_start=341
+  _globals['_MODELSIZE']._serialized_end=387
+  _globals['_REGISTERWORKERREQUEST']._serialized_start=390
+  _globals['_REGISTERWORKERREQUEST']._serialized_end=582
+  _globals['_REGISTERWORKERRESPONSE']._serialized_start=585
+  _globals['_REGISTERWORKERRESPONSE']._serialized_end=719
+  _globals['_HEARTBEATREQUEST']._serialized_start=721
+  _globals['_HEARTBEATREQUEST']._serialized_end=758
+  _globals['_HEARTBEATRESPONSE']._serialized_start=760
+  _globals['_HEARTBEATRESPONSE']._serialized_end=834
+  _globals['_DEREGISTERWORKERREQUEST']._serialized_start=836
+  _globals['_DEREGISTERWORKERREQUEST']._serialized_end=900
+  _globals['_DEREGISTERWORKERRESPONSE']._serialized_start=902
+  _globals['_DEREGISTERWORKERRESPONSE']._serialized_end=947
+  _globals['_LISTOFFERSREQUEST']._serialized_start=949
+  _globals['_LISTOFFERSREQUEST']._serialized_end=1007
+  _globals['_OFFER']._serialized_start=1010
+  _globals['_OFFER']._serialized_end=1140
+  _globals['_LISTOFFERSRESPONSE']._serialized_start=1142
+  _globals['_LISTOFFERSRESPONSE']._serialized_end=1196
+  _globals['_WORKERREGISTRYSERVICE']._serialized_start=1199
+  _globals['_WORKERREGISTRYSERVICE']._serialized_end=1549
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Capabilities(_message.Message):
-    __slots__ = ("resource_class", "gpu_name", "gpu_memory_bytes", "models", "meter", "gpu_uuid", "driver_version", "energy_supported")
+    __slots__ = ("resource_class", "gpu_name", "gpu_memory_bytes", "models", "meter", "gpu_uuid", "driver_version", "energy_supported", "model_sizes")
     RESOURCE_CLASS_FIELD_NUMBER: _ClassVar[int]
     GPU_NAME_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class Capabilities(_message.Message):
     GPU_UUID_FIELD_NUMBER: _ClassVar[int]
     DRIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     ENERGY_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SIZES_FIELD_NUMBER: _ClassVar[int]
     resource_class: str
     gpu_name: str
     gpu_memory_bytes: int
@@ -28,7 +29,16 @@ class Capabilities(_message.Message):
     gpu_uuid: str
     driver_version: str
     energy_supported: bool
-    def __init__(self, resource_class: _Optional[str] = ..., gpu_name: _Optional[str] = ..., gpu_memory_bytes: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., meter: _Optional[str] = ..., gpu_uuid: _Optional[str] = ..., driver_version: _Optional[str] = ..., energy_supported: _Optional[bool] = ...) -> None: ...
+    model_sizes: _containers.RepeatedCompositeFieldContainer[ModelSize]
+    def __init__(self, resource_class: _Optional[str] = ..., gpu_name: _Optional[str] = ..., gpu_memory_bytes: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., meter: _Optional[str] = ..., gpu_uuid: _Optional[str] = ..., driver_version: _Optional[str] = ..., energy_supported: _Optional[bool] = ..., model_sizes: _Optional[_Iterable[_Union[ModelSize, _Mapping]]] = ...) -> None: ...
+
+class ModelSize(_message.Message):
+    __slots__ = ("model", "parameters")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    parameters: int
+    def __init__(self, model: _Optional[str] = ..., parameters: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
     __slots__ = ("request_id", "endpoint", "capabilities", "prices", "worker_id", "usage_public_key")

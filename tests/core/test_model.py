@@ -1,5 +1,6 @@
 """Model-based test: random operations on the broker core against a simple model,
-with every DESIGN.md invariant checked after each step."""
+with every DESIGN.md invariant checked after each step. The wallet is subscribed to a
+plan, so subscription grants are granted, reserved, burned and expired along the way."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 from nacl.signing import SigningKey
 
-from broker.core import authorizations, ledger, metering, registry, vouchers, wallets
+from broker.core import (
+    authorizations,
+    grants,
+    ledger,
+    metering,
+    periodic,
+    registry,
+    subscriptions,
+    vouchers,
+    wallets,
+)
 from broker.core.errors import BrokerError
 from broker.core.money import charge_for, split_fee
 
@@ -17,6 +28,8 @@ from .world import World
 PRICES = {"gpu_second_price": 1000, "input_tokens_1k_price": 2_000,
           "output_tokens_1k_price": 5_000, "call_price": 7}
 CAP, TARGET, TREASURY = 20_000, 10_000, 60_000
+# The plan: GRANT credits every PERIOD_MS, valid for their period and one more.
+GRANT, PERIOD_MS = 3_000, 10_000
 
 
 class BrokerModel(RuleBasedStateMachine):
@@ -42,6 +55,16 @@ class BrokerModel(RuleBasedStateMachine):
         self.redeemed: set[str] = set()
         # Key rotation: every signer ever active still verifies its own vouchers.
         self.signers = {self.w.signer.key_id: self.w.signer}
+        # Grants by period: amount, remaining, reserved, expiry, expired?; and per
+        # authorization the (period, part) it reserved, in burn order.
+        self.grants: dict[int, dict] = {}
+        self.parts: dict[str, list[tuple[int, int]]] = {}
+        self.start = self.w.now
+        plan = self.w.run(lambda tx: subscriptions.create_plan(
+            tx, self.owner["owner_id"], "plan", GRANT, PERIOD_MS // 1000, 1, 0, self.w.now))
+        self.w.run(lambda tx: subscriptions.subscribe(
+            tx, self.owner["owner_id"], plan["plan_id"], self.wallet["wallet_id"], self.w.now))
+        self.grant_in_model(0)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -54,11 +77,48 @@ class BrokerModel(RuleBasedStateMachine):
             assert self.w.store.snapshot() == before, "a rejected operation changed state"
             return None
 
+    def credits(self) -> int:
+        return sum(g["remaining"] for g in self.grants.values())
+
+    def grant_in_model(self, period: int) -> None:
+        amount = min(GRANT, self.treasury)
+        self.treasury -= amount
+        self.posted += amount
+        self.grants[period] = {"amount": amount, "remaining": amount, "reserved": 0,
+                               "expire_ms": self.start + (period + 2) * PERIOD_MS,
+                               "expired": amount == 0}
+
+    def reserve_in_model(self, auth_id: str, amount: int) -> None:
+        parts = []
+        for period in sorted(p for p, g in self.grants.items() if not g["expired"]):
+            g = self.grants[period]
+            take = min(g["remaining"] - g["reserved"], amount)
+            if take > 0:
+                g["reserved"] += take
+                parts.append((period, take))
+                amount -= take
+        self.parts[auth_id] = parts
+
+    def resolve_in_model(self, auth_id: str, posted: int) -> None:
+        """The hold resolved with `posted` spent: burn its reservation in order; freed
+        credits of expired grants go back to the treasury."""
+        for period, part in self.parts.pop(auth_id):
+            g = self.grants[period]
+            burned = min(posted, part)
+            posted -= burned
+            g["reserved"] -= part
+            g["remaining"] -= burned
+            if g["expired"]:
+                g["remaining"] -= part - burned
+                self.posted -= part - burned
+                self.treasury += part - burned
+
     def settle_in_model(self, auth_id: str, charged: int) -> None:
         held = self.held.pop(auth_id)
         assert 0 <= charged <= held
         self.charged[auth_id] = charged
         self.posted -= charged
+        self.resolve_in_model(auth_id, charged)
         payout, fee = split_fee(charged, self.w.config.fee_bps)
         self.payout += payout
         self.fees += fee
@@ -87,6 +147,7 @@ class BrokerModel(RuleBasedStateMachine):
             return None
         assert 0 < amount <= available and not self.frozen
         self.held[result["authorization_id"]] = amount
+        self.reserve_in_model(result["authorization_id"], amount)
         signer = self.signers[result["voucher_key_id"]]
         self.tokens[result["authorization_id"]] = authorizations.voucher_token(result, signer)
         assert self.tokens[result["authorization_id"]].split(".")[1] == self.w.signer.key_id
@@ -101,6 +162,7 @@ class BrokerModel(RuleBasedStateMachine):
             assert auth_id in self.held and auth_id not in self.redeemed
             self.held.pop(auth_id)
             self.charged[auth_id] = 0
+            self.resolve_in_model(auth_id, 0)
 
     @rule(target=sessions, auth_id=auths)
     def redeem(self, auth_id):
@@ -159,6 +221,17 @@ class BrokerModel(RuleBasedStateMachine):
     @rule(dt=st.integers(1, 8_000))
     def advance_time_and_expire(self, dt):
         self.w.now += dt
+        # The broker's sweep order: periodic work (grants, then their expiry), then holds.
+        self.w.run(lambda tx: periodic.run_due(tx, self.w.now, self.w.config, self.w.signer))
+        while self.start + len(self.grants) * PERIOD_MS <= self.w.now:
+            self.grant_in_model(len(self.grants))
+        for g in self.grants.values():
+            if not g["expired"] and g["expire_ms"] <= self.w.now:
+                g["expired"] = True
+                back = g["remaining"] - g["reserved"]
+                g["remaining"] -= back
+                self.posted -= back
+                self.treasury += back
         due = {a for a in self.held
                if self.w.read(lambda tx, a=a: tx.get("authorizations", a))["expire_ms"]
                <= self.w.now}
@@ -174,13 +247,16 @@ class BrokerModel(RuleBasedStateMachine):
             else:
                 self.held.pop(auth_id)
                 self.charged[auth_id] = 0
+                self.resolve_in_model(auth_id, 0)
 
     @rule(amount=st.integers(-10, 30_000))
     def fund_wallet(self, amount):
         ok = self.attempt(lambda tx: wallets.fund_wallet(
             tx, self.owner["owner_id"], self.wallet["wallet_id"], amount, self.w.now))
         if ok is None:
-            assert amount <= 0 or amount > self.treasury or self.posted + amount > CAP
+            # The cap limits purchased funds: grant credits come on top of it.
+            assert amount <= 0 or amount > self.treasury or \
+                self.posted - self.credits() + amount > CAP
             return
         self.posted += amount
         self.treasury -= amount
@@ -205,10 +281,21 @@ class BrokerModel(RuleBasedStateMachine):
         assert self.w.violations() == []
 
     @invariant()
+    def grants_match_the_model(self):
+        assert self.w.read(grants.check) == []
+        found = self.w.read(lambda tx: subscriptions.list_grants(
+            tx, self.owner_p, self.wallet["wallet_id"], 1000, ""))["grants"]
+        assert {g["period"]: (g["amount"], g["remaining"], g["reserved"],
+                              g["state"] == "expired") for g in found} == {
+            p: (g["amount"], g["remaining"], g["reserved"], g["expired"])
+            for p, g in self.grants.items()}
+
+    @invariant()
     def balances_match_the_model(self):
         held = sum(self.held.values())
+        credits = {"credits": self.credits()} if self.credits() else {}
         assert self.w.balance(self.wallet["wallet_id"]) == {
-            "posted": self.posted, "pending": held, "available": self.posted - held}
+            "posted": self.posted, "pending": held, "available": self.posted - held, **credits}
         assert self.w.balance(self.owner["treasury_account_id"])["posted"] == self.treasury
         assert self.w.balance(self.provider["payout_account_id"])["posted"] == self.payout
         assert self.w.balance(ledger.FEE_ACCOUNT)["posted"] == self.fees

@@ -1,6 +1,9 @@
 """Workers are offered only while their lease (refreshed by heartbeats) runs."""
 
+import pytest
+
 from broker.core import registry
+from broker.core.errors import BrokerError
 
 from .world import World
 
@@ -39,3 +42,20 @@ def test_a_deregistered_worker_is_not_offered_even_with_a_lease():
     live.beat(a["worker_id"], w.now)
     w.run(lambda tx: registry.deregister(tx, worker_key, a["worker_id"], w.now))
     assert w.read(lambda tx: registry.offers(tx, live, w.now, "", "")) == []
+
+
+def test_model_sizes_must_name_served_models_once():
+    w = World()
+    _, worker_key = w.provider()
+
+    def register_sizes(sizes):
+        return w.run(lambda tx: registry.register(
+            tx, worker_key, "", "127.0.0.1:7000",
+            {"resource_class": "cpu", "models": ["a", "b"], "model_sizes": sizes}, {}, w.now))
+
+    assert register_sizes([("a", 10), ("b", 0)])["capabilities"]["model_sizes"] == {"a": 10,
+                                                                                     "b": 0}
+    for bad in ([("c", 1)], [("a", 1), ("a", 2)], [("a", -1)]):
+        with pytest.raises(BrokerError) as err:
+            register_sizes(bad)
+        assert err.value.reason == "INVALID_ARGUMENT"

@@ -756,6 +756,30 @@ def _meter(g: Generator, *, kind: str = "open", voucher: str = "", seq: int = 1,
     return {"finish": {"usage": usage if usage is not None else _usage(g)}}
 
 
+def _page(g: Generator) -> dict:
+    return {"page_size": g.rng.randint(0, 4), "page_token": g.rng.choice(("", g.page_token()))}
+
+
+def _quote(g: Generator, **_: Any) -> dict:
+    rng = g.rng
+    kind = rng.choice(("generate", "generate", "burn", "handler", "train"))
+    job = {"kind": kind, "input_tokens": rng.randint(0, 100), "output_tokens": rng.randint(0, 64),
+           "latency_target_ms": rng.choice((0, 1, 60_000)),
+           "max_cost": rng.choice((0, 1, 100_000))}
+    if kind in ("generate", "train"):
+        job["models"] = rng.choice((["tiny-lm"], ["tiny-lm", "other-lm"], []))
+    if kind == "burn" or rng.random() < 0.3:
+        job["gpu_ms"] = rng.randint(1, 5_000)
+    return {"request_id": _rid(g), "job": job, "lock_seconds": rng.choice((0, 60, 3600))}
+
+
+def _create_plan(g: Generator, **_: Any) -> dict:
+    return {"request_id": _rid(g), "display_name": _name(g),
+            "credits_per_period": g.rng.randint(1, 100_000),
+            "period_seconds": g.rng.choice((900, 3600, 86_400)),
+            "rollover_periods": g.rng.randint(0, 2), "priority": g.rng.randint(0, 10)}
+
+
 TEMPLATES = {
     "broker.v1.AdminService.CreateOwner": lambda g, **_: {
         "request_id": _rid(g), "display_name": _name(g)},
@@ -811,6 +835,30 @@ TEMPLATES = {
         "request_id": _rid(g), "worker_id": g.corpus.pick("worker_id")},
     "broker.v1.WorkerRegistryService.ListOffers": lambda g, **_: {
         "resource_class": g.rng.choice(("", g.corpus.pick("resource_class"))),
+        "model": g.rng.choice(("", "tiny-lm"))},
+    "broker.v1.PricingService.Quote": _quote,
+    "broker.v1.PricingService.GetQuote": lambda g, **_: {"quote_id": g.corpus.pick("quote_id")},
+    "broker.v1.PricingService.CreatePlan": _create_plan,
+    "broker.v1.PricingService.ListPlans": lambda g, **_: _page(g),
+    "broker.v1.PricingService.Subscribe": lambda g, **_: {
+        "request_id": _rid(g), "plan_id": g.corpus.pick("plan_id"),
+        "wallet_id": g.corpus.pick("wallet_id")},
+    "broker.v1.PricingService.CancelSubscription": lambda g, **_: {
+        "request_id": _rid(g), "subscription_id": g.corpus.pick("subscription_id")},
+    "broker.v1.PricingService.ListSubscriptions": lambda g, **_: _page(g),
+    "broker.v1.PricingService.ListGrants": lambda g, **_: {
+        "wallet_id": g.rng.choice(("", g.corpus.pick("wallet_id"))), **_page(g)},
+    "broker.v1.PricingService.CreateLease": lambda g, **_: {
+        "request_id": _rid(g), "worker_id": g.corpus.pick("worker_id"),
+        "duration_seconds": g.rng.choice((900, 3600)),
+        "quote_id": g.rng.choice(("", g.corpus.pick("quote_id")))},
+    "broker.v1.PricingService.GetLease": lambda g, **_: {"lease_id": g.corpus.pick("lease_id")},
+    "broker.v1.PricingService.ListLeases": lambda g, **_: {
+        "wallet_id": g.rng.choice(("", g.corpus.pick("wallet_id"))), **_page(g)},
+    "broker.v1.PricingService.EndLease": lambda g, **_: {
+        "request_id": _rid(g), "lease_id": g.corpus.pick("lease_id")},
+    "broker.v1.PricingService.AuthorizeLeaseJob": lambda g, **_: {
+        "request_id": _rid(g), "lease_id": g.corpus.pick("lease_id"),
         "model": g.rng.choice(("", "tiny-lm"))},
     "worker.v1.WorkerService.Execute": lambda g, voucher="", **_: {
         "voucher": voucher or g.voucher(), "job": _job(g)},

@@ -88,6 +88,7 @@ PREFERRED_ROLES = {
     "broker.v1.WalletService": ("owner", "owner", "agent"),
     "broker.v1.WorkerRegistryService": ("worker", "worker", "agent"),
     "broker.v1.MeteringService": ("worker",),
+    "broker.v1.PricingService": ("agent", "agent", "owner"),
     "broker.v1.VoucherKeyService": ("none",),
     "broker.v1.PolicyService": ("owner", "owner", "admin", "agent"),
     "worker.v1.WorkerService": ("none",),
@@ -516,6 +517,10 @@ class Fuzzer:
         fields = msg.DESCRIPTOR.fields_by_name
         if "ttl_seconds" in fields and 0 < msg.ttl_seconds < MIN_TTL_S:
             msg.ttl_seconds += MIN_TTL_S
+        # Subscription periods and leases end by themselves too: not within a world's life.
+        for name in ("period_seconds", "duration_seconds"):
+            if name in fields and 0 < getattr(msg, name) < MIN_TTL_S:
+                setattr(msg, name, getattr(msg, name) + MIN_TTL_S)
         if rpc.name in ("RegisterWorker", "DeregisterWorker") and msg.worker_id in (
                 self.world.worker.worker_id, self.world.fuzz_worker_id):
             msg.worker_id = self.world.victim_worker_id

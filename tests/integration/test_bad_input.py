@@ -293,7 +293,9 @@ def session_state(h, session_id: str, worker_id: str):
 
 def test_usage_going_backwards(h):
     worker_id = h.register_worker()
-    auth = h.agent.authorize(100_000, ttl_seconds=120)
+    # A hold large enough that the first report, however soon after the open it arrives,
+    # does not project the budget's end (which would answer STOP, not the error under test).
+    auth = h.agent.authorize(1_000_000, ttl_seconds=120)
 
     async def go():
         async with aio_channel(h.target) as ch:

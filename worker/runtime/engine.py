@@ -41,6 +41,17 @@ class Runtime:
     def models(self) -> list[str]:
         return sorted({BUILTIN_MODEL, *self._checkpoints})
 
+    def model_sizes(self) -> dict[str, int]:
+        """Each model's parameter count (loading every model now); a model that fails
+        to load is left out: its size is unknown, and its jobs fail as before."""
+        sizes = {}
+        for name in self.models():
+            try:
+                sizes[name] = tiny_lm.parameter_count(self.load_model(name))
+            except JobFailed:
+                continue
+        return sizes
+
     def load_model(self, name: str) -> tiny_lm.TinyLM:
         """The model `name` on this runtime's device, built or loaded on first use."""
         if name not in self.models():

@@ -90,27 +90,46 @@ class TinyLM(nn.Module):
         return self.head(self.ln_f(x[:, -1]))
 
 
-def build_model(seed: int = WEIGHT_SEED) -> TinyLM:
+def build_model(seed: int = WEIGHT_SEED, cfg: Config = CONFIG) -> TinyLM:
     """Random weights from `seed`, built on the CPU (the same weights for every device).
     The global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = TinyLM()
+        model = TinyLM(cfg)
     return model.eval()
 
 
+def parameter_count(model: nn.Module) -> int:
+    """What a worker advertises as the model's size (agents prefer smaller models)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _config(values: dict) -> Config:
+    cfg = Config(**{k: int(v) for k, v in values.items()})
+    if cfg.vocab_size != len(VOCAB) or min(cfg.context, cfg.d_model, cfg.n_heads,
+                                           cfg.n_layers, cfg.d_mlp) < 1 \
+            or cfg.d_model % cfg.n_heads:
+        raise ValueError("not a tiny LM configuration")
+    return cfg
+
+
 def load_checkpoint(path: str | Path) -> TinyLM:
-    """A model from a `torch.save(model.state_dict())` file of the same `Config`."""
-    model = build_model()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """A model from a `save_checkpoint` file (its own `Config`), or from a bare
+    `torch.save(model.state_dict())` file of the default `Config`."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    cfg, state = CONFIG, saved
+    if isinstance(saved, dict) and set(saved) == {"config", "state_dict"}:
+        cfg, state = _config(saved["config"]), saved["state_dict"]
+    model = build_model(cfg=cfg)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
 
 def save_checkpoint(path: str | Path, model: TinyLM | None = None) -> None:
-    """Save `model` (default: the built-in fixed-seed weights) in the format that
-    `load_checkpoint` and `Runtime(checkpoints=...)` read."""
-    torch.save((model or build_model()).state_dict(), path)
+    """Save `model` (default: the built-in fixed-seed weights) and its `Config` in the
+    format that `load_checkpoint` and `Runtime(checkpoints=...)` read."""
+    model = model or build_model()
+    torch.save({"config": dict(vars(model.cfg)), "state_dict": model.state_dict()}, path)
 
 
 def generate(
