@@ -110,6 +110,14 @@ def can_see_owner(principal: Principal, owner_id: str) -> bool:
     return principal.owner_id == owner_id
 
 
+def can_see_wallet_record(principal: Principal, record: Record) -> bool:
+    """Read access to a record of one wallet (an authorization, a lease): an agent sees
+    its own wallet's only, everyone else goes by the record's owner."""
+    if principal.role == "agent":
+        return record["wallet_id"] == principal.wallet_id
+    return can_see_owner(principal, record["owner_id"])
+
+
 def require_global_reader(principal: Principal, what: str) -> None:
     """Raw billing data (the journal, ledger-wide audits) is for admins and for auditors
     bound to no owner: it names every tenant's ids and amounts."""

@@ -8,7 +8,7 @@ import secrets
 
 from ..store.base import Record, Tx
 from . import journal, labels, ledger, pages, policy, spend, validate, vouchers
-from .access import Principal, can_see_owner
+from .access import Principal, can_see_wallet_record
 from .config import CoreConfig
 from .errors import BrokerError, Code, invalid, not_found, precondition
 from .money import check_amount, check_prices
@@ -119,15 +119,9 @@ def voucher_token(auth: Record, signer: vouchers.Signer) -> str:
 
 def get_authorization(tx: Tx, principal: Principal, authorization_id: str) -> Record:
     auth = tx.get("authorizations", validate.ident(authorization_id, "authorization_id"))
-    if auth is None or not _visible(principal, auth):
+    if auth is None or not can_see_wallet_record(principal, auth):
         raise not_found("authorization", authorization_id)
     return auth
-
-
-def _visible(principal: Principal, auth: Record) -> bool:
-    if principal.role == "agent":
-        return auth["wallet_id"] == principal.wallet_id
-    return can_see_owner(principal, auth["owner_id"])
 
 
 def list_authorizations(tx: Tx, principal: Principal, wallet_id: str, page_size: int,

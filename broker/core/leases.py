@@ -19,7 +19,7 @@ from collections.abc import Collection
 
 from ..store.base import Record, Tx
 from . import journal, ledger, pages, policy, quotes, spend, validate
-from .access import Principal, can_see_owner
+from .access import Principal, can_see_wallet_record
 from .authorizations import HELD, REDEEMED
 from .errors import invalid, not_found, precondition
 from .money import MAX_BPS, PRICE_FIELDS, check_amount, lease_charge
@@ -121,15 +121,9 @@ def create(tx: Tx, principal: Principal, worker_id: str, duration_seconds: int, 
 
 def get(tx: Tx, principal: Principal, lease_id: str) -> Record:
     lease = tx.get("leases", validate.ident(lease_id, "lease_id"))
-    if lease is None or not _visible(principal, lease):
+    if lease is None or not can_see_wallet_record(principal, lease):
         raise not_found("lease", lease_id)
     return lease
-
-
-def _visible(principal: Principal, lease: Record) -> bool:
-    if principal.role == "agent":
-        return lease["wallet_id"] == principal.wallet_id
-    return can_see_owner(principal, lease["owner_id"])
 
 
 def list_leases(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
