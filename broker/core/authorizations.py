@@ -127,15 +127,9 @@ def get_authorization(tx: Tx, principal: Principal, authorization_id: str) -> Re
 def list_authorizations(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
                         page_token: str) -> Record:
     wallet = get_wallet(tx, principal, wallet_id)
-    size = validate.page_size(page_size)
-    before = pages.decode(page_token)
-    prefix = f"{wallet['wallet_id']}/"
-    if before and not before.startswith(prefix):
-        raise invalid("page_token", "belongs to another listing", "INVALID_PAGE_TOKEN")
-    rows = list(tx.scan("wallet_authorizations", prefix=prefix, stop=before or None,
-                        reverse=True, limit=size + 1))
-    auths = [tx.get("authorizations", row["authorization_id"]) for _, row in rows[:size]]
-    token = pages.encode(rows[size - 1][0]) if len(rows) > size else ""
+    auths, token = pages.index_page(tx, "wallet_authorizations", f"{wallet['wallet_id']}/",
+                                    "authorizations", "authorization_id", page_size,
+                                    page_token, newest_first=True)
     return {"authorizations": auths, "next_page_token": token}
 
 

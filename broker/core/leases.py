@@ -129,16 +129,9 @@ def get(tx: Tx, principal: Principal, lease_id: str) -> Record:
 def list_leases(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
                 page_token: str) -> Record:
     wallet = get_wallet(tx, principal, wallet_id)
-    size = validate.page_size(page_size)
-    before = pages.decode(page_token)
-    prefix = f"{wallet['wallet_id']}/"
-    if before and not before.startswith(prefix):
-        raise invalid("page_token", "belongs to another listing", "INVALID_PAGE_TOKEN")
-    rows = list(tx.scan("wallet_leases", prefix=prefix, stop=before or None, reverse=True,
-                        limit=size + 1))
-    found = [with_usage(tx, tx.get("leases", row["lease_id"])) for _, row in rows[:size]]
-    return {"leases": found,
-            "next_page_token": pages.encode(rows[size - 1][0]) if len(rows) > size else ""}
+    found, token = pages.index_page(tx, "wallet_leases", f"{wallet['wallet_id']}/", "leases",
+                                    "lease_id", page_size, page_token, newest_first=True)
+    return {"leases": [with_usage(tx, lease) for lease in found], "next_page_token": token}
 
 
 def job_authorizations(tx: Tx, lease_id: str) -> list[Record]:

@@ -20,10 +20,10 @@ import base64
 import secrets
 
 from ..store.base import Record, Tx
-from . import journal, labels, ledger, pages, sealing, validate
+from . import journal, labels, ledger, pages, sealing
 from .access import Principal
 from .config import CoreConfig
-from .errors import invalid, not_found
+from .errors import not_found
 from .session import SETTLED
 from .vouchers import Signer
 from .wallets import get_wallet
@@ -152,13 +152,7 @@ def worker_view(receipt: Record, ses: Record, outcome: str, now: int) -> Record:
 def list_receipts(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
                   page_token: str) -> Record:
     wallet = get_wallet(tx, principal, wallet_id)
-    size = validate.page_size(page_size)
-    before = pages.decode(page_token)
-    prefix = f"{wallet['wallet_id']}/"
-    if before and not before.startswith(prefix):
-        raise invalid("page_token", "belongs to another listing", "INVALID_PAGE_TOKEN")
-    rows = list(tx.scan("wallet_receipts", prefix=prefix, stop=before or None, reverse=True,
-                        limit=size + 1))
-    found = [tx.get("receipts", row["receipt_id"]) for _, row in rows[:size]]
-    token = pages.encode(rows[size - 1][0]) if len(rows) > size else ""
+    found, token = pages.index_page(tx, "wallet_receipts", f"{wallet['wallet_id']}/",
+                                    "receipts", "receipt_id", page_size, page_token,
+                                    newest_first=True)
     return {"receipts": found, "next_page_token": token}

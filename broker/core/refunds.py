@@ -21,7 +21,7 @@ import secrets
 from ..store.base import Record, Tx
 from . import journal, ledger, pages, validate, vouchers
 from .access import Principal, can_see_owner
-from .errors import BrokerError, Code, invalid, not_found, precondition
+from .errors import BrokerError, Code, not_found, precondition
 from .money import check_amount
 from .tenancy import get_owner
 
@@ -63,16 +63,10 @@ def dispute(tx: Tx, principal: Principal, receipt_id: str, reason: str, now: int
 
 def list_disputes(tx: Tx, principal: Principal, page_size: int, page_token: str) -> Record:
     """Newest first: the tenant's for owners, every dispute for admins and global auditors."""
-    size = validate.page_size(page_size)
     table, prefix = ("owner_disputes", f"{principal.owner_id}/") if principal.owner_id \
         else ("disputes", "")
-    before = pages.decode(page_token)
-    if before and not before.startswith(prefix):
-        raise invalid("page_token", "belongs to another listing", "INVALID_PAGE_TOKEN")
-    rows = list(tx.scan(table, prefix=prefix, stop=before or None, reverse=True,
-                        limit=size + 1))
-    found = [tx.get("disputes", row["dispute_id"]) for _, row in rows[:size]]
-    token = pages.encode(rows[size - 1][0]) if len(rows) > size else ""
+    found, token = pages.index_page(tx, table, prefix, "disputes", "dispute_id", page_size,
+                                    page_token, newest_first=True)
     return {"disputes": found, "next_page_token": token}
 
 

@@ -65,32 +65,15 @@ def get_plan(tx: Tx, owner_id: str, plan_id: str) -> Record:
     return plan
 
 
-def _page(tx: Tx, table: str, prefix: str, record_table: str, id_field: str, page_size: int,
-          page_token: str, *, newest_first: bool = False) -> tuple[list[Record], str]:
-    """One page of an index "<prefix><seq:020d>" -> {id_field: id}, as records."""
-    size = validate.page_size(page_size)
-    after = pages.decode(page_token)
-    if after and not after.startswith(prefix):
-        raise invalid("page_token", "belongs to another listing", "INVALID_PAGE_TOKEN")
-    if newest_first:
-        rows = list(tx.scan(table, prefix=prefix, stop=after or None, reverse=True,
-                            limit=size + 1))
-    else:
-        rows = list(tx.scan(table, prefix=prefix, start=after + "\x00" if after else None,
-                            limit=size + 1))
-    found = [tx.get(record_table, row[id_field]) for _, row in rows[:size]]
-    return found, pages.encode(rows[size - 1][0]) if len(rows) > size else ""
-
-
 def list_plans(tx: Tx, owner_id: str, page_size: int, page_token: str) -> Record:
-    plans, token = _page(tx, "owner_plans", f"{owner_id}/", "plans", "plan_id", page_size,
-                         page_token)
+    plans, token = pages.index_page(tx, "owner_plans", f"{owner_id}/", "plans", "plan_id",
+                                    page_size, page_token)
     return {"plans": plans, "next_page_token": token}
 
 
 def list_subscriptions(tx: Tx, owner_id: str, page_size: int, page_token: str) -> Record:
-    subs, token = _page(tx, "owner_subscriptions", f"{owner_id}/", "subscriptions",
-                        "subscription_id", page_size, page_token)
+    subs, token = pages.index_page(tx, "owner_subscriptions", f"{owner_id}/",
+                                   "subscriptions", "subscription_id", page_size, page_token)
     return {"subscriptions": subs, "next_page_token": token}
 
 
@@ -219,8 +202,8 @@ def expire_due(tx: Tx, now: int, limit: int = 500) -> int:
 def list_grants(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
                 page_token: str) -> Record:
     wallet = get_wallet(tx, principal, wallet_id)
-    found, token = _page(tx, "wallet_grants", f"{wallet['wallet_id']}/", "grants", "grant_id",
-                         page_size, page_token, newest_first=True)
+    found, token = pages.index_page(tx, "wallet_grants", f"{wallet['wallet_id']}/", "grants",
+                                    "grant_id", page_size, page_token, newest_first=True)
     account = ledger.get_account(tx, wallet["wallet_id"])
     return {"grants": found, "next_page_token": token, "balance": ledger.balance(account),
             "reserved_credits": account.get("grant_reserved", 0)}
