@@ -117,6 +117,16 @@ class BrokerClient:
                 time.sleep(0.1 * 2**attempt)
         raise AssertionError("unreachable")
 
+    def _every_page(self, method, request_type, field: str, **fields) -> list:
+        """All items of a paginated listing, following next_page_token to the end."""
+        items, token = [], ""
+        while True:
+            page = self._call(method, request_type(page_token=token, **fields))
+            items += getattr(page, field)
+            token = page.next_page_token
+            if not token:
+                return items
+
     @staticmethod
     def _request_id() -> str:
         return uuid.uuid4().hex
@@ -246,14 +256,8 @@ class BrokerClient:
 
     def list_transfers(self, wallet_id: str = "", page_size: int = 100) -> list:
         """Every transfer of the wallet, newest first (follows pagination)."""
-        transfers, token = [], ""
-        while True:
-            page = self._call(self._wallets.ListTransfers, wallet_pb.ListTransfersRequest(
-                wallet_id=wallet_id, page_size=page_size, page_token=token))
-            transfers += page.transfers
-            token = page.next_page_token
-            if not token:
-                return transfers
+        return self._every_page(self._wallets.ListTransfers, wallet_pb.ListTransfersRequest,
+                                "transfers", wallet_id=wallet_id, page_size=page_size)
 
     # Owners ---------------------------------------------------------------------------
 
@@ -300,6 +304,7 @@ class BrokerClient:
         request = pricing_pb.CancelSubscriptionRequest(request_id=self._request_id(),
                                                        subscription_id=subscription_id)
         return self._call(self._pricing.CancelSubscription, request).subscription
+
     def register_receipt_key(self, public_key: bytes) -> statement_pb.ReceiptKey:
         """Seal the itemised part of this owner's future receipts to `public_key`."""
         request = statement_pb.RegisterReceiptKeyRequest(request_id=self._request_id(),
@@ -308,14 +313,9 @@ class BrokerClient:
 
     def list_receipts(self, wallet_id: str = "", page_size: int = 100) -> list:
         """Every receipt of the wallet, newest first (follows pagination)."""
-        receipts, token = [], ""
-        while True:
-            page = self._call(self._statements.ListReceipts, statement_pb.ListReceiptsRequest(
-                wallet_id=wallet_id, page_size=page_size, page_token=token))
-            receipts += page.receipts
-            token = page.next_page_token
-            if not token:
-                return receipts
+        return self._every_page(self._statements.ListReceipts,
+                                statement_pb.ListReceiptsRequest, "receipts",
+                                wallet_id=wallet_id, page_size=page_size)
 
     def get_statement(self, start_ms: int, end_ms: int, *, granularity: int = 0,
                       include_annex: bool = False, owner_id: str = "") -> statement_pb.Statement:
