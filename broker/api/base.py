@@ -147,3 +147,22 @@ def unary(method: Callable) -> Callable:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     return wrapper
+
+
+def streaming(method: Callable) -> Callable:
+    """`unary` for server streams: BrokerError -> status, never INTERNAL details."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            async for response in method(self, request, context):
+                yield response
+        except BrokerError as error:
+            await context.abort_with_status(to_status(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error in %s", method.__qualname__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    return wrapper

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-
-import grpc
 
 from ..core import killswitch, metering, session, usage_signing, validate, vouchers
 from ..core.errors import BrokerError, invalid
@@ -13,10 +10,7 @@ from ..store.base import Record
 from ..v1 import metering_service_pb2 as pb
 from ..v1 import metering_service_pb2_grpc as pb_grpc
 from . import convert
-from .base import Services, shutting_down
-from .errors import to_status
-
-log = logging.getLogger("broker.metering")
+from .base import Services, shutting_down, streaming
 
 STOP_REASONS = {session.BUDGET_EXHAUSTED: pb.STOP_REASON_BUDGET_EXHAUSTED,
                 session.HOLD_EXPIRING: pb.STOP_REASON_HOLD_EXPIRING,
@@ -64,18 +58,11 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
     def __init__(self, services: Services):
         self.s = services
 
+    @streaming
     async def Meter(self, request_iterator, context):
-        try:
-            with self.s.streams.tracked():
-                async for response in self._meter(request_iterator, context):
-                    yield response
-        except BrokerError as error:
-            await context.abort_with_status(to_status(error))
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("internal error in Meter")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        with self.s.streams.tracked():
+            async for response in self._meter(request_iterator, context):
+                yield response
 
     async def _meter(self, requests, context):
         # Read the first message before any refusal: ending the call while the client

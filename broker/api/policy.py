@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
-
-import grpc
 
 from ..core import (
     access,
@@ -18,38 +14,15 @@ from ..core import (
     refills,
     refunds,
 )
-from ..core.errors import BrokerError
 from ..store.base import Record
 from ..v1 import policy_service_pb2 as pb
 from ..v1 import policy_service_pb2_grpc as pb_grpc
 from . import convert
 from . import policy_convert as pc
-from .base import Services, unary
-from .errors import to_status
-
-log = logging.getLogger("broker.policy")
+from .base import Services, streaming, unary
 
 READERS = ("owner", "agent", "auditor", "admin")
 OVERSEERS = ("owner", "auditor", "admin")  # alerts, approvals, disputes: not agents
-
-
-def streaming(method):
-    """`unary` for server streams: BrokerError -> status, never INTERNAL details."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context):
-        try:
-            async for response in method(self, request, context):
-                yield response
-        except BrokerError as error:
-            await context.abort_with_status(to_status(error))
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("internal error in %s", method.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-    return wrapper
 
 
 class PolicyServicer(pb_grpc.PolicyServiceServicer):
