@@ -11,14 +11,12 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
-from . import logs
 from .datadir import AlreadyInitialised, DataDir, init
 from .files import write_secret
-from .settings import SCHEMA, Effective, Settings, SettingsError
+from .settings import SCHEMA, Effective, Settings
 
 log = logging.getLogger("broker")
 
@@ -154,11 +152,6 @@ def cmd_audit(args, effective: Effective[Settings]) -> int:
     return 1 if problems else 0
 
 
-def cmd_config_show(args, effective: Effective[Settings]) -> int:
-    print(SCHEMA.show(effective), end="")
-    return 0
-
-
 def cmd_receipts_keygen(args, effective: Effective[Settings]) -> int:
     """A new X25519 key pair for sealed receipts: the private key to a 0600 file, the
     public key printed for RegisterReceiptKey."""
@@ -289,12 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     SCHEMA.add_flags(p, "data_dir", *logging_flags)
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("config", help="inspect the settings")
-    config_sub = p.add_subparsers(dest="config_command", required=True)
-    p = config_sub.add_parser("show", help="print the effective settings as TOML, each with "
-                                           "its source; secrets masked")
-    SCHEMA.add_flags(p)
-    p.set_defaults(func=cmd_config_show)
+    SCHEMA.add_config_show(sub)
 
     receipts = sub.add_parser("receipts", help="owner side of sealed receipts").add_subparsers(
         dest="receipts_command", required=True)
@@ -320,16 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--admin-key-file", required=True)
     p.set_defaults(func=cmd_keys_rotate)
 
-    args = parser.parse_args(argv)
-    try:
-        effective = SCHEMA.load_args(args, os.environ)
-    except SettingsError as error:
-        print(f"broker {args.command}: {error}", file=sys.stderr)
-        return 2
-    logs.configure(effective.settings.log_format, effective.settings.log_level)
-    for warning in effective.warnings:
-        log.warning("%s", warning)
-    return args.func(args, effective)
+    return SCHEMA.run(parser, argv, log)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import logging
+import os
 import re
+import sys
 import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from . import logs
 from .core.config import CoreConfig
 
 T = TypeVar("T")
@@ -301,6 +305,34 @@ class Schema(Generic[T]):
                   env: Mapping[str, str] | None = None) -> Effective[T]:
         flags = {o.name: getattr(args, o.name, None) for o in self.options}
         return self.load(getattr(args, "config", None), env, flags)
+
+    def add_config_show(self, sub: argparse._SubParsersAction) -> None:
+        """The `config show` subcommand, the same for every program."""
+        p = sub.add_parser("config", help="inspect the settings")
+        config_sub = p.add_subparsers(dest="config_command", required=True)
+        p = config_sub.add_parser("show", help="print the effective settings as TOML, each "
+                                               "with its source; secrets masked")
+        self.add_flags(p)
+        p.set_defaults(func=self._config_show)
+
+    def _config_show(self, args: argparse.Namespace, effective: Effective[T]) -> int:
+        print(self.show(effective), end="")
+        return 0
+
+    def run(self, parser: argparse.ArgumentParser, argv: list[str] | None,
+            log: logging.Logger) -> int:
+        """Parse `argv`, load the settings (exit status 2 on bad ones), set up logging
+        and run the chosen subcommand's `func(args, effective)`."""
+        args = parser.parse_args(argv)
+        try:
+            effective = self.load_args(args, os.environ)
+        except SettingsError as error:
+            print(f"{parser.prog} {args.command}: {error}", file=sys.stderr)
+            return 2
+        logs.configure(effective.settings.log_format, effective.settings.log_level)
+        for warning in effective.warnings:
+            log.warning("%s", warning)
+        return args.func(args, effective)
 
     # -- output -----------------------------------------------------------------
 

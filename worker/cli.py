@@ -8,12 +8,11 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 
 import grpc
 
-from broker import logs, tls
+from broker import tls
 from broker.core.errors import BrokerError
 from broker.settings import Effective, SettingsError
 
@@ -45,11 +44,6 @@ def cmd_serve(args, effective: Effective[WorkerConfig]) -> int:
         log.error("the broker refused registration: %s %s", error.code().name,
                   error.details())
         return 2
-    return 0
-
-
-def cmd_config_show(args, effective: Effective[WorkerConfig]) -> int:
-    print(SCHEMA.show(effective), end="")
     return 0
 
 
@@ -85,23 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("voucher", help="the voucher token, or - to read it from stdin")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("config", help="inspect the settings")
-    config_sub = p.add_subparsers(dest="config_command", required=True)
-    p = config_sub.add_parser("show", help="print the effective settings as TOML, each with "
-                                           "its source; secrets masked")
-    SCHEMA.add_flags(p)
-    p.set_defaults(func=cmd_config_show)
+    SCHEMA.add_config_show(sub)
 
-    args = parser.parse_args(argv)
-    try:
-        effective = SCHEMA.load_args(args, os.environ)
-    except SettingsError as error:
-        print(f"worker {args.command}: {error}", file=sys.stderr)
-        return 2
-    logs.configure(effective.settings.log_format, effective.settings.log_level)
-    for warning in effective.warnings:
-        log.warning("%s", warning)
-    return args.func(args, effective)
+    return SCHEMA.run(parser, argv, log)
 
 
 if __name__ == "__main__":
