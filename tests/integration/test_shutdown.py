@@ -21,9 +21,7 @@ from worker.config import DEFAULT_PRICES
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
-from .broker_process import BrokerProcess
 from .conftest import (
-    WorkerWorld,
     agents_copy,
     aio_channel,
     burn_job,
@@ -32,6 +30,7 @@ from .conftest import (
     run,
     stream_rpc_error,
     usage_dict,
+    worker_world,
 )
 from .worker_process import WorkerProcess
 
@@ -40,23 +39,8 @@ SETTLED = auth_pb.AUTHORIZATION_STATE_SETTLED
 
 @pytest.fixture(scope="module")
 def w(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("shutdown")
-    broker = BrokerProcess(directory / "broker").start()
-    creds = broker.credentials
-    worker = WorkerProcess(broker.target, directory / "worker", creds["worker_api_key"],
-                           creds["agent_api_key"])
-    try:
-        worker.start()
-        world = WorkerWorld(broker, worker)
-        try:
-            yield world
-        finally:
-            world.close()
-    finally:
-        try:
-            worker.stop()
-        finally:
-            broker.stop()
+    with worker_world(tmp_path_factory.mktemp("shutdown")) as world:
+        yield world
 
 
 class Job:
