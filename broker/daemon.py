@@ -116,30 +116,26 @@ class Prefork:
         return self.index == 0
 
 
+def _until_done(services: Services, step) -> int:
+    """Run `step(tx, now, config, signer)` (blocking) until it handles nothing more;
+    how many items it handled in all."""
+    total = 0
+    while done := services.store.submit_sync(lambda tx: step(
+            tx, services.clock(), services.config, services.receipt_keyring.signer)):
+        total += done
+    return total
+
+
 def run_periodic(services: Services) -> int:
     """Pricing's due work: grants, grant expiry, lease ends (blocking; for start-up)."""
-    total = 0
-    while True:
-        done = services.store.submit_sync(lambda tx: periodic.run_due(
-            tx, services.clock(), services.config, services.receipt_keyring.signer))
-        total += done
-        if not done:
-            return total
+    return _until_done(services, periodic.run_due)
 
 
 def expire_holds(services: Services) -> int:
     """Resolve every hold that is due (blocking; for start-up). Approvals that timed out
     are denied first, so that their reservations are released as denials."""
-    while services.store.submit_sync(lambda tx: sweeps.run(
-            tx, services.clock(), services.config, services.receipt_keyring.signer)):
-        pass
-    total = 0
-    while True:
-        done = services.store.submit_sync(lambda tx: metering.expire_due(
-            tx, services.clock(), services.config, services.receipt_keyring.signer))
-        total += done
-        if not done:
-            return total
+    _until_done(services, sweeps.run)
+    return _until_done(services, metering.expire_due)
 
 
 class _GenericHandlersOnly:
