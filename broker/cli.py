@@ -85,19 +85,20 @@ def cmd_serve(args, effective: Effective[Settings]) -> int:
         _, admin_key = init(data_dir)
 
     def on_ready(broker) -> None:
-        if args.demo and demo.bootstrap(broker.services.store, data_dir, config, admin_key):
+        if not args.demo:
+            return
+        if demo.bootstrap(broker.services.store, data_dir, config, admin_key):
             announce(settings, f"demo owner, wallet and keys written to "
                                f"{data_dir.demo_credentials}")
-        if args.demo:
-            announce(settings, demo_help(data_dir, settings.listen))
+        announce(settings, demo_help(data_dir, settings.listen))
 
+    daemon = daemon_settings(settings, server_tls)
     try:
         clock = offset_clock(args.clock_offset_ms)
         if settings.processes > 1:
-            return serve_processes(data_dir, config, daemon_settings(settings, server_tls),
-                                   settings.processes, on_ready, clock)
-        asyncio.run(serve(data_dir, config, daemon_settings(settings, server_tls), on_ready,
-                          clock))
+            return serve_processes(data_dir, config, daemon, settings.processes, on_ready,
+                                   clock)
+        asyncio.run(serve(data_dir, config, daemon, on_ready, clock))
     except (DataDirLocked, MetricsListenError) as error:
         log.error("%s", error)
         return 2
