@@ -107,14 +107,10 @@ class _Call:
                                             **self.ids})
 
 
-class ObservingInterceptor(grpc.aio.ServerInterceptor):
-    """Put it first in the server's interceptors, so that it sees every outcome."""
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once, with `_wrap`, and reuses the wrapper."""
 
-    def __init__(self, observer: RpcObserver, logger: logging.Logger,
-                 quiet: Collection[str] = QUIET_METHODS):
-        self.observer = observer
-        self.log = logger
-        self.quiet = quiet
+    def __init__(self) -> None:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -126,6 +122,20 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         if wrapped is None:
             wrapped = self._handlers[method] = self._wrap(method, handler)
         return wrapped
+
+    def _wrap(self, method: str, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class ObservingInterceptor(WrappingInterceptor):
+    """Put it first in the server's interceptors, so that it sees every outcome."""
+
+    def __init__(self, observer: RpcObserver, logger: logging.Logger,
+                 quiet: Collection[str] = QUIET_METHODS):
+        super().__init__()
+        self.observer = observer
+        self.log = logger
+        self.quiet = quiet
 
     def _wrap(self, method: str, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         original = h.unary_unary or h.unary_stream or h.stream_unary or h.stream_stream

@@ -12,6 +12,7 @@ import grpc
 
 from ..core.errors import BrokerError, invalid
 from .errors import DOMAIN, to_status
+from .interceptors import WrappingInterceptor
 
 
 class _Undecodable:
@@ -35,25 +36,15 @@ def _undecodable() -> BrokerError:
     return invalid("request", "is not a valid protobuf encoding of the request message")
 
 
-class UndecodableRequestInterceptor(grpc.aio.ServerInterceptor):
+class UndecodableRequestInterceptor(WrappingInterceptor):
     """Bad bytes on the wire are bad input too: INVALID_ARGUMENT with ErrorInfo, where
     grpc.aio itself answers UNKNOWN (and a stream servicer sees an exception)."""
 
     def __init__(self, domain: str = DOMAIN):
+        super().__init__()
         self._domain = domain
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        wrapped = self._handlers.get(method)
-        if wrapped is None:
-            wrapped = self._handlers[method] = self._wrap(handler)
-        return wrapped
-
-    def _wrap(self, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, method: str, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         domain = self._domain
         original = (h.unary_unary or h.unary_stream or h.stream_unary or h.stream_stream)
 
