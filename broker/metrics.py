@@ -83,12 +83,9 @@ class LedgerCollector(Collector):
                          "Micro-credits on hold in pending authorizations.", holds.amount)
             yield _gauge("broker_metering_sessions_open",
                          "Metering sessions redeemed and not yet settled.", holds.open_sessions)
-            settlements = CounterMetricFamily(
+            yield _labelled_counter(
                 "broker_settlements", "Settled metering sessions since the broker started, by "
-                "outcome (finished, stopped, hold_expired).", labels=["outcome"])
-            for outcome, count in sorted(t.settlements.items()):
-                settlements.add_metric([outcome], count)
-            yield settlements
+                "outcome (finished, stopped, hold_expired).", "outcome", t.settlements)
             yield _counter("broker_spend", "Micro-credits charged to agents at settlement "
                            "since the broker started.", t.charged)
             yield _counter("broker_worker_payouts", "Micro-credits paid to workers' providers "
@@ -97,12 +94,17 @@ class LedgerCollector(Collector):
                            "settlement since the broker started.", t.fees)
             yield _counter("broker_authorized_amount", "Micro-credits put on hold by "
                            "authorizations since the broker started.", t.authorized)
-            events = CounterMetricFamily(
+            yield _labelled_counter(
                 "broker_journal_entries", "Journal entries (committed state changes) since "
-                "the broker started, by kind.", labels=["kind"])
-            for kind, count in sorted(t.events.items()):
-                events.add_metric([kind], count)
-            yield events
+                "the broker started, by kind.", "kind", t.events)
+
+
+def _labelled_counter(name: str, documentation: str, label: str,
+                      counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted(counts.items()):
+        family.add_metric([value], count)
+    return family
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
