@@ -77,6 +77,8 @@ MAX_WORLD_AGE_S = 420
 # the checksum cheap (about 2 ms + 20 us per journal entry).
 MAX_WORLD_JOURNAL = 500
 CALL_TIMEOUT_S = 20
+# Two reporting intervals (1 s each) after a kill-switch STOP, plus sweeps (0.5 s) and slack.
+KILL_SETTLE_S = 3.5
 JOB_TIMEOUT_S = 60
 # A broker watch stream lives until the client leaves: read what comes this long. Its
 # first answer (or its error) comes at once, so ending with nothing at all is a hang.
@@ -267,6 +269,9 @@ class StreamDriver:
     def __init__(self, fn, metadata: tuple, timeout: float):
         self._queue: queue.Queue = queue.Queue()
         self.call = fn(self._requests(), metadata=metadata, timeout=timeout)
+        # Stopped by the kill switch: the broker settles the session on its own if the
+        # stream does not finish it (see broker/core/killswitch.py).
+        self.killed = False
 
     def _requests(self):
         while True:
@@ -288,7 +293,11 @@ class StreamDriver:
                 response = next(self.call)
             except StopIteration:
                 return None
-            if not (skip_stops and response.WhichOneof("kind") == "stop"):
+            kind = response.WhichOneof("kind")
+            if (kind == "stop" and response.stop.reason == meter_pb.STOP_REASON_REVOKED) or (
+                    kind == "grant" and response.grant.stopped):
+                self.killed = True
+            if not (skip_stops and kind == "stop"):
                 return response
 
     def cancel(self) -> None:
@@ -757,6 +766,7 @@ class Fuzzer:
                 elif kind == "ack" and msg.WhichOneof("kind") == "usage":
                     state.update(usage=msg.usage.usage, seq=msg.usage.seq)
                 elif kind == "settled":
+                    state["settled"] = True
                     self.open_sessions.pop(state["session_id"], None)
                     self.corpus.harvest(response.settled.receipt)
                     return
@@ -773,6 +783,8 @@ class Fuzzer:
         finally:
             driver.cancel()
             self.count(rpc, max(1, sent))
+            if driver.killed and not state.get("settled"):
+                self.wait_killed_settled()
 
     def _meter_plan(self, rpc: Rpc, realistic: bool) -> list:
         """The messages of one stream: fixed messages, or functions of the session so far
@@ -869,6 +881,12 @@ class Fuzzer:
         auth_id = auth_id or self.voucher_auth.get(msg.voucher, "")
         if events[-1].WhichOneof("kind") != "result" and auth_id:
             self.wait_settled(auth_id)
+
+    def wait_killed_settled(self) -> None:
+        """A session stopped by the kill switch and left open is settled by the broker's
+        sweep two reporting intervals later: let that happen before judging later calls."""
+        time.sleep(KILL_SETTLE_S)
+        self.invalidate()
 
     def wait_settled(self, authorization_id: str, timeout: float = 30.0) -> None:
         """A job whose stream ended early settles in the background: wait for it."""
