@@ -118,6 +118,8 @@ broker ready on {listen}. Try:
   .venv/bin/grpcurl -plaintext -H "authorization: Bearer {key}" \\
       -d '{{"amount": "250000", "ttl_seconds": 300}}' \\
       {listen} broker.v1.AuthorizationService/Authorize
+The whole walkthrough (execute on the worker, receipt, balance) is in README.md,
+"Try it with grpcurl"; `make demo` and `make demo-node` run an agent against this broker.
 """
 
 
