@@ -17,13 +17,13 @@ from __future__ import annotations
 import base64
 
 from ..store.base import Record, Tx
-from . import journal, ledger, metering, spend, vouchers
+from . import journal, metering, spend, vouchers
 from .access import Principal
 from .authorizations import EXPIRED, HELD, REDEEMED
 from .config import CoreConfig
 from .errors import precondition
 from .leases import ACTIVE, SETTLED, get, job_authorizations, used_ms
-from .money import lease_charge, split_fee
+from .money import lease_charge
 
 STATEMENT_FIELDS = ("lease_id", "worker_id", "start_ms", "end_ms", "reserved_ms",
                     "reserved_hour_price", "unused_reserved_bps", "held", "used_ms", "charged",
@@ -50,19 +50,8 @@ def settle(tx: Tx, lease: Record, now: int, config: CoreConfig,
     used = used_ms(tx, lease)
     charged = lease_charge(lease["reserved_ms"], used, lease["reserved_hour_price"],
                            lease["unused_reserved_bps"])
-    payout, fee = split_fee(charged, config.fee_bps)
-    if charged:
-        ledger.resolve(tx, lease["hold_id"], ledger.POST_PENDING, now, amount=charged)
-    else:
-        ledger.resolve(tx, lease["hold_id"], ledger.VOID_PENDING, now)
-    legs = {"lease_id": lease["lease_id"]}
-    if payout:
-        provider = tx.get("providers", lease["provider_id"])
-        ledger.transfer(tx, ledger.ESCROW_ACCOUNT, provider["payout_account_id"], payout,
-                        "payout", now, legs)
-    if fee:
-        ledger.transfer(tx, ledger.ESCROW_ACCOUNT, ledger.FEE_ACCOUNT, fee, "platform_fee", now,
-                        legs)
+    payout, fee = metering.capture(tx, lease["hold_id"], charged, lease["provider_id"],
+                                   {"lease_id": lease["lease_id"]}, now, config)
     lease.update(state=SETTLED, end_ms=min(now, lease["end_ms"]), used_ms=used,
                  charged=charged, worker_payout=payout, platform_fee=fee,
                  released=lease["held"] - charged, settle_ms=now)

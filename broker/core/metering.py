@@ -154,6 +154,26 @@ def _signed(message: bytes, signature: bytes) -> Record:
             "signature": base64.b64encode(signature).decode()}
 
 
+def capture(tx: Tx, hold_id: str, charged: int, provider_id: str, legs: Record, now: int,
+            config: CoreConfig) -> tuple[int, int]:
+    """The linked legs of a settlement: post `charged` of the hold (the rest is released)
+    or void it, then pay the provider and the platform fee out of escrow.
+    Returns (payout, fee)."""
+    payout, fee = split_fee(charged, config.fee_bps)
+    if charged:
+        ledger.resolve(tx, hold_id, ledger.POST_PENDING, now, amount=charged)
+    elif hold_id:  # (a job under a lease has no hold of its own: leases.py)
+        ledger.resolve(tx, hold_id, ledger.VOID_PENDING, now)
+    if payout:
+        provider = tx.get("providers", provider_id)
+        ledger.transfer(tx, ledger.ESCROW_ACCOUNT, provider["payout_account_id"], payout,
+                        "payout", now, legs)
+    if fee:
+        ledger.transfer(tx, ledger.ESCROW_ACCOUNT, ledger.FEE_ACCOUNT, fee, "platform_fee", now,
+                        legs)
+    return payout, fee
+
+
 def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
            signer: vouchers.Signer) -> Record:
     """Settle atomically; returns the receipt as the worker sees it. `signer` is the
@@ -161,20 +181,9 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
     pricing.on_settle(tx, ses, outcome, now)  # (its lease's used time, the job history)
     auth = tx.get("authorizations", ses["authorization_id"])
     charged = ses["charged"]
-    payout, fee = split_fee(charged, config.fee_bps)
-    if charged:
-        ledger.resolve(tx, auth["hold_id"], ledger.POST_PENDING, now, amount=charged)
-    elif auth["hold_id"]:  # (a job under a lease has no hold of its own: leases.py)
-        ledger.resolve(tx, auth["hold_id"], ledger.VOID_PENDING, now)
+    payout, fee = capture(tx, auth["hold_id"], charged, ses["provider_id"],
+                          {"authorization_id": auth["authorization_id"]}, now, config)
     spend.release(tx, auth, auth["amount"] - charged)
-    legs = {"authorization_id": auth["authorization_id"]}
-    if payout:
-        provider = tx.get("providers", ses["provider_id"])
-        ledger.transfer(tx, ledger.ESCROW_ACCOUNT, provider["payout_account_id"], payout,
-                        "payout", now, legs)
-    if fee:
-        ledger.transfer(tx, ledger.ESCROW_ACCOUNT, ledger.FEE_ACCOUNT, fee, "platform_fee", now,
-                        legs)
     receipt = receipts.issue(tx, auth, ses, outcome, now, config, signer, payout=payout,
                              fee=fee)
     tx.put("sessions", ses["session_id"], receipts.settled_session(ses, receipt))
