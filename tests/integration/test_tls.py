@@ -160,19 +160,8 @@ class TlsWorker(WorkerProcess):
             "--broker-ca", p.ca, "--broker-client-cert", p.worker[0],
             "--broker-client-key", p.worker[1]])]
 
-    def _serving(self) -> bool:
-        try:
-            with secure(self.target, self.creds) as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=SERVICE), timeout=0.5)
-                return reply.status == health_pb2.HealthCheckResponse.SERVING
-        except grpc.RpcError:
-            return False
-
-    def capabilities(self) -> worker_pb.GetCapabilitiesResponse:
-        with secure(self.target, self.creds) as channel:
-            return worker_grpc.WorkerServiceStub(channel).GetCapabilities(
-                worker_pb.GetCapabilitiesRequest(), timeout=5)
+    def channel(self) -> grpc.Channel:
+        return secure(self.target, self.creds)
 
     def offered_ids(self) -> set[str]:
         try:

@@ -100,9 +100,13 @@ class WorkerProcess:
             time.sleep(0.1)
         raise TimeoutError(f"worker did not become ready:\n{self.log()}")
 
+    def channel(self) -> grpc.Channel:
+        """A channel to the worker's agent-facing server (TLS subclasses override it)."""
+        return grpc.insecure_channel(self.target)
+
     def _serving(self) -> bool:
         try:
-            with grpc.insecure_channel(self.target) as channel:
+            with self.channel() as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=SERVICE), timeout=0.5)
                 return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -110,7 +114,7 @@ class WorkerProcess:
             return False
 
     def capabilities(self) -> worker_pb.GetCapabilitiesResponse:
-        with grpc.insecure_channel(self.target) as channel:
+        with self.channel() as channel:
             return worker_grpc.WorkerServiceStub(channel).GetCapabilities(
                 worker_pb.GetCapabilitiesRequest(), timeout=5)
 
