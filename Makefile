@@ -76,9 +76,10 @@ check-stubs: $(STAMP)
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .cache/buf @bufbuild/buf@1
 
-## lint: ruff on the Python code, buf lint (STANDARD) on the protos
+## lint: ruff, the import layers (import-linter), mypy, buf lint (STANDARD) on the protos
 lint: $(STAMP) $(BUF)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BUF) lint
 
 ## breaking: buf breaking against the previous commit

@@ -35,12 +35,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nacl.public import PrivateKey
 from nacl.signing import VerifyKey
 
+from common import sealing
+from common import tls as tls_files
+from common.status import error_info
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
-from . import tls as tls_files
-from .api.errors import error_info
-from .core import sealing
 from .v1 import authorization_service_pb2 as auth_pb
 from .v1 import authorization_service_pb2_grpc as auth_grpc
 from .v1 import pricing_pb2

@@ -8,9 +8,9 @@ import logging
 import grpc
 from grpc_status import rpc_status
 
-from broker.api.convert import capabilities_to_proto, prices_to_proto
-from broker.api.errors import to_status
-from broker.core.errors import BrokerError, Code
+from common.convert import capabilities_to_proto, prices_to_proto
+from common.errors import BrokerError, Code
+from common.status import to_status
 
 from .execution import JobRunner, PassThrough
 from .v1 import worker_service_pb2 as pb

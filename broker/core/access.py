@@ -12,8 +12,9 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
+from common.errors import BrokerError, Code, denied, invalid
+
 from ..store.base import Record, Tx
-from .errors import BrokerError, Code, denied, invalid
 
 ROLES = ("admin", "owner", "agent", "worker", "auditor")
 KEY_PREFIX = "cbk_"

@@ -20,10 +20,11 @@ from the ledger and are not journaled; a freeze they cause is.
 
 from __future__ import annotations
 
+from common.errors import invalid, not_found
+
 from ..store.base import Record, Tx
 from . import ledger, pages, validate, wallets
 from .access import Principal, can_see_owner
-from .errors import invalid, not_found
 
 KINDS = ("authorization_burst", "spend_burst", "new_model", "new_worker", "denial_run",
          "approval_pending_too_long", "refills_paused", "audit_failed")

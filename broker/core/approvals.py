@@ -13,10 +13,11 @@ Every decision is journaled ("approval_decided") with who decided and why.
 
 from __future__ import annotations
 
+from common.errors import invalid, not_found, precondition
+
 from ..store.base import Record, Tx
 from . import alerts, authorizations, journal, ledger, pages, policy, spend, validate
 from .access import Principal
-from .errors import invalid, not_found, precondition
 from .wallets import require_spendable
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"

@@ -6,12 +6,14 @@ import hashlib
 import hmac
 import secrets
 
+from common import vouchers
+from common.errors import BrokerError, Code, invalid, not_found, precondition
+from common.money import check_amount, check_prices
+
 from ..store.base import Record, Tx
-from . import journal, labels, ledger, pages, policy, spend, validate, vouchers
+from . import journal, labels, ledger, pages, policy, spend, validate
 from .access import Principal, can_see_wallet_record
 from .config import CoreConfig
-from .errors import BrokerError, Code, invalid, not_found, precondition
-from .money import check_amount, check_prices
 from .policy import DENIED, PENDING_APPROVAL
 from .wallets import get_wallet, require_spendable
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from common.errors import BrokerError, Code, invalid
+
 from ..store.base import Record, Tx
-from .errors import BrokerError, Code, invalid
 
 KEEP_MS = 48 * 3600 * 1000  # DESIGN.md asks for at least 24 h.
 # Secrets are never remembered: a replay answers without them (keys are stored hashed only).

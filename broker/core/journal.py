@@ -8,17 +8,14 @@ that recomputes the chain finds the first bad entry.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from typing import Any
+
+from common.canonical import canonical
 
 from ..store.base import Record, Tx
 
 GENESIS = "0" * 64
-
-
-def canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def entry_hash(prev_hash: str, seq: int, time_ms: int, kind: str, data: dict) -> str:

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import base64
 
+from common import vouchers
+from common.errors import precondition
+from common.money import lease_charge
+
 from ..store.base import Record, Tx
-from . import journal, metering, spend, vouchers
+from . import journal, metering, spend
 from .access import Principal
 from .authorizations import EXPIRED, HELD, REDEEMED
 from .config import CoreConfig
-from .errors import precondition
 from .leases import ACTIVE, SETTLED, get, job_authorizations, used_ms
-from .money import lease_charge
 
 STATEMENT_FIELDS = ("lease_id", "worker_id", "start_ms", "end_ms", "reserved_ms",
                     "reserved_hour_price", "unused_reserved_bps", "held", "used_ms", "charged",

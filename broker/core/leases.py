@@ -17,12 +17,13 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection
 
+from common.errors import invalid, not_found, precondition
+from common.money import MAX_BPS, PRICE_FIELDS, check_amount, lease_charge
+
 from ..store.base import Record, Tx
 from . import journal, ledger, pages, policy, quotes, spend, validate
 from .access import Principal, can_see_wallet_record
 from .authorizations import HELD, REDEEMED
-from .errors import invalid, not_found, precondition
-from .money import MAX_BPS, PRICE_FIELDS, check_amount, lease_charge
 from .registry import inactive
 from .wallets import get_wallet, require_spendable
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from common.errors import BrokerError, Code, precondition
+from common.money import MAX_AMOUNT
+
 from ..store.base import Record, Tx
 from . import grants
-from .errors import BrokerError, Code, precondition
-from .money import MAX_AMOUNT
 
 # Platform-wide accounts, created once by `ensure_platform_accounts`.
 FUNDING_ACCOUNT = "platform:funding"  # the outside world: money in (may go negative)

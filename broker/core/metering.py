@@ -11,6 +11,10 @@ from __future__ import annotations
 import base64
 import secrets
 
+from common import usage_signing, vouchers
+from common.errors import BrokerError, Code, not_found, precondition
+from common.money import split_fee
+
 from ..store.base import Record, Tx
 from . import (
     journal,
@@ -22,15 +26,11 @@ from . import (
     refills,
     session,
     spend,
-    usage_signing,
     validate,
-    vouchers,
 )
 from .access import Principal
 from .authorizations import CANCELLED, EXPIRED, HELD, REDEEMED, SETTLED
 from .config import CoreConfig
-from .errors import BrokerError, Code, not_found, precondition
-from .money import prices_within, split_fee
 from .registry import get_own_worker, inactive
 
 FINISHED, STOPPED, HOLD_EXPIRED = "FINISHED", "STOPPED", "HOLD_EXPIRED"
@@ -59,7 +59,7 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
     assert auth["state"] == HELD, "an unredeemed voucher's authorization is held"
     # Pricing (issue 6): prices bound by a quote or a lease; a leased worker's exclusivity.
     worker, terms = pricing.redemption_terms(tx, auth, worker, model, now)
-    check_scope(claims.scope, worker, validate.ident(resource_class, "open.resource_class",
+    vouchers.check_scope(claims.scope, worker, validate.ident(resource_class, "open.resource_class",
                                                       required=False),
                  validate.ident(model, "open.model", required=False))
     new = {**session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id,
@@ -79,33 +79,6 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
                                             "session_id": new["session_id"],
                                             "worker_id": worker_id}, now)
     return new
-
-
-def check_scope(scope: Record, worker: Record, resource_class: str, model: str) -> None:
-    caps = worker["capabilities"]
-
-    def outside(what: str, detail: str) -> BrokerError:
-        return BrokerError(Code.PERMISSION_DENIED, "VOUCHER_SCOPE_MISMATCH",
-                           f"the voucher does not cover this {what}: {detail}", {"scope": what})
-
-    if scope.get("worker_id") and scope["worker_id"] != worker["worker_id"]:
-        raise outside("worker", "it is pinned to another worker")
-    if scope.get("worker_ids") and worker["worker_id"] not in scope["worker_ids"]:
-        raise outside("worker", "it is valid at other workers only")
-    wanted_class = scope.get("resource_class", "")
-    for value in (resource_class, caps["resource_class"]):
-        if wanted_class and value and value != wanted_class:
-            raise outside("resource class", f"{value!r} is not {wanted_class!r}")
-    wanted_model = scope.get("model", "")
-    if wanted_model and model and model != wanted_model:
-        raise outside("model", f"{model!r} is not {wanted_model!r}")
-    if wanted_model and wanted_model not in caps["models"]:
-        raise outside("model", f"the worker does not serve {wanted_model!r}")
-    above = prices_within(worker["prices"], scope.get("max_prices", {}))
-    if above:
-        raise BrokerError(Code.PERMISSION_DENIED, "PRICE_ABOVE_SCOPE",
-                          f"the worker's {', '.join(above)} exceeds the voucher's cap",
-                          {"prices": ",".join(above)})
 
 
 def get_own_session(tx: Tx, principal: Principal, session_id: str, worker_id: str) -> Record:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import binascii
 
+from common.errors import invalid
+from common.vouchers import b64d, b64e
+
 from ..store.base import Record, Tx
 from . import validate
-from .errors import invalid
-from .vouchers import b64d, b64e
 
 
 def encode(last_key: str) -> str:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from common.errors import BrokerError, Code, invalid, not_found
+from common.money import MAX_AMOUNT, PRICE_FIELDS, check_prices
+
 from ..store.base import Record, Tx
 from . import alerts, journal, ledger, spend, validate
 from .access import Principal
-from .errors import BrokerError, Code, invalid, not_found
-from .money import MAX_AMOUNT, PRICE_FIELDS, check_prices
 from .wallets import get_wallet
 
 # Authorization states the spend controls add (see authorizations.py for the others).

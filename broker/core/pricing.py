@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
+from common.errors import precondition
+from common.money import PRICE_FIELDS
+
 from ..store.base import Record, Tx
 from . import job_history, leases, quotes, validate
 from .access import Principal
-from .errors import precondition
-from .money import PRICE_FIELDS
 
 
 def redemption_terms(tx: Tx, auth: Record, worker: Record, model: str,

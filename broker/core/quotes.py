@@ -18,11 +18,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection
 
+from common.errors import invalid, not_found, precondition
+from common.money import MAX_AMOUNT, MAX_COUNTER, PRICE_FIELDS, prices_within
+
 from ..store.base import Record, Tx
 from . import job_history, journal, selection, validate
 from .access import Principal, can_see_owner
-from .errors import invalid, not_found, precondition
-from .money import MAX_AMOUNT, MAX_COUNTER, PRICE_FIELDS, prices_within
 
 KINDS = ("generate", "burn", "handler")
 MAX_MODELS = 16

@@ -18,11 +18,13 @@ from __future__ import annotations
 import base64
 import secrets
 
+from common import vouchers
+from common.errors import BrokerError, Code, not_found, precondition
+from common.money import check_amount
+
 from ..store.base import Record, Tx
-from . import journal, ledger, pages, validate, vouchers
+from . import journal, ledger, pages, validate
 from .access import Principal, can_see_owner
-from .errors import BrokerError, Code, not_found, precondition
-from .money import check_amount
 from .tenancy import get_owner
 
 REFUND_SIGNED_FIELDS = ("refund_id", "receipt_id", "authorization_id", "session_id",

@@ -12,14 +12,16 @@ import base64
 import hashlib
 from collections import defaultdict
 
+from common import sealing
+from common.errors import denied, invalid, not_found, precondition
+from common.vouchers import Signer
+
 from ..store.base import Record, Tx
-from . import sealing, validate
+from . import validate
 from .access import Principal, can_see_owner
 from .config import CoreConfig
-from .errors import denied, invalid, not_found, precondition
 from .receipts import DAY_MS, HOUR_MS, ITEMISED_FIELDS
 from .tenancy import get_owner, get_provider
-from .vouchers import Signer
 
 MAX_SPAN_MS = 366 * DAY_MS
 # Timestamps beyond year 9999 are not valid google.protobuf.Timestamps.

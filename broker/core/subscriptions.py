@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import secrets
 
+from common.errors import BrokerError, Code, invalid, not_found, precondition
+from common.money import check_amount
+
 from ..store.base import Record, Tx
 from . import grants, journal, ledger, pages, validate
 from .access import Principal
-from .errors import BrokerError, Code, invalid, not_found, precondition
-from .money import check_amount
 from .tenancy import get_owner
 from .wallets import get_wallet
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import secrets
 
+from common.errors import BrokerError, Code, invalid, not_found
+from common.money import check_amount
+
 from ..store.base import Record, Tx
 from . import journal, ledger, pages, validate
 from .access import Principal, can_see_owner, resolve_wallet_id
 from .config import CoreConfig
-from .errors import BrokerError, Code, invalid, not_found
-from .money import check_amount
 from .tenancy import get_owner
 
 

@@ -8,11 +8,11 @@ the store runs it atomically and durably, or not at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
+
+from common.records import Record
 
 T = TypeVar("T")
-
-Record = dict[str, Any]
 
 # Every table the broker uses. Keys are str; values are JSON-able dicts.
 TABLES = (

@@ -17,11 +17,11 @@ from broker.core import (
     periodic,
     registry,
     subscriptions,
-    vouchers,
     wallets,
 )
-from broker.core.errors import BrokerError
-from broker.core.money import charge_for, split_fee
+from common import vouchers
+from common.errors import BrokerError
+from common.money import charge_for, split_fee
 
 from .world import World
 

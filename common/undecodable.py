@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 
-from ..core.errors import BrokerError, invalid
-from .errors import DOMAIN, to_status
+from .errors import BrokerError, invalid
 from .interceptors import WrappingInterceptor
+from .status import DOMAIN, to_status
 
 
 class _Undecodable:
