@@ -154,4 +154,5 @@ def capabilities_to_proto(c: Record) -> registry_pb.Capabilities:
 def offer(w: Record) -> registry_pb.Offer:
     return registry_pb.Offer(worker_id=w["worker_id"], endpoint=w["endpoint"],
                              capabilities=capabilities_to_proto(w["capabilities"]),
-                             prices=prices_to_proto(w["prices"]))
+                             prices=prices_to_proto(w["prices"]),
+                             usage_public_key=bytes.fromhex(w.get("usage_public_key", "")))

@@ -68,7 +68,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         return pb.GetCapabilitiesResponse(
             worker_id=identity.worker_id,
             capabilities=capabilities_to_proto(identity.capabilities),
-            prices=prices_to_proto(identity.prices), handlers=self.handler_modules)
+            prices=prices_to_proto(identity.prices), handlers=self.handler_modules,
+            usage_public_key=bytes(self.runner.broker.usage_key.verify_key))
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new jobs and wait for running ones. True when all finished."""
