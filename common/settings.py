@@ -27,7 +27,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from . import logs
 
@@ -143,10 +143,11 @@ class Schema(Generic[T]):
         self.cross_check = cross_check
         hints = typing.get_type_hints(cls)
         self.options: list[Option] = []
-        for f in dataclasses.fields(cls):
+        for f in dataclasses.fields(cast(Any, cls)):
             spec = f.metadata["spec"]
             kind, item = _kind(hints[f.name])
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            factory: Any = f.default_factory
+            default = factory() if f.default is dataclasses.MISSING else f.default
             self.options.append(Option(
                 name=f.name, key=spec.key or f.name, kind=kind, item=item, default=default,
                 spec=spec, env="" if spec.file_only else env_prefix + f.name.upper(),
@@ -328,7 +329,8 @@ class Schema(Generic[T]):
         except SettingsError as error:
             print(f"{parser.prog} {args.command}: {error}", file=sys.stderr)
             return 2
-        logs.configure(effective.settings.log_format, effective.settings.log_level)
+        settings: Any = effective.settings  # every schema's class has the log settings
+        logs.configure(settings.log_format, settings.log_level)
         for warning in effective.warnings:
             log.warning("%s", warning)
         return args.func(args, effective)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 from ..store.base import Record, Tx
 from . import grants, journal, ledger, pages, spend, validate
@@ -137,7 +138,7 @@ def _refund_problems(tx: Tx) -> list[str]:
     return problems
 
 
-def _when(ms: object) -> str:
+def _when(ms: Any) -> str:
     try:
         return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="seconds")
     except (TypeError, ValueError, OverflowError, OSError):
@@ -182,7 +183,7 @@ def check_journal(tx: Tx) -> list[str]:
     try:
         extra = next(iter(tx.scan("journal", start=f"{head['seq'] + 1:020d}", limit=1)), None)
     except ValueError:
-        extra = ("?", None)
+        extra = ("?", {})
     if extra is not None:
         problems.append(f"journal: entries after its head (entry {head['seq']}); "
                         "appended outside the broker")

@@ -17,7 +17,7 @@ from typing import Any
 from common.errors import BrokerError, Code, precondition
 from common.money import MAX_AMOUNT
 
-from ..store.base import Record, Tx
+from ..store.base import Record, Tx, must_get
 from . import grants
 
 # Platform-wide accounts, created once by `ensure_platform_accounts`.
@@ -223,4 +223,4 @@ def account_transfers(tx: Tx, account_id: str, *, before_seq: int | None = None,
     stop = f"{account_id}/{before_seq:020d}" if before_seq else None
     rows = tx.scan("account_transfers", prefix=f"{account_id}/", stop=stop, reverse=True,
                    limit=limit)
-    return [tx.get("transfers", row["transfer_id"]) for _, row in rows]
+    return [must_get(tx, "transfers", row["transfer_id"]) for _, row in rows]

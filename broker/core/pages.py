@@ -7,7 +7,7 @@ import binascii
 from common.errors import invalid
 from common.vouchers import b64d, b64e
 
-from ..store.base import Record, Tx
+from ..store.base import Record, Tx, must_get
 from . import validate
 
 
@@ -44,5 +44,5 @@ def index_page(tx: Tx, table: str, prefix: str, record_table: str, id_field: str
     else:
         rows = list(tx.scan(table, prefix=prefix, start=after + "\x00" if after else None,
                             limit=size + 1))
-    found = [tx.get(record_table, row[id_field]) for _, row in rows[:size]]
+    found = [must_get(tx, record_table, row[id_field]) for _, row in rows[:size]]
     return found, encode(rows[size - 1][0]) if len(rows) > size else ""

@@ -94,7 +94,7 @@ def create(tx: Tx, principal: Principal, job: Record, lock_seconds: int,
              "wallet_id": principal.wallet_id, "job": job,
              "offers": selection.rank(job, offers), "create_ms": now,
              "expire_ms": now + lock_s * 1000}
-    tx.put("quotes", quote["quote_id"], quote)
+    tx.put("quotes", str(quote["quote_id"]), quote)
     tx.put("quote_expiry", f"{quote['expire_ms']:020d}/{quote['quote_id']}", {})
     return quote
 
