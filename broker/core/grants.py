@@ -105,7 +105,7 @@ def on_resolve(tx: Tx, account: Record, hold_id: str, posted: int,
 
 
 def check(tx: Tx) -> list[str]:
-    """Grant invariants: each grant adds up, accounts agree with their grants, and
+    """INV-11 (grants): each grant adds up, accounts agree with their grants, and
     every reservation belongs to a pending hold and matches the grants' reserved."""
     problems: list[str] = []
     credits: dict[str, int] = {}

@@ -15,7 +15,7 @@ from common.errors import BrokerError, Code, invalid
 
 from ..store.base import Record, Tx
 
-KEEP_MS = 48 * 3600 * 1000  # DESIGN.md asks for at least 24 h.
+KEEP_MS = 48 * 3600 * 1000  # docs/design.md: at least 24 h.
 # Secrets are never remembered: a replay answers without them (keys are stored hashed only).
 UNREMEMBERED_FIELDS = ("api_key",)
 MAX_REQUEST_ID = 64
