@@ -76,14 +76,20 @@ check-stubs: $(STAMP)
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .cache/buf @bufbuild/buf@1
 
-## lint: ruff on the Python code, buf lint (STANDARD) on the protos
+## lint: ruff, the import layers (import-linter), mypy, buf lint (STANDARD) and buf breaking
 lint: $(STAMP) $(BUF)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BUF) lint
+	$(MAKE) --no-print-directory breaking
 
-## breaking: buf breaking against the previous commit
+## breaking: buf breaking against the merge base with main (on main itself: the previous commit)
 breaking: $(BUF)
-	$(BUF) breaking --against '.git#ref=HEAD~1'
+	base=$$(git merge-base HEAD $${BREAKING_AGAINST:-main} 2>/dev/null || git rev-parse HEAD~1); \
+	if [ "$$base" = "$$(git rev-parse HEAD)" ]; then base=$$(git rev-parse HEAD~1); fi; \
+	echo "buf breaking against $$base"; \
+	$(BUF) breaking --against ".git#ref=$$base"
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

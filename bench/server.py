@@ -27,8 +27,8 @@ from pathlib import Path
 from broker.core.config import CoreConfig
 from broker.daemon import BrokerSettings, serve, serve_processes
 from broker.datadir import DataDir, init
-from broker.files import write_secret
 from broker.store import lmdb_store
+from common.files import write_secret
 
 
 def _name_writer_thread() -> None:

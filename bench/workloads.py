@@ -20,11 +20,11 @@ from nacl.signing import SigningKey
 
 from bench.echo import STREAM as ECHO_STREAM
 from bench.echo import UNARY as ECHO_UNARY
-from broker.core import usage_signing
-from broker.core.money import charge_for
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import metering_service_pb2 as meter_pb
 from broker.v1 import resources_pb2 as res_pb
+from common import usage_signing
+from common.money import charge_for
 
 AUTHORIZE = "/broker.v1.AuthorizationService/Authorize"
 METER = "/broker.v1.MeteringService/Meter"

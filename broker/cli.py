@@ -14,9 +14,11 @@ import logging
 import sys
 from pathlib import Path
 
+from common.files import write_secret
+from common.settings import Effective
+
 from .datadir import AlreadyInitialised, DataDir, init
-from .files import write_secret
-from .settings import SCHEMA, Effective, Settings
+from .settings import SCHEMA, Settings
 
 log = logging.getLogger("broker")
 
@@ -51,7 +53,7 @@ def cmd_init(args, effective: Effective[Settings]) -> int:
 
 
 def daemon_settings(settings: Settings, server_tls=None):
-    """What `serve` hands to the daemon (`server_tls`: broker.tls.load_server's)."""
+    """What `serve` hands to the daemon (`server_tls`: common.tls.load_server's)."""
     from .daemon import BrokerSettings
 
     return BrokerSettings(listen=settings.listen,
@@ -62,10 +64,12 @@ def daemon_settings(settings: Settings, server_tls=None):
 
 
 def cmd_serve(args, effective: Effective[Settings]) -> int:
-    from . import demo, tls
-    from .clock import offset_clock
+    from common import tls
+    from common.clock import offset_clock
+    from common.metrics import MetricsListenError
+
+    from . import demo
     from .daemon import PortInUse, serve, serve_processes
-    from .metrics import MetricsListenError
     from .store import DataDirLocked
 
     settings = effective.settings
@@ -160,7 +164,7 @@ def cmd_receipts_keygen(args, effective: Effective[Settings]) -> int:
     public key printed for RegisterReceiptKey."""
     from nacl.public import PrivateKey
 
-    from .core.sealing import receipt_key_id
+    from common.sealing import receipt_key_id
 
     out = Path(args.out)
     if out.exists():
@@ -203,8 +207,9 @@ def _sealed_items(value) -> list:
 
 def cmd_receipts_open(args, effective: Effective[Settings]) -> int:
     """Open sealed receipts (or a statement's annex) on the owner's side."""
+    from common.sealing import SealError, load_private_key
+
     from .client import BrokerClient, BrokerClientError, open_sealed
-    from .core.sealing import SealError, load_private_key
 
     try:
         key = load_private_key(Path(args.key).read_text())

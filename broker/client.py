@@ -35,12 +35,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nacl.public import PrivateKey
 from nacl.signing import VerifyKey
 
+from common import sealing
+from common import tls as tls_files
+from common.status import error_info
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
-from . import tls as tls_files
-from .api.errors import error_info
-from .core import sealing
 from .v1 import authorization_service_pb2 as auth_pb
 from .v1 import authorization_service_pb2_grpc as auth_grpc
 from .v1 import pricing_pb2
@@ -136,6 +136,11 @@ class BrokerClient:
     def list_offers(self, *, resource_class: str = "", model: str = "") -> list:
         request = registry_pb.ListOffersRequest(resource_class=resource_class, model=model)
         return list(self._call(self._registry.ListOffers, request).offers)
+
+    def platform_fee_bps(self) -> int:
+        """The platform fee now charged, in basis points of each charge (docs/wire.md)."""
+        return self._call(self._registry.ListOffers,
+                          registry_pb.ListOffersRequest()).platform_fee_bps
 
     def authorize(self, amount: int, *, resource_class: str = "", model: str = "",
                   worker_id: str = "", max_prices: dict[str, int] | None = None,
@@ -331,6 +336,11 @@ class BrokerClient:
             provider_id=provider_id, period_start=_timestamp(start_ms),
             period_end=_timestamp(end_ms), granularity=granularity)
         return self._call(self._statements.GetPayoutStatement, request).statement
+
+    def voucher_keys(self) -> dict[str, bytes]:
+        """The broker's keys that verify vouchers, by key id."""
+        reply = self._call(self._keys.ListVoucherKeys, keys_pb.ListVoucherKeysRequest())
+        return {k.key_id: k.public_key for k in reply.keys}
 
     def receipt_signing_keys(self) -> dict[str, bytes]:
         """The broker's keys that verify receipts and statements, by key id."""

@@ -19,28 +19,30 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from common.clock import now_ms
+from common.interceptors import ObservingInterceptor
+from common.metrics import MetricsServer
+from common.tls import ServerTls, add_port
+from common.undecodable import UndecodableRequestInterceptor
+
 from .api.admin import AdminServicer
 from .api.authorization import AuthorizationServicer
 from .api.base import Services
-from .api.interceptors import ObservingInterceptor
 from .api.metering import MeteringServicer
 from .api.policy import PolicyServicer
 from .api.pricing import PricingServicer
 from .api.registry import WorkerRegistryServicer
 from .api.statements import StatementServicer
-from .api.undecodable import UndecodableRequestInterceptor
 from .api.voucher_keys import VoucherKeyServicer
 from .api.wallet import WalletServicer
-from .clock import now_ms
 from .core import alerts, audit, idempotency, ledger, metering, periodic, rate_limits, sweeps
 from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
 from .keyring import Keyring, retire_voucher_keys
-from .metrics import BrokerMetrics, MetricsServer
+from .metrics import BrokerMetrics
 from .store.base import Store
 from .store.lmdb_store import LmdbStore, RuntimeTables, lock_dir, unlock_dir
-from .tls import ServerTls, add_port
 from .v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,

@@ -7,9 +7,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .clock import now_ms
+from common.clock import now_ms
+from common.files import write_secret
+
 from .core import ledger, tenancy
-from .files import write_secret
 from .keyring import Keyring
 from .store import LmdbStore
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 
-from .clock import now_ms
+from common.clock import now_ms
+from common.files import write_secret
+
 from .core import tenancy, wallets
 from .core.config import CoreConfig
 from .datadir import DataDir
-from .files import write_secret
 from .store.base import Store, Tx
 
 TREASURY_CREDIT = 100_000_000  # 100 credits, in micro-credits

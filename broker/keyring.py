@@ -25,11 +25,12 @@ from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
 
-from .clock import now_ms
+from common.clock import now_ms
+from common.errors import precondition
+from common.files import write_secret
+from common.vouchers import Signer
+
 from .core import journal
-from .core.errors import precondition
-from .core.vouchers import Signer
-from .files import write_secret
 from .store.base import Record, Tx
 
 log = logging.getLogger("broker.keys")

@@ -3,12 +3,13 @@
 Each `BrokerMetrics` has its own CollectorRegistry, so several brokers can live in one
 process (tests) without sharing counters. Three sources:
 
-- RPCs: `RpcMetrics`, fed by broker/api/interceptors.py (also used by the worker);
+- RPCs: `common.metrics.RpcMetrics`, fed by common/interceptors.py (the worker's too);
 - the LMDB writer: `observe_commit`, hooked into LmdbStore.commit_observer;
 - the ledger: `LedgerCollector` reads it when scraped (holds and open sessions now;
   settlements, spend and fees from the journal entries committed since start).
 
-This module and worker/metrics.py are the only ones that import prometheus_client.
+This module, common/metrics.py and worker/metrics.py are the only ones that import
+prometheus_client.
 """
 
 from __future__ import annotations
@@ -17,47 +18,19 @@ import threading
 import weakref
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from common.metrics import RpcMetrics
+
 from .core import stats
-from .settings import split_host_port
 from .store.base import Store
 from .store.buffered import StoreClosed
 
-RPC_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-                       30, 60, 300)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 COMMIT_SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                           0.1, 0.25, 0.5, 1)
-
-
-class RpcMetrics:
-    """gRPC server metrics, named as in go-grpc-prometheus so dashboards carry over."""
-
-    def __init__(self, registry: CollectorRegistry):
-        labels = ["grpc_type", "grpc_service", "grpc_method"]
-        self._started = Counter("grpc_server_started", "RPCs started on the server.", labels,
-                                registry=registry)
-        self._handled = Counter("grpc_server_handled",
-                                "RPCs completed on the server, by status code.",
-                                [*labels, "grpc_code"], registry=registry)
-        self._seconds = Histogram("grpc_server_handling_seconds",
-                                  "Time from the start of an RPC to its status (streams: "
-                                  "the whole stream).", labels, buckets=RPC_SECONDS_BUCKETS,
-                                  registry=registry)
-        self._in_flight = Gauge("grpc_server_in_flight", "RPCs running now.", labels,
-                                registry=registry)
-
-    def started(self, kind: str, service: str, method: str) -> None:
-        self._started.labels(kind, service, method).inc()
-        self._in_flight.labels(kind, service, method).inc()
-
-    def handled(self, kind: str, service: str, method: str, code: str, seconds: float) -> None:
-        self._in_flight.labels(kind, service, method).dec()
-        self._handled.labels(kind, service, method, code).inc()
-        self._seconds.labels(kind, service, method).observe(seconds)
 
 
 class LedgerCollector(Collector):
@@ -157,27 +130,3 @@ def alert(kind: str) -> None:
     it counts in every BrokerMetrics of this process (one, outside tests)."""
     for metrics in list(_live):
         metrics.alert(kind)
-
-
-class MetricsServer:
-    """GET /metrics over HTTP on `listen` (host:port; port 0 picks a free one)."""
-
-    def __init__(self, registry: CollectorRegistry, listen: str):
-        host, port = split_host_port(listen)
-        try:
-            self._server, self._thread = start_http_server(port, host, registry)
-        except OSError as error:
-            raise MetricsListenError(
-                f"cannot serve metrics on {listen}: {error.strerror or error}; set "
-                "metrics.listen to another address, or to \"\" to turn the endpoint off"
-            ) from None
-        self.port = self._server.server_port
-        self.url = f"http://{listen.rpartition(':')[0]}:{self.port}/metrics"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-class MetricsListenError(Exception):
-    pass

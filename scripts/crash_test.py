@@ -61,7 +61,6 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
-from broker.api.errors import error_info  # noqa: E402
 from broker.v1 import admin_service_pb2 as admin_pb  # noqa: E402
 from broker.v1 import admin_service_pb2_grpc as admin_grpc  # noqa: E402
 from broker.v1 import authorization_service_pb2 as auth_pb  # noqa: E402
@@ -71,6 +70,7 @@ from broker.v1 import wallet_service_pb2 as wallet_pb  # noqa: E402
 from broker.v1 import wallet_service_pb2_grpc as wallet_grpc  # noqa: E402
 from broker.v1 import worker_registry_service_pb2 as registry_pb  # noqa: E402
 from broker.v1 import worker_registry_service_pb2_grpc as registry_grpc  # noqa: E402
+from common.status import error_info  # noqa: E402
 from tests.integration.broker_process import BrokerProcess, free_port  # noqa: E402
 from worker.broker_link import MeteringSession, SessionClosed  # noqa: E402
 

@@ -50,7 +50,8 @@ instead); mutating calls take a client-chosen `request_id` (AIP-155); listings t
 def load(protos: Path = PROTOS) -> d.FileDescriptorSet:
     """Every .proto file under `protos`, compiled with its comments (no imports)."""
     include = str(Path(protoc.__file__).parent / "_proto")
-    files = sorted(str(p.relative_to(protos)) for p in protos.rglob("*.proto"))
+    files = sorted(str(p.relative_to(protos)) for p in protos.rglob("*.proto")
+                   if p.relative_to(protos).parts[0] != "google")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "descriptors.pb"
         args = ["protoc", f"-I{protos}", f"-I{include}", "--include_source_info",

@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from broker.client import BrokerClient  # noqa: E402
-from broker.files import write_secret  # noqa: E402
+from common.files import write_secret  # noqa: E402
 from worker.v1 import worker_service_pb2 as wpb  # noqa: E402
 from worker.v1 import worker_service_pb2_grpc as wpb_grpc  # noqa: E402
 

@@ -20,7 +20,8 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 def generate(out: Path) -> None:
     include = str(Path(protoc.__file__).parent / "_proto")
-    files = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    files = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto")
+                   if p.relative_to(PROTOS).parts[0] != "google")
     args = ["protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={out}",
             f"--grpc_python_out={out}", f"--pyi_out={out}", *files]
     if protoc.main(args) != 0:

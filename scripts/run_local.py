@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from broker.files import write_secret
+from common.files import write_secret
 
 
 def wait_for(path: Path, broker: subprocess.Popen, timeout: float = 60.0) -> None:

@@ -48,7 +48,6 @@ if str(ROOT) not in sys.path:
 
 import grpc  # noqa: E402
 
-from broker.api.errors import error_info  # noqa: E402
 from broker.v1 import admin_service_pb2 as admin_pb  # noqa: E402
 from broker.v1 import admin_service_pb2_grpc as admin_grpc  # noqa: E402
 from broker.v1 import authorization_service_pb2 as auth_pb  # noqa: E402
@@ -58,6 +57,7 @@ from broker.v1 import wallet_service_pb2 as wallet_pb  # noqa: E402
 from broker.v1 import wallet_service_pb2_grpc as wallet_grpc  # noqa: E402
 from broker.v1 import worker_registry_service_pb2 as registry_pb  # noqa: E402
 from broker.v1 import worker_registry_service_pb2_grpc as registry_grpc  # noqa: E402
+from common.status import error_info  # noqa: E402
 from worker.v1 import worker_service_pb2 as worker_pb  # noqa: E402
 from worker.v1 import worker_service_pb2_grpc as worker_grpc  # noqa: E402
 

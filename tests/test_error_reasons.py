@@ -13,7 +13,8 @@ CODES = {"INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
 
 def raised_reasons() -> set[str]:
     reasons = set()
-    for path in [*(ROOT / "broker").rglob("*.py"), *(ROOT / "worker").rglob("*.py")]:
+    for path in [*(ROOT / "broker").rglob("*.py"), *(ROOT / "common").rglob("*.py"),
+                 *(ROOT / "worker").rglob("*.py")]:
         if "/v1/" in str(path):
             continue
         for node in ast.walk(ast.parse(path.read_text())):

@@ -9,10 +9,11 @@ import stat
 import pytest
 
 from broker import keyring
-from broker.core import authorizations, journal, vouchers
-from broker.core.errors import BrokerError
+from broker.core import authorizations, journal
 from broker.keyring import Keyring
 from broker.store import MemoryStore
+from common import vouchers
+from common.errors import BrokerError
 
 T0 = 1_800_000_000_000
 MAX_TTL = 86_400_000

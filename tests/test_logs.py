@@ -7,11 +7,11 @@ import io
 import json
 import logging
 
-from broker.api.interceptors import message_ids
-from broker.logs import JsonFormatter, TextFormatter
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import metering_service_pb2 as meter_pb
 from broker.v1 import resources_pb2 as res_pb
+from common.interceptors import message_ids
+from common.logs import JsonFormatter, TextFormatter
 
 
 def emit(formatter: logging.Formatter, *args, **kwargs) -> str:

@@ -1,5 +1,5 @@
 """Every service, rpc, message, field, oneof, enum and enum value in protos/ has a leading
-comment: agents in other languages read only the .proto files (DESIGN.md, conventions).
+comment: agents in other languages read only the .proto files (docs/design.md).
 buf's STANDARD rules do not check comments, so this does."""
 
 import importlib.util

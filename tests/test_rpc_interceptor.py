@@ -11,8 +11,8 @@ import logging
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from broker.api.interceptors import ObservingInterceptor
 from broker.v1 import metering_service_pb2 as meter_pb
+from common.interceptors import ObservingInterceptor
 
 
 class Sink:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from broker.core.config import CoreConfig
-from broker.settings import SCHEMA, Settings, SettingsError
+from broker.settings import SCHEMA, Settings
+from common.settings import SettingsError
 from worker import config as worker_config
 from worker.config import DEFAULT_PRICES, WorkerConfig
 

@@ -18,10 +18,10 @@ from typing import Any
 import grpc
 from nacl.signing import SigningKey
 
-from broker.core import usage_signing
 from broker.v1 import metering_service_pb2 as pb
 from broker.v1 import metering_service_pb2_grpc as pb_grpc
 from broker.v1 import resources_pb2 as res_pb
+from common import usage_signing
 
 
 class SessionClosed(Exception):

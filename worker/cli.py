@@ -12,9 +12,9 @@ import sys
 
 import grpc
 
-from broker import tls
-from broker.core.errors import BrokerError
-from broker.settings import Effective, SettingsError
+from common import tls
+from common.errors import BrokerError
+from common.settings import Effective, SettingsError
 
 from .config import SCHEMA, WorkerConfig
 from .voucher_check import VoucherVerifier, grpc_key_fetcher

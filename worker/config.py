@@ -47,10 +47,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker import tls
-from broker.core.errors import BrokerError
-from broker.core.money import SHEET_FIELDS, check_price_sheet
-from broker.settings import (
+from common import tls
+from common.errors import BrokerError
+from common.money import SHEET_FIELDS, check_price_sheet
+from common.settings import (
     LOG_FORMATS,
     LOG_LEVELS,
     Schema,

@@ -13,11 +13,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nacl.signing import SigningKey
 
-from broker import tls
-from broker.api.interceptors import ObservingInterceptor
-from broker.api.undecodable import UndecodableRequestInterceptor
-from broker.files import write_secret
-from broker.metrics import MetricsListenError, MetricsServer
+from common import tls
+from common.files import write_secret
+from common.interceptors import ObservingInterceptor
+from common.metrics import MetricsListenError, MetricsServer
+from common.undecodable import UndecodableRequestInterceptor
 
 from .config import WorkerConfig
 from .execution import BrokerAccess, JobRunner, WorkerIdentity

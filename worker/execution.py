@@ -14,10 +14,9 @@ import grpc
 from google.protobuf import json_format
 from nacl.signing import SigningKey
 
-from broker.core.errors import BrokerError, Code
-from broker.core.metering import check_scope
-from broker.core.vouchers import VoucherClaims
 from broker.v1 import resources_pb2 as res_pb
+from common.errors import BrokerError, Code
+from common.vouchers import VoucherClaims, check_scope
 
 from .broker_link import MeteringSession, SessionClosed
 from .metered_job import MeteredJob, usage_event

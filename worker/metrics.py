@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from broker.metrics import RpcMetrics
+from common.metrics import RpcMetrics
 
 from .meters import Reading, _nvml, _nvml_handle
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import grpc
 
-from broker.api.convert import capabilities_to_proto, prices_to_proto
-from broker.api.errors import error_info
 from broker.v1 import worker_registry_service_pb2 as pb
 from broker.v1 import worker_registry_service_pb2_grpc as pb_grpc
+from common.convert import capabilities_to_proto, prices_to_proto
+from common.status import error_info
 
 log = logging.getLogger("worker.registration")
 

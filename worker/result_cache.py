@@ -10,7 +10,7 @@ from typing import Any
 
 import lmdb
 
-from broker.core.journal import canonical
+from common.canonical import canonical
 
 
 def cache_key(cache_scope: str, job: dict[str, Any]) -> bytes:

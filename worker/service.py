@@ -8,9 +8,9 @@ import logging
 import grpc
 from grpc_status import rpc_status
 
-from broker.api.convert import capabilities_to_proto, prices_to_proto
-from broker.api.errors import to_status
-from broker.core.errors import BrokerError, Code
+from common.convert import capabilities_to_proto, prices_to_proto
+from common.errors import BrokerError, Code
+from common.status import to_status
 
 from .execution import JobRunner, PassThrough
 from .v1 import worker_service_pb2 as pb
@@ -68,7 +68,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         return pb.GetCapabilitiesResponse(
             worker_id=identity.worker_id,
             capabilities=capabilities_to_proto(identity.capabilities),
-            prices=prices_to_proto(identity.prices), handlers=self.handler_modules)
+            prices=prices_to_proto(identity.prices), handlers=self.handler_modules,
+            usage_public_key=bytes(self.runner.broker.usage_key.verify_key))
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new jobs and wait for running ones. True when all finished."""

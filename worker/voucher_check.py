@@ -11,11 +11,11 @@ from collections.abc import Callable
 import grpc
 from nacl.signing import VerifyKey
 
-from broker.clock import now_ms
-from broker.core import vouchers
-from broker.core.errors import BrokerError, Code
 from broker.v1 import voucher_key_service_pb2 as pb
 from broker.v1 import voucher_key_service_pb2_grpc as pb_grpc
+from common import vouchers
+from common.clock import now_ms
+from common.errors import BrokerError, Code
 
 
 class VoucherVerifier:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from common import convert
+from common.errors import denied, invalid
+
 from ..core import audit, tenancy
-from ..core.errors import denied, invalid
 from ..v1 import admin_service_pb2 as pb
 from ..v1 import admin_service_pb2_grpc as pb_grpc
-from . import convert
 from .base import Services, unary
 
 

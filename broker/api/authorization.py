@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from common import convert
+from common.errors import BrokerError
+
 from ..core import authorizations, labels, policy, pricing
-from ..core.errors import BrokerError
 from ..v1 import authorization_service_pb2 as pb
 from ..v1 import authorization_service_pb2_grpc as pb_grpc
-from . import convert
 from .base import Services, unary
 
 READERS = ("agent", "owner", "auditor", "admin")

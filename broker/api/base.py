@@ -14,15 +14,16 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from ..clock import now_ms
+from common.clock import now_ms
+from common.errors import BrokerError, Code
+from common.status import to_status
+
 from ..core import access, idempotency, rate_limits
 from ..core.access import Principal
 from ..core.config import CoreConfig
-from ..core.errors import BrokerError, Code
 from ..core.registry import Liveness
 from ..keyring import Keyring
 from ..store.base import Record, Store, Tx
-from .errors import to_status
 from .watch import Changes
 
 log = logging.getLogger("broker.api")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from ..core import killswitch, metering, session, usage_signing, validate, vouchers
-from ..core.errors import BrokerError, invalid
+from common import convert, usage_signing, vouchers
+from common.errors import BrokerError, invalid
+
+from ..core import killswitch, metering, session, validate
 from ..store.base import Record
 from ..v1 import metering_service_pb2 as pb
 from ..v1 import metering_service_pb2_grpc as pb_grpc
-from . import convert
 from .base import Services, shutting_down, streaming
 
 STOP_REASONS = {session.BUDGET_EXHAUSTED: pb.STOP_REASON_BUDGET_EXHAUSTED,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from common import convert
+
 from ..core import (
     access,
     alerts,
@@ -17,7 +19,6 @@ from ..core import (
 from ..store.base import Record
 from ..v1 import policy_service_pb2 as pb
 from ..v1 import policy_service_pb2_grpc as pb_grpc
-from . import convert
 from . import policy_convert as pc
 from .base import Services, streaming, unary
 

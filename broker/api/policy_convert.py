@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 
+from common import convert
+from common.errors import invalid
+
 from ..core import alerts, journal, policy
-from ..core.errors import invalid
 from ..store.base import Record
 from ..v1 import policy_service_pb2 as pb
-from . import convert
 
 ALERT_KINDS = {kind: pb.AlertKind.Value(f"ALERT_KIND_{kind.upper()}") for kind in alerts.KINDS}
 ALERT_KIND_NAMES = {number: kind for kind, number in ALERT_KINDS.items()}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 
+from common import convert
+
 from ..core import authorizations, lease_settlement, leases, quotes, subscriptions
 from ..store.base import Record
 from ..v1 import pricing_service_pb2 as pb
 from ..v1 import pricing_service_pb2_grpc as pb_grpc
-from . import convert
 from .base import Services, unary
 
 READERS = ("agent", "owner", "auditor", "admin")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from common import convert
+
 from ..core import registry
 from ..v1 import worker_registry_service_pb2 as pb
 from ..v1 import worker_registry_service_pb2_grpc as pb_grpc
-from . import convert
 from .base import Services, unary
 
 
@@ -49,4 +50,5 @@ class WorkerRegistryServicer(pb_grpc.WorkerRegistryServiceServicer):
         self.s.authenticate(context, "agent", "owner", "admin")
         found = self.s.store.read(lambda tx: registry.offers(
             tx, self.s.liveness, self.s.clock(), request.resource_class, request.model))
-        return pb.ListOffersResponse(offers=[convert.offer(w) for w in found])
+        return pb.ListOffersResponse(offers=[convert.offer(w) for w in found],
+                                     platform_fee_bps=self.s.config.fee_bps)

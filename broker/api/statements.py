@@ -7,12 +7,13 @@ import base64
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from common import convert
+
 from .. import keyring
 from ..core import receipts, statements
 from ..store.base import Record
 from ..v1 import statement_service_pb2 as pb
 from ..v1 import statement_service_pb2_grpc as pb_grpc
-from . import convert
 from .base import Services, unary
 
 GRANULARITIES = {pb.STATEMENT_GRANULARITY_UNSPECIFIED: 0,

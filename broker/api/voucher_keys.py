@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from common import convert
+
 from .. import keyring
 from ..v1 import voucher_key_service_pb2 as pb
 from ..v1 import voucher_key_service_pb2_grpc as pb_grpc
-from . import convert
 from .base import Services, unary
 
 

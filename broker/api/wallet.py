@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from common import convert
+
 from ..core import wallets
 from ..v1 import wallet_service_pb2 as pb
 from ..v1 import wallet_service_pb2_grpc as pb_grpc
-from . import convert
 from .base import Services, unary
 
 READERS = ("owner", "agent", "auditor", "admin")

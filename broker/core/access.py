@@ -12,8 +12,9 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from ..store.base import Record, Tx
-from .errors import BrokerError, Code, denied, invalid
+from common.errors import BrokerError, Code, denied, invalid
+
+from ..store.base import Record, Tx, must_get
 
 ROLES = ("admin", "owner", "agent", "worker", "auditor")
 KEY_PREFIX = "cbk_"
@@ -63,8 +64,7 @@ def authenticate(tx: Tx, secret: str | None) -> Principal:
         raise BrokerError(Code.UNAUTHENTICATED, "API_KEY_MISSING",
                           "send 'authorization: Bearer <api key>' metadata")
     row = tx.get("api_key_hashes", hash_secret(secret))
-    record = tx.get("api_keys", row["key_id"]) if row else None
-    _check_usable(record)
+    record = _check_usable(must_get(tx, "api_keys", row["key_id"]) if row else None)
     return Principal(key_id=record["key_id"], role=record["role"], owner_id=record["owner_id"],
                      wallet_id=record["wallet_id"], provider_id=record["provider_id"])
 
@@ -76,12 +76,13 @@ def require_active(tx: Tx, principal: Principal) -> None:
     _check_usable(tx.get("api_keys", principal.key_id))
 
 
-def _check_usable(record: Record | None) -> None:
+def _check_usable(record: Record | None) -> Record:
     if record is None:
         raise BrokerError(Code.UNAUTHENTICATED, "API_KEY_INVALID", "the API key is not valid")
     if record["revoked"]:
         raise BrokerError(Code.UNAUTHENTICATED, "API_KEY_REVOKED", "the API key was revoked",
                           {"key_id": record["key_id"]})
+    return record
 
 
 def require_role(principal: Principal, *roles: str) -> None:

@@ -20,10 +20,11 @@ from the ledger and are not journaled; a freeze they cause is.
 
 from __future__ import annotations
 
-from ..store.base import Record, Tx
+from common.errors import invalid, not_found
+
+from ..store.base import Record, Tx, must_get
 from . import ledger, pages, validate, wallets
 from .access import Principal, can_see_owner
-from .errors import invalid, not_found
 
 KINDS = ("authorization_burst", "spend_burst", "new_model", "new_worker", "denial_run",
          "approval_pending_too_long", "refills_paused", "audit_failed")
@@ -67,7 +68,7 @@ def raise_alert(tx: Tx, kind: str, owner_id: str, wallet_id: str, message: str, 
     assert kind in KINDS, kind
     froze = False
     if wallet_id and kind in rules.get("freeze_on", []):
-        wallet = tx.get("wallets", wallet_id)
+        wallet = must_get(tx, "wallets", wallet_id)
         if not wallet["frozen"]:
             wallets.set_frozen(tx, owner_id, wallet_id, True, now)
             froze = True
@@ -209,7 +210,7 @@ def _readable(tx: Tx, principal: Principal, wallet_id: str) -> tuple[str, str]:
 
 def _alert(tx: Tx, table: str, key: str) -> Record:
     seq_key = key.rsplit("/", 1)[-1] if table == "owner_alerts" else key
-    return tx.get("alerts", seq_key)
+    return must_get(tx, "alerts", seq_key)
 
 
 def list_alerts(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
@@ -221,7 +222,8 @@ def list_alerts(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
     before = pages.decode(page_token)
     if before and not before.startswith(prefix):
         raise invalid("page_token", "belongs to another listing", "INVALID_PAGE_TOKEN")
-    found, last = [], ""
+    found: list[Record] = []
+    last = ""
     for key, _ in tx.scan(table, prefix=prefix, stop=before or None, reverse=True):
         alert = _alert(tx, table, key)
         if wallet_id and alert["wallet_id"] != wallet_id:

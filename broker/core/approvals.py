@@ -13,10 +13,11 @@ Every decision is journaled ("approval_decided") with who decided and why.
 
 from __future__ import annotations
 
-from ..store.base import Record, Tx
+from common.errors import invalid, not_found, precondition
+
+from ..store.base import Record, Tx, must_get
 from . import alerts, authorizations, journal, ledger, pages, policy, spend, validate
 from .access import Principal
-from .errors import invalid, not_found, precondition
 from .wallets import require_spendable
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
@@ -46,10 +47,11 @@ def list_pending(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
     after = pages.decode(page_token)
     if after and not after.startswith(prefix):
         raise invalid("page_token", "belongs to another listing", "INVALID_PAGE_TOKEN")
-    found, last = [], ""
+    found: list[Record] = []
+    last = ""
     for key, row in tx.scan("pending_approvals", prefix=prefix,
                             start=after + "\x00" if after else None):
-        approval = tx.get("approvals", row["authorization_id"])
+        approval = must_get(tx, "approvals", row["authorization_id"])
         if wallet_id and approval["wallet_id"] != wallet_id:
             continue
         if len(found) == size:
@@ -92,7 +94,7 @@ def approve(tx: Tx, principal: Principal, authorization_id: str, reason: str,
     if auth["state"] != policy.PENDING_APPROVAL:  # its reservation timed out first
         raise precondition("APPROVAL_NOT_PENDING", f"the authorization is {auth['state']}",
                            authorization_id=auth["authorization_id"], state=auth["state"])
-    require_spendable(tx.get("wallets", auth["wallet_id"]))
+    require_spendable(must_get(tx, "wallets", auth["wallet_id"]))
     _release_reservation(tx, auth, now)
     auth["expire_ms"] = now + approval["ttl_ms"]
     authorizations.activate(tx, auth, now)
@@ -115,7 +117,7 @@ def _refuse(tx: Tx, approval: Record, auth: Record, state: str, reason: str, by:
         spend.release(tx, auth, auth["amount"])
         auth["state"] = policy.DENIED
         tx.put("authorizations", auth["authorization_id"], auth)
-        wallet = tx.get("wallets", auth["wallet_id"])
+        wallet = must_get(tx, "wallets", auth["wallet_id"])
         alerts.observe_denial(tx, wallet, "APPROVAL_" + state.upper(),
                               policy.alert_rules(tx, wallet), now)
     # Otherwise its reservation already timed out (and the expiry released it).
@@ -129,10 +131,10 @@ def expire_due(tx: Tx, now: int, limit: int = 200) -> int:
     for key, _ in rows:
         tx.delete("approval_timers", key)
         auth_id, timer = key.split("/")[1:]
-        approval = tx.get("approvals", auth_id)
+        approval = must_get(tx, "approvals", auth_id)
         if approval["state"] != PENDING:
             continue
-        wallet = tx.get("wallets", approval["wallet_id"])
+        wallet = must_get(tx, "wallets", approval["wallet_id"])
         rules = policy.alert_rules(tx, wallet)
         waited_s = (now - approval["request_ms"]) // 1000
         if timer == "alert":
@@ -141,6 +143,6 @@ def expire_due(tx: Tx, now: int, limit: int = 200) -> int:
                                f"authorization {auth_id} has waited {waited_s} s for approval",
                                now, rules, observed=waited_s, subject=auth_id)
         else:
-            auth = tx.get("authorizations", auth_id)
+            auth = must_get(tx, "authorizations", auth_id)
             _refuse(tx, approval, auth, EXPIRED, f"no answer within {waited_s} s", "", now)
     return len(rows)

@@ -1,4 +1,4 @@
-"""Ledger invariants (DESIGN.md section 2), checked on any Tx: by tests after every
+"""Ledger invariants (docs/design.md, INV-1 to INV-11), checked on any Tx: by tests after every
 step, by the GetLedgerSummary and Audit RPCs, by the daemon's periodic audit, and by
 an offline audit of a data directory (`broker audit`). Each problem names exactly
 what is wrong: the account, hold, receipt, counter or journal entry."""
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 from ..store.base import Record, Tx
 from . import grants, journal, ledger, pages, spend, validate
@@ -57,23 +58,34 @@ def _replayed_balances(tx: Tx) -> tuple[dict[str, Counter], list[str]]:
     return rebuilt, problems
 
 
-def check(tx: Tx) -> list[str]:
-    """Every invariant violation found; empty when the ledger is consistent."""
-    problems: list[str] = []
-    sums = totals(tx)
-    if sums["debits_pending"] != sums["credits_pending"]:
-        problems.append("sum of debits_pending != sum of credits_pending")
-    if sums["debits_posted"] != sums["credits_posted"]:
-        problems.append("sum of debits_posted != sum of credits_posted")
+# One function per named invariant (docs/design.md); `check` runs them all.
 
-    rebuilt, replay_problems = _replayed_balances(tx)
-    problems += replay_problems
+
+def inv_balanced(tx: Tx) -> list[str]:
+    """INV-1: sum of debits = sum of credits, pending and posted."""
+    sums = totals(tx)
+    return [f"sum of {d} != sum of {c}" for d, c in (("debits_pending", "credits_pending"),
+                                                     ("debits_posted", "credits_posted"))
+            if sums[d] != sums[c]]
+
+
+def inv_balances_follow_transfers(tx: Tx) -> list[str]:
+    """INV-2: every account's balances are what its immutable transfers add up to; and
+    INV-3: every hold resolves at most once, captured + released = held."""
+    rebuilt, problems = _replayed_balances(tx)
     for account_id, account in tx.scan("accounts"):
         replayed = rebuilt.get(account_id, Counter())
-        for name in BALANCE_FIELDS:
-            if account[name] != replayed[name]:
-                problems.append(f"account {account_id}: {name} is {account[name]}, "
-                                f"transfers say {replayed[name]}")
+        problems += [f"account {account_id}: {name} is {account[name]}, "
+                     f"transfers say {replayed[name]}"
+                     for name in BALANCE_FIELDS if account[name] != replayed[name]]
+    return problems
+
+
+def inv_no_overdraft(tx: Tx) -> list[str]:
+    """INV-4: no flagged account is overdrawn or above its cap, and escrow holds no posted
+    funds outside an atomic settlement."""
+    problems = []
+    for account_id, account in tx.scan("accounts"):
         if account["no_overdraft"] and \
                 account["debits_pending"] + account["debits_posted"] > account["credits_posted"]:
             problems.append(f"account {account_id} is overdrawn")
@@ -82,10 +94,24 @@ def check(tx: Tx) -> list[str]:
     escrow = tx.get("accounts", ledger.ESCROW_ACCOUNT)
     if escrow and ledger.balance(escrow)["posted"] != 0:
         problems.append("escrow holds posted funds outside an atomic settlement")
+    return problems
 
+
+def inv_voucher_redeemed_once(tx: Tx) -> list[str]:
+    """INV-5: every voucher is redeemed at most once, and none is live once its
+    authorization has ended."""
     redemptions = Counter(s["voucher_id"] for _, s in tx.scan("sessions"))
-    problems += [f"voucher {v} redeemed {n} times" for v, n in redemptions.items() if n > 1]
-    counted: Counter = Counter()  # spend counters recomputed from the authorizations
+    problems = [f"voucher {v} redeemed {n} times" for v, n in redemptions.items() if n > 1]
+    for auth_id, auth in tx.scan("authorizations"):
+        if not has_voucher(auth) and tx.get("vouchers", auth["voucher_id"]) is not None:
+            problems.append(f"authorization {auth_id} is {auth['state']} but has a voucher")
+    return problems
+
+
+def inv_charge_within_authorization(tx: Tx) -> list[str]:
+    """INV-6: an agent is never charged more than it authorized, and every settled
+    authorization has the receipt of its charge."""
+    problems = []
     for auth_id, auth in tx.scan("authorizations"):
         if auth["charged"] > auth["amount"]:
             problems.append(f"authorization {auth_id} charged {auth['charged']} "
@@ -94,11 +120,18 @@ def check(tx: Tx) -> list[str]:
             receipt = tx.get("receipts", auth["receipt_id"])
             if receipt is None or receipt["charged"] != auth["charged"]:
                 problems.append(f"authorization {auth_id} has no matching receipt")
-        if not has_voucher(auth) and tx.get("vouchers", auth["voucher_id"]) is not None:
-            problems.append(f"authorization {auth_id} is {auth['state']} but has a voucher")
+    return problems
+
+
+def inv_spend_counters(tx: Tx) -> list[str]:
+    """INV-7: the spend counters (policies, velocity) are what the authorizations and
+    leases add up to."""
+    problems = []
+    counted: Counter = Counter()
+    for _, auth in tx.scan("authorizations"):
         for period, bucket in spend.buckets(auth["create_ms"]).items():
             counted[f"{auth['wallet_id']}/{period}/{bucket}"] += spend.contribution(auth)
-    for _, lease in tx.scan("leases"):  # (pricing: a lease counts its hold, then its charge)
+    for _, lease in tx.scan("leases"):  # a lease counts its hold, then its charge
         for period, bucket in spend.buckets(lease["create_ms"]).items():
             counted[f"{lease['wallet_id']}/{period}/{bucket}"] += \
                 lease["charged"] if lease["state"] == "settled" else lease["held"]
@@ -106,17 +139,34 @@ def check(tx: Tx) -> list[str]:
         if row["amount"] != counted.pop(key, 0):
             problems.append(f"spend counter {key} is {row['amount']}, the authorizations "
                             f"say {counted.get(key, 0) or 'less'}")
-    problems += [f"spend counter {key} is missing ({n} spent)"
-                 for key, n in counted.items() if n]
+    return problems + [f"spend counter {key} is missing ({n} spent)"
+                       for key, n in counted.items() if n]
+
+
+def inv_receipts_add_up(tx: Tx) -> list[str]:
+    """INV-8: on every receipt, payout + fee = charged and charged + released = held."""
+    problems = []
     for receipt_id, receipt in tx.scan("receipts"):
         if receipt["worker_payout"] + receipt["platform_fee"] != receipt["charged"]:
             problems.append(f"receipt {receipt_id}: payout + fee != charged")
         if receipt["charged"] + receipt["released"] != receipt["held"]:
             problems.append(f"receipt {receipt_id}: charged + released != held")
+    return problems
+
+
+INVARIANTS = (inv_balanced, inv_balances_follow_transfers, inv_no_overdraft,
+              inv_voucher_redeemed_once, inv_charge_within_authorization, inv_spend_counters,
+              inv_receipts_add_up)
+
+
+def check(tx: Tx) -> list[str]:
+    """Every invariant violation found; empty when the ledger is consistent."""
+    problems = [problem for invariant in INVARIANTS for problem in invariant(tx)]
     return problems + _refund_problems(tx) + check_journal(tx) + grants.check(tx)
 
 
 def _refund_problems(tx: Tx) -> list[str]:
+    """INV-9: refunds add up (provider and fee shares) and never exceed their receipt."""
     problems = []
     sums: dict[str, Counter] = {}
     for refund_id, refund in tx.scan("refunds"):
@@ -137,7 +187,7 @@ def _refund_problems(tx: Tx) -> list[str]:
     return problems
 
 
-def _when(ms: object) -> str:
+def _when(ms: Any) -> str:
     try:
         return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="seconds")
     except (TypeError, ValueError, OverflowError, OSError):
@@ -145,7 +195,7 @@ def _when(ms: object) -> str:
 
 
 def check_journal(tx: Tx) -> list[str]:
-    """The hash chain, entry by entry. Reads each entry on its own, so an entry whose
+    """INV-10: the hash chain, entry by entry. Reads each entry on its own, so an entry whose
     stored bytes no longer decode is reported (and the rest still checked)."""
     problems = []
     head = tx.get("meta", "journal_head") or {"seq": 0, "hash": journal.GENESIS}
@@ -182,7 +232,7 @@ def check_journal(tx: Tx) -> list[str]:
     try:
         extra = next(iter(tx.scan("journal", start=f"{head['seq'] + 1:020d}", limit=1)), None)
     except ValueError:
-        extra = ("?", None)
+        extra = ("?", {})
     if extra is not None:
         problems.append(f"journal: entries after its head (entry {head['seq']}); "
                         "appended outside the broker")

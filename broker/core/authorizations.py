@@ -6,12 +6,14 @@ import hashlib
 import hmac
 import secrets
 
-from ..store.base import Record, Tx
-from . import journal, labels, ledger, pages, policy, spend, validate, vouchers
+from common import vouchers
+from common.errors import BrokerError, Code, invalid, not_found, precondition
+from common.money import check_amount, check_prices
+
+from ..store.base import Record, Tx, must_get
+from . import journal, labels, ledger, pages, policy, spend, validate
 from .access import Principal, can_see_wallet_record
 from .config import CoreConfig
-from .errors import BrokerError, Code, invalid, not_found, precondition
-from .money import check_amount, check_prices
 from .policy import DENIED, PENDING_APPROVAL
 from .wallets import get_wallet, require_spendable
 
@@ -156,4 +158,4 @@ def get_receipt(tx: Tx, principal: Principal, authorization_id: str) -> Record:
         raise BrokerError(Code.FAILED_PRECONDITION, "RECEIPT_NOT_READY",
                           f"authorization is {auth['state']}; receipts exist once settled",
                           {"authorization_id": authorization_id, "state": auth["state"]})
-    return tx.get("receipts", auth["receipt_id"])
+    return must_get(tx, "receipts", auth["receipt_id"])

@@ -23,7 +23,7 @@ This module does no transfers itself (the ledger imports it): it says what to re
 
 from __future__ import annotations
 
-from ..store.base import Record, Tx
+from ..store.base import Record, Tx, must_get
 from . import journal
 
 ACTIVE, EXPIRED = "active", "expired"
@@ -57,7 +57,7 @@ def on_hold(tx: Tx, account: Record, hold_id: str, amount: int) -> None:
     for key, _ in tx.scan("grant_order", prefix=f"{account['account_id']}/"):
         if not left:
             break
-        grant = tx.get("grants", key.rsplit("/", 1)[1])
+        grant = must_get(tx, "grants", key.rsplit("/", 1)[1])
         take = min(grant["remaining"] - grant["reserved"], left)
         if take <= 0:
             continue
@@ -83,7 +83,7 @@ def on_resolve(tx: Tx, account: Record, hold_id: str, posted: int,
     tx.delete("grant_holds", hold_id)
     returns, left, gone = [], posted, 0
     for grant_id, part in reservation["parts"]:
-        grant = tx.get("grants", grant_id)
+        grant = must_get(tx, "grants", grant_id)
         burned = min(left, part)
         left -= burned
         grant["reserved"] -= part
@@ -105,7 +105,7 @@ def on_resolve(tx: Tx, account: Record, hold_id: str, posted: int,
 
 
 def check(tx: Tx) -> list[str]:
-    """Grant invariants: each grant adds up, accounts agree with their grants, and
+    """INV-11 (grants): each grant adds up, accounts agree with their grants, and
     every reservation belongs to a pending hold and matches the grants' reserved."""
     problems: list[str] = []
     credits: dict[str, int] = {}

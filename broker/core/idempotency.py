@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..store.base import Record, Tx
-from .errors import BrokerError, Code, invalid
+from common.errors import BrokerError, Code, invalid
 
-KEEP_MS = 48 * 3600 * 1000  # DESIGN.md asks for at least 24 h.
+from ..store.base import Record, Tx
+
+KEEP_MS = 48 * 3600 * 1000  # docs/design.md: at least 24 h.
 # Secrets are never remembered: a replay answers without them (keys are stored hashed only).
 UNREMEMBERED_FIELDS = ("api_key",)
 MAX_REQUEST_ID = 64

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..store.base import Record, Tx
+from ..store.base import Record, Tx, must_get
 from .session import UsageDecision
 
 REVOKED = "revoked"  # a session stop reason, beside session.BUDGET_EXHAUSTED and HOLD_EXPIRING
@@ -24,7 +24,7 @@ GRACE_INTERVALS = 2
 
 def revoked(tx: Tx, auth: Record) -> bool:
     """Is the authorization's wallet frozen, or the agent key that made it revoked?"""
-    if tx.get("wallets", auth["wallet_id"])["frozen"]:
+    if must_get(tx, "wallets", auth["wallet_id"])["frozen"]:
         return True
     key = tx.get("api_keys", auth["key_id"]) if auth.get("key_id") else None
     return bool(key and key["revoked"])
@@ -45,7 +45,7 @@ def on_usage(tx: Tx, current: Record, decision: UsageDecision, now: int) -> Usag
     """Turn an acknowledged report into a STOP when the kill switch is on."""
     if decision.session is current or decision.stop_reason == REVOKED:
         return decision  # a retransmission: the first answer stands
-    if not revoked(tx, tx.get("authorizations", current["authorization_id"])):
+    if not revoked(tx, must_get(tx, "authorizations", current["authorization_id"])):
         return decision
     return dataclasses.replace(decision, session=_stop(tx, decision.session, now),
                                stop_reason=REVOKED)
@@ -55,4 +55,4 @@ def overdue(tx: Tx, now: int, limit: int = 200) -> list[tuple[str, Record]]:
     """(deadline key, session) of stopped sessions whose worker did not finish in time;
     the caller settles those still open and deletes the keys."""
     rows = tx.scan("stop_deadlines", stop=f"{now + 1:020d}", limit=limit)
-    return [(key, tx.get("sessions", key.split("/", 1)[1])) for key, _ in rows]
+    return [(key, must_get(tx, "sessions", key.split("/", 1)[1])) for key, _ in rows]

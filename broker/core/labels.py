@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import re
 
+from common.errors import invalid
+
 from ..store.base import Tx
-from .errors import invalid
 
 MAX_LABELS = 16
 MAX_VALUE = 256

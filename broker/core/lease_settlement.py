@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import base64
 
-from ..store.base import Record, Tx
-from . import journal, metering, spend, vouchers
+from common import vouchers
+from common.errors import precondition
+from common.money import lease_charge
+
+from ..store.base import Record, Tx, must_get
+from . import journal, metering, spend
 from .access import Principal
 from .authorizations import EXPIRED, HELD, REDEEMED
 from .config import CoreConfig
-from .errors import precondition
 from .leases import ACTIVE, SETTLED, get, job_authorizations, used_ms
-from .money import lease_charge
 
 STATEMENT_FIELDS = ("lease_id", "worker_id", "start_ms", "end_ms", "reserved_ms",
                     "reserved_hour_price", "unused_reserved_bps", "held", "used_ms", "charged",
@@ -39,14 +41,14 @@ def _close_jobs(tx: Tx, lease: Record, now: int, config: CoreConfig,
             journal.append(tx, "authorization_expired",
                            {"authorization_id": auth["authorization_id"]}, now)
         elif auth["state"] == REDEEMED:
-            metering.settle(tx, tx.get("sessions", auth["session_id"]), metering.HOLD_EXPIRED,
+            metering.settle(tx, must_get(tx, "sessions", auth["session_id"]), metering.HOLD_EXPIRED,
                             now, config, signer)
 
 
 def settle(tx: Tx, lease: Record, now: int, config: CoreConfig,
            signer: vouchers.Signer) -> Record:
     _close_jobs(tx, lease, now, config, signer)
-    lease = tx.get("leases", lease["lease_id"])  # its jobs' GPU time, counted as they settled
+    lease = must_get(tx, "leases", lease["lease_id"])  # its jobs' GPU time, counted as they settled
     used = used_ms(tx, lease)
     charged = lease_charge(lease["reserved_ms"], used, lease["reserved_hour_price"],
                            lease["unused_reserved_bps"])
@@ -87,5 +89,5 @@ def settle_due(tx: Tx, now: int, config: CoreConfig, signer: vouchers.Signer,
     rows = list(tx.scan("lease_expiry", stop=f"{now + 1:020d}", limit=limit))
     for key, _ in rows:
         tx.delete("lease_expiry", key)
-        settle(tx, tx.get("leases", key.split("/", 1)[1]), now, config, signer)
+        settle(tx, must_get(tx, "leases", key.split("/", 1)[1]), now, config, signer)
     return len(rows)

@@ -17,12 +17,13 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection
 
-from ..store.base import Record, Tx
+from common.errors import invalid, not_found, precondition
+from common.money import MAX_BPS, PRICE_FIELDS, check_amount, lease_charge
+
+from ..store.base import Record, Tx, must_get
 from . import journal, ledger, pages, policy, quotes, spend, validate
 from .access import Principal, can_see_wallet_record
 from .authorizations import HELD, REDEEMED
-from .errors import invalid, not_found, precondition
-from .money import MAX_BPS, PRICE_FIELDS, check_amount, lease_charge
 from .registry import inactive
 from .wallets import get_wallet, require_spendable
 
@@ -40,13 +41,13 @@ def active_lease(tx: Tx, worker_id: str, now: int) -> Record | None:
     row = tx.get("worker_leases", worker_id)
     if row is None:
         return None
-    lease = tx.get("leases", row["lease_id"])
+    lease = must_get(tx, "leases", row["lease_id"])
     return lease if now < lease["end_ms"] else None
 
 
 def leased_worker_ids(tx: Tx, now: int) -> set[str]:
     return {key for key, row in tx.scan("worker_leases")
-            if now < tx.get("leases", row["lease_id"])["end_ms"]}
+            if now < must_get(tx, "leases", row["lease_id"])["end_ms"]}
 
 
 def create(tx: Tx, principal: Principal, worker_id: str, duration_seconds: int, quote_id: str,
@@ -135,7 +136,7 @@ def list_leases(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
 
 
 def job_authorizations(tx: Tx, lease_id: str) -> list[Record]:
-    return [tx.get("authorizations", row["authorization_id"])
+    return [must_get(tx, "authorizations", row["authorization_id"])
             for _, row in tx.scan("lease_authorizations", prefix=f"{lease_id}/")]
 
 
@@ -144,7 +145,7 @@ def count_job(tx: Tx, ses: Record) -> None:
     here, since a sealed receipt takes the usage out of the settled session)."""
     if not ses.get("lease_id"):
         return
-    lease = tx.get("leases", ses["lease_id"])
+    lease = must_get(tx, "leases", ses["lease_id"])
     lease["jobs_gpu_ms"] += ses["usage"]["gpu_ms"]
     tx.put("leases", lease["lease_id"], lease)
 
@@ -155,7 +156,7 @@ def used_ms(tx: Tx, lease: Record) -> int:
     total = lease["jobs_gpu_ms"]
     for auth in job_authorizations(tx, lease["lease_id"]):
         if auth["state"] == REDEEMED:
-            total += tx.get("sessions", auth["session_id"])["usage"]["gpu_ms"]
+            total += must_get(tx, "sessions", auth["session_id"])["usage"]["gpu_ms"]
     return min(total, lease["reserved_ms"])
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from ..store.base import Record, Tx
+from common.errors import BrokerError, Code, precondition
+from common.money import MAX_AMOUNT
+
+from ..store.base import Record, Tx, must_get
 from . import grants
-from .errors import BrokerError, Code, precondition
-from .money import MAX_AMOUNT
 
 # Platform-wide accounts, created once by `ensure_platform_accounts`.
 FUNDING_ACCOUNT = "platform:funding"  # the outside world: money in (may go negative)
@@ -222,4 +223,4 @@ def account_transfers(tx: Tx, account_id: str, *, before_seq: int | None = None,
     stop = f"{account_id}/{before_seq:020d}" if before_seq else None
     rows = tx.scan("account_transfers", prefix=f"{account_id}/", stop=stop, reverse=True,
                    limit=limit)
-    return [tx.get("transfers", row["transfer_id"]) for _, row in rows]
+    return [must_get(tx, "transfers", row["transfer_id"]) for _, row in rows]

@@ -11,7 +11,11 @@ from __future__ import annotations
 import base64
 import secrets
 
-from ..store.base import Record, Tx
+from common import usage_signing, vouchers
+from common.errors import BrokerError, Code, not_found, precondition
+from common.money import split_fee
+
+from ..store.base import Record, Tx, must_get
 from . import (
     journal,
     killswitch,
@@ -22,15 +26,11 @@ from . import (
     refills,
     session,
     spend,
-    usage_signing,
     validate,
-    vouchers,
 )
 from .access import Principal
 from .authorizations import CANCELLED, EXPIRED, HELD, REDEEMED, SETTLED
 from .config import CoreConfig
-from .errors import BrokerError, Code, not_found, precondition
-from .money import prices_within, split_fee
 from .registry import get_own_worker, inactive
 
 FINISHED, STOPPED, HOLD_EXPIRED = "FINISHED", "STOPPED", "HOLD_EXPIRED"
@@ -42,7 +42,7 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
     worker = get_own_worker(tx, principal, worker_id)
     if not worker["active"]:
         raise inactive(worker_id)
-    voucher = tx.get("vouchers", claims.voucher_id)
+    voucher = must_get(tx, "vouchers", claims.voucher_id)
     if voucher is None:
         # Only possible with a validly signed voucher we never issued.
         raise BrokerError(Code.PERMISSION_DENIED, "VOUCHER_UNKNOWN",
@@ -50,7 +50,7 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
     if voucher["session_id"]:
         raise BrokerError(Code.FAILED_PRECONDITION, "VOUCHER_ALREADY_REDEEMED",
                           "the voucher was already redeemed", {"voucher_id": claims.voucher_id})
-    auth = tx.get("authorizations", voucher["authorization_id"])
+    auth = must_get(tx, "authorizations", voucher["authorization_id"])
     if auth["state"] == CANCELLED:
         raise precondition("AUTHORIZATION_CANCELLED", "the authorization was cancelled",
                            voucher_id=claims.voucher_id)
@@ -59,7 +59,7 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
     assert auth["state"] == HELD, "an unredeemed voucher's authorization is held"
     # Pricing (issue 6): prices bound by a quote or a lease; a leased worker's exclusivity.
     worker, terms = pricing.redemption_terms(tx, auth, worker, model, now)
-    check_scope(claims.scope, worker, validate.ident(resource_class, "open.resource_class",
+    vouchers.check_scope(claims.scope, worker, validate.ident(resource_class, "open.resource_class",
                                                       required=False),
                  validate.ident(model, "open.model", required=False))
     new = {**session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id,
@@ -79,33 +79,6 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
                                             "session_id": new["session_id"],
                                             "worker_id": worker_id}, now)
     return new
-
-
-def check_scope(scope: Record, worker: Record, resource_class: str, model: str) -> None:
-    caps = worker["capabilities"]
-
-    def outside(what: str, detail: str) -> BrokerError:
-        return BrokerError(Code.PERMISSION_DENIED, "VOUCHER_SCOPE_MISMATCH",
-                           f"the voucher does not cover this {what}: {detail}", {"scope": what})
-
-    if scope.get("worker_id") and scope["worker_id"] != worker["worker_id"]:
-        raise outside("worker", "it is pinned to another worker")
-    if scope.get("worker_ids") and worker["worker_id"] not in scope["worker_ids"]:
-        raise outside("worker", "it is valid at other workers only")
-    wanted_class = scope.get("resource_class", "")
-    for value in (resource_class, caps["resource_class"]):
-        if wanted_class and value and value != wanted_class:
-            raise outside("resource class", f"{value!r} is not {wanted_class!r}")
-    wanted_model = scope.get("model", "")
-    if wanted_model and model and model != wanted_model:
-        raise outside("model", f"{model!r} is not {wanted_model!r}")
-    if wanted_model and wanted_model not in caps["models"]:
-        raise outside("model", f"the worker does not serve {wanted_model!r}")
-    above = prices_within(worker["prices"], scope.get("max_prices", {}))
-    if above:
-        raise BrokerError(Code.PERMISSION_DENIED, "PRICE_ABOVE_SCOPE",
-                          f"the worker's {', '.join(above)} exceeds the voucher's cap",
-                          {"prices": ",".join(above)})
 
 
 def get_own_session(tx: Tx, principal: Principal, session_id: str, worker_id: str) -> Record:
@@ -165,7 +138,7 @@ def capture(tx: Tx, hold_id: str, charged: int, provider_id: str, legs: Record, 
     elif hold_id:  # (a job under a lease has no hold of its own: leases.py)
         ledger.resolve(tx, hold_id, ledger.VOID_PENDING, now)
     if payout:
-        provider = tx.get("providers", provider_id)
+        provider = must_get(tx, "providers", provider_id)
         ledger.transfer(tx, ledger.ESCROW_ACCOUNT, provider["payout_account_id"], payout,
                         "payout", now, legs)
     if fee:
@@ -179,7 +152,7 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
     """Settle atomically; returns the receipt as the worker sees it. `signer` is the
     receipt-signing key."""
     pricing.on_settle(tx, ses, outcome, now)  # (its lease's used time, the job history)
-    auth = tx.get("authorizations", ses["authorization_id"])
+    auth = must_get(tx, "authorizations", ses["authorization_id"])
     charged = ses["charged"]
     payout, fee = capture(tx, auth["hold_id"], charged, ses["provider_id"],
                           {"authorization_id": auth["authorization_id"]}, now, config)
@@ -193,7 +166,7 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
         "session_id": ses["session_id"], "authorization_id": auth["authorization_id"],
         "charged": charged, "payout": payout, "fee": fee, "outcome": outcome,
         "receipt_id": receipt["receipt_id"]}, now)
-    refills.after_settlement(tx, tx.get("wallets", auth["wallet_id"]), outcome, now)
+    refills.after_settlement(tx, must_get(tx, "wallets", auth["wallet_id"]), outcome, now)
     return receipts.worker_view(receipt, ses, outcome, now)
 
 
@@ -205,9 +178,10 @@ def expire_due(tx: Tx, now: int, config: CoreConfig, signer: vouchers.Signer,
     due = ledger.due_holds(tx, now, limit)
     for hold_id in due:
         pending, _ = ledger.get_hold(tx, hold_id)
-        auth = tx.get("authorizations", pending["user_data"]["authorization_id"])
+        auth = must_get(tx, "authorizations", pending["user_data"]["authorization_id"])
         if auth["state"] == REDEEMED:
-            settle(tx, tx.get("sessions", auth["session_id"]), HOLD_EXPIRED, now, config, signer)
+            settle(tx, must_get(tx, "sessions", auth["session_id"]), HOLD_EXPIRED, now, config,
+                   signer)
         else:
             ledger.resolve(tx, hold_id, ledger.EXPIRE_PENDING, now)
             spend.release(tx, auth, auth["amount"])

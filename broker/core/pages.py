@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import binascii
 
-from ..store.base import Record, Tx
+from common.errors import invalid
+from common.vouchers import b64d, b64e
+
+from ..store.base import Record, Tx, must_get
 from . import validate
-from .errors import invalid
-from .vouchers import b64d, b64e
 
 
 def encode(last_key: str) -> str:
@@ -43,5 +44,5 @@ def index_page(tx: Tx, table: str, prefix: str, record_table: str, id_field: str
     else:
         rows = list(tx.scan(table, prefix=prefix, start=after + "\x00" if after else None,
                             limit=size + 1))
-    found = [tx.get(record_table, row[id_field]) for _, row in rows[:size]]
+    found = [must_get(tx, record_table, row[id_field]) for _, row in rows[:size]]
     return found, encode(rows[size - 1][0]) if len(rows) > size else ""

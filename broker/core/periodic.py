@@ -11,8 +11,10 @@ the broker was down happens exactly once, in order):
 
 from __future__ import annotations
 
+from common import vouchers
+
 from ..store.base import Tx
-from . import lease_settlement, quotes, subscriptions, vouchers
+from . import lease_settlement, quotes, subscriptions
 from .config import CoreConfig
 
 

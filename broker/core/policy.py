@@ -13,11 +13,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from ..store.base import Record, Tx
+from common.errors import BrokerError, Code, invalid, not_found
+from common.money import MAX_AMOUNT, PRICE_FIELDS, check_prices
+
+from ..store.base import Record, Tx, must_get
 from . import alerts, journal, ledger, spend, validate
 from .access import Principal
-from .errors import BrokerError, Code, invalid, not_found
-from .money import MAX_AMOUNT, PRICE_FIELDS, check_prices
 from .wallets import get_wallet
 
 # Authorization states the spend controls add (see authorizations.py for the others).
@@ -335,12 +336,12 @@ def record_authorization(tx: Tx, wallet: Record, auth: Record, now: int) -> None
 
 def record_redemption(tx: Tx, auth: Record, worker_id: str, now: int) -> None:
     """A voucher was redeemed: feed the worker baseline (first use alerts)."""
-    wallet = tx.get("wallets", auth["wallet_id"])
+    wallet = must_get(tx, "wallets", auth["wallet_id"])
     alerts.observe_redemption(tx, wallet, worker_id, alert_rules(tx, wallet), now)
 
 
 def record_denial(tx: Tx, principal: Principal, reason: str, now: int) -> None:
     """An agent's authorization was refused (in its own, failed operation): count it,
     in a separate one, towards a run of denials."""
-    wallet = tx.get("wallets", principal.wallet_id)
+    wallet = must_get(tx, "wallets", principal.wallet_id)
     alerts.observe_denial(tx, wallet, reason, alert_rules(tx, wallet), now)

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
-from ..store.base import Record, Tx
+from common.errors import precondition
+from common.money import PRICE_FIELDS
+
+from ..store.base import Record, Tx, must_get
 from . import job_history, leases, quotes, validate
 from .access import Principal
-from .errors import precondition
-from .money import PRICE_FIELDS
 
 
 def redemption_terms(tx: Tx, auth: Record, worker: Record, model: str,
@@ -33,7 +34,7 @@ def redemption_terms(tx: Tx, auth: Record, worker: Record, model: str,
     fields: Record = {"lease_id": lease_id}
     if lease_id:
         prices = dict(leases.ZERO_PRICES)
-        fields["budget"] = tx.get("leases", lease_id)["held"]
+        fields["budget"] = must_get(tx, "leases", lease_id)["held"]
     else:
         prices = quotes.bound_prices(auth, worker["worker_id"]) or \
             {k: worker["prices"][k] for k in PRICE_FIELDS}

@@ -18,11 +18,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection
 
+from common.errors import invalid, not_found, precondition
+from common.money import MAX_AMOUNT, MAX_COUNTER, PRICE_FIELDS, prices_within
+
 from ..store.base import Record, Tx
 from . import job_history, journal, selection, validate
 from .access import Principal, can_see_owner
-from .errors import invalid, not_found, precondition
-from .money import MAX_AMOUNT, MAX_COUNTER, PRICE_FIELDS, prices_within
 
 KINDS = ("generate", "burn", "handler")
 MAX_MODELS = 16
@@ -93,7 +94,7 @@ def create(tx: Tx, principal: Principal, job: Record, lock_seconds: int,
              "wallet_id": principal.wallet_id, "job": job,
              "offers": selection.rank(job, offers), "create_ms": now,
              "expire_ms": now + lock_s * 1000}
-    tx.put("quotes", quote["quote_id"], quote)
+    tx.put("quotes", str(quote["quote_id"]), quote)
     tx.put("quote_expiry", f"{quote['expire_ms']:020d}/{quote['quote_id']}", {})
     return quote
 

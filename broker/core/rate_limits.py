@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from common.errors import BrokerError, Code
+
 from ..store.base import Tx
 from .access import Principal
-from .errors import BrokerError, Code
 from .policy import effective
 
 T = TypeVar("T")

@@ -19,13 +19,15 @@ from __future__ import annotations
 import base64
 import secrets
 
+from common import sealing
+from common.errors import not_found
+from common.vouchers import Signer
+
 from ..store.base import Record, Tx
-from . import journal, labels, ledger, pages, sealing
+from . import journal, labels, ledger, pages
 from .access import Principal
 from .config import CoreConfig
-from .errors import not_found
 from .session import SETTLED
-from .vouchers import Signer
 from .wallets import get_wallet
 
 HOUR_MS = 3_600_000

@@ -18,11 +18,13 @@ from __future__ import annotations
 import base64
 import secrets
 
-from ..store.base import Record, Tx
-from . import journal, ledger, pages, validate, vouchers
+from common import vouchers
+from common.errors import BrokerError, Code, not_found, precondition
+from common.money import check_amount
+
+from ..store.base import Record, Tx, must_get
+from . import journal, ledger, pages, validate
 from .access import Principal, can_see_owner
-from .errors import BrokerError, Code, not_found, precondition
-from .money import check_amount
 from .tenancy import get_owner
 
 REFUND_SIGNED_FIELDS = ("refund_id", "receipt_id", "authorization_id", "session_id",
@@ -34,8 +36,10 @@ REFUND_SIGNED_FIELDS = ("refund_id", "receipt_id", "authorization_id", "session_
 def _receipt(tx: Tx, principal: Principal, receipt_id: str) -> tuple[Record, Record]:
     """(receipt, its authorization) if the principal may see them."""
     receipt = tx.get("receipts", validate.ident(receipt_id, "receipt_id"))
-    auth = receipt and tx.get("authorizations", receipt["authorization_id"])
-    if receipt is None or not can_see_owner(principal, auth["owner_id"]):
+    if receipt is None:
+        raise not_found("receipt", receipt_id)
+    auth = must_get(tx, "authorizations", receipt["authorization_id"])
+    if not can_see_owner(principal, auth["owner_id"]):
         raise not_found("receipt", receipt_id)
     return receipt, auth
 
@@ -94,13 +98,13 @@ def refund(tx: Tx, principal: Principal, receipt_id: str, amount: int, reason: s
     fee = receipt["platform_fee"]
     fee_refund = (refunded + amount) * fee // charged - refunded * fee // charged
     provider_refund = amount - fee_refund
-    wallet = tx.get("wallets", auth["wallet_id"])
+    wallet = must_get(tx, "wallets", auth["wallet_id"])
     credited = wallet["wallet_id"]
     if ledger.balance(ledger.get_account(tx, credited))["posted"] + amount > wallet["cap"]:
         credited = get_owner(tx, wallet["owner_id"])["treasury_account_id"]
     refund_id = "rfd_" + secrets.token_hex(12)
     legs = {"refund_id": refund_id, "receipt_id": receipt_id}
-    payout_account = tx.get("providers", receipt["provider_id"])["payout_account_id"]
+    payout_account = must_get(tx, "providers", receipt["provider_id"])["payout_account_id"]
     transfers = []
     if provider_refund:
         transfers.append(ledger.transfer(tx, payout_account, credited, provider_refund,
@@ -123,7 +127,7 @@ def refund(tx: Tx, principal: Principal, receipt_id: str, amount: int, reason: s
     tx.put("refunds", refund_id, {**record, "transfer_ids": transfers})
     tx.put("receipt_refunds", f"{receipt_id}/{refund_id}", {"amount": amount})
     if disputed:
-        found = tx.get("disputes", disputed["dispute_id"])
+        found = must_get(tx, "disputes", disputed["dispute_id"])
         found.update(state="refunded", refunded=found["refunded"] + amount)
         tx.put("disputes", found["dispute_id"], found)
     journal.append(tx, "receipt_refunded", {

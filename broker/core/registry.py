@@ -10,11 +10,13 @@ import secrets
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
+from common import usage_signing
+from common.errors import BrokerError, invalid, not_found, precondition
+from common.money import MAX_COUNTER, check_price_sheet
+
 from ..store.base import Record, Tx
-from . import journal, usage_signing, validate
+from . import journal, validate
 from .access import Principal
-from .errors import BrokerError, invalid, not_found, precondition
-from .money import MAX_COUNTER, check_price_sheet
 
 MAX_MODELS = 64
 

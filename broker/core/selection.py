@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from common.money import charge_for
+
 from ..store.base import Record
-from .money import charge_for
 
 UNKNOWN = 2**63
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.errors import BrokerError, Code, precondition
+from common.money import USAGE_FIELDS, charge_for, check_usage
+
 from ..store.base import Record
-from .errors import BrokerError, Code, precondition
-from .money import USAGE_FIELDS, charge_for, check_usage
 
 OPEN, SETTLED = "open", "settled"
 BUDGET_EXHAUSTED, HOLD_EXPIRING = "budget_exhausted", "hold_expiring"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ..store.base import Record, Tx
+from ..store.base import Record, Tx, must_get
 
 PERIODS = ("day", "week", "month", "all_time")
 VELOCITY_WINDOW_MS = 60_000
@@ -99,7 +99,7 @@ def recent_by_key(tx: Tx, wallet_id: str, key_id: str, now: int) -> list[tuple[i
     since = now - VELOCITY_WINDOW_MS
     found = []
     for _, row in tx.scan("wallet_authorizations", prefix=f"{wallet_id}/", reverse=True):
-        auth = tx.get("authorizations", row["authorization_id"])
+        auth = must_get(tx, "authorizations", row["authorization_id"])
         if auth["create_ms"] <= since:
             break
         if auth.get("key_id") == key_id:

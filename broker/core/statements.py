@@ -12,14 +12,16 @@ import base64
 import hashlib
 from collections import defaultdict
 
-from ..store.base import Record, Tx
-from . import sealing, validate
+from common import sealing
+from common.errors import denied, invalid, not_found, precondition
+from common.vouchers import Signer
+
+from ..store.base import Record, Tx, must_get
+from . import validate
 from .access import Principal, can_see_owner
 from .config import CoreConfig
-from .errors import denied, invalid, not_found, precondition
 from .receipts import DAY_MS, HOUR_MS, ITEMISED_FIELDS
 from .tenancy import get_owner, get_provider
-from .vouchers import Signer
 
 MAX_SPAN_MS = 366 * DAY_MS
 # Timestamps beyond year 9999 are not valid google.protobuf.Timestamps.
@@ -95,6 +97,7 @@ def owner_statement(tx: Tx, principal: Principal, owner_id: str, start_ms: int, 
         "annex_sha256": "", "receipt_key_id": ""}
     annex = b""
     if include_annex:
+        assert key is not None  # refused above
         annex = sealing.seal_document(base64.b64decode(key["public_key"]), signer, {
             "type": "statement.annex", "owner_id": owner_id, "period_start_ms": start,
             "period_end_ms": end, "items": items})
@@ -106,7 +109,7 @@ def owner_statement(tx: Tx, principal: Principal, owner_id: str, start_ms: int, 
 def _line_item(tx: Tx, receipt_id: str) -> Record:
     """One receipt for the sealed annex: its outward part, and its itemised part as
     the broker holds it (sealed, or in clear if settled before the owner had a key)."""
-    r = tx.get("receipts", receipt_id)
+    r = must_get(tx, "receipts", receipt_id)
     item = {k: r[k] for k in ("receipt_id", "authorization_id", "wallet_id", "held",
                               "charged", "released", "period_start_ms", "period_end_ms",
                               "payment_model", "sealed", "receipt_key_id")}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..store.base import Tx
+from ..store.base import Tx, must_get
 from .authorizations import REDEEMED
 
 
@@ -25,7 +25,7 @@ class Holds:
 def holds(tx: Tx) -> Holds:
     pending = amount = sessions = 0
     for key, _ in tx.scan("hold_expiry"):
-        transfer = tx.get("transfers", key.split("/", 1)[1])
+        transfer = must_get(tx, "transfers", key.split("/", 1)[1])
         pending += 1
         amount += transfer["amount"]
         authorization_id = transfer.get("user_data", {}).get("authorization_id")

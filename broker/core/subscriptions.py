@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import secrets
 
-from ..store.base import Record, Tx
+from common.errors import BrokerError, Code, invalid, not_found, precondition
+from common.money import check_amount
+
+from ..store.base import Record, Tx, must_get
 from . import grants, journal, ledger, pages, validate
 from .access import Principal
-from .errors import BrokerError, Code, invalid, not_found, precondition
-from .money import check_amount
 from .tenancy import get_owner
 from .wallets import get_wallet
 
@@ -50,7 +51,7 @@ def create_plan(tx: Tx, owner_id: str, display_name: str, credits_per_period: in
             "display_name": display_name, "credits_per_period": credits_per_period,
             "period_ms": period_seconds * 1000, "rollover_periods": rollover_periods,
             "priority": priority, "create_ms": now}
-    tx.put("plans", plan["plan_id"], plan)
+    tx.put("plans", str(plan["plan_id"]), plan)
     tx.put("owner_plans", f"{owner_id}/{seq:020d}", {"plan_id": plan["plan_id"]})
     journal.append(tx, "plan_created", {k: plan[k] for k in (
         "plan_id", "owner_id", "credits_per_period", "period_ms", "rollover_periods",
@@ -170,8 +171,8 @@ def grant_due(tx: Tx, now: int, limit: int = 200) -> int:
     subscriptions had periods due (0 when nothing is left to do)."""
     rows = list(tx.scan("subscription_due", stop=f"{now + 1:020d}", limit=limit))
     for key, _ in rows:
-        sub = tx.get("subscriptions", key.split("/", 1)[1])
-        plan = tx.get("plans", sub["plan_id"])
+        sub = must_get(tx, "subscriptions", key.split("/", 1)[1])
+        plan = must_get(tx, "plans", sub["plan_id"])
         _grant_started(tx, sub, plan, now)
     return len(rows)
 
@@ -181,7 +182,7 @@ def expire_due(tx: Tx, now: int, limit: int = 500) -> int:
     back to the issuer now (a reserved part when its hold resolves)."""
     rows = list(tx.scan("grant_expiry", stop=f"{now + 1:020d}", limit=limit))
     for key, _ in rows:
-        grant = tx.get("grants", key.split("/", 1)[1])
+        grant = must_get(tx, "grants", key.split("/", 1)[1])
         tx.delete("grant_expiry", key)
         tx.delete("grant_order", grants.order_key(grant))
         back = grant["remaining"] - grant["reserved"]

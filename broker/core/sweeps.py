@@ -5,8 +5,10 @@ settled on their last acknowledged usage."""
 
 from __future__ import annotations
 
+from common import vouchers
+
 from ..store.base import Tx
-from . import approvals, killswitch, metering, session, vouchers
+from . import approvals, killswitch, metering, session
 from .config import CoreConfig
 
 

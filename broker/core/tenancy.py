@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import secrets
 
+from common.errors import BrokerError, Code, invalid, not_found
+from common.money import MAX_AMOUNT, check_amount
+
 from ..store.base import Record, Tx
 from . import access, journal, ledger, validate
-from .errors import BrokerError, Code, invalid, not_found
-from .money import MAX_AMOUNT, check_amount
 
 
 def create_owner(tx: Tx, display_name: str, now: int) -> Record:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import invalid
+from common.errors import invalid
 
 MAX_NAME = 100
 MAX_ID = 64

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import secrets
 
-from ..store.base import Record, Tx
+from common.errors import BrokerError, Code, invalid, not_found
+from common.money import check_amount
+
+from ..store.base import Record, Tx, must_get
 from . import journal, ledger, pages, validate
 from .access import Principal, can_see_owner, resolve_wallet_id
 from .config import CoreConfig
-from .errors import BrokerError, Code, invalid, not_found
-from .money import check_amount
 from .tenancy import get_owner
 
 
@@ -56,7 +57,7 @@ def list_wallets(tx: Tx, owner_id: str, page_size: int, page_token: str) -> Reco
         raise invalid("page_token", "belongs to another listing", "INVALID_PAGE_TOKEN")
     start = after + "\x00" if after else None
     rows = list(tx.scan("owner_wallets", prefix=f"{owner_id}/", start=start, limit=size + 1))
-    wallets = [view(tx, tx.get("wallets", key.split("/", 1)[1])) for key, _ in rows[:size]]
+    wallets = [view(tx, must_get(tx, "wallets", key.split("/", 1)[1])) for key, _ in rows[:size]]
     token = pages.encode(rows[size - 1][0]) if len(rows) > size else ""
     return {"wallets": wallets, "next_page_token": token}
 

@@ -1,19 +1,23 @@
-"""Storage: the narrow `Store`/`Tx` interface and its implementations."""
+"""Storage: the narrow `Store`/`Tx` interface and its implementations.
+
+The implementations load lazily, so that importing the interface (as the core does)
+never loads LMDB.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from broker.store.base import TABLES, Record, Store, Tx
-from broker.store.buffered import BufferedTx, ReadOnlyError, StoreClosed
-from broker.store.lmdb_store import DataDirLocked, LmdbStore
-from broker.store.memory import MemoryStore
 
-__all__ = [
-    "TABLES",
-    "BufferedTx",
-    "DataDirLocked",
-    "LmdbStore",
-    "MemoryStore",
-    "ReadOnlyError",
-    "Record",
-    "Store",
-    "StoreClosed",
-    "Tx",
-]
+_LAZY = {"BufferedTx": "buffered", "ReadOnlyError": "buffered", "StoreClosed": "buffered",
+         "DataDirLocked": "lmdb_store", "LmdbStore": "lmdb_store", "MemoryStore": "memory"}
+
+__all__ = ["TABLES", "Record", "Store", "Tx", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)

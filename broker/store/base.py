@@ -8,11 +8,11 @@ the store runs it atomically and durably, or not at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
+
+from common.records import Record
 
 T = TypeVar("T")
-
-Record = dict[str, Any]
 
 # Every table the broker uses. Keys are str; values are JSON-able dicts.
 TABLES = (
@@ -139,3 +139,16 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Drain pending operations, commit, and release the data directory."""
+
+
+class MissingRecord(LookupError):
+    """A record that the ledger's invariants say exists is not there (a bug, not a
+    caller's mistake: it surfaces as INTERNAL)."""
+
+
+def must_get(tx: Tx, table: str, key: str) -> Record:
+    """The record under `key`, which must exist (a related record names it)."""
+    found = tx.get(table, key)
+    if found is None:
+        raise MissingRecord(f"{table}/{key} is missing")
+    return found

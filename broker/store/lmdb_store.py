@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from itertools import islice
 from pathlib import Path
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import lmdb
 
@@ -120,7 +120,7 @@ class _LmdbTx:
         return self._dbs[table]
 
     def get(self, table: str, key: str) -> Record | None:
-        data = self._txn.get(check_key(key), db=self._db(table))
+        data = cast(bytes | None, self._txn.get(check_key(key), db=self._db(table)))
         return None if data is None else decode(data)
 
     def put(self, table: str, key: str, value: Record) -> None:
@@ -176,14 +176,14 @@ class _LmdbTx:
                     found = cur.prev() if cur.set_range(hi) else cur.last()
                 if not found:
                     return
-                for k, v in cur.iterprev():
+                for k, v in cast(Iterator[tuple[bytes, bytes]], cur.iterprev()):
                     if k < lo:
                         return
                     yield k.decode(), decode(v)
             else:
                 if not cur.set_range(lo):
                     return
-                for k, v in cur.iternext():
+                for k, v in cast(Iterator[tuple[bytes, bytes]], cur.iternext()):
                     if hi is not None and k >= hi:
                         return
                     yield k.decode(), decode(v)

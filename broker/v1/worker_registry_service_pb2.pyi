@@ -101,19 +101,23 @@ class ListOffersRequest(_message.Message):
     def __init__(self, resource_class: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Offer(_message.Message):
-    __slots__ = ("worker_id", "endpoint", "capabilities", "prices")
+    __slots__ = ("worker_id", "endpoint", "capabilities", "prices", "usage_public_key")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     PRICES_FIELD_NUMBER: _ClassVar[int]
+    USAGE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     endpoint: str
     capabilities: Capabilities
     prices: _resources_pb2.PriceSheet
-    def __init__(self, worker_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., prices: _Optional[_Union[_resources_pb2.PriceSheet, _Mapping]] = ...) -> None: ...
+    usage_public_key: bytes
+    def __init__(self, worker_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., prices: _Optional[_Union[_resources_pb2.PriceSheet, _Mapping]] = ..., usage_public_key: _Optional[bytes] = ...) -> None: ...
 
 class ListOffersResponse(_message.Message):
-    __slots__ = ("offers",)
+    __slots__ = ("offers", "platform_fee_bps")
     OFFERS_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FEE_BPS_FIELD_NUMBER: _ClassVar[int]
     offers: _containers.RepeatedCompositeFieldContainer[Offer]
-    def __init__(self, offers: _Optional[_Iterable[_Union[Offer, _Mapping]]] = ...) -> None: ...
+    platform_fee_bps: int
+    def __init__(self, offers: _Optional[_Iterable[_Union[Offer, _Mapping]]] = ..., platform_fee_bps: _Optional[int] = ...) -> None: ...

@@ -2,8 +2,9 @@
 'use strict';
 // An agent in Node.js that buys one `generate` job, loading the broker's .proto files
 // at run time (no generated code): discover the offers, authorize a hold and get a
-// voucher, execute the job on the worker with that voucher, fetch and check the
-// signed receipt, read the wallet's balance. Exits 1 on any failure, with the gRPC
+// voucher and check it, execute the job on the worker with that voucher, fetch the
+// receipt and check its signature, the fee split and the worker's signed usage
+// (verify.js, from docs/wire.md), read the wallet's balance. Exits 1 on any failure, with the gRPC
 // code and the ErrorInfo reason.
 //
 //   node agent.js [--broker 127.0.0.1:50051] [--credentials var/demo-credentials.json]
@@ -18,18 +19,16 @@ const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
 const { describeError } = require('./status');
+const verify = require('./verify');
 
 const PROTO_FILES = [
   'broker/v1/worker_registry_service.proto',
   'broker/v1/authorization_service.proto',
   'broker/v1/wallet_service.proto',
   'broker/v1/statement_service.proto',
+  'broker/v1/voucher_key_service.proto',
   'worker/v1/worker_service.proto',
 ];
-// Raw Ed25519 public keys (as ListReceiptSigningKeys returns them) become SPKI DER with this
-// prefix.
-const ED25519_SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
-
 class AgentError extends Error {}
 
 function options() {
@@ -130,24 +129,6 @@ function execute(worker, request, deadline) {
   });
 }
 
-/** The receipt adds up and carries a valid signature by one of the broker's keys. */
-function checkReceipt(receipt, keys) {
-  const n = (v) => BigInt(v);
-  if (n(receipt.charged) + n(receipt.released) !== n(receipt.held) ||
-      n(receipt.worker_payout) + n(receipt.platform_fee) !== n(receipt.charged)) {
-    throw new AgentError(`receipt ${receipt.receipt_id} does not add up`);
-  }
-  const key = keys.find((k) => k.key_id === receipt.key_id);
-  if (!key) throw new AgentError(`receipt signed with unknown key ${receipt.key_id}`);
-  const publicKey = crypto.createPublicKey({
-    key: Buffer.concat([ED25519_SPKI_PREFIX, key.public_key]), format: 'der', type: 'spki',
-  });
-  if (!crypto.verify(null, receipt.signed_payload, publicKey, receipt.signature)) {
-    throw new AgentError(`receipt ${receipt.receipt_id} has a bad signature`);
-  }
-  return key.key_id;
-}
-
 async function run(opts) {
   const credentials = JSON.parse(fs.readFileSync(opts.credentials, 'utf8'));
   if (!credentials.agent_api_key) {
@@ -163,6 +144,7 @@ async function run(opts) {
     auths: new api.broker.v1.AuthorizationService(opts.broker, insecure),
     wallets: new api.broker.v1.WalletService(opts.broker, insecure),
     statements: new api.broker.v1.StatementService(opts.broker, insecure),
+    voucherKeys: new api.broker.v1.VoucherKeyService(opts.broker, insecure),
   };
   let worker = null;
   try {
@@ -170,8 +152,8 @@ async function run(opts) {
     console.log(`wallet ${before.account_id} before: ${balanceText(before.balance)}`);
 
     // 1. Discover: live workers serving the model, cheapest first.
-    const { offers } = await unary(broker.registry, 'ListOffers', { model: opts.model },
-      metadata, deadline);
+    const { offers, platform_fee_bps: feeBps } = await unary(broker.registry, 'ListOffers',
+      { model: opts.model }, metadata, deadline);
     if (offers.length === 0) throw new AgentError(`no live worker offers ${opts.model}`);
     const offer = offers[0];
     const p = offer.prices;
@@ -187,6 +169,14 @@ async function run(opts) {
     }, metadata, deadline);
     console.log(`authorized ${auth.amount}: ${auth.authorization_id},` +
       ` expires ${timeText(auth.expire_time)}`);
+    const { keys: voucherKeys } = await unary(broker.voucherKeys, 'ListVoucherKeys', {},
+      new grpc.Metadata(), deadline);
+    const claims = verify.verifyVoucher(auth.voucher, voucherKeys, Date.now());
+    if (String(claims.amt) !== String(auth.amount) || claims.scope.worker_id !== offer.worker_id) {
+      throw new AgentError('the voucher claims are not what was authorized');
+    }
+    console.log(`voucher ${claims.vid} verified with broker key ${claims.key_id}:` +
+      ` amount ${claims.amt}, worker ${claims.scope.worker_id}`);
 
     // 3. Execute on the worker: the voucher is the credential, no API key.
     worker = new api.worker.v1.WorkerService(offer.endpoint, insecure);
@@ -213,11 +203,25 @@ async function run(opts) {
     }
     const { keys } = await unary(broker.statements, 'ListReceiptSigningKeys', {},
       new grpc.Metadata(), deadline);
-    const keyId = checkReceipt(receipt, keys);
+    const signed = verify.verifyReceipt(receipt, keys);
     console.log(`receipt ${receipt.receipt_id}: held ${receipt.held}, charged ${receipt.charged}` +
       ` (worker ${receipt.worker_payout} + fee ${receipt.platform_fee}),` +
       ` released ${receipt.released}, outcome ${receipt.outcome}`);
-    console.log(`receipt signature verified with broker key ${keyId}`);
+    console.log(`receipt signature verified with broker key ${receipt.key_id}`);
+    verify.verifyFee(signed, feeBps);
+    console.log(`fee split verified: ${receipt.platform_fee} is ${feeBps} bps of` +
+      ` ${receipt.charged}, rounded down`);
+    // The worker's signed final usage: in the broker's receipt, or in the worker's copy
+    // when the broker's itemised part is sealed to the owner.
+    const itemised = receipt.worker_usage_payload.length ? receipt : result.receipt;
+    const report = verify.verifyWorkerUsage(itemised.worker_usage_payload,
+      itemised.worker_usage_signature, offer.usage_public_key, itemised.usage);
+    const charge = verify.chargeFor(report.usage, itemised.prices, receipt.held);
+    if (charge !== BigInt(receipt.charged)) {
+      throw new AgentError(`the signed usage costs ${charge}, not the charged ${receipt.charged}`);
+    }
+    console.log(`worker usage signature verified: ${report.usage.gpu_ms} ms,` +
+      ` ${report.usage.output_tokens} tokens out cost ${charge}`);
 
     // 5. Balance: the hold is resolved and the wallet refilled to its target.
     const after = await unary(broker.wallets, 'GetBalance', {}, metadata, deadline);

@@ -1,34 +1,18 @@
 'use strict';
 // Failed calls carry a google.rpc.Status in the `grpc-status-details-bin` trailer
-// (AIP-193): an ErrorInfo with a stable reason, and BadRequest, RetryInfo or
-// QuotaFailure where they apply (docs/errors.md). The few message types needed to
-// read it are declared here, so the agent needs no googleapis protos.
+// (AIP-193, docs/wire.md): an ErrorInfo with a stable reason, and BadRequest, RetryInfo
+// or QuotaFailure where they apply (docs/errors.md). Their definitions are the ones
+// shipped in protos/google/rpc.
+
+const path = require('node:path');
 
 const grpc = require('@grpc/grpc-js');
 const protobuf = require('protobufjs');
 
-const root = new protobuf.Root();
-protobuf.parse(`
-  syntax = "proto3";
-  package google.protobuf;
-  message Any { string type_url = 1; bytes value = 2; }
-  message Duration { int64 seconds = 1; int32 nanos = 2; }
-`, root, { keepCase: true });
-protobuf.parse(`
-  syntax = "proto3";
-  package google.rpc;
-  message Status { int32 code = 1; string message = 2; repeated google.protobuf.Any details = 3; }
-  message ErrorInfo { string reason = 1; string domain = 2; map<string, string> metadata = 3; }
-  message BadRequest {
-    message FieldViolation { string field = 1; string description = 2; }
-    repeated FieldViolation field_violations = 1;
-  }
-  message RetryInfo { google.protobuf.Duration retry_delay = 1; }
-  message QuotaFailure {
-    message Violation { string subject = 1; string description = 2; }
-    repeated Violation violations = 1;
-  }
-`, root, { keepCase: true });
+const GOOGLE_RPC = path.resolve(__dirname, '..', '..', 'protos', 'google', 'rpc');
+// protobufjs carries google/protobuf/{any,duration}.proto itself.
+const root = new protobuf.Root().loadSync(['status.proto', 'error_details.proto']
+  .map((name) => path.join(GOOGLE_RPC, name)), { keepCase: true });
 
 const Status = root.lookupType('google.rpc.Status');
 const DETAIL_TYPES = ['ErrorInfo', 'BadRequest', 'RetryInfo', 'QuotaFailure'];

@@ -19,12 +19,12 @@ from broker.core import (
     registry,
     sweeps,
     tenancy,
-    vouchers,
     wallets,
 )
 from broker.core.access import Principal
-from broker.core.errors import BrokerError, Code
 from broker.core.rate_limits import RequestLimiter, RequestRate
+from common import vouchers
+from common.errors import BrokerError, Code
 
 from .world import World
 

@@ -18,10 +18,10 @@ from broker.core import (
     receipts,
     registry,
     spend,
-    vouchers,
 )
-from broker.core.errors import BrokerError
-from broker.core.money import lease_charge, split_fee
+from common import vouchers
+from common.errors import BrokerError
+from common.money import lease_charge, split_fee
 
 from .world import World
 

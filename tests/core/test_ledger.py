@@ -1,8 +1,8 @@
 import pytest
 
 from broker.core import ledger
-from broker.core.errors import BrokerError
 from broker.store import MemoryStore
+from common.errors import BrokerError
 
 NOW = 1_000
 

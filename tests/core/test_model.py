@@ -1,5 +1,5 @@
 """Model-based test: random operations on the broker core against a simple model,
-with every DESIGN.md invariant checked after each step. The wallet is subscribed to a
+with every invariant of docs/design.md checked after each step. The wallet is subscribed to a
 plan, so subscription grants are granted, reserved, burned and expired along the way."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from broker.core import (
     periodic,
     registry,
     subscriptions,
-    vouchers,
     wallets,
 )
-from broker.core.errors import BrokerError
-from broker.core.money import charge_for, split_fee
+from common import vouchers
+from common.errors import BrokerError
+from common.money import charge_for, split_fee
 
 from .world import World
 

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.core.errors import BrokerError
-from broker.core.money import MAX_AMOUNT, charge_for, check_amount, prices_within, split_fee
+from common.errors import BrokerError
+from common.money import MAX_AMOUNT, charge_for, check_amount, prices_within, split_fee
 
 PRICES = {"gpu_second_price": 1000, "input_tokens_1k_price": 3, "output_tokens_1k_price": 7,
           "call_price": 5}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.core import approvals, authorizations, journal, metering, policy, spend, sweeps
-from broker.core.errors import BrokerError, Code
+from common.errors import BrokerError, Code
 
 from .world import T0, World
 
@@ -70,7 +70,8 @@ def test_daily_limit_counts_holds_and_settled_charges(w):
 def test_settlement_counts_the_charge_not_the_hold(w):
     _, wallet, agent, owner_p = tenant(w)
     provider, worker_p = w.provider()
-    from broker.core import registry, vouchers
+    from broker.core import registry
+    from common import vouchers
     worker = w.run(lambda tx: registry.register(
         tx, worker_p, "", "127.0.0.1:1", {"resource_class": "cpu", "models": ["m"]}, PRICES,
         w.now))

@@ -12,10 +12,10 @@ from broker.core import (
     quotes,
     registry,
     selection,
-    vouchers,
 )
-from broker.core.errors import BrokerError
-from broker.core.money import charge_for
+from common import vouchers
+from common.errors import BrokerError
+from common.money import charge_for
 
 from .world import World
 

@@ -9,20 +9,11 @@ from dataclasses import replace
 import pytest
 from nacl.public import PrivateKey
 
-from broker.core import (
-    authorizations,
-    labels,
-    metering,
-    receipts,
-    registry,
-    sealing,
-    statements,
-    vouchers,
-    wallets,
-)
+from broker.core import authorizations, labels, metering, receipts, registry, statements, wallets
 from broker.core.access import Principal
-from broker.core.errors import BrokerError
 from broker.core.receipts import DAY_MS, HOUR_MS
+from common import sealing, vouchers
+from common.errors import BrokerError
 
 from .world import World
 

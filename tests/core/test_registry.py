@@ -3,7 +3,7 @@
 import pytest
 
 from broker.core import registry
-from broker.core.errors import BrokerError
+from common.errors import BrokerError
 
 from .world import World
 

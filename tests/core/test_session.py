@@ -1,7 +1,7 @@
 import pytest
 
 from broker.core import session
-from broker.core.errors import BrokerError
+from common.errors import BrokerError
 
 PRICES = {"gpu_second_price": 1000, "input_tokens_1k_price": 0, "output_tokens_1k_price": 0,
           "call_price": 0}

@@ -3,7 +3,8 @@ settlements, spend and fees from the journal."""
 
 from __future__ import annotations
 
-from broker.core import authorizations, metering, registry, stats, vouchers
+from broker.core import authorizations, metering, registry, stats
+from common import vouchers
 
 from .world import World
 

@@ -4,18 +4,10 @@ balance breakdown. Every step ends with the ledger and grant invariants intact."
 
 import pytest
 
-from broker.core import (
-    authorizations,
-    grants,
-    ledger,
-    metering,
-    registry,
-    subscriptions,
-    vouchers,
-    wallets,
-)
-from broker.core.errors import BrokerError
-from broker.core.money import charge_for
+from broker.core import authorizations, grants, ledger, metering, registry, subscriptions, wallets
+from common import vouchers
+from common.errors import BrokerError
+from common.money import charge_for
 
 from .world import World
 

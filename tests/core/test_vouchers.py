@@ -1,9 +1,9 @@
 import pytest
 from nacl.signing import SigningKey
 
-from broker.core import vouchers
-from broker.core.errors import BrokerError
-from broker.core.vouchers import Signer, VoucherClaims, b64d, b64e
+from common import vouchers
+from common.errors import BrokerError
+from common.vouchers import Signer, VoucherClaims, b64d, b64e
 
 SIGNER = Signer("k1", SigningKey(b"\x07" * 32))
 KEYS = {"k1": SIGNER.signing_key.verify_key}

@@ -9,8 +9,8 @@ from nacl.signing import SigningKey
 from broker.core import audit, ledger, tenancy, wallets
 from broker.core.access import Principal
 from broker.core.config import CoreConfig
-from broker.core.vouchers import Signer
 from broker.store import MemoryStore
+from common.vouchers import Signer
 
 T0 = 1_800_000_000_000
 

@@ -50,8 +50,6 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nacl.signing import SigningKey
 
-from broker.api.errors import error_info
-from broker.core import usage_signing
 from broker.v1 import admin_service_pb2 as admin_pb
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import metering_service_pb2 as meter_pb
@@ -59,6 +57,8 @@ from broker.v1 import policy_service_pb2 as policy_pb
 from broker.v1 import voucher_key_service_pb2 as keys_pb
 from broker.v1 import wallet_service_pb2 as wallet_pb
 from broker.v1 import worker_registry_service_pb2 as registry_pb
+from common import usage_signing
+from common.status import error_info
 from tests.integration.broker_process import BrokerProcess
 from tests.integration.worker_process import WorkerProcess
 

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from broker.api.errors import DOMAIN, error_info
 from broker.client import BrokerClient
-from broker.core.money import PRICE_FIELDS, USAGE_FIELDS
 from broker.v1 import admin_service_pb2 as admin_pb
 from broker.v1 import admin_service_pb2_grpc as admin_grpc
 from broker.v1 import authorization_service_pb2 as auth_pb
@@ -23,6 +21,8 @@ from broker.v1 import wallet_service_pb2 as wallet_pb
 from broker.v1 import wallet_service_pb2_grpc as wallet_grpc
 from broker.v1 import worker_registry_service_pb2 as registry_pb
 from broker.v1 import worker_registry_service_pb2_grpc as registry_grpc
+from common.money import PRICE_FIELDS, USAGE_FIELDS
+from common.status import DOMAIN, error_info
 from worker.broker_link import MeteringSession, SessionClosed
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from broker.core import vouchers
 from broker.keyring import Keyring
 from broker.v1 import admin_service_pb2 as admin_pb
 from broker.v1 import authorization_service_pb2 as auth_pb
@@ -25,6 +24,7 @@ from broker.v1 import metering_service_pb2_grpc as meter_grpc
 from broker.v1 import resources_pb2 as res_pb
 from broker.v1 import wallet_service_pb2 as wallet_pb
 from broker.v1 import worker_registry_service_pb2 as registry_pb
+from common import vouchers
 from worker.broker_link import MeteringSession
 from worker.daemon import load_usage_key
 

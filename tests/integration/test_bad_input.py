@@ -11,13 +11,13 @@ import pytest
 from google.rpc import error_details_pb2
 from nacl.signing import SigningKey
 
-from broker.api.errors import error_detail
 from broker.v1 import admin_service_pb2 as admin_pb
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import metering_service_pb2 as meter_pb
 from broker.v1 import metering_service_pb2_grpc as meter_grpc
 from broker.v1 import resources_pb2 as res_pb
 from broker.v1 import wallet_service_pb2 as wallet_pb
+from common.status import error_detail
 from worker.broker_link import MeteringSession
 
 from .conftest import (

@@ -11,11 +11,11 @@ import grpc
 import pytest
 from nacl.signing import VerifyKey
 
-from broker.api.errors import error_info
 from broker.v1 import admin_service_pb2 as admin_pb
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import policy_service_pb2 as pol_pb
 from broker.v1 import wallet_service_pb2 as wallet_pb
+from common.status import error_info
 
 from .conftest import Client, Tenant, balance_tuple, rid, rpc_error
 from .spend_helpers import (

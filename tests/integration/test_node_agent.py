@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from worker.v1 import worker_service_pb2 as worker_pb
+
 from .broker_process import ROOT
 from .conftest import WALLET_START, balance_tuple, worker_world
 
@@ -82,6 +84,18 @@ def test_buys_a_job_and_reports_the_receipt_and_balance(world, node_agent):
     assert (receipt.usage.input_tokens, receipt.usage.output_tokens) == (16, 12)
     assert line(r"^receipt signature verified with broker key (\S+)$", out).group(1) == \
         receipt.key_id
+    # Checked by verify.js from docs/wire.md: the voucher, the fee, the worker's usage.
+    voucher = line(r"^voucher (vch_\w+) verified with broker key (k\w+): amount (\d+), "
+                   r"worker (\S+)$", out)
+    assert voucher.group(2) in world.agent.voucher_keys()
+    assert voucher.groups()[2:] == ("150000", world.worker_id)
+    fee_bps = world.agent.platform_fee_bps()
+    assert fee_bps > 0 and receipt.platform_fee == receipt.charged * fee_bps // 10_000
+    assert line(r"^fee split verified: (\d+) is (\d+) bps of (\d+), rounded down$",
+                out).groups() == (str(receipt.platform_fee), str(fee_bps), str(receipt.charged))
+    usage = line(r"^worker usage signature verified: (\d+) ms, (\d+) tokens out cost (\d+)$",
+                 out)
+    assert usage.groups() == (str(receipt.usage.gpu_ms), "12", str(receipt.charged))
 
     # The balance after: settled, nothing pending, refilled to the target; as the broker says.
     after = balance_of(f"^wallet {wallet} after", out)
@@ -125,3 +139,76 @@ def test_a_silent_server_times_out(world, node_agent):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "DEADLINE_EXCEEDED (4)" in done.stderr
     assert elapsed < 60
+
+
+VERIFY = """
+const v = require(process.argv[1]);
+const d = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+const b = (x) => Buffer.from(x, 'base64');
+const keys = (ks) => ks.map(([key_id, k]) => ({ key_id, public_key: b(k) }));
+const r = { ...d.receipt, signed_payload: b(d.receipt.signed_payload),
+            signature: b(d.receipt.signature) };
+const out = {};
+const attempt = (name, f) => { try { f(); out[name] = 'ok'; } catch (e) {
+  out[name] = e instanceof v.VerifyError ? 'refused' : String(e); } };
+attempt('voucher', () => v.verifyVoucher(d.voucher, keys(d.voucher_keys), Date.now()));
+attempt('voucher_other_amount', () => v.verifyVoucher(d.forged_voucher, keys(d.voucher_keys),
+  Date.now()));
+attempt('voucher_expired', () => v.verifyVoucher(d.voucher, keys(d.voucher_keys), 4e12));
+attempt('receipt', () => v.verifyReceipt(r, keys(d.receipt_keys)));
+attempt('receipt_other_charge', () => v.verifyReceipt({ ...r, charged: '1' },
+  keys(d.receipt_keys)));
+attempt('fee', () => v.verifyFee(v.verifyReceipt(r, keys(d.receipt_keys)), d.fee_bps));
+attempt('fee_other_rate', () => v.verifyFee(v.verifyReceipt(r, keys(d.receipt_keys)),
+  d.fee_bps + 100));
+attempt('usage', () => v.verifyWorkerUsage(b(d.usage_payload), b(d.usage_signature),
+  b(d.usage_key), d.usage));
+attempt('usage_other_worker', () => v.verifyWorkerUsage(b(d.usage_payload),
+  b(d.usage_signature), b(d.receipt_keys[0][1]), d.usage));
+attempt('usage_other_tokens', () => v.verifyWorkerUsage(b(d.usage_payload),
+  b(d.usage_signature), b(d.usage_key), { ...d.usage, output_tokens: 1 }));
+console.log(JSON.stringify(out));
+"""
+
+
+def test_verify_js_accepts_what_the_broker_signs_and_refuses_any_change(world, node_agent):
+    """verify.js (written from docs/wire.md) against a real voucher, receipt and signed
+    usage, then each with one thing changed."""
+    import base64
+
+    from google.protobuf.json_format import MessageToDict
+
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    offer = next(o for o in world.agent.list_offers() if o.worker_id == world.worker_id)
+    auth = world.authorize(40_000, model="tiny-lm")
+    claims, signature = auth.voucher.split(".")[2:]
+    forged_claims = base64.urlsafe_b64encode(base64.urlsafe_b64decode(claims + "==").replace(
+        b'"amt":40000', b'"amt":90000')).rstrip(b"=").decode()
+    forged = ".".join([*auth.voucher.split(".")[:2], forged_claims, signature])
+    assert forged != auth.voucher
+    run = world.execute(auth.voucher, worker_pb.Job(generate=worker_pb.GenerateJob(
+        model="tiny-lm", prompt="Hi", max_new_tokens=4)))
+    assert run.events[-1].result.status == worker_pb.JOB_STATUS_COMPLETED
+    receipt = world.wait_settled(auth.authorization_id)
+    data = {"voucher": auth.voucher, "forged_voucher": forged,
+            "voucher_keys": [[k, b64(v)] for k, v in world.agent.voucher_keys().items()],
+            "receipt": {**MessageToDict(receipt, preserving_proto_field_name=True),
+                        "signed_payload": b64(receipt.signed_payload),
+                        "signature": b64(receipt.signature)},
+            "receipt_keys": [[k, b64(v)] for k, v in
+                             world.agent.receipt_signing_keys().items()],
+            "fee_bps": world.agent.platform_fee_bps(),
+            "usage_payload": b64(receipt.worker_usage_payload),
+            "usage_signature": b64(receipt.worker_usage_signature),
+            "usage_key": b64(offer.usage_public_key),
+            "usage": MessageToDict(receipt.usage, preserving_proto_field_name=True,
+                                   always_print_fields_with_no_presence=True)}
+    node = shutil.which("node")
+    done = subprocess.run([node, "-e", VERIFY, str(AGENT_DIR / "verify.js")],
+                          input=json.dumps(data), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "voucher": "ok", "voucher_other_amount": "refused", "voucher_expired": "refused",
+        "receipt": "ok", "receipt_other_charge": "refused",
+        "fee": "ok", "fee_other_rate": "refused",
+        "usage": "ok", "usage_other_worker": "refused", "usage_other_tokens": "refused"}

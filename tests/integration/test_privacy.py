@@ -23,16 +23,16 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
 from broker.client import BrokerClient, BrokerClientError, open_sealed
-from broker.core import sealing, vouchers
 from broker.core.labels import WORKER_SCOPE_FIELDS
-from broker.core.money import charge_for
 from broker.datadir import DataDir
-from broker.files import write_secret
 from broker.v1 import admin_service_pb2 as admin_pb
 from broker.v1 import metering_service_pb2 as meter_pb
 from broker.v1 import statement_service_pb2 as statement_pb
 from broker.v1 import voucher_key_service_pb2 as keys_pb
 from broker.v1 import worker_registry_service_pb2 as registry_pb
+from common import sealing, vouchers
+from common.files import write_secret
+from common.money import charge_for
 from worker.v1 import worker_service_pb2 as worker_pb
 
 from .broker_process import ROOT, BrokerProcess

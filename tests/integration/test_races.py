@@ -10,10 +10,10 @@ import time
 
 import grpc
 
-from broker.api.errors import error_info
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import authorization_service_pb2_grpc as auth_grpc
 from broker.v1 import wallet_service_pb2 as wallet_pb
+from common.status import error_info
 from worker.broker_link import MeteringSession, SessionClosed
 
 from .conftest import (

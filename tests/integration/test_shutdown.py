@@ -13,10 +13,10 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from broker.api.errors import error_detail
-from broker.core.money import charge_for
 from broker.datadir import DataDir
 from broker.v1 import authorization_service_pb2 as auth_pb
+from common.money import charge_for
+from common.status import error_detail
 from worker.config import DEFAULT_PRICES
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc

@@ -12,12 +12,12 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from broker.api.errors import error_detail
 from broker.v1 import admin_service_pb2 as admin_pb
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import policy_service_pb2 as pol_pb
 from broker.v1 import resources_pb2 as res_pb
 from broker.v1 import wallet_service_pb2 as wallet_pb
+from common.status import error_detail
 
 from .conftest import Client, balance_tuple, rid, rpc_error
 from .spend_helpers import (

@@ -22,12 +22,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.client import BrokerClient, BrokerClientError
-from broker.files import write_secret
 from broker.v1 import admin_service_pb2 as admin_pb
 from broker.v1 import admin_service_pb2_grpc as admin_grpc
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import worker_registry_service_pb2 as registry_pb
 from broker.v1 import worker_registry_service_pb2_grpc as registry_grpc
+from common.files import write_secret
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc
 

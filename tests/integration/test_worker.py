@@ -1,6 +1,6 @@
 """The worker daemon end to end, against a real broker process: an agent authorizes,
 sends the voucher and a job to `worker serve`, and gets a metered, settled result.
-Every amount is checked against broker/core/money.py to the micro-credit."""
+Every amount is checked against common/money.py to the micro-credit."""
 
 import json
 import threading
@@ -13,8 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nacl.signing import SigningKey, VerifyKey
 
 from broker.client import BrokerClient
-from broker.core.money import charge_for, split_fee
 from broker.v1 import authorization_service_pb2 as auth_pb
+from common.money import charge_for, split_fee
 from worker.v1 import worker_service_pb2 as worker_pb
 
 from .conftest import (

@@ -11,9 +11,9 @@ import grpc
 import pytest
 from nacl.signing import SigningKey
 
-from broker.core import vouchers
-from broker.core.money import charge_for
 from broker.v1 import authorization_service_pb2 as auth_pb
+from common import vouchers
+from common.money import charge_for
 from worker.config import DEFAULT_PRICES
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc

@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from broker.files import write_secret
 from broker.v1 import worker_registry_service_pb2 as registry_pb
 from broker.v1 import worker_registry_service_pb2_grpc as registry_grpc
+from common.files import write_secret
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc
 

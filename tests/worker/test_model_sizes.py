@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from broker.settings import SettingsError
+from common.settings import SettingsError
 from worker.config import DEFAULT_PRICES, SCHEMA
 from worker.runtime import JobContext, JobSpec, Runtime, save_checkpoint, tiny_lm
 

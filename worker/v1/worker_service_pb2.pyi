@@ -139,13 +139,15 @@ class GetCapabilitiesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetCapabilitiesResponse(_message.Message):
-    __slots__ = ("worker_id", "capabilities", "prices", "handlers")
+    __slots__ = ("worker_id", "capabilities", "prices", "handlers", "usage_public_key")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     PRICES_FIELD_NUMBER: _ClassVar[int]
     HANDLERS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     capabilities: _worker_registry_service_pb2.Capabilities
     prices: _resources_pb2.PriceSheet
     handlers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, worker_id: _Optional[str] = ..., capabilities: _Optional[_Union[_worker_registry_service_pb2.Capabilities, _Mapping]] = ..., prices: _Optional[_Union[_resources_pb2.PriceSheet, _Mapping]] = ..., handlers: _Optional[_Iterable[str]] = ...) -> None: ...
+    usage_public_key: bytes
+    def __init__(self, worker_id: _Optional[str] = ..., capabilities: _Optional[_Union[_worker_registry_service_pb2.Capabilities, _Mapping]] = ..., prices: _Optional[_Union[_resources_pb2.PriceSheet, _Mapping]] = ..., handlers: _Optional[_Iterable[str]] = ..., usage_public_key: _Optional[bytes] = ...) -> None: ...

@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 
-from ..core.errors import BrokerError, invalid
-from .errors import DOMAIN, to_status
+from .errors import BrokerError, invalid
 from .interceptors import WrappingInterceptor
+from .status import DOMAIN, to_status
 
 
 class _Undecodable:
@@ -62,7 +62,7 @@ class UndecodableRequestInterceptor(WrappingInterceptor):
                     async for response in original(request, context):
                         yield response
             else:
-                async def behavior(request, context):
+                async def behavior(request, context):  # type: ignore[misc]  # stream or unary
                     await check(request, context)
                     result = original(request, context)
                     return await result if inspect.isawaitable(result) else result
@@ -81,7 +81,7 @@ class UndecodableRequestInterceptor(WrappingInterceptor):
                     except BrokerError as error:
                         await refuse(context, error)
             else:
-                async def behavior(requests, context):
+                async def behavior(requests, context):  # type: ignore[misc]  # stream or unary
                     try:
                         result = original(checked(requests), context)
                         return await result if inspect.isawaitable(result) else result

@@ -20,8 +20,8 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
+from .canonical import canonical
 from .errors import invalid
-from .journal import canonical
 from .vouchers import Signer
 
 KEY_BYTES = 32

@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ..core.errors import BrokerError, Code
+from .errors import BrokerError, Code
 
 T = TypeVar("T", bound=Message)
 

@@ -164,7 +164,7 @@ class ObservingInterceptor(WrappingInterceptor):
                 finally:
                     call.done(context, error)
         else:
-            async def behavior(request, context):
+            async def behavior(request, context):  # type: ignore[misc]  # stream or unary
                 call = _Call(self, method, kind)
                 error = None
                 try:

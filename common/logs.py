@@ -2,7 +2,7 @@
 
 Fields passed with `extra=` (request_id, method, code, duration_ms, session_id, ...)
 become keys of the JSON object, or `key=value` pairs after a text line. Secrets never
-reach a log call in the first place (see broker/api/interceptors.py for what an RPC
+reach a log call in the first place (see common/interceptors.py for what an RPC
 line carries); nothing here tries to scrub them afterwards.
 
 JSON lines: {"ts": "2025-01-02T03:04:05.678Z", "level": "info", "logger": "broker.rpc",

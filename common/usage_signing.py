@@ -7,10 +7,10 @@ from __future__ import annotations
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from ..store.base import Record
+from .canonical import canonical
 from .errors import BrokerError, Code
-from .journal import canonical
 from .money import USAGE_FIELDS
+from .records import Record
 
 
 def payload(session_id: str, usage: Record, *, seq: int = 0, final: bool = False) -> bytes:

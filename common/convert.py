@@ -6,14 +6,15 @@ import base64
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ..core.money import PRICE_FIELDS, SHEET_FIELDS, USAGE_FIELDS
-from ..store.base import Record
-from ..v1 import admin_service_pb2 as admin_pb
-from ..v1 import authorization_service_pb2 as auth_pb
-from ..v1 import pricing_pb2
-from ..v1 import resources_pb2 as res_pb
-from ..v1 import wallet_service_pb2 as wallet_pb
-from ..v1 import worker_registry_service_pb2 as registry_pb
+from broker.v1 import admin_service_pb2 as admin_pb
+from broker.v1 import authorization_service_pb2 as auth_pb
+from broker.v1 import pricing_pb2
+from broker.v1 import resources_pb2 as res_pb
+from broker.v1 import wallet_service_pb2 as wallet_pb
+from broker.v1 import worker_registry_service_pb2 as registry_pb
+
+from .money import PRICE_FIELDS, SHEET_FIELDS, USAGE_FIELDS
+from .records import Record
 
 AUTH_STATES = {"held": auth_pb.AUTHORIZATION_STATE_HELD,
                "redeemed": auth_pb.AUTHORIZATION_STATE_REDEEMED,
@@ -153,4 +154,5 @@ def capabilities_to_proto(c: Record) -> registry_pb.Capabilities:
 def offer(w: Record) -> registry_pb.Offer:
     return registry_pb.Offer(worker_id=w["worker_id"], endpoint=w["endpoint"],
                              capabilities=capabilities_to_proto(w["capabilities"]),
-                             prices=prices_to_proto(w["prices"]))
+                             prices=prices_to_proto(w["prices"]),
+                             usage_public_key=bytes.fromhex(w.get("usage_public_key", "")))

@@ -20,8 +20,9 @@ from typing import Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from .canonical import canonical
 from .errors import BrokerError, Code
-from .journal import canonical
+from .money import prices_within
 
 VERSION = "v1"
 MAX_TOKEN_LENGTH = 4096
@@ -115,3 +116,34 @@ def verify(token: str, keys: dict[str, VerifyKey], now: int, *,
         raise BrokerError(Code.FAILED_PRECONDITION, "VOUCHER_EXPIRED", "voucher has expired",
                           {"voucher_id": claims.voucher_id})
     return claims
+
+
+def check_scope(scope: dict[str, Any], worker: dict[str, Any], resource_class: str,
+                model: str) -> None:
+    """Raise unless the voucher's scope covers this worker (its id, class, models, prices)
+    and the job's resource class and model; the worker checks it offline, the broker again
+    at redemption."""
+    caps = worker["capabilities"]
+
+    def outside(what: str, detail: str) -> BrokerError:
+        return BrokerError(Code.PERMISSION_DENIED, "VOUCHER_SCOPE_MISMATCH",
+                           f"the voucher does not cover this {what}: {detail}", {"scope": what})
+
+    if scope.get("worker_id") and scope["worker_id"] != worker["worker_id"]:
+        raise outside("worker", "it is pinned to another worker")
+    if scope.get("worker_ids") and worker["worker_id"] not in scope["worker_ids"]:
+        raise outside("worker", "it is valid at other workers only")
+    wanted_class = scope.get("resource_class", "")
+    for value in (resource_class, caps["resource_class"]):
+        if wanted_class and value and value != wanted_class:
+            raise outside("resource class", f"{value!r} is not {wanted_class!r}")
+    wanted_model = scope.get("model", "")
+    if wanted_model and model and model != wanted_model:
+        raise outside("model", f"{model!r} is not {wanted_model!r}")
+    if wanted_model and wanted_model not in caps["models"]:
+        raise outside("model", f"the worker does not serve {wanted_model!r}")
+    above = prices_within(worker["prices"], scope.get("max_prices", {}))
+    if above:
+        raise BrokerError(Code.PERMISSION_DENIED, "PRICE_ABOVE_SCOPE",
+                          f"the worker's {', '.join(above)} exceeds the voucher's cap",
+                          {"prices": ",".join(above)})
