@@ -122,6 +122,7 @@ class Handler(BaseHTTPRequestHandler):
         self.query = {k: v[0] for k, v in parse_qs(url.query).items()}
         self.status = 500
         try:
+            self.raw_body = self._read_body() if self.command == "POST" else b""
             route = routes.get(url.path)
             if route is None:
                 if self.command == "GET" and url.path.startswith("/static/"):
@@ -201,17 +202,23 @@ class Handler(BaseHTTPRequestHandler):
                                  "page.", "CSRF_TOKEN_INVALID")
         return session, self._body()
 
+    def _read_body(self) -> bytes:
+        """The whole request body, read before anything else so that an early refusal
+        never leaves part of it on a kept-alive connection."""
+        try:
+            length = int(self.headers.get("Content-Length") or "0")
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True
+            raise HttpError(413, "the request body is too large")
+        return self.rfile.read(length)
+
     def _body(self) -> dict:
         if self.headers.get_content_type() != "application/json":
             raise HttpError(415, "send JSON (Content-Type: application/json)")
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            raise HttpError(400, "bad Content-Length") from None
-        if not 0 < length <= MAX_BODY:
-            raise HttpError(400, "the request body is empty or too large")
-        try:
-            body = json.loads(self.rfile.read(length))
+            body = json.loads(self.raw_body)
         except (ValueError, UnicodeDecodeError):
             raise HttpError(400, "the request body is not JSON") from None
         if not isinstance(body, dict):
