@@ -351,6 +351,17 @@ def test_a_sealed_receipt_opens_in_the_browser_with_the_key_file(world, page, tm
     secret = bytes(key).hex()
     assert secret not in world.console.log()
 
+    # A new pair made in the browser: the private key is saved as a file, only the
+    # public key is registered.
+    go(page, "keys", "Keys")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Make a new key pair and register it").click()
+    made = sealing.load_private_key(Path(download.value.path()).read_text())
+    new_id = sealing.receipt_key_id(bytes(made.public_key))
+    expect(page.locator("#receipt-key-id")).to_have_text(new_id)
+    registered = h.owner.statements.GetReceiptKey(st_pb.GetReceiptKeyRequest()).receipt_key
+    assert registered.public_key == bytes(made.public_key)
+
 
 def test_a_statement_downloads_as_csv_and_its_totals_match_the_receipts(world, page):
     h = world.h

@@ -81,6 +81,7 @@ async function show() {
   }
   const root = $("page");
   root.setAttribute("data-page", page);
+  replace($("flash"));
   try {
     await PAGES[page](root, ctx, arg && decodeURIComponent(arg));
     $("main").focus({ preventScroll: true });

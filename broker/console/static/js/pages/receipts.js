@@ -7,6 +7,8 @@ import { h, replace, table, when } from "../dom.js";
 import { credits } from "../money.js";
 import * as sealed from "../sealedbox.js";
 
+const $flash = () => document.getElementById("flash");
+
 export async function renderList(root) {
   const data = await api.get("/api/receipts");
   const rows = data.receipts.map((r) => h("tr", { "data-receipt-id": r.receipt_id },
@@ -27,12 +29,18 @@ function figures(pairs) {
     h("div", {}, h("dt", {}, term), h("dd", { "data-field": field || null }, value))));
 }
 
-// The opened document: every value shown as text, nested objects as nested lists.
-function documentView(value) {
+// The opened document: every value shown as text, nested objects as nested lists;
+// times also in UTC.
+const TIMES = new Set(["authorize_ms", "open_ms", "settle_ms", "period_start_ms", "period_end_ms"]);
+
+function documentView(value, key = "") {
+  if (TIMES.has(key) && Number.isSafeInteger(value)) {
+    return h("span", {}, `${value} (${when(new Date(value).toISOString())})`);
+  }
   if (value === null || typeof value !== "object") return h("span", {}, String(value));
   const entries = Array.isArray(value) ? value.map((v, i) => [String(i), v]) : Object.entries(value);
   return h("dl", { class: "document" }, entries.map(([k, v]) =>
-    h("div", { "data-key": k }, h("dt", {}, k), h("dd", {}, documentView(v)))));
+    h("div", { "data-key": k }, h("dt", {}, k), h("dd", {}, documentView(v, k)))));
 }
 
 export async function renderOne(root, ctx, authorizationId) {
@@ -54,6 +62,7 @@ export async function renderOne(root, ctx, authorizationId) {
       const doc = sealed.openDocument(sealed.fromBase64(r.sealed_itemised), secretKey, signingKeys);
       secretKey.fill(0);
       if (doc.receipt_id !== r.receipt_id) throw new sealed.SealError("The sealed part belongs to another receipt.");
+      replace($flash());
       replace(result, h("h3", {}, "Itemised part (opened in this browser, broker signature verified)"), documentView(doc));
     } catch (error) {
       replace(result);
