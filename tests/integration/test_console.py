@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ from .spend_helpers import (
     spend_status,
     wait_until,
 )
+from .test_tls import TlsBroker, pki  # noqa: F401 - pki is a fixture
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -56,23 +58,25 @@ def credits(micro: int) -> str:
 
 
 class ConsoleProcess:
-    def __init__(self, broker_target: str, log_path: Path):
+    def __init__(self, broker_target: str, log_path: Path, *extra_args: str,
+                 ca: Path | None = None):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.broker_target, self.log_path = broker_target, log_path
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}/"
+        self.broker_target, self.log_path, self.extra_args = broker_target, log_path, extra_args
+        self.ssl = ssl.create_default_context(cafile=str(ca)) if ca else None
 
     def start(self) -> ConsoleProcess:
         self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "broker.cli", "console", "--broker", self.broker_target,
-             "--listen", f"127.0.0.1:{self.port}"],
+             "--listen", f"127.0.0.1:{self.port}", *self.extra_args],
             cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log()
             try:
-                with urllib.request.urlopen(self.url, timeout=1) as reply:
+                with urllib.request.urlopen(self.url, timeout=1, context=self.ssl) as reply:
                     if reply.status == 200:
                         return self
             except OSError:
@@ -488,6 +492,29 @@ def test_a_key_revoked_after_sign_in_ends_the_session(world, page):
     expect(page.locator("#sign-in")).to_be_visible()
     expect(page.locator("#flash")).to_contain_text("revoked")
     assert page.request.get(f"{world.url}api/overview").status == 401
+
+
+def test_over_https_to_a_broker_that_requires_mtls(world, pki, tmp_path):  # noqa: F811
+    broker = TlsBroker(tmp_path / "data", pki, mtls=True).start()
+    console = ConsoleProcess(
+        broker.target, tmp_path / "console.log", "--broker-ca", str(pki.ca),
+        "--broker-client-cert", str(pki.agent[0]), "--broker-client-key", str(pki.agent[1]),
+        "--tls-cert", str(pki.server[0]), "--tls-key", str(pki.server[1]), ca=pki.ca)
+    try:
+        console.start()
+        context = world.browser.new_context(viewport=LAPTOP, ignore_https_errors=True)
+        page = context.new_page()
+        sign_in(page, World(None, console, None, world.shots, "", None),
+                broker.credentials["owner_api_key"])
+        expect(page.locator(f'tr[data-wallet-id="{broker.credentials["wallet_id"]}"]')
+               ).to_be_visible()
+        (cookie,) = [c for c in context.cookies() if c["name"] == "console_session"]
+        assert cookie["secure"] and cookie["httpOnly"]
+        assert "max-age" in page.request.get(console.url).headers["strict-transport-security"]
+        context.close()
+    finally:
+        console.stop()
+        broker.stop()
 
 
 # -- helpers ------------------------------------------------------------------------------
