@@ -131,8 +131,12 @@ class Handler(BaseHTTPRequestHandler):
             route(self)
         except HttpError as error:
             self._json({"error": error.message, "reason": error.reason}, error.status)
-        except BrokenPipeError:
+        except (BrokenPipeError, ConnectionResetError):
             pass
+        except Exception:
+            log.exception("%s %s failed", self.command, url.path)
+            self.close_connection = True
+            self._json({"error": "the console failed to answer; see its log"}, 500)
         finally:
             log.info("%s %s %s %dms", self.command, url.path, self.status,
                      (time.monotonic() - started) * 1000)
@@ -159,8 +163,7 @@ class Handler(BaseHTTPRequestHandler):
               extra: dict[str, str] | None = None) -> None:
         self._headers(status, content_type, len(body),
                       {"Cache-Control": "no-store", **(extra or {})})
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.wfile.write(body)
 
     def _json(self, value, status: int = 200, extra: dict[str, str] | None = None) -> None:
         self._send(json.dumps(value).encode(), "application/json", status, extra)
@@ -251,7 +254,11 @@ class Handler(BaseHTTPRequestHandler):
         api_key = body.get("api_key")
         if not isinstance(api_key, str) or not api_key.strip():
             raise HttpError(400, SIGN_IN_REFUSALS["API_KEY_MISSING"], "API_KEY_MISSING")
-        client = ConsoleClient(self.server.channel, api_key.strip())
+        api_key = api_key.strip()
+        if len(api_key) > 200 or not api_key.isascii() or not api_key.isprintable() \
+                or " " in api_key:  # could not even travel as gRPC metadata
+            raise HttpError(401, SIGN_IN_REFUSALS["API_KEY_INVALID"], "API_KEY_INVALID")
+        client = ConsoleClient(self.server.channel, api_key)
         try:
             identity = views.identify(client, _now_ms())
         except BrokerClientError as error:
