@@ -114,7 +114,7 @@ def statement_rows(client: ConsoleClient, start_ms: int, end_ms: int,
              "job_count"]]
     for s in _statements(client, start_ms, end_ms, granularity):
         rows += _statement_rows(s, names)
-    step, enum = GRANULARITIES[granularity]
+    _, enum = GRANULARITIES[granularity]
     whole = client.get_statement(start_ms, end_ms, granularity=enum)
     rows.append([_time(whole.period_start), _time(whole.period_end), "range_total",
                  whole.key_id, "", str(whole.total_charged), str(whole.total_released),
