@@ -6,10 +6,12 @@ STAMP  := $(VENV)/.installed-stamp
 BUF    := .cache/buf/node_modules/.bin/buf
 DATA   ?= var
 LISTEN ?= 127.0.0.1:50051
+CONSOLE ?= 127.0.0.1:8080
 NODE_AGENT := examples/node-agent
 NODE_STAMP := $(NODE_AGENT)/node_modules/.installed-stamp
+CHROMIUM   := /usr/bin/chromium
 
-.PHONY: run demo demo-node node-deps api-docs gpu-check test fuzz crash-test soak bench lint proto check-stubs breaking clean venv
+.PHONY: run demo demo-node node-deps api-docs gpu-check console-screenshots test fuzz crash-test soak bench lint proto check-stubs breaking clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +28,9 @@ $(NODE_STAMP): $(NODE_AGENT)/package.json $(NODE_AGENT)/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
-## run: the broker on $(LISTEN) (LMDB under ./$(DATA), demo data on first run) and a local worker
+## run: the broker on $(LISTEN) (LMDB under ./$(DATA), demo data on first run), a local worker and the console on $(CONSOLE)
 run: $(STAMP)
-	$(BIN)/python scripts/run_local.py --data-dir $(DATA) --listen $(LISTEN)
+	$(BIN)/python scripts/run_local.py --data-dir $(DATA) --listen $(LISTEN) --console-listen $(CONSOLE)
 
 ## demo: an example agent buys a generate job from `make run` (start that first)
 demo: $(STAMP)
@@ -42,8 +44,16 @@ demo-node: $(NODE_STAMP)
 gpu-check: $(STAMP)
 	$(BIN)/python scripts/gpu_check.py
 
+# The console's browser tests drive Debian's headless Chromium (these machines run as root).
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+## console-screenshots: the console's browser tests, saving the main pages to docs/console
+console-screenshots: $(STAMP) $(CHROMIUM)
+	BROKER_CONSOLE_SCREENSHOTS=docs/console $(BIN)/python -m pytest -q tests/integration/test_console.py
+
 ## test: stub freshness, then the whole suite
-test: $(STAMP) $(NODE_STAMP) check-stubs
+test: $(STAMP) $(NODE_STAMP) $(CHROMIUM) check-stubs
 	$(BIN)/python -m pytest -q
 
 ## crash-test: SIGKILL a loaded broker 30 times; every acknowledged operation must survive

@@ -1,5 +1,5 @@
-"""`broker` command line: init, serve, credentials, audit, config show, receipts
-(owner side of sealed receipts), keys rotate.
+"""`broker` command line: init, serve, console, credentials, audit, config show,
+receipts (owner side of sealed receipts), keys rotate.
 
 Settings come from defaults < `--config FILE` (TOML) < BROKER_* variables < flags;
 broker/settings.py declares them and docs/operations.md lists them."""
@@ -17,6 +17,7 @@ from pathlib import Path
 from common.files import write_secret
 from common.settings import Effective
 
+from .console.settings import SCHEMA as CONSOLE_SCHEMA
 from .datadir import AlreadyInitialised, DataDir, init
 from .settings import SCHEMA, Settings
 
@@ -262,6 +263,13 @@ def cmd_keys_rotate(args, effective: Effective[Settings]) -> int:
     return 0
 
 
+def cmd_console(args, effective) -> int:
+    """The web console for owners and auditors (broker/console)."""
+    from .console.cli import run
+
+    return run(effective.settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("audit", help="check every ledger invariant of a stopped broker's data")
     SCHEMA.add_flags(p, "data_dir", *logging_flags)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("console", help="the web console for owners and auditors")
+    CONSOLE_SCHEMA.add_flags(p)
+    p.set_defaults(func=cmd_console, schema=CONSOLE_SCHEMA)
 
     SCHEMA.add_config_show(sub)
 

@@ -322,10 +322,11 @@ class Schema(Generic[T]):
     def run(self, parser: argparse.ArgumentParser, argv: list[str] | None,
             log: logging.Logger) -> int:
         """Parse `argv`, load the settings (exit status 2 on bad ones), set up logging
-        and run the chosen subcommand's `func(args, effective)`."""
+        and run the chosen subcommand's `func(args, effective)`. A subcommand with
+        settings of its own names their schema with `set_defaults(schema=...)`."""
         args = parser.parse_args(argv)
         try:
-            effective = self.load_args(args, os.environ)
+            effective = getattr(args, "schema", self).load_args(args, os.environ)
         except SettingsError as error:
             print(f"{parser.prog} {args.command}: {error}", file=sys.stderr)
             return 2

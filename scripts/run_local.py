@@ -1,5 +1,5 @@
-"""`make run`: the broker (with demo data) and one local worker, together.
-Ctrl-C (or SIGTERM) stops both: the worker drains and deregisters first."""
+"""`make run`: the broker (with demo data), one local worker and the web console,
+together. Ctrl-C (or SIGTERM) stops them all: the worker drains and deregisters first."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def main() -> int:
     parser.add_argument("--data-dir", default="var")
     parser.add_argument("--listen", default="127.0.0.1:50051")
     parser.add_argument("--worker-listen", default="127.0.0.1:50052")
+    parser.add_argument("--console-listen", default="127.0.0.1:8080")
     args = parser.parse_args()
     data = Path(args.data_dir)
     bin_dir = Path(sys.executable).parent
@@ -41,6 +42,10 @@ def main() -> int:
     worker = subprocess.Popen([bin_dir / "worker", "serve", "--broker", args.listen,
                                "--listen", args.worker_listen, "--api-key-file", str(key_file),
                                "--state-dir", str(data / "worker")], start_new_session=True)
+    console = subprocess.Popen([bin_dir / "broker", "console", "--broker", args.listen,
+                                "--listen", args.console_listen], start_new_session=True)
+    print(f"console: http://{args.console_listen}/ (sign in with the key that "
+          f"`.venv/bin/broker credentials owner` prints)", flush=True)
     stopping = False
 
     def stop(*_):
@@ -49,10 +54,10 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    while not stopping and broker.poll() is None and worker.poll() is None:
+    while not stopping and all(p.poll() is None for p in (broker, worker, console)):
         time.sleep(0.2)
     # The worker first, so it can settle running jobs and deregister.
-    for process in (worker, broker):
+    for process in (console, worker, broker):
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:

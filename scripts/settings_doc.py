@@ -1,5 +1,6 @@
 """Rewrite the settings tables in docs/operations.md from the schemas in
-broker/settings.py and worker/config.py (tests/test_settings.py checks they match).
+broker/settings.py, worker/config.py and broker/console/settings.py
+(tests/test_settings.py checks they match).
 
     .venv/bin/python scripts/settings_doc.py
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from broker.console.settings import SCHEMA as CONSOLE_SCHEMA  # noqa: E402
 from broker.settings import SCHEMA  # noqa: E402
 from worker.config import SCHEMA as WORKER_SCHEMA  # noqa: E402
 
@@ -20,7 +22,8 @@ DOC = ROOT / "docs" / "operations.md"
 
 def main() -> int:
     text = DOC.read_text()
-    for name, schema in (("broker", SCHEMA), ("worker", WORKER_SCHEMA)):
+    for name, schema in (("broker", SCHEMA), ("worker", WORKER_SCHEMA),
+                         ("console", CONSOLE_SCHEMA)):
         begin, end = f"<!-- settings:{name} -->\n", f"<!-- /settings:{name} -->"
         head, found, rest = text.partition(begin)
         if not found or end not in rest:

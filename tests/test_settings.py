@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.console.settings import SCHEMA as CONSOLE_SCHEMA
 from broker.core.config import CoreConfig
 from broker.settings import SCHEMA, Settings
 from common.settings import SettingsError
@@ -262,7 +263,8 @@ def test_bad_settings_exit_2_with_a_clear_message(program, args, env, expected):
 
 
 @pytest.mark.parametrize(("name", "schema"), [("broker", SCHEMA),
-                                              ("worker", worker_config.SCHEMA)])
+                                              ("worker", worker_config.SCHEMA),
+                                              ("console", CONSOLE_SCHEMA)])
 def test_docs_list_every_setting(name, schema):
     text = OPERATIONS.read_text()
     begin, end = f"<!-- settings:{name} -->\n", f"<!-- /settings:{name} -->"
