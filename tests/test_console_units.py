@@ -8,7 +8,7 @@ import pytest
 from broker.console import views
 from broker.console.sessions import Sessions
 from broker.console.settings import SCHEMA, ConsoleSettings
-from broker.settings import SettingsError
+from common.settings import SettingsError
 
 IDENTITY = views.Identity("owner", "own_1")
 

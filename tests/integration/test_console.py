@@ -22,13 +22,13 @@ import pytest
 from nacl.public import PrivateKey
 from playwright.sync_api import expect, sync_playwright
 
-from broker.core import sealing
 from broker.v1 import admin_service_pb2 as admin_pb
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import policy_service_pb2 as pol_pb
 from broker.v1 import resources_pb2 as res_pb
 from broker.v1 import statement_service_pb2 as st_pb
 from broker.v1 import wallet_service_pb2 as wallet_pb
+from common import sealing
 
 from .broker_process import ROOT, free_port
 from .conftest import Harness, rid
