@@ -385,10 +385,16 @@ def serve_processes(data_dir: DataDir, config: CoreConfig, settings: BrokerSetti
 
 def _reserve_port(listen: str) -> str:
     """`listen` with a concrete port, after checking nothing else listens there (our
-    servers bind with SO_REUSEPORT, which would let them join another's port)."""
+    servers bind with SO_REUSEPORT, which would let them join another's port).
+
+    The probe binds with SO_REUSEADDR, as the servers do: on Linux that bind fails only
+    if a socket is listening on the port, not for the connections a killed broker left
+    in TIME-WAIT (without it, a prefork broker could not restart for a minute after a
+    crash that left connections open)."""
     host, _, port = listen.rpartition(":")
     family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host.strip("[]"), int(port)))
         except (OSError, ValueError) as error:
