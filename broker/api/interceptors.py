@@ -113,6 +113,11 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
+    @property
+    def wrapped(self) -> int:
+        """Handlers wrapped so far: at most one per method the server serves."""
+        return len(self._handlers)
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
