@@ -139,7 +139,8 @@ class LoadClient:
         return {"stats": dict(self.stats), "errors": self.errors[:20]}
 
     async def _task(self, deadline: float) -> None:
-        names, weights = list(SCENARIOS), list(SCENARIOS.values())
+        mix = self.cfg["scenarios"]
+        names, weights = list(mix), list(mix.values())
         while time.time() < deadline:
             name = self.rng.choices(names, weights)[0]
             try:
@@ -416,6 +417,17 @@ def ledger_violations(broker) -> list[str]:
     return list(reply.violations)
 
 
+def scenario_mix(text: str) -> dict[str, int]:
+    mix = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        if name not in SCENARIOS or not weight.isdigit():
+            raise argparse.ArgumentTypeError(f"{part!r}: want NAME=WEIGHT, NAME one of "
+                                             f"{', '.join(SCENARIOS)}")
+        mix[name] = int(weight)
+    return mix
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="load duration (10)")
@@ -435,6 +447,10 @@ def main() -> int:
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
                         help="trace Python allocations in broker and worker and print the "
                              "sites that grew most (0: off)")
+    parser.add_argument("--scenarios", type=scenario_mix, default=SCENARIOS,
+                        metavar="NAME=WEIGHT,...",
+                        help="the scenario mix, to find which load grows memory (default: "
+                             + ",".join(f"{k}={v}" for k, v in SCENARIOS.items()) + ")")
     parser.add_argument("--keep", action="store_true",
                         help="keep the data directory and logs (printed at the end)")
     args = parser.parse_args()
@@ -480,7 +496,7 @@ def main() -> int:
         for i, tenant in enumerate(tenants):
             cfg = {**tenant, "broker": broker.target, "worker": worker.target,
                    "worker_id": worker.worker_id, "worker_key": creds["worker_api_key"],
-                   "meter_worker_id": meter_worker}
+                   "meter_worker_id": meter_worker, "scenarios": args.scenarios}
             process = ctx.Process(target=client_main, name=f"soak-client-{i}",
                                   args=(cfg, 1000 + i, deadline, args.concurrency, results))
             process.start()
@@ -598,7 +614,7 @@ def main() -> int:
         "minutes": args.minutes, "clients": args.clients, "concurrency": args.concurrency,
         "elapsed_s": round(elapsed, 1), "ops": stats["ops"],
         "ops_per_s": round(ops_per_s, 2), "rpcs_per_s": round(stats["rpcs"] / elapsed, 1),
-        "scenarios": {k: stats[k] for k in SCENARIOS},
+        "scenarios": {k: stats[k] for k in args.scenarios},
         "worker_busy": stats["worker_busy"], "hung_up": stats["hung_up"],
         "errors": stats["errors"], "error_samples": errors[:10],
         "broker_rss_mb": memory(rss, last_third_rise(samples, "rss", duration),
