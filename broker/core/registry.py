@@ -107,7 +107,7 @@ class Liveness:
 
     lease_ms: int
     _expiry: MutableMapping[str, int] = field(default_factory=dict)
-    _pruned_size: int = 0
+    _pruned_size: int = field(default=0, init=False, repr=False)  # live at the last pruning
 
     @property
     def size(self) -> int:
