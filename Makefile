@@ -56,13 +56,15 @@ console-screenshots: $(STAMP) $(CHROMIUM)
 test: $(STAMP) $(NODE_STAMP) $(CHROMIUM) check-stubs
 	$(BIN)/python -m pytest -q
 
-## crash-test: SIGKILL a loaded broker 30 times; every acknowledged operation must survive
+## crash-test: SIGKILL a loaded broker 30 times, then a prefork one (its whole process group) 30 times; every acknowledged operation must survive
 crash-test: $(STAMP)
 	$(BIN)/python scripts/crash_test.py
+	$(BIN)/python scripts/crash_test.py --processes 2
 
-## soak: 10 min of mixed load on a real broker and worker; fails if its RSS or fds grow >10%
+## soak: 10 min (SOAK_MINUTES) of mixed load on a real broker and worker; fails if their memory or fds grow >10% or still rise at the end
+SOAK_MINUTES ?= 10
 soak: $(STAMP)
-	$(BIN)/python scripts/soak.py
+	$(BIN)/python scripts/soak.py --minutes $(SOAK_MINUTES)
 
 ## bench: throughput and latency against a bare grpc.aio echo server (< 10 min; bench/results.json)
 bench: $(STAMP)

@@ -189,8 +189,8 @@ class Broker:
         if released:
             log.info("resolved %d holds that timed out while the broker was down", released)
         # The observer first: it sees the final status of every call, refused ones too.
-        interceptors = [ObservingInterceptor(self.metrics.rpc, logging.getLogger("broker.rpc")),
-                        UndecodableRequestInterceptor()]
+        observer = ObservingInterceptor(self.metrics.rpc, logging.getLogger("broker.rpc"))
+        interceptors = [observer, UndecodableRequestInterceptor()]
         self.server = grpc.aio.server(interceptors=interceptors, options=[
             # A second broker on the same port must fail to bind; the server processes of
             # one prefork broker share it (serve_processes checked that it was free).
@@ -202,6 +202,13 @@ class Broker:
         for pb2, service, pb2_grpc, servicer in SERVICES:
             getattr(pb2_grpc, f"add_{service}Servicer_to_server")(servicer(self.services), server)
             names.append(pb2.DESCRIPTOR.services_by_name[service].full_name)
+        # Health (Check, Watch) and reflection come on top of our services' methods.
+        methods = 3 + sum(len(pb2.DESCRIPTOR.services_by_name[name].methods)
+                          for pb2, name, _, _ in SERVICES)
+        self.metrics.watch_tables(lambda: {
+            **self.services.memory_tables(),
+            "rpc_handlers": (observer.wrapped, methods),
+            "rpc_label_sets": (self.metrics.rpc.label_sets, None)})
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -387,10 +394,16 @@ def serve_processes(data_dir: DataDir, config: CoreConfig, settings: BrokerSetti
 
 def _reserve_port(listen: str) -> str:
     """`listen` with a concrete port, after checking nothing else listens there (our
-    servers bind with SO_REUSEPORT, which would let them join another's port)."""
+    servers bind with SO_REUSEPORT, which would let them join another's port).
+
+    The probe binds with SO_REUSEADDR, as the servers do: on Linux that bind fails only
+    if a socket is listening on the port, not for the connections a killed broker left
+    in TIME-WAIT (without it, a prefork broker could not restart for a minute after a
+    crash that left connections open)."""
     host, _, port = listen.rpartition(":")
     family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host.strip("[]"), int(port)))
         except (OSError, ValueError) as error:

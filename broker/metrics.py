@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -72,6 +72,27 @@ class LedgerCollector(Collector):
                 "the broker started, by kind.", "kind", t.events)
 
 
+class MemoryTablesCollector(Collector):
+    """Size and limit of each table the broker keeps in memory (docs/reliability.md,
+    "Memory"), read when scraped from `tables()`: name -> (entries, limit or None)."""
+
+    def __init__(self, tables: Callable[[], dict[str, tuple[int, int | None]]]):
+        self._tables = tables
+
+    def collect(self) -> Iterator[Metric]:
+        entries = GaugeMetricFamily("broker_memory_table_entries", "Entries in each table "
+                                    "kept in memory, by table.", labels=["table"])
+        limits = GaugeMetricFamily("broker_memory_table_limit", "Most entries each table kept "
+                                   "in memory may hold (tables bounded by a number).",
+                                   labels=["table"])
+        for name, (size, limit) in sorted(self._tables().items()):
+            entries.add_metric([name], size)
+            if limit is not None:
+                limits.add_metric([name], limit)
+        yield entries
+        yield limits
+
+
 def _labelled_counter(name: str, documentation: str, label: str,
                       counts: dict[str, int]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, documentation, labels=[label])
@@ -118,6 +139,9 @@ class BrokerMetrics:
 
     def watch_ledger(self, store: Store) -> None:
         self.registry.register(LedgerCollector(store))
+
+    def watch_tables(self, tables: Callable[[], dict[str, tuple[int, int | None]]]) -> None:
+        self.registry.register(MemoryTablesCollector(tables))
 
     def alert(self, kind: str) -> None:
         self._alerts.labels(kind).inc()

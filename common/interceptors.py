@@ -35,7 +35,7 @@ SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
 
 
 class RpcObserver(Protocol):
-    """Where the RPC metrics go (broker.metrics.RpcMetrics)."""
+    """Where the RPC metrics go (common.metrics.RpcMetrics)."""
 
     def started(self, kind: str, service: str, method: str) -> None: ...
 
@@ -112,6 +112,11 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self) -> None:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    @property
+    def wrapped(self) -> int:
+        """Handlers wrapped so far: at most one per method the server serves."""
+        return len(self._handlers)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)

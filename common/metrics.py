@@ -29,6 +29,11 @@ class RpcMetrics:
         self._in_flight = Gauge("grpc_server_in_flight", "RPCs running now.", labels,
                                 registry=registry)
 
+    @property
+    def label_sets(self) -> int:
+        """Label combinations of grpc_server_handled so far (methods x codes seen)."""
+        return len(self._handled._metrics)  # noqa: SLF001 - prometheus_client keeps no count
+
     def started(self, kind: str, service: str, method: str) -> None:
         self._started.labels(kind, service, method).inc()
         self._in_flight.labels(kind, service, method).inc()

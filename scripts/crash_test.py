@@ -1,6 +1,6 @@
 """`make crash-test`: SIGKILL a loaded broker again and again; nothing acknowledged is lost.
 
-    python scripts/crash_test.py [--kills 30] [--clients 4] [--seed N] [--keep]
+    python scripts/crash_test.py [--kills 30] [--clients 4] [--processes 1] [--seed N] [--keep]
 
 A real broker (`broker serve --demo`) runs on a fresh data directory. Several client
 processes (this script, in client mode) each own a wallet and run concurrent lanes of
@@ -10,7 +10,11 @@ finish (settle), abandon a session with a short hold, and leave short holds
 1.5 s after each start, so many kills land inside a group commit), sometimes left down
 longer than the short holds live (and then, half the time, also killed once while it is
 starting up, not counted in --kills), and restarted on the same data directory and port.
-Clients retry through every outage with the same request_id.
+Clients retry through every outage with the same request_id. With `--processes N` the
+broker is a prefork one (`broker serve --processes N`) in its own process group, and
+each kill is a SIGKILL to the whole group (parent and servers at once, as a power cut or
+an OOM kill of its cgroup would), with the clients' connections open: the restart must
+not be refused for the old connections left in TIME-WAIT on the port.
 
 Each client appends every operation whose reply it received to its own JSON-lines log
 (flush + fsync per line). After the last restart and a pause for the expiry sweep,
@@ -46,7 +50,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -60,6 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from broker.v1 import admin_service_pb2 as admin_pb  # noqa: E402
 from broker.v1 import admin_service_pb2_grpc as admin_grpc  # noqa: E402
@@ -445,7 +449,9 @@ class Run:
     def __init__(self, args, work: Path):
         self.args, self.work = args, work
         self.rng = random.Random(args.seed)
-        self.broker = BrokerProcess(work / "data", free_port())
+        prefork = ("--processes", str(args.processes)) if args.processes > 1 else ()
+        self.broker = BrokerProcess(work / "data", free_port(), extra_args=prefork,
+                                    own_group=bool(prefork))
         self.kills = 0
         self.violations: list[str] = []
         self.clients: list[dict] = []
@@ -518,6 +524,7 @@ class Run:
                 self.violations.append(f"broker exited by itself ({self.broker.proc.returncode})")
                 self.broker.start()
                 continue
+            idle = self.idle_connection() if self.args.processes > 1 else None
             self.broker.kill()
             self.kills += 1
             # Now and then stay down longer than the short holds live.
@@ -532,7 +539,17 @@ class Run:
                 self.violations.append(f"broker did not restart after kill {self.kills}: "
                                        f"{str(error)[-500:]}")
                 raise
+            if idle is not None:
+                idle.close()
             self.say(f"kill {self.kills}: down {down:.2f} s")
+
+    def idle_connection(self) -> grpc.Channel:
+        """A connection that is open and quiet when the broker dies: the killed server's
+        end of it is left in TIME-WAIT, which must not stop the restart (the busy
+        clients' connections are usually reset instead)."""
+        channel = grpc.insecure_channel(self.broker.target)
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        return channel
 
     def kill_while_starting(self) -> None:
         """SIGKILL a broker that is still starting (opening the store, resolving the holds
@@ -547,8 +564,7 @@ class Run:
         time.sleep(self.rng.uniform(0.08, 0.25))
         proc = self.broker.proc
         if proc is not old and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
+            self.broker.kill()  # the process group too, for a prefork broker
             self.startup_kills += 1
         starter.join()
         if self.broker.proc.poll() is None:  # it was ready before the kill: stop it too
@@ -825,6 +841,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=30, help="SIGKILLs to deliver (30)")
     parser.add_argument("--clients", type=int, default=4, help="client processes (4)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="server processes of the broker; above 1, each kill takes the "
+                             "whole process group (1)")
     parser.add_argument("--lanes", type=int, default=LANES,
                         help=f"concurrent flows per client ({LANES})")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")

@@ -1,28 +1,43 @@
-"""Soak test: mixed load on a real broker process and a real worker process, watching the
-broker's memory and open file descriptors for leaks.
+"""Soak test: mixed load on a real broker process and a real worker process, watching
+their memory and open file descriptors for leaks.
 
     .venv/bin/python scripts/soak.py [--minutes 10] [--clients 3] [--concurrency 4]
+                                     [--tracemalloc FRAMES]
 
 A few client processes (each with a few concurrent tasks) run random scenarios until
 the time is up: authorize + cancel, authorize + Execute (generate and burn jobs) at the
 worker's WorkerService, an agent hanging up mid-job, metering sessions driven straight
 at the broker (usage reports, finish), sessions abandoned to the hold's expiry, holds
 left to expire, and reads (balances, wallets, transfers, authorizations, receipts,
-offers). Meanwhile the broker's VmRSS (split into RssAnon and RssFile) and its open
-fds are sampled every few seconds from /proc. After a warm-up (the first 20% of the
-run), the mean of the first third of the samples is compared with the mean of the last
-third: memory and fds must stay within 10%. The ledger audit (GetLedgerSummary) must be
-clean at the end and no scenario may fail unexpectedly.
+offers). Meanwhile the broker's and the worker's VmRSS (split into RssAnon and RssFile)
+and open fds are sampled every few seconds from /proc. Two checks, after a warm-up
+(the first 20% of the run):
+
+- growth: the mean of the first third of the samples against the mean of the last
+  third must stay within --tolerance (10%), for memory and fds;
+- flat curve: a straight line fitted (least squares) to the memory samples of the last
+  third of the run must not rise by more than --slope-tolerance (3%) of their mean
+  across that third. The slope is printed in MB per hour.
+
+The ledger audit (GetLedgerSummary) must be clean at the end and no scenario may fail
+unexpectedly.
 
 Which memory: VmRSS counts the pages of the memory-mapped LMDB file (RssFile) that the
 broker has touched, and the ledger is append-only, so that part grows with the data
 (about 10 KB per scenario here) by design: it is page cache the kernel can reclaim, not
-a leak. The verdict therefore uses the broker's own memory, VmRSS minus RssFile
-(RssAnon + RssShmem); `--memory vmrss` checks the raw VmRSS instead. Both are printed.
+a leak. The verdict therefore uses the processes' own memory, VmRSS minus RssFile
+(RssAnon + RssShmem), and for the worker also minus its model weights (the parameter
+counts of GetCapabilities, 4 bytes each: loaded once at start, on the CPU here);
+`--memory vmrss` checks the broker's raw VmRSS instead. Both are printed.
 
-Prints one summary line and one JSON line; exits 1 on growth beyond the tolerance, an
+`--tracemalloc FRAMES` runs broker and worker with tracemalloc (FRAMES frames per
+allocation; slower) through scripts/tracemalloc_probe, which writes a snapshot every
+minute, and prints the allocation sites that grew most between the first snapshot after
+the warm-up and the last: where Python memory goes (not grpc's or LMDB's C heap).
+
+Prints one summary line and one JSON line; exits 1 on growth beyond the tolerances, an
 unexpected error or a ledger violation (2 when the processes cannot be started).
-Not part of `make test`: run it with `make soak`.
+Not part of `make test`: run it with `make soak` (`make soak MINUTES=30`).
 """
 
 from __future__ import annotations
@@ -124,7 +139,8 @@ class LoadClient:
         return {"stats": dict(self.stats), "errors": self.errors[:20]}
 
     async def _task(self, deadline: float) -> None:
-        names, weights = list(SCENARIOS), list(SCENARIOS.values())
+        mix = self.cfg["scenarios"]
+        names, weights = list(mix), list(mix.values())
         while time.time() < deadline:
             name = self.rng.choices(names, weights)[0]
             try:
@@ -302,6 +318,59 @@ def flatness(values: list[float]) -> dict:
             "max": max(values), "min": min(values)}
 
 
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (t, value) points, per second (0 for fewer than 2)."""
+    if len(points) < 2:
+        return 0.0
+    return statistics.linear_regression([t for t, _ in points], [v for _, v in points]).slope
+
+
+def last_third_rise(samples: list[dict], key: str, duration: float) -> dict:
+    """The fitted line over the last third of the run: its slope (MB per hour) and how
+    far it rises across that third, relative to the mean there."""
+    points = [(s["t"], s[key]) for s in samples if s["t"] >= duration * 2 / 3]
+    per_s = slope(points)
+    span = points[-1][0] - points[0][0] if len(points) > 1 else 0.0
+    mean = statistics.fmean(v for _, v in points) if points else 0.0
+    return {"mb_per_hour": per_s * 3600 / 2**20, "points": len(points),
+            "rise": per_s * span / mean if mean else 0.0}
+
+
+def model_weight_bytes(worker) -> int:
+    """The worker's model weights, loaded once at start: parameters x 4 bytes (float32)."""
+    with grpc.insecure_channel(worker.target) as channel:
+        caps = worker_grpc.WorkerServiceStub(channel).GetCapabilities(
+            worker_pb.GetCapabilitiesRequest(), timeout=10).capabilities
+    return 4 * sum(size.parameters for size in caps.model_sizes)
+
+
+def tracemalloc_report(directory: Path, pid: int, after_s: float, limit: int = 15) -> str:
+    """The allocation sites of `pid` that grew most between its first snapshot taken
+    after `after_s` seconds and its last one."""
+    import tracemalloc
+
+    snaps = sorted((float(p.stem.split("-")[1]), p) for p in directory.glob(f"{pid}-*.snap"))
+    later = [p for t, p in snaps if t >= after_s]
+    if len(later) < 2:
+        return f"  (pid {pid}: fewer than two snapshots after the warm-up)"
+    first = tracemalloc.Snapshot.load(str(later[0]))
+    last = tracemalloc.Snapshot.load(str(later[-1]))
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__),
+              tracemalloc.Filter(False, "<frozen importlib._bootstrap*>")]
+    first, last = first.filter_traces(ignore), last.filter_traces(ignore)
+    group = "traceback" if last.traceback_limit > 1 else "lineno"
+    lines = [f"  pid {pid}: traced {sum(t.size for t in first.traces) / 2**20:.2f} -> "
+             f"{sum(t.size for t in last.traces) / 2**20:.2f} MB between "
+             f"{later[0].stem.split('-')[1].lstrip('0')} s and "
+             f"{later[-1].stem.split('-')[1].lstrip('0')} s"]
+    for diff in last.compare_to(first, group)[:limit]:
+        lines.append(f"  {diff.size_diff / 1024:+9.1f} KiB {diff.count_diff:+7d} blocks  "
+                     f"(now {diff.size / 1024:.1f} KiB)")
+        for frame in list(diff.traceback)[-8:]:  # the innermost frames
+            lines.append(f"      {frame.filename}:{frame.lineno}")
+    return "\n".join(lines)
+
+
 def setup_tenants(broker, count: int) -> tuple[list[dict], str]:
     """One tenant per client process, and a worker id for directly driven sessions."""
     creds = broker.credentials
@@ -348,6 +417,17 @@ def ledger_violations(broker) -> list[str]:
     return list(reply.violations)
 
 
+def scenario_mix(text: str) -> dict[str, int]:
+    mix = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        if name not in SCENARIOS or not weight.isdigit():
+            raise argparse.ArgumentTypeError(f"{part!r}: want NAME=WEIGHT, NAME one of "
+                                             f"{', '.join(SCENARIOS)}")
+        mix[name] = int(weight)
+    return mix
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="load duration (10)")
@@ -355,12 +435,22 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4,
                         help="concurrent scenarios per client process (4)")
     parser.add_argument("--sample-s", type=float, default=5.0,
-                        help="seconds between samples of the broker's RSS and fds (5)")
+                        help="seconds between samples of memory and fds (5)")
     parser.add_argument("--tolerance", type=float, default=0.10,
                         help="largest allowed growth after the warm-up (0.10)")
+    parser.add_argument("--slope-tolerance", type=float, default=0.03,
+                        help="largest allowed rise of the line fitted to the memory of the "
+                             "last third of the run, relative to its mean (0.03)")
     parser.add_argument("--memory", choices=("private", "vmrss"), default="private",
-                        help="memory figure the verdict checks: VmRSS minus the LMDB "
+                        help="broker memory figure the verdict checks: VmRSS minus the LMDB "
                              "file pages (private, the default) or the raw VmRSS")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                        help="trace Python allocations in broker and worker and print the "
+                             "sites that grew most (0: off)")
+    parser.add_argument("--scenarios", type=scenario_mix, default=SCENARIOS,
+                        metavar="NAME=WEIGHT,...",
+                        help="the scenario mix, to find which load grows memory (default: "
+                             + ",".join(f"{k}={v}" for k, v in SCENARIOS.items()) + ")")
     parser.add_argument("--keep", action="store_true",
                         help="keep the data directory and logs (printed at the end)")
     args = parser.parse_args()
@@ -369,22 +459,35 @@ def main() -> int:
     from tests.integration.worker_process import WorkerProcess
 
     workdir = Path(tempfile.mkdtemp(prefix="broker-soak-"))
+    traces = workdir / "tracemalloc"
+    if args.tracemalloc:  # inherited by the broker and worker started below
+        traces.mkdir()
+        probe = str(ROOT / "scripts" / "tracemalloc_probe")
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, (probe, os.environ.get("PYTHONPATH"))))
+        os.environ.update(SOAK_TRACEMALLOC_DIR=str(traces),
+                          SOAK_TRACEMALLOC_FRAMES=str(args.tracemalloc))
     broker = worker = None
     clients: list = []
     try:
         try:
-            broker = BrokerProcess(workdir / "broker").start()
+            broker = BrokerProcess(workdir / "broker")  # assigned first: stopped if it fails
+            broker.start()
             creds = broker.credentials
             worker = WorkerProcess(broker.target, workdir / "worker", creds["worker_api_key"],
                                    creds["agent_api_key"],
-                                   config={"max_concurrent_jobs": 4,
-                                           "report_every_tokens": 8}).start()
+                                   config={"max_concurrent_jobs": 4, "report_every_tokens": 8})
+            worker.start()
             tenants, meter_worker = setup_tenants(broker, args.clients)
+            weights = model_weight_bytes(worker)
         except Exception as error:  # noqa: BLE001
             print(f"soak: cannot start the broker and worker: {describe(error)}",
                   file=sys.stderr)
             return 2
-        pid = broker.proc.pid
+        finally:
+            for name in ("SOAK_TRACEMALLOC_DIR", "SOAK_TRACEMALLOC_FRAMES"):
+                os.environ.pop(name, None)  # not for the client processes
+        pid, worker_pid = broker.proc.pid, worker.proc.pid
         duration = args.minutes * 60
         start = time.time()
         deadline = start + duration
@@ -393,26 +496,32 @@ def main() -> int:
         for i, tenant in enumerate(tenants):
             cfg = {**tenant, "broker": broker.target, "worker": worker.target,
                    "worker_id": worker.worker_id, "worker_key": creds["worker_api_key"],
-                   "meter_worker_id": meter_worker}
+                   "meter_worker_id": meter_worker, "scenarios": args.scenarios}
             process = ctx.Process(target=client_main, name=f"soak-client-{i}",
                                   args=(cfg, 1000 + i, deadline, args.concurrency, results))
             process.start()
             clients.append(process)
         print(f"soak: {args.minutes:g} min, {args.clients} clients x {args.concurrency} "
-              f"tasks against broker pid {pid} and worker pid {worker.proc.pid}",
-              file=sys.stderr)
+              f"tasks against broker pid {pid} and worker pid {worker_pid}", file=sys.stderr)
+
+        def sample() -> dict:
+            w = proc_sample(worker_pid)
+            return {"t": time.time() - start, **proc_sample(pid), "worker_private":
+                    w["private"] - weights, "worker_fds": w["fds"], "worker_rss": w["rss"]}
 
         samples = []
         next_report = start + 60
         while time.time() < deadline:
-            samples.append({"t": time.time() - start, **proc_sample(pid)})
+            samples.append(sample())
             if time.time() >= next_report:
                 s = samples[-1]
-                print(f"  {s['t']:6.0f} s  VmRSS {s['rss'] / 2**20:6.1f} MB (private "
-                      f"{s['private'] / 2**20:5.1f} MB)  fds {s['fds']}", file=sys.stderr)
+                print(f"  {s['t']:6.0f} s  broker VmRSS {s['rss'] / 2**20:6.1f} MB (private "
+                      f"{s['private'] / 2**20:5.1f} MB)  fds {s['fds']}; worker private "
+                      f"{s['worker_private'] / 2**20:6.1f} MB  fds {s['worker_fds']}",
+                      file=sys.stderr)
                 next_report += 60
             time.sleep(min(args.sample_s, max(0.0, deadline - time.time())))
-        samples.append({"t": time.time() - start, **proc_sample(pid)})
+        samples.append(sample())
 
         outcomes = [results.get(timeout=180) for _ in clients]
         for process in clients:
@@ -423,7 +532,6 @@ def main() -> int:
         for outcome in outcomes:
             stats.update(outcome["stats"])
             errors += outcome["errors"]
-        worker_sample = proc_sample(worker.proc.pid)
         violations = ledger_violations(broker)
         broker_alive, worker_alive = broker.proc.poll() is None, worker.alive()
     finally:
@@ -438,7 +546,8 @@ def main() -> int:
         if broker is not None:
             broker.stop()
 
-    post = [s for s in samples if s["t"] >= WARMUP_FRACTION * duration]
+    warmup_s = WARMUP_FRACTION * duration
+    post = [s for s in samples if s["t"] >= warmup_s]
     if len(post) < 3:
         print(f"soak: only {len(post)} samples after the warm-up; use a longer run or a "
               "shorter --sample-s", file=sys.stderr)
@@ -446,14 +555,23 @@ def main() -> int:
     rss = flatness([s["rss"] for s in post])
     private = flatness([s["private"] for s in post])
     fds = flatness([s["fds"] for s in post])
-    warmup = [s for s in samples if s["t"] < WARMUP_FRACTION * duration] or samples[:1]
+    w_private = flatness([s["worker_private"] for s in post])
+    w_fds = flatness([s["worker_fds"] for s in post])
+    checked_key = "private" if args.memory == "private" else "rss"
+    rise = last_third_rise(samples, checked_key, duration)
+    w_rise = last_third_rise(samples, "worker_private", duration)
+    warmup = [s for s in samples if s["t"] < warmup_s] or samples[:1]
     failures = []
     checked = private if args.memory == "private" else rss
-    if checked["growth"] > args.tolerance:
-        failures.append(f"{'private memory' if checked is private else 'VmRSS'} grew "
-                        f"{checked['growth']:+.1%}")
-    if fds["growth"] > args.tolerance:
-        failures.append(f"fds grew {fds['growth']:+.1%}")
+    label = "broker private memory" if checked is private else "broker VmRSS"
+    for name, figures in ((label, checked), ("broker fds", fds),
+                          ("worker private memory", w_private), ("worker fds", w_fds)):
+        if figures["growth"] > args.tolerance:
+            failures.append(f"{name} grew {figures['growth']:+.1%}")
+    for name, line in ((label, rise), ("worker private memory", w_rise)):
+        if line["rise"] > args.slope_tolerance:
+            failures.append(f"{name} still rising over the last third ({line['rise']:+.1%}, "
+                            f"{line['mb_per_hour']:+.1f} MB/h)")
     if stats["errors"]:
         failures.append(f"{stats['errors']} scenarios failed")
     if violations:
@@ -463,40 +581,61 @@ def main() -> int:
     ops_per_s = stats["ops"] / elapsed
     verdict = "FAIL: " + "; ".join(failures) if failures else "PASS"
     mb = 2**20
+    if args.tracemalloc:
+        print("soak: Python allocations that grew most after the warm-up (tracemalloc)",
+              file=sys.stderr)
+        for who, p in (("broker", pid), ("worker", worker_pid)):
+            print(f" {who}:\n{tracemalloc_report(traces, p, warmup_s)}", file=sys.stderr)
     print(f"soak {args.minutes:g} min: {stats['ops']} scenarios ({ops_per_s:.1f}/s, "
           f"{stats['rpcs'] / elapsed:.0f} RPCs/s), {stats['errors']} errors; broker "
           f"private memory {private['first'] / mb:.1f} -> {private['last'] / mb:.1f} MB "
-          f"({private['growth']:+.1%}), VmRSS {rss['first'] / mb:.1f} -> "
+          f"({private['growth']:+.1%}; last third {rise['mb_per_hour']:+.2f} MB/h, "
+          f"{rise['rise']:+.1%}), VmRSS {rss['first'] / mb:.1f} -> "
           f"{rss['last'] / mb:.1f} MB ({rss['growth']:+.1%}, of it LMDB file pages "
           f"{post[-1]['rss_file'] / mb:.1f} MB at the end), fds {fds['first']:.0f} -> "
-          f"{fds['last']:.0f} ({fds['growth']:+.1%}); ledger "
+          f"{fds['last']:.0f} ({fds['growth']:+.1%}); worker private memory less "
+          f"{weights / mb:.1f} MB of weights {w_private['first'] / mb:.1f} -> "
+          f"{w_private['last'] / mb:.1f} MB ({w_private['growth']:+.1%}; last third "
+          f"{w_rise['mb_per_hour']:+.2f} MB/h, {w_rise['rise']:+.1%}), fds "
+          f"{w_fds['first']:.0f} -> {w_fds['last']:.0f}; ledger "
           f"{'clean' if not violations else 'VIOLATED'}: {verdict}")
+
+    def memory(figures: dict, line: dict, first: float) -> dict:
+        return {"warmup_start": round(first / mb, 1), "start": round(figures["first"] / mb, 1),
+                "end": round(figures["last"] / mb, 1), "max": round(figures["max"] / mb, 1),
+                "growth": round(figures["growth"], 4),
+                "last_third_mb_per_hour": round(line["mb_per_hour"], 3),
+                "last_third_rise": round(line["rise"], 4)}
+
+    by_minute = {}
+    for s in samples:  # the last sample of each minute
+        by_minute[int(s["t"] // 60)] = s
     print(json.dumps({
         "minutes": args.minutes, "clients": args.clients, "concurrency": args.concurrency,
         "elapsed_s": round(elapsed, 1), "ops": stats["ops"],
         "ops_per_s": round(ops_per_s, 2), "rpcs_per_s": round(stats["rpcs"] / elapsed, 1),
-        "scenarios": {k: stats[k] for k in SCENARIOS},
+        "scenarios": {k: stats[k] for k in args.scenarios},
         "worker_busy": stats["worker_busy"], "hung_up": stats["hung_up"],
         "errors": stats["errors"], "error_samples": errors[:10],
-        "broker_rss_mb": {"warmup_start": round(warmup[0]["rss"] / mb, 1),
-                          "start": round(rss["first"] / mb, 1),
-                          "end": round(rss["last"] / mb, 1),
-                          "max": round(rss["max"] / mb, 1), "growth": round(rss["growth"], 4)},
-        "broker_private_mb": {"warmup_start": round(warmup[0]["private"] / mb, 1),
-                              "start": round(private["first"] / mb, 1),
-                              "end": round(private["last"] / mb, 1),
-                              "max": round(private["max"] / mb, 1),
-                              "growth": round(private["growth"], 4)},
+        "broker_rss_mb": memory(rss, last_third_rise(samples, "rss", duration),
+                                warmup[0]["rss"]),
+        "broker_private_mb": memory(private, last_third_rise(samples, "private", duration),
+                                    warmup[0]["private"]),
         "broker_rss_file_mb_end": round(post[-1]["rss_file"] / mb, 1),
         "memory_checked": args.memory,
         "broker_fds": {"warmup_start": warmup[0]["fds"], "start": round(fds["first"], 1),
                        "end": round(fds["last"], 1), "max": fds["max"],
                        "growth": round(fds["growth"], 4)},
-        "worker_rss_mb_end": round(worker_sample["rss"] / mb, 1),
-        "worker_fds_end": worker_sample["fds"],
+        "worker_private_mb": memory(w_private, w_rise, warmup[0]["worker_private"]),
+        "worker_weights_mb": round(weights / mb, 2),
+        "worker_rss_mb_end": round(post[-1]["worker_rss"] / mb, 1),
+        "worker_fds": {"start": round(w_fds["first"], 1), "end": round(w_fds["last"], 1)},
+        "private_mb_by_minute": {
+            "broker": [round(s["private"] / mb, 1) for s in by_minute.values()],
+            "worker": [round(s["worker_private"] / mb, 1) for s in by_minute.values()]},
         "samples": len(samples), "samples_after_warmup": len(post),
-        "tolerance": args.tolerance, "ledger_violations": violations[:10],
-        "passed": not failures}))
+        "tolerance": args.tolerance, "slope_tolerance": args.slope_tolerance,
+        "ledger_violations": violations[:10], "passed": not failures}))
     if args.keep:
         print(f"soak: data and logs kept in {workdir}", file=sys.stderr)
     else:

@@ -25,10 +25,13 @@ def exported_names(registry) -> set[str]:
 def test_every_family_is_documented():
     broker = BrokerMetrics()
     broker.watch_ledger(MemoryStore())
+    broker.watch_tables(lambda: {"rate_buckets": (0, 10)})
     worker = WorkerMetrics(CPU, "cpu")
+    worker.watch_cache(lambda: 0, 10)
     names = exported_names(broker.registry) | exported_names(worker.registry)
     assert {"grpc_server_handled_total", "broker_settlements_total", "broker_alerts_total",
-            "worker_gpu_utilization_ratio", "worker_info"} <= names
+            "worker_gpu_utilization_ratio", "worker_info", "broker_memory_table_entries",
+            "worker_result_cache_entries"} <= names
     text = OPERATIONS.read_text()
     missing = sorted(n for n in names if f"| `{n}` |" not in text)
     assert not missing, f"not in the metrics tables of {OPERATIONS}: {missing}"

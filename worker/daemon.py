@@ -88,6 +88,7 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
                                 config.prices, bytes(usage_key.verify_key), state / "worker-id")
     worker_id = await registration.register()
     cache = ResultCache(state / "cache")
+    metrics.watch_cache(lambda: cache.size, cache.max_entries)
     runner = JobRunner(runtime, lambda: make_meter(runtime.device),
                        VoucherVerifier(grpc_key_fetcher(key_channel)).verify,
                        BrokerAccess(channel, api_key, usage_key),

@@ -9,7 +9,7 @@ from NVML when scraped, on a worker whose device is a CUDA GPU (absent otherwise
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -76,6 +76,13 @@ class WorkerMetrics:
         nvml = _nvml() if device.startswith("cuda") else None
         index = int(device.partition(":")[2] or 0)
         r.register(GpuCollector(nvml, index))
+
+    def watch_cache(self, size: Callable[[], int], limit: int) -> None:
+        """The result cache's size (read when scraped) and bound."""
+        Gauge("worker_result_cache_entries", "Results in the local result cache.",
+              registry=self.registry).set_function(size)
+        Gauge("worker_result_cache_limit", "Most results the cache keeps (the oldest are "
+              "forgotten).", registry=self.registry).set(limit)
 
     def running(self) -> contextlib.AbstractContextManager:
         return self._running.track_inprogress()

@@ -84,6 +84,14 @@ class Services:
     limiter: rate_limits.RequestLimiter = field(default_factory=rate_limits.RequestLimiter)
     changes: Changes = field(default_factory=Changes)
 
+    def memory_tables(self) -> dict[str, tuple[int, int | None]]:
+        """What this process keeps in memory per caller or per worker: name -> (entries,
+        limit or None when bounded otherwise; docs/reliability.md, "Memory")."""
+        return {"rate_buckets": (self.limiter.size, rate_limits.MAX_BUCKETS),
+                "worker_leases": (self.liveness.size, None),
+                "watch_streams": (self.changes.watches, self.changes.max_watches),
+                "metering_streams": (self.streams.count, None)}
+
     def authenticate(self, context: grpc.aio.ServicerContext, *roles: str) -> Principal:
         secret = _bearer(context.invocation_metadata() or ())
 

@@ -104,6 +104,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     @streaming
     async def WatchAuthorization(self, request, context):
         p = self.s.authenticate(context, *READERS)
+        with self.s.changes.watching():
+            async for message in self._watch_authorization(p, request):
+                yield message
+
+    async def _watch_authorization(self, p, request):
         last = None
         while True:
             auth, approval = self.s.store.read(lambda tx: approvals.state_of(
@@ -139,6 +144,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     @streaming
     async def WatchAlerts(self, request, context):
         p = self.s.authenticate(context, *OVERSEERS)
+        with self.s.changes.watching():
+            async for message in self._watch_alerts(p, request):
+                yield message
+
+    async def _watch_alerts(self, p, request):
         after = pc.alert_seq(request.after_alert_id) if request.after_alert_id else \
             self.s.store.read(alerts.last_seq)
         first = True

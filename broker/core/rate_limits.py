@@ -13,7 +13,7 @@ Integer arithmetic: tokens are counted in 1/60000ths, so a bucket gains exactly
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -26,7 +26,12 @@ from .policy import effective
 T = TypeVar("T")
 
 UNIT = 60_000  # one request, in bucket units
-MAX_BUCKETS = 10_000  # beyond this, full (idle) buckets are forgotten
+# At most this many buckets are kept. Beyond it the full (idle) ones are forgotten, which
+# changes nothing (a new bucket starts full), and then, only if that is not enough, the
+# least recently used ones: such a key gets a fresh burst. Pruning goes down to
+# PRUNE_TO, so that it runs once per MAX_BUCKETS - PRUNE_TO new keys at most.
+MAX_BUCKETS = 10_000
+PRUNE_TO = 9_000
 
 
 @dataclass(frozen=True)
@@ -48,34 +53,45 @@ def request_rate(tx: Tx, principal: Principal) -> RequestRate | None:
                        limits["burst"] or limits["requests_per_minute"])
 
 
-class SharedBuckets(Protocol):
-    """Buckets kept outside this process (the server processes of a prefork broker)."""
+class Buckets(Protocol):
+    """key id -> [tokens in 1/60000ths, time of the last update in ms, per_minute, burst]:
+    a dict, or a table the server processes of a prefork broker share."""
 
     def update_value(self, key: str, change: Callable[[Any], tuple[Any, T]]) -> T:
         """Atomically replace the value under `key` by change(value or None)[0]; return
         change(...)[1]."""
 
+    def items(self) -> Iterable[tuple[str, Any]]: ...
+
+    def pop(self, key: str, default: Any = None) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+
+class LocalBuckets(dict):
+    """`Buckets` in this process's memory."""
+
+    def update_value(self, key: str, change: Callable[[Any], tuple[Any, T]]) -> T:
+        self[key], result = change(self.get(key))
+        return result
+
 
 class RequestLimiter:
-    def __init__(self, shared: SharedBuckets | None = None) -> None:
-        # key id -> (tokens in 1/60000ths, time of the last update in ms, its rate); or
-        # [tokens, time] per key in `shared`, when several processes serve one broker.
-        self._buckets: dict[str, tuple[int, int, RequestRate]] = {}
-        self._shared = shared
+    def __init__(self, buckets: Buckets | None = None) -> None:
+        self._buckets: Buckets = LocalBuckets() if buckets is None else buckets
+
+    @property
+    def size(self) -> int:
+        """How many buckets are kept now (at most MAX_BUCKETS)."""
+        return len(self._buckets)
 
     def admit(self, key_id: str, rate: RequestRate | None, now: int) -> None:
         """Take one token from the key's bucket, or raise RATE_LIMITED."""
         if rate is None:
             return
-        if self._shared is not None:
-            wait_ms = self._shared.update_value(
-                key_id, lambda kept: _take(None if kept is None else tuple(kept), rate, now))
-        else:
-            kept = self._buckets.get(key_id)
-            bucket, wait_ms = _take(kept and kept[:2], rate, now)
-            self._buckets[key_id] = (*bucket, rate)
-            if len(self._buckets) > MAX_BUCKETS:
-                self._forget_full(now)
+        wait_ms = self._buckets.update_value(key_id, lambda kept: _take(kept, rate, now))
+        if len(self._buckets) > MAX_BUCKETS:
+            self._prune(now)
         if wait_ms is not None:
             raise BrokerError(
                 Code.RESOURCE_EXHAUSTED, "RATE_LIMITED",
@@ -88,20 +104,27 @@ class RequestLimiter:
                                    f"{rate.per_minute} requests per minute, bursts of "
                                    f"{rate.burst}")])
 
-    def _forget_full(self, now: int) -> None:
-        # A bucket that has refilled is as good as a new one: dropping it changes nothing.
-        full = [key for key, (tokens, last, rate) in self._buckets.items()
-                if tokens + (now - last) * rate.per_minute >= rate.burst * UNIT]
-        for key in full:
-            del self._buckets[key]
+    def _prune(self, now: int) -> None:
+        kept = sorted(self._buckets.items(), key=lambda item: item[1][1])  # oldest first
+        full = [key for key, bucket in kept if _full(bucket, now)]
+        full_keys = set(full)
+        rest = [key for key, _ in kept if key not in full_keys]
+        for key in full + rest[:max(0, len(rest) - PRUNE_TO)]:
+            self._buckets.pop(key, None)  # another process may have dropped it first
 
 
-def _take(bucket: tuple[int, int] | None, rate: RequestRate,
-          now: int) -> tuple[tuple[int, int], int | None]:
+def _full(bucket: list[int], now: int) -> bool:
+    """A bucket that has refilled is as good as a new one: dropping it changes nothing."""
+    tokens, last, per_minute, burst = bucket
+    return tokens + max(0, now - last) * per_minute >= burst * UNIT
+
+
+def _take(bucket: list[int] | None, rate: RequestRate,
+          now: int) -> tuple[list[int], int | None]:
     """(the bucket after one request, None) or (the bucket, ms to wait) when empty."""
     capacity = rate.burst * UNIT
-    tokens, last = bucket or (capacity, now)
+    tokens, last = bucket[:2] if bucket else (capacity, now)
     tokens = min(capacity, tokens + max(0, now - last) * rate.per_minute)
     if tokens < UNIT:
-        return (tokens, now), -(-(UNIT - tokens) // rate.per_minute)
-    return (tokens - UNIT, now), None
+        return [tokens, now, rate.per_minute, rate.burst], -(-(UNIT - tokens) // rate.per_minute)
+    return [tokens - UNIT, now, rate.per_minute, rate.burst], None

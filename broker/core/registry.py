@@ -102,24 +102,37 @@ class Liveness:
     """Lease per worker: live until `lease_ms` after its last heartbeat.
 
     `_expiry` is a dict, or a table shared by the server processes of a prefork
-    broker (a heartbeat to one process must count in the offers of another)."""
+    broker (a heartbeat to one process must count in the offers of another). Its size
+    is bounded by the workers that heartbeated within the lease: expired leases are
+    dropped when offers are listed, and by a heartbeat once the table has doubled since
+    it was last pruned (workers that died without deregistering leave no trace)."""
 
     lease_ms: int
     _expiry: MutableMapping[str, int] = field(default_factory=dict)
+    _pruned_size: int = field(default=0, init=False, repr=False)  # live at the last pruning
+
+    @property
+    def size(self) -> int:
+        return len(self._expiry)
 
     def beat(self, worker_id: str, now: int) -> int:
-        self._expiry[worker_id] = now + self.lease_ms
-        return self._expiry[worker_id]
+        until = self._expiry[worker_id] = now + self.lease_ms
+        if len(self._expiry) > max(64, 2 * self._pruned_size):
+            self.live_ids(now)
+        return until
 
     def drop(self, worker_id: str) -> None:
         self._expiry.pop(worker_id, None)
 
     def live_ids(self, now: int) -> list[str]:
+        """The workers whose lease runs; drops the expired leases."""
         leases = list(self._expiry.items())
         for worker_id, until in leases:
             if until <= now:
                 self._expiry.pop(worker_id, None)  # another process may have dropped it first
-        return [worker_id for worker_id, until in leases if until > now]
+        live = [worker_id for worker_id, until in leases if until > now]
+        self._pruned_size = len(live)
+        return live
 
 
 def offers(tx: Tx, liveness: Liveness, now: int, resource_class: str, model: str) -> list[Record]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,12 +24,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies waiting to be reaped by
+    whoever inherited them do not count). Linux: reads /proc."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = stat.rpartition(")")[2].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
+
+
 class BrokerProcess:
     """`broker serve --demo` in a subprocess; stdout/stderr go to <data dir>.log. Its
     Prometheus endpoint is on a free port (`metrics_url`), not the default 9464."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, extra_args: tuple = ()):
+    def __init__(self, data_dir: Path, port: int | None = None, extra_args: tuple = (),
+                 own_group: bool = False):
         self.data_dir = Path(data_dir)
+        # Its own process group, so that kill() takes every process of a prefork broker
+        # at once (as a power cut or an OOM kill of its cgroup would).
+        self.own_group = own_group
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port()
@@ -44,7 +65,8 @@ class BrokerProcess:
              "--listen", self.target, "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
              "--demo", *self.extra_args],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            process_group=0 if self.own_group else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -75,10 +97,19 @@ class BrokerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, like a power cut for the process."""
+        """SIGKILL: no shutdown code runs, like a power cut for the process (for the whole
+        process group with `own_group`: a prefork broker's server processes too)."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        else:
+            self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+        if self.own_group:  # the server processes die with their group, not with the parent
+            deadline = time.monotonic() + 10
+            while _group_alive(self.proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def stop(self) -> int:
         if self.proc is None or self.proc.poll() is not None:

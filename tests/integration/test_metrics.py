@@ -125,6 +125,14 @@ def test_metrics_during_and_after_a_full_cycle(tmp_path):
     assert broker.value("broker_authorized_amount_total") == 1_000_000 + 500_000 + 123_456
     assert broker.value("broker_journal_entries_total", kind="session_settled") == 2
     assert broker.has("broker_alerts")  # declared; nothing raises alerts yet
+    # What the broker keeps in memory, and the bounds (docs/reliability.md, "Memory").
+    assert broker.value("broker_memory_table_entries", table="worker_leases") == 1
+    assert broker.value("broker_memory_table_entries", table="metering_streams") == 0
+    assert broker.value("broker_memory_table_entries", table="watch_streams") == 0
+    assert broker.value("broker_memory_table_limit", table="rate_buckets") == 10_000
+    handlers = broker.value("broker_memory_table_entries", table="rpc_handlers")
+    assert 3 <= handlers <= broker.value("broker_memory_table_limit", table="rpc_handlers")
+    assert worker.value("worker_result_cache_limit") == 10_000
 
     # The worker: RPCs, jobs, usage reports, device time, energy, GPU.
     assert worker.value("grpc_server_handled_total", **EXECUTE, grpc_code="OK") == 2

@@ -322,3 +322,47 @@ def test_a_key_rotated_on_one_process_signs_and_verifies_on_the_other(prefork):
     assert asyncio.run(redeem_on_b()).startswith("ses_")
     assert b.agent.get_authorization(on_a.authorization_id).state == \
         auth_pb.AUTHORIZATION_STATE_REDEEMED
+
+
+def _closing_on(port: int) -> list[str]:
+    """States of the sockets on `port` that a killed server left closing (FIN-WAIT,
+    TIME-WAIT): a plain bind() of the port fails while any is there."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and fields[3] in ("04", "05", "06"):
+                found.append(fields[3])
+    return found
+
+
+def test_killed_with_its_whole_process_group_it_restarts_at_once(tmp_path):
+    """A power cut or an OOM kill of the prefork broker's cgroup, with clients connected:
+    the port's old connections sit in TIME-WAIT, and the broker must start again at
+    once anyway (a supervisor restarts it)."""
+    broker = BrokerProcess(tmp_path / "data", extra_args=("--processes", "2"),
+                           own_group=True).start()
+    world = Prefork(broker)
+    again = None
+    try:
+        a, b = world.harnesses()  # one open connection to each server process
+        auth = a.agent.authorize(50_000, ttl_seconds=300)
+        assert b.agent.get_authorization(auth.authorization_id).amount == 50_000
+        broker.kill()  # SIGKILL to the parent and both servers at once
+        deadline = time.monotonic() + 10
+        while not _closing_on(broker.port):  # the clients answer the servers' FIN
+            assert time.monotonic() < deadline, "no connection left closing on the port"
+            time.sleep(0.01)
+        broker.start()
+        again = Prefork(broker)
+        c, d = again.harnesses()
+        assert c.agent.get_authorization(auth.authorization_id).state == \
+            auth_pb.AUTHORIZATION_STATE_HELD
+        assert d.agent.balance().pending == 50_000
+        assert list(c.summary().violations) == []
+    finally:
+        world.close()
+        if again is not None:
+            again.close()
+        code = broker.stop()
+    assert code == 0, broker.log()
