@@ -75,6 +75,9 @@ class LocalBuckets(dict):
         self[key], result = change(self.get(key))
         return result
 
+    def pop(self, key: str, default: Any = None) -> Any:
+        return super().pop(key, default)
+
 
 class RequestLimiter:
     def __init__(self, buckets: Buckets | None = None) -> None:
