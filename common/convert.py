@@ -91,7 +91,8 @@ def transfer(t: Record) -> wallet_pb.Transfer:
                               debit_account_id=t["debit_account_id"],
                               credit_account_id=t["credit_account_id"], amount=t["amount"],
                               kind=TRANSFER_KINDS[t["kind"]], pending_id=t["pending_id"],
-                              code=t["code"], create_time=timestamp(t["create_ms"]))
+                              code=t["code"], create_time=timestamp(t["create_ms"]),
+                              released=t.get("released", 0))
 
 
 def authorization(a: Record, *, voucher: str = "",
