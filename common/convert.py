@@ -128,9 +128,10 @@ def receipt(r: Record) -> res_pb.Receipt:
     if "usage" in r:  # the itemised part in clear
         msg.session_id = r["session_id"]
         msg.usage.CopyFrom(usage_to_proto(r["usage"]))
-        msg.prices.CopyFrom(prices_to_proto(r["prices"]))
         msg.outcome = r["outcome"]
         msg.settle_time.CopyFrom(timestamp(r["settle_ms"]))
+    if "worker_usage" in r:  # also beside a seal: what checks the charge
+        msg.prices.CopyFrom(prices_to_proto(r["prices"]))
         msg.worker_usage_payload = base64.b64decode(r["worker_usage"]["payload"])
         msg.worker_usage_signature = base64.b64decode(r["worker_usage"]["signature"])
     return msg

@@ -224,7 +224,7 @@ class CallGraph:
             self._partial.discard(key)
         else:
             self._memo[key] = out
-        return out
+        return list(out)
 
     def calls(self, key: str, target: str, seen: set[str] | None = None) -> bool:
         """Whether `key` reaches the function `target`."""
@@ -257,6 +257,8 @@ class CallGraph:
 # -- what each RPC can return ------------------------------------------------------------
 
 MUTATE = "broker.api.base:Services.mutate"
+# Run on every call before its handler: a request that does not decode (both servers).
+BEFORE_HANDLER = "common.undecodable:_undecodable"
 # The worker's Execute passes the broker's refusal of a redemption through unchanged.
 PASSED_THROUGH = {"worker.v1.WorkerService.Execute": "broker.v1.MeteringService.Meter"}
 
@@ -285,7 +287,9 @@ def rpcs(graph: CallGraph | None = None) -> list[Rpc]:
                 fields = {f.name for f in messages[method.input_type].field} \
                     if method.input_type in messages else set()
                 request_id = "request_id" in fields
-                out.append(Rpc(f"{full}.{method.name}", graph.reasons(key), request_id,
+                found = list(graph.reasons(BEFORE_HANDLER))
+                found += [r for r in graph.reasons(key) if r not in found]
+                out.append(Rpc(f"{full}.{method.name}", found, request_id,
                                request_id and graph.calls(key, MUTATE),
                                method.client_streaming or method.server_streaming))
     return sorted(out, key=lambda r: r.name)
@@ -389,8 +393,9 @@ def render(table: list[Rpc] | None = None) -> str:
     out += [f"{_row(name)} {api_docs.cell(comments[name])} |" for name in REASONS]
     out += ["", "## The reasons of each RPC", "",
             "In the order the code checks them: of a request with several faults, the first "
-            "listed is the one returned. Calls with no API key to check list none of the "
-            "authentication reasons."]
+            "listed is the one returned. The first, `INVALID_ARGUMENT`, is also what a request "
+            "that does not decode gets, before anything else. Calls with no API key to check "
+            "list none of the authentication reasons."]
     for rpc in table:
         out += ["", f"### `{rpc.name}`", "", retry_line(rpc)]
         if rpc.name in PASSED_THROUGH:
