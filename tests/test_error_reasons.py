@@ -83,9 +83,9 @@ def test_every_rpc_has_its_reasons_in_the_order_the_code_checks_them():
     names = {f"{f.package}.{s.name}.{m.name}" for f in gen.api_docs.load().file
              if f.package in ("broker.v1", "worker.v1") for s in f.service for m in s.method}
     assert set(table) == names
-    # Authentication comes first, then validation, then the state it needs.
+    # A request that does not decode, then authentication, validation, the state it needs.
     fund = table["broker.v1.WalletService.FundWallet"].reasons
-    assert fund[:5] == ["API_KEY_MISSING", "API_KEY_INVALID", "API_KEY_REVOKED",
+    assert fund[:6] == ["INVALID_ARGUMENT", "API_KEY_MISSING", "API_KEY_INVALID", "API_KEY_REVOKED",
                         "ROLE_NOT_ALLOWED", "RATE_LIMITED"]
     assert fund.index("INVALID_AMOUNT") < fund.index("WALLET_NOT_FOUND") \
         < fund.index("INSUFFICIENT_FUNDS")
