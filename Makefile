@@ -78,9 +78,10 @@ fuzz: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python scripts/protos.py
 
-## api-docs: regenerate docs/api.md from the comments in protos/
+## api-docs: regenerate docs/api.md from the comments in protos/, docs/errors.md from the ErrorReason enum and the code
 api-docs: $(STAMP)
 	$(BIN)/python scripts/gen_api_docs.py
+	$(BIN)/python scripts/gen_error_docs.py
 
 check-stubs: $(STAMP)
 	$(BIN)/python scripts/protos.py --check

@@ -91,7 +91,8 @@ def transfer(t: Record) -> wallet_pb.Transfer:
                               debit_account_id=t["debit_account_id"],
                               credit_account_id=t["credit_account_id"], amount=t["amount"],
                               kind=TRANSFER_KINDS[t["kind"]], pending_id=t["pending_id"],
-                              code=t["code"], create_time=timestamp(t["create_ms"]))
+                              code=t["code"], create_time=timestamp(t["create_ms"]),
+                              released=t.get("released", 0))
 
 
 def authorization(a: Record, *, voucher: str = "",
@@ -127,9 +128,10 @@ def receipt(r: Record) -> res_pb.Receipt:
     if "usage" in r:  # the itemised part in clear
         msg.session_id = r["session_id"]
         msg.usage.CopyFrom(usage_to_proto(r["usage"]))
-        msg.prices.CopyFrom(prices_to_proto(r["prices"]))
         msg.outcome = r["outcome"]
         msg.settle_time.CopyFrom(timestamp(r["settle_ms"]))
+    if "worker_usage" in r:  # also beside a seal: what checks the charge
+        msg.prices.CopyFrom(prices_to_proto(r["prices"]))
         msg.worker_usage_payload = base64.b64decode(r["worker_usage"]["payload"])
         msg.worker_usage_signature = base64.b64decode(r["worker_usage"]["signature"])
     return msg

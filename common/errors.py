@@ -1,13 +1,20 @@
 """Errors the core raises. The API layer maps them to gRPC status + ErrorInfo.
 
 Each error has a canonical code (named like gRPC's, but the core imports no gRPC)
-and a stable machine-readable reason. docs/errors.md lists every reason.
+and a stable machine-readable reason, one of the enum broker.v1.ErrorReason
+(protos/broker/v1/error_reason.proto): an error with another reason, or with a code
+the enum does not give its reason, cannot be made. docs/errors.md is generated from it.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from google.rpc import code_pb2
+
+from broker.v1 import error_reason_pb2
 
 
 class Code(enum.Enum):
@@ -22,6 +29,26 @@ class Code(enum.Enum):
     UNAVAILABLE = "UNAVAILABLE"
 
 
+class ReasonInfo(NamedTuple):
+    codes: tuple[str, ...]  # gRPC status code names
+    transient: bool
+
+
+def _reasons() -> dict[str, ReasonInfo]:
+    prefix = "ERROR_REASON_"
+    out = {}
+    for value in error_reason_pb2.ErrorReason.DESCRIPTOR.values:
+        if value.number:
+            info = value.GetOptions().Extensions[error_reason_pb2.reason_info]
+            out[value.name.removeprefix(prefix)] = ReasonInfo(
+                tuple(code_pb2.Code.Name(c) for c in info.codes), info.transient)
+    return out
+
+
+# Every reason on the wire (ErrorInfo.reason), in the enum's order.
+REASONS: dict[str, ReasonInfo] = _reasons()
+
+
 @dataclass
 class BrokerError(Exception):
     code: Code
@@ -34,6 +61,12 @@ class BrokerError(Exception):
     retry_after_ms: int | None = None
     # (subject, description) pairs for google.rpc.QuotaFailure (budget and rate limits).
     quota_violations: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        info = REASONS.get(self.reason)
+        if info is None or self.code.value not in info.codes:
+            raise ValueError(f"{self.reason} with {self.code.value} is not in the enum "
+                             "broker.v1.ErrorReason (protos/broker/v1/error_reason.proto)")
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"

@@ -28,6 +28,9 @@ FEE_ACCOUNT = "platform:fees"  # platform fees
 POSTED, PENDING = "posted", "pending"
 POST_PENDING, VOID_PENDING, EXPIRE_PENDING = "post_pending", "void_pending", "expire_pending"
 RESOLUTION_STATE = {POST_PENDING: "posted", VOID_PENDING: "voided", EXPIRE_PENDING: "expired"}
+# The code a resolution's row shows in ListTransfers (its `released` says what went back).
+RESOLUTION_CODE = {POST_PENDING: "settlement", VOID_PENDING: "release",
+                   EXPIRE_PENDING: "release"}
 
 
 def new_account(account_id: str, kind: str, now: int, *, no_overdraft: bool,
@@ -201,7 +204,7 @@ def resolve(tx: Tx, pending_id: str, kind: str, now: int, amount: int = 0) -> Re
     tx.put("accounts", credit["account_id"], credit)
     resolution = _record(tx, _new_transfer(
         kind, pending["debit_account_id"], pending["credit_account_id"], amount,
-        pending["code"], now, pending_id=pending_id, released=held - amount))
+        RESOLUTION_CODE[kind], now, pending_id=pending_id, released=held - amount))
     tx.put("hold_states", pending_id, {
         "state": RESOLUTION_STATE[kind], "resolved_by": resolution["transfer_id"],
         "posted": amount, "released": held - amount, "resolve_ms": now})

@@ -7,8 +7,10 @@ worker, usage breakdown, prices, outcome, labels, exact times and the worker's s
 usage. When the owner has registered an X25519 receipt key, the itemised part is
 signed, sealed to that key (sealing.py) and stored only in that form; the labels are
 deleted and the settled session is stripped of its usage and model, so the sealed
-receipt is the one place the broker still holds them. An owner without a receipt key
-gets the itemised part in clear, as the broker has nothing to seal it to.
+receipt is the one place the broker still holds them. Only what lets the agent check
+its charge stays beside the seal: the prices and the worker's signed usage counters.
+An owner without a receipt key gets the itemised part in clear, as the broker has
+nothing to seal it to.
 
 Receipt ids are random and unrelated to authorization, voucher or session ids. The
 worker's copy (`worker_view`) never carries the authorization id.
@@ -37,6 +39,9 @@ OUTWARD_FIELDS = ("receipt_id", "held", "charged", "released", "worker_payout",
 # The itemised part; kept in the receipt record only when there is no key to seal it to.
 ITEMISED_FIELDS = ("session_id", "worker_id", "model", "resource_class", "usage", "prices",
                    "outcome", "labels", "authorize_ms", "open_ms", "settle_ms", "worker_usage")
+# Kept beside the seal, for the agent to check its charge: the prices and the worker's
+# signed usage (counters and the session id only; no labels, model, worker or times).
+CHARGE_CHECK_FIELDS = ("prices", "worker_usage")
 # Session fields that exist only in the sealed receipt once it is sealed.
 SEALED_SESSION_FIELDS = ("usage", "signed_usage", "model")
 
@@ -115,7 +120,8 @@ def issue(tx: Tx, auth: Record, ses: Record, outcome: str, now: int, config: Cor
         record.update({k: itemised[k] for k in ITEMISED_FIELDS})
     else:
         sealed = sealing.seal_document(base64.b64decode(key["public_key"]), signer, itemised)
-        record.update(sealed=base64.b64encode(sealed).decode(), receipt_key_id=key["key_id"])
+        record.update(sealed=base64.b64encode(sealed).decode(), receipt_key_id=key["key_id"],
+                      **{k: itemised[k] for k in CHARGE_CHECK_FIELDS})
         labels.forget(tx, auth["authorization_id"])
     tx.put("receipts", receipt_id, record)
     seq = ledger.next_seq(tx, "receipt_seq")

@@ -115,8 +115,8 @@ def refund(tx: Tx, principal: Principal, receipt_id: str, amount: int, reason: s
     disputed = tx.get("receipt_disputes", receipt_id)
     record = _sign(signer, {
         "refund_id": refund_id, "receipt_id": receipt_id,
-        # A sealed receipt keeps its session and the worker's signed usage inside the seal
-        # (docs/privacy.md): the refund then links to them through the receipt id.
+        # A sealed receipt keeps its session inside the seal (docs/privacy.md): the refund
+        # then links to it through the receipt id.
         "authorization_id": auth["authorization_id"],
         "session_id": receipt.get("session_id", ""),
         "wallet_id": wallet["wallet_id"], "amount": amount, "provider_refund": provider_refund,

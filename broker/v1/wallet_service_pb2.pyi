@@ -127,7 +127,7 @@ class GetBalanceResponse(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., balance: _Optional[_Union[_resources_pb2.Balance, _Mapping]] = ...) -> None: ...
 
 class Transfer(_message.Message):
-    __slots__ = ("transfer_id", "debit_account_id", "credit_account_id", "amount", "kind", "pending_id", "code", "create_time")
+    __slots__ = ("transfer_id", "debit_account_id", "credit_account_id", "amount", "kind", "pending_id", "code", "create_time", "released")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     DEBIT_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     CREDIT_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class Transfer(_message.Message):
     PENDING_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     debit_account_id: str
     credit_account_id: str
@@ -144,7 +145,8 @@ class Transfer(_message.Message):
     pending_id: str
     code: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, transfer_id: _Optional[str] = ..., debit_account_id: _Optional[str] = ..., credit_account_id: _Optional[str] = ..., amount: _Optional[int] = ..., kind: _Optional[_Union[TransferKind, str]] = ..., pending_id: _Optional[str] = ..., code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    released: int
+    def __init__(self, transfer_id: _Optional[str] = ..., debit_account_id: _Optional[str] = ..., credit_account_id: _Optional[str] = ..., amount: _Optional[int] = ..., kind: _Optional[_Union[TransferKind, str]] = ..., pending_id: _Optional[str] = ..., code: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., released: _Optional[int] = ...) -> None: ...
 
 class ListTransfersRequest(_message.Message):
     __slots__ = ("wallet_id", "page_size", "page_token")

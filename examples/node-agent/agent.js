@@ -211,12 +211,12 @@ async function run(opts) {
     verify.verifyFee(signed, feeBps);
     console.log(`fee split verified: ${receipt.platform_fee} is ${feeBps} bps of` +
       ` ${receipt.charged}, rounded down`);
-    // The worker's signed final usage: in the broker's receipt, or in the worker's copy
-    // when the broker's itemised part is sealed to the owner.
-    const itemised = receipt.worker_usage_payload.length ? receipt : result.receipt;
-    const report = verify.verifyWorkerUsage(itemised.worker_usage_payload,
-      itemised.worker_usage_signature, offer.usage_public_key, itemised.usage);
-    const charge = verify.chargeFor(report.usage, itemised.prices, receipt.held);
+    // The charge, from the broker's receipt alone (an agent that lost its Execute stream
+    // can do the same): the worker's signed final usage and the prices, which stay
+    // readable beside the seal when the owner's itemised part is sealed (docs/wire.md).
+    const report = verify.verifyWorkerUsage(receipt.worker_usage_payload,
+      receipt.worker_usage_signature, offer.usage_public_key, receipt.usage);
+    const charge = verify.chargeFor(report.usage, receipt.prices, receipt.held);
     if (charge !== BigInt(receipt.charged)) {
       throw new AgentError(`the signed usage costs ${charge}, not the charged ${receipt.charged}`);
     }

@@ -72,7 +72,8 @@ def test_a_sealed_receipt_keeps_only_the_sealed_itemised_part():
     auth, worker_copy = shop.job(usage, job_labels=LABELS)
     auth_id = auth["authorization_id"]
     stored = shop.stored(worker_copy["receipt_id"])
-    assert stored["sealed"] and not set(receipts.ITEMISED_FIELDS) & set(stored)
+    beside = set(receipts.CHARGE_CHECK_FIELDS)
+    assert stored["sealed"] and set(receipts.ITEMISED_FIELDS) & set(stored) == beside
     assert stored["receipt_key_id"] == sealing.receipt_key_id(bytes(key.public_key))
     assert shop.w.read(lambda tx: receipts.get_key(tx, shop.owner["owner_id"]))["key_id"] \
         == stored["receipt_key_id"]
@@ -93,6 +94,8 @@ def test_a_sealed_receipt_keeps_only_the_sealed_itemised_part():
                              "calls": 1, "energy_mj": 0}
     assert item["settle_ms"] == shop.w.now and item["authorization_id"] == auth_id
     assert item["payment_model"] == "mixed"
+    # What checks the charge stays beside the seal, the same as inside it.
+    assert (stored["prices"], stored["worker_usage"]) == (item["prices"], item["worker_usage"])
     with pytest.raises(sealing.SealError, match="another receipt key"):
         sealing.open_document(PrivateKey.generate(), base64.b64decode(stored["sealed"]))
 

@@ -18,6 +18,7 @@ garbage key, or the key of each demo role (and keys the fuzz created). Checks:
   read-only or auth-refused calls are verified in batches (the counts only grow, so an
   unchanged checksum over a batch means no call in it changed anything);
 - auth: a mutating call with a key its role checks refused before is never accepted;
+- reason: a refusal's ErrorInfo reason is one docs/errors.md lists for that RPC;
 - crash: both processes alive and healthy (grpc.health.v1, the ledger audit), checked
   every few hundred inputs and at the end.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import queue
 import random
@@ -63,6 +65,16 @@ from tests.integration.broker_process import BrokerProcess
 from tests.integration.worker_process import WorkerProcess
 
 from .generator import Corpus, Generator, Rpc, discover_rpcs
+
+
+def documented_reasons() -> dict[str, set[str]]:
+    """RPC -> the reasons docs/errors.md lists for it (scripts/gen_error_docs.py)."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "gen_error_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_error_docs", path)
+    gen = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    table = {rpc.name: rpc for rpc in gen.rpcs()}
+    return {name: gen.may_return(name, table) for name in table}
 
 StatusCode = grpc.StatusCode
 OK = StatusCode.OK
@@ -123,7 +135,7 @@ class Outcome:
 
 @dataclass
 class Violation:
-    kind: str  # status | size | state | auth | crash | health | hang
+    kind: str  # status | size | state | auth | reason | crash | health | hang
     method: str
     key: str
     detail: str
@@ -318,6 +330,7 @@ class Fuzzer:
         self.verbose = verbose
         self.rpcs = discover_rpcs()
         self.by_name = {rpc.full_name: rpc for rpc in self.rpcs}
+        self.reasons = documented_reasons()
         self.stats = Stats()
         self.violations: list[Violation] = []
         self.root = root
@@ -469,6 +482,10 @@ class Fuzzer:
         if outcome.code in (StatusCode.INTERNAL, StatusCode.UNKNOWN):
             found = self.violation("status", rpc.full_name, key,
                                    f"{outcome.code.name}: {outcome.details[:300]}", shown_fn())
+        elif outcome.reason and outcome.reason not in self.reasons[rpc.full_name]:
+            self.violation("reason", rpc.full_name, key, f"{outcome.code.name} "
+                           f"{outcome.reason}, which docs/errors.md does not list for it",
+                           shown_fn())
         elif outcome.code == StatusCode.DEADLINE_EXCEEDED:
             self.violation("hang", rpc.full_name, key, "no answer before the deadline",
                            shown_fn())

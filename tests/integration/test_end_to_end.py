@@ -155,7 +155,7 @@ def test_stop_before_hold_is_exceeded_then_settle(h):
     transfers = h.agent.transfers()
     newest = [(t.kind, t.code, t.amount) for t in transfers[:3]]
     assert newest == [(wallet_pb.TRANSFER_KIND_POSTED, "refill", charged),
-                      (wallet_pb.TRANSFER_KIND_POST_PENDING, "hold", charged),
+                      (wallet_pb.TRANSFER_KIND_POST_PENDING, "settlement", charged),
                       (wallet_pb.TRANSFER_KIND_PENDING, "hold", held)]
     assert transfers[1].pending_id == transfers[2].transfer_id
 
@@ -289,3 +289,34 @@ def test_list_transfers_pagination_walks_every_page_once(h):
     with rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN"):
         h.agent.wallets.ListTransfers(wallet_pb.ListTransfersRequest(
             page_size=2, page_token="bm90LWEtbnVtYmVy"))  # "not-a-number"
+
+
+def test_transfer_rows_show_settlement_and_release_with_the_amounts(h):
+    """A posted hold shows as "settlement" with what it charged and what it released; a
+    voided or expired one as "release" with the whole hold released."""
+    worker_id = h.register_worker(gpu_second_price=1000)
+    settled = h.agent.authorize(500_000, ttl_seconds=120)
+
+    async def worker():
+        async with aio_channel(h.target) as ch:
+            session = await open_session(ch, h.creds["worker_api_key"], settled.voucher,
+                                         worker_id)
+            return await session.finish({"gpu_ms": 2_000})
+
+    assert run(worker()).charged == 2_000
+    voided = h.agent.authorize(300_000, ttl_seconds=120)
+    h.agent.auths.CancelAuthorization(auth_pb.CancelAuthorizationRequest(
+        request_id=f"c-{voided.authorization_id}", authorization_id=voided.authorization_id))
+    expired = h.agent.authorize(100_000, ttl_seconds=1)
+    assert h.wait_for_state(expired.authorization_id, auth_pb.AUTHORIZATION_STATE_EXPIRED
+                            ).state == auth_pb.AUTHORIZATION_STATE_EXPIRED
+
+    holds = {t.transfer_id: t.amount for t in h.agent.transfers()
+             if t.kind == wallet_pb.TRANSFER_KIND_PENDING}
+    resolutions = [(t.kind, t.code, t.amount, t.released, holds[t.pending_id])
+                   for t in h.agent.transfers() if t.pending_id]
+    assert resolutions == [
+        (wallet_pb.TRANSFER_KIND_EXPIRE_PENDING, "release", 0, 100_000, 100_000),
+        (wallet_pb.TRANSFER_KIND_VOID_PENDING, "release", 0, 300_000, 300_000),
+        (wallet_pb.TRANSFER_KIND_POST_PENDING, "settlement", 2_000, 498_000, 500_000)]
+    assert list(h.summary().violations) == []

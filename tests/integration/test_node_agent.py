@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from broker.client import BrokerClient
 from worker.v1 import worker_service_pb2 as worker_pb
 
 from .broker_process import ROOT
@@ -212,3 +213,27 @@ def test_verify_js_accepts_what_the_broker_signs_and_refuses_any_change(world, n
         "receipt": "ok", "receipt_other_charge": "refused",
         "fee": "ok", "fee_other_rate": "refused",
         "usage": "ok", "usage_other_worker": "refused", "usage_other_tokens": "refused"}
+
+
+def test_checks_its_charge_from_a_receipt_sealed_to_the_owner(world, node_agent):
+    """Once the owner registers a receipt key, GetReceipt keeps the itemised part sealed,
+    and agent.js still checks the charge from the broker's receipt alone: the worker's
+    signed usage and the prices beside the seal (docs/wire.md)."""
+    from nacl.public import PrivateKey
+
+    owner = BrokerClient(world.broker.target, world.creds["owner_api_key"])
+    owner.register_receipt_key(bytes(PrivateKey.generate().public_key))
+    done = node_agent("--broker", world.broker.target, "--credentials",
+                      str(world.broker.credentials_path), "--amount", "150000",
+                      "--tokens", "8", "--prompt", "Sealed ")
+    assert done.returncode == 0, done.stdout + done.stderr
+    authorization_id = line(r"^authorized \d+: (auth_\w+), ", done.stdout).group(1)
+    receipt = world.agent.get_receipt(authorization_id)
+    assert receipt.sealed_itemised and not receipt.HasField("usage") and not receipt.outcome
+    assert receipt.worker_usage_signature and receipt.HasField("prices")
+    signed = json.loads(receipt.worker_usage_payload)
+    assert (signed["final"], signed["usage"]["output_tokens"]) == (True, 8)
+    usage = line(r"^worker usage signature verified: (\d+) ms, (\d+) tokens out cost (\d+)$",
+                 done.stdout)
+    assert usage.groups() == (str(signed["usage"]["gpu_ms"]), "8", str(receipt.charged))
+    assert receipt.charged > 0

@@ -288,8 +288,12 @@ def test_labels_live_only_in_the_sealed_receipt_once_settled(p):
     # ...and the receipt holds only the outward part in clear.
     assert receipt.authorization_id == auth_id
     assert receipt.sealed_itemised and receipt.receipt_key_id.startswith("rk_")
-    assert (receipt.session_id, receipt.outcome, receipt.worker_usage_payload) == ("", "", b"")
+    assert (receipt.session_id, receipt.outcome) == ("", "")
     assert not receipt.HasField("usage") and not receipt.HasField("settle_time")
+    # Beside the seal, only what checks the charge: the prices and the worker's signed
+    # usage, counters and session id (docs/wire.md).
+    assert receipt.HasField("prices") and receipt.worker_usage_signature
+    assert set(json.loads(receipt.worker_usage_payload)) == {"session_id", "usage", "final"}
     keys = p.h.receipt_keys()
     VerifyKey(keys[receipt.key_id]).verify(receipt.signed_payload, receipt.signature)
     outward = json.loads(receipt.signed_payload)
