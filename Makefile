@@ -4,8 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BUF    := .cache/buf/node_modules/.bin/buf
+# `make run`'s addresses and data directory (README.md, "Try it with grpcurl"):
+# override on the command line or from the environment, e.g. make run DATA=/tmp/x
 DATA   ?= var
 LISTEN ?= 127.0.0.1:50051
+WORKER_LISTEN ?= 127.0.0.1:50052
+METRICS_LISTEN ?= 127.0.0.1:9464
+WORKER_METRICS_LISTEN ?= 127.0.0.1:9465
 NODE_AGENT := examples/node-agent
 NODE_STAMP := $(NODE_AGENT)/node_modules/.installed-stamp
 
@@ -26,9 +31,11 @@ $(NODE_STAMP): $(NODE_AGENT)/package.json $(NODE_AGENT)/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
-## run: the broker on $(LISTEN) (LMDB under ./$(DATA), demo data on first run) and a local worker
+## run: the broker on $(LISTEN) (LMDB under $(DATA), demo data on first run) and a local worker on $(WORKER_LISTEN)
 run: $(STAMP)
-	$(BIN)/python scripts/run_local.py --data-dir $(DATA) --listen $(LISTEN)
+	$(BIN)/python scripts/run_local.py --data-dir '$(DATA)' --listen '$(LISTEN)' \
+	    --worker-listen '$(WORKER_LISTEN)' --metrics-listen '$(METRICS_LISTEN)' \
+	    --worker-metrics-listen '$(WORKER_METRICS_LISTEN)'
 
 ## demo: an example agent buys a generate job from `make run` (start that first)
 demo: $(STAMP)
