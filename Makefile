@@ -39,11 +39,11 @@ run: $(STAMP)
 
 ## demo: an example agent buys a generate job from `make run` (start that first)
 demo: $(STAMP)
-	$(BIN)/python examples/demo_agent.py --broker $(LISTEN) --credentials $(DATA)/demo-credentials.json
+	$(BIN)/python examples/demo_agent.py --broker '$(LISTEN)' --credentials '$(DATA)/demo-credentials.json'
 
 ## demo-node: the same purchase from Node.js (examples/node-agent, grpc-js + the .proto files)
 demo-node: $(NODE_STAMP)
-	node $(NODE_AGENT)/agent.js --broker $(LISTEN) --credentials $(DATA)/demo-credentials.json
+	node $(NODE_AGENT)/agent.js --broker '$(LISTEN)' --credentials '$(DATA)/demo-credentials.json'
 
 ## gpu-check: on a machine with an NVIDIA GPU, a real CUDA job through broker and worker
 gpu-check: $(STAMP)
