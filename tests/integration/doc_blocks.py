@@ -8,8 +8,11 @@ tests assert which blocks those are, so none is left out silently."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,12 +122,21 @@ def run(steps: list[Step], *, cwd: Path, env: dict[str, str], timeout: float = 6
         for old, new in (substitutions or {}).items():
             command = command.replace(old, new)
         script += [f"echo '{MARK} {i}'", command, f'echo "{MARK} rc $?"']
-    done = subprocess.run(["bash", "-c", "\n".join(script)], cwd=cwd, text=True,
-                          timeout=timeout, env=env, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert done.returncode == 0, done.stdout
-    parts = re.split(rf"^{MARK} (\d+)\n", done.stdout, flags=re.M)
-    assert len(parts) == 2 * len(steps) + 1, done.stdout
+    # Its own process group: whatever a block leaves running in the background (a
+    # broker, a worker) goes with it, also when the test times out.
+    script.insert(0, "trap 'kill $(jobs -p) 2>/dev/null' EXIT")
+    bash = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=cwd, text=True, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = bash.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(bash.pid, signal.SIGKILL)
+        bash.wait()
+    assert bash.returncode == 0, out
+    parts = re.split(rf"^{MARK} (\d+)\n", out, flags=re.M)
+    assert len(parts) == 2 * len(steps) + 1, out
     for index, body in zip(parts[1::2], parts[2::2], strict=True):
         output, rc = re.fullmatch(rf"(.*?){MARK} rc (\d+)\n", body, re.S).groups()
         steps[int(index)].output, steps[int(index)].rc = output, int(rc)
