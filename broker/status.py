@@ -28,7 +28,7 @@ class WalletLine:
 class ReceiptLine:
     receipt_id: str
     wallet_id: str
-    settled: str  # the settle time, or the start of the hour or day it settled in
+    settled: str  # UTC minute it settled, or the start of the hour or day it settled in
     held: int
     charged: int
 
@@ -53,8 +53,9 @@ def gather(client: BrokerClient, last_receipts: int = 5) -> Status:
         for r in client.list_receipts(wallet.wallet_id, page_size=last_receipts or 1)[
                 :last_receipts]:
             when = r.settle_time if r.HasField("settle_time") else r.period_start
-            receipts.append(ReceiptLine(r.receipt_id, wallet.wallet_id, when.ToJsonString(),
-                                        r.held, r.charged))
+            settled = when.ToDatetime().strftime("%Y-%m-%d %H:%M")
+            receipts.append(ReceiptLine(r.receipt_id, wallet.wallet_id, settled, r.held,
+                                        r.charged))
     receipts.sort(key=lambda r: r.settled, reverse=True)
     return Status(treasury.posted, treasury.available, wallets, receipts[:last_receipts])
 
@@ -65,19 +66,22 @@ def credits(micro: int) -> str:
     return f"{sign}{whole:,}.{frac:06d}"
 
 
-def table(headers: list[str], rows: list[list[str]], width: int, squeeze: int = 0) -> str:
-    """Columns padded to their widest cell, numbers right-aligned; when the table is
-    wider than `width`, column `squeeze` (a name or an id) is cut to make it fit."""
+def table(headers: list[str], rows: list[list[str]], width: int,
+          squeeze: tuple[int, ...] = (0,)) -> str:
+    """Columns padded to their widest cell, text left- and numbers right-aligned; when
+    the table is wider than `width`, the `squeeze` columns (names, ids; text) are cut,
+    in that order, to make it fit."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
-    over = sum(widths) + 2 * (len(widths) - 1) - width
-    if over > 0:
-        widths[squeeze] = max(len(headers[squeeze]), widths[squeeze] - over, 4)
+    for i in squeeze:
+        over = sum(widths) + 2 * (len(widths) - 1) - width
+        if over > 0:
+            widths[i] = max(len(headers[i]), widths[i] - over, 4)
 
     def cell(text: str, i: int) -> str:
         if len(text) > widths[i]:
             text = text[:widths[i] - 1] + "…"
-        return text.ljust(widths[i]) if i == squeeze else text.rjust(widths[i])
+        return text.ljust(widths[i]) if i in squeeze else text.rjust(widths[i])
 
     lines = ["  ".join(cell(h, i) for i, h in enumerate(headers))]
     lines += ["  ".join(cell(c, i) for i, c in enumerate(row)) for row in rows]
@@ -98,7 +102,8 @@ def render(status: Status, width: int = 80) -> str:
         rows = [[names.get(r.wallet_id, r.wallet_id), r.settled, credits(r.held),
                  credits(r.charged), r.receipt_id] for r in status.receipts]
         out.append("Last receipts:")
-        out.append(table(["Wallet", "Settled", "Held", "Charged", "Receipt"], rows, width))
+        out.append(table(["Wallet", "Settled (UTC)", "Held", "Charged", "Receipt"], rows,
+                         width, squeeze=(0, 4)))
     else:
         out.append("No receipts yet.")
     return "\n".join(out) + "\n"

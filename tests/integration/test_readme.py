@@ -89,7 +89,8 @@ def make_run(directory: Path):
         proc = subprocess.Popen(make_run_command(variables), cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**env, "PYTHONUNBUFFERED": "1"})
-    stack = LocalStack(proc, {**env, **variables}, log)
+    # COLUMNS: the width of the terminal `broker status` fits its tables to.
+    stack = LocalStack(proc, {**env, **variables, "COLUMNS": "120"}, log)
     try:
         _wait_until_offered(stack)
         yield stack
@@ -226,6 +227,7 @@ def test_every_readme_block_runs_as_written(tmp_path):
     status = only("broker status --broker").output
     assert "Treasury: 94." in status and "demo agent wallet" in status
     assert f"0.{charged:06d}" in status and receipt["receipt_id"] in status
+    assert max(map(len, status.splitlines())) <= 120
 
     voucher_keys = only("ListVoucherKeys").json()[0]["keys"]
     assert authorization["voucher"].split(".")[1] in [k["key_id"] for k in voucher_keys]
