@@ -129,7 +129,7 @@ def cmd_credentials(args, effective: Effective[Settings]) -> int:
 
     data_dir = _data_dir(effective.settings)
     if not data_dir.demo_credentials.exists():
-        print(_no_credentials(data_dir, effective), file=sys.stderr)
+        print(f"broker credentials: {_no_credentials(data_dir, effective)}", file=sys.stderr)
         return 1
     credentials = load_credentials(data_dir)
     print(credentials.get(f"{args.role}_api_key") or credentials[args.role])
@@ -138,7 +138,7 @@ def cmd_credentials(args, effective: Effective[Settings]) -> int:
 
 def _no_credentials(data_dir: DataDir, effective: Effective[Settings]) -> str:
     source = effective.sources["data_dir"]
-    return (f"broker: no demo credentials in {data_dir.root} (data directory from {source}); "
+    return (f"no demo credentials in {data_dir.root} (data directory from {source}); "
             f"start `make run DATA={data_dir.root}` first, or point --data-dir or "
             f"BROKER_DATA_DIR at the DATA that `make run` uses")
 
@@ -316,7 +316,7 @@ def cmd_status(args, effective: Effective[Settings]) -> int:
         else:
             data_dir = _data_dir(effective.settings)
             if not data_dir.demo_credentials.exists():
-                raise ValueError(_no_credentials(data_dir, effective).removeprefix("broker: ")
+                raise ValueError(_no_credentials(data_dir, effective)
                                  + ", or pass --api-key-file")
             key = load_credentials(data_dir)["owner_api_key"]
         with _client(args, key) as client:
