@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from broker.client import BrokerClient, BrokerClientError
+from broker.core.idempotency import MAX_REQUEST_ID
 
 from . import doc_blocks
 from .broker_process import ROOT, free_port
@@ -141,6 +142,13 @@ def test_the_blocks_read_addresses_and_data_directory_from_variables():
         for default in DEFAULTS:
             assert default not in step.command, step.command
         assert not re.search(r"(^|[\s'\"=])\.?/?var/", step.command), step.command
+
+
+def test_the_readme_says_what_tiny_lm_is_and_what_a_request_id_may_be():
+    text = " ".join(README.read_text().split())
+    assert "random weights from a fixed seed" in text and "`[checkpoints]` table" in text
+    assert f"at most {MAX_REQUEST_ID} printable ASCII characters" in text
+    assert "It is optional" in text
 
 
 def test_every_readme_block_runs_as_written(tmp_path):
