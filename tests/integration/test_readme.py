@@ -208,7 +208,7 @@ def test_every_readme_block_runs_as_written(tmp_path):
     ]
 
     # execute: accepted, 64 outputs, at least one acknowledged usage report, the result
-    events = only("WorkerService/Execute <<JSON\n").json()
+    events = only('{"voucher": "$VOUCHER"').json()
     kinds = [next(iter(e)) for e in events]
     assert kinds[0] == "accepted" and kinds[-1] == "result", kinds
     assert kinds.count("output") == 64
@@ -265,6 +265,9 @@ def test_every_readme_block_runs_as_written(tmp_path):
     # privacy: the key registered, a labelled job's receipt opened by the owner only
     assert (tmp_path / "data dir" / "owner-receipt.key").stat().st_mode & 0o777 == 0o600
     assert only("RegisterReceiptKey").json()[0]["receipt_key"]["key_id"].startswith("rk_")
+    labelled = only('{"voucher": "$(echo "$LABELLED"').json()[-1]["result"]
+    assert labelled["status"] == "JOB_STATUS_COMPLETED"
+    assert "labels" not in labelled["receipt"] and "nightly-eval" not in str(labelled)
     opened = only("broker receipts open").json()[0]
     assert opened["labels"] == {"job": "nightly-eval"}
     assert opened["usage"]["output_tokens"] == 16
