@@ -330,6 +330,11 @@ class BrokerClient:
                                 statement_pb.ListReceiptsRequest, "receipts",
                                 wallet_id=wallet_id, page_size=page_size)
 
+    def latest_receipts(self, wallet_id: str = "", count: int = 10) -> list:
+        """The wallet's `count` newest receipts (one page, 1 to 1000)."""
+        request = statement_pb.ListReceiptsRequest(wallet_id=wallet_id, page_size=count)
+        return list(self._call(self._statements.ListReceipts, request).receipts)
+
     def get_statement(self, start_ms: int, end_ms: int, *, granularity: int = 0,
                       include_annex: bool = False, owner_id: str = "") -> statement_pb.Statement:
         request = statement_pb.GetStatementRequest(

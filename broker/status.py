@@ -50,8 +50,8 @@ def gather(client: BrokerClient, last_receipts: int = 5) -> Status:
         wallets.append(WalletLine(wallet.wallet_id, wallet.display_name,
                                   wallet.balance.posted, wallet.balance.pending,
                                   spend.spent_today, spend.spent_this_month, wallet.frozen))
-        for r in client.list_receipts(wallet.wallet_id, page_size=last_receipts or 1)[
-                :last_receipts]:
+        latest = client.latest_receipts(wallet.wallet_id, last_receipts) if last_receipts else []
+        for r in latest:
             when = r.settle_time if r.HasField("settle_time") else r.period_start
             settled = when.ToDatetime().strftime("%Y-%m-%d %H:%M")
             receipts.append(ReceiptLine(r.receipt_id, wallet.wallet_id, settled, r.held,
