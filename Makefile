@@ -4,9 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BUF    := .cache/buf/node_modules/.bin/buf
+# `make run`'s addresses and data directory (README.md, "Try it with grpcurl"):
+# override on the command line or from the environment, e.g. make run DATA=/tmp/x
 DATA   ?= var
 LISTEN ?= 127.0.0.1:50051
 CONSOLE ?= 127.0.0.1:8080
+WORKER_LISTEN ?= 127.0.0.1:50052
+METRICS_LISTEN ?= 127.0.0.1:9464
+WORKER_METRICS_LISTEN ?= 127.0.0.1:9465
 NODE_AGENT := examples/node-agent
 NODE_STAMP := $(NODE_AGENT)/node_modules/.installed-stamp
 CHROMIUM   := /usr/bin/chromium
@@ -28,17 +33,19 @@ $(NODE_STAMP): $(NODE_AGENT)/package.json $(NODE_AGENT)/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
-## run: the broker on $(LISTEN) (LMDB under ./$(DATA), demo data on first run), a local worker and the console on $(CONSOLE)
+## run: the broker on $(LISTEN) (LMDB under $(DATA), demo data on first run), a local worker on $(WORKER_LISTEN) and the console on $(CONSOLE)
 run: $(STAMP)
-	$(BIN)/python scripts/run_local.py --data-dir $(DATA) --listen $(LISTEN) --console-listen $(CONSOLE)
+	$(BIN)/python scripts/run_local.py --data-dir '$(DATA)' --listen '$(LISTEN)' \
+	    --worker-listen '$(WORKER_LISTEN)' --metrics-listen '$(METRICS_LISTEN)' \
+	    --worker-metrics-listen '$(WORKER_METRICS_LISTEN)' --console-listen '$(CONSOLE)'
 
 ## demo: an example agent buys a generate job from `make run` (start that first)
 demo: $(STAMP)
-	$(BIN)/python examples/demo_agent.py --broker $(LISTEN) --credentials $(DATA)/demo-credentials.json
+	$(BIN)/python examples/demo_agent.py --broker '$(LISTEN)' --credentials '$(DATA)/demo-credentials.json'
 
 ## demo-node: the same purchase from Node.js (examples/node-agent, grpc-js + the .proto files)
 demo-node: $(NODE_STAMP)
-	node $(NODE_AGENT)/agent.js --broker $(LISTEN) --credentials $(DATA)/demo-credentials.json
+	node $(NODE_AGENT)/agent.js --broker '$(LISTEN)' --credentials '$(DATA)/demo-credentials.json'
 
 ## gpu-check: on a machine with an NVIDIA GPU, a real CUDA job through broker and worker
 gpu-check: $(STAMP)

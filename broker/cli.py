@@ -1,5 +1,5 @@
 """`broker` command line: init, serve, console, credentials, audit, config show,
-receipts (owner side of sealed receipts), keys rotate.
+receipts (owner side of sealed receipts), keys rotate, status (an owner's spend at a glance).
 
 Settings come from defaults < `--config FILE` (TOML) < BROKER_* variables < flags;
 broker/settings.py declares them and docs/operations.md lists them."""
@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -133,11 +134,37 @@ def cmd_credentials(args, effective: Effective[Settings]) -> int:
 
     data_dir = _data_dir(effective.settings)
     if not data_dir.demo_credentials.exists():
-        print(f"no demo credentials in {data_dir.root}; start `make run` first", file=sys.stderr)
+        print(f"broker credentials: {_no_credentials(data_dir, effective)}", file=sys.stderr)
         return 1
     credentials = load_credentials(data_dir)
     print(credentials.get(f"{args.role}_api_key") or credentials[args.role])
     return 0
+
+
+def _no_credentials(data_dir: DataDir, effective: Effective[Settings]) -> str:
+    source = effective.sources["data_dir"]
+    return (f"no demo credentials in {data_dir.root} (data directory from {source}); "
+            f"start `make run DATA={data_dir.root}` first, or point --data-dir or "
+            f"BROKER_DATA_DIR at the DATA that `make run` uses")
+
+
+def _client(args, api_key: str):
+    """A BrokerClient for --broker, with --ca, --client-cert and --client-key (TLS)."""
+    from .client import BrokerClient
+
+    return BrokerClient(args.broker, api_key, ca=args.ca, client_cert=args.client_cert,
+                        client_key=args.client_key)
+
+
+def _read_key(path: str, what: str) -> str:
+    """An API key from a file; OSError and ValueError say which file and why."""
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as error:
+        raise OSError(f"cannot read the {what} file {path}: {error.strerror}") from None
+    if not key:
+        raise ValueError(f"the {what} file {path} is empty")
+    return key
 
 
 def cmd_audit(args, effective: Effective[Settings]) -> int:
@@ -181,6 +208,19 @@ def cmd_receipts_keygen(args, effective: Effective[Settings]) -> int:
     return 0
 
 
+def cmd_receipts_public_key(args, effective: Effective[Settings]) -> int:
+    """The base64 public key of a private receipt key file, for RegisterReceiptKey."""
+    from common.sealing import SealError, load_private_key
+
+    try:
+        key = load_private_key(Path(args.key).read_text())
+    except (OSError, ValueError, SealError) as error:
+        print(f"broker receipts public-key: {error}", file=sys.stderr)
+        return 1
+    print(base64.b64encode(bytes(key.public_key)).decode())
+    return 0
+
+
 def _sealed_items(value) -> list:
     """Receipts and statements in grpcurl's (or protobuf's) JSON: a GetReceipt,
     ListReceipts or GetStatement answer, or a bare Receipt or Statement."""
@@ -203,18 +243,24 @@ def _sealed_items(value) -> list:
         kind = resources_pb2.Receipt()
     else:
         return []
-    return [json_format.ParseDict(value, kind, ignore_unknown_fields=True)]
+    try:
+        return [json_format.ParseDict(value, kind, ignore_unknown_fields=True)]
+    except json_format.ParseError as error:
+        raise ValueError(f"not a receipt or statement: {error}") from None
 
 
 def cmd_receipts_open(args, effective: Effective[Settings]) -> int:
     """Open sealed receipts (or a statement's annex) on the owner's side."""
+    from common import tls
     from common.sealing import SealError, load_private_key
 
-    from .client import BrokerClient, BrokerClientError, open_sealed
+    from .client import BrokerClientError, open_sealed
 
     try:
         key = load_private_key(Path(args.key).read_text())
         text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+        if not text.strip():
+            raise ValueError("the input is empty (did the call that should produce it fail?)")
         items = _sealed_items(json.loads(text))
     except (OSError, ValueError, SealError) as error:
         print(f"broker receipts open: {error}", file=sys.stderr)
@@ -226,9 +272,9 @@ def cmd_receipts_open(args, effective: Effective[Settings]) -> int:
     signing_keys = None
     if args.broker:
         try:
-            with BrokerClient(args.broker, "") as client:
+            with _client(args, "") as client:
                 signing_keys = client.receipt_signing_keys()
-        except BrokerClientError as error:
+        except (BrokerClientError, tls.TlsError) as error:
             print(f"broker receipts open: cannot fetch the broker's keys: {error}",
                   file=sys.stderr)
             return 2
@@ -243,11 +289,13 @@ def cmd_receipts_open(args, effective: Effective[Settings]) -> int:
 
 def cmd_keys_rotate(args, effective: Effective[Settings]) -> int:
     """Rotate the voucher- or receipt-signing key of a running broker (admin key)."""
-    from .client import BrokerClient, BrokerClientError
+    from common import tls
 
-    admin_key = Path(args.admin_key_file).read_text().strip()
-    with BrokerClient(args.broker, admin_key) as client:
-        try:
+    from .client import BrokerClientError
+
+    try:
+        admin_key = _read_key(args.admin_key_file, "admin key")
+        with _client(args, admin_key) as client:
             if args.which == "voucher":
                 reply = client.rotate_voucher_key()
                 retire = reply.previous_retire_time.ToJsonString()
@@ -257,9 +305,9 @@ def cmd_keys_rotate(args, effective: Effective[Settings]) -> int:
                 reply = client.rotate_receipt_signing_key()
                 print(f"receipt-signing key {reply.key.key_id} is active; "
                       f"{reply.previous_key_id} still verifies what it signed")
-        except BrokerClientError as error:
-            print(f"broker keys rotate: {error}", file=sys.stderr)
-            return 1
+    except (OSError, ValueError, BrokerClientError, tls.TlsError) as error:
+        print(f"broker keys rotate: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -268,6 +316,44 @@ def cmd_console(args, effective) -> int:
     from .console.cli import run
 
     return run(effective.settings)
+
+
+def cmd_status(args, effective: Effective[Settings]) -> int:
+    """Treasury, each wallet's posted, held and spent, and the last receipts."""
+    from common import tls
+
+    from . import status
+    from .client import BrokerClientError
+    from .demo import load_credentials
+
+    try:
+        if args.api_key_file:
+            key = _read_key(args.api_key_file, "owner key")
+        else:
+            data_dir = _data_dir(effective.settings)
+            if not data_dir.demo_credentials.exists():
+                raise ValueError(_no_credentials(data_dir, effective)
+                                 + ", or pass --api-key-file")
+            key = load_credentials(data_dir)["owner_api_key"]
+        with _client(args, key) as client:
+            report = status.gather(client, args.receipts)
+    except (OSError, ValueError, BrokerClientError, tls.TlsError) as error:
+        print(f"broker status: {error}", file=sys.stderr)
+        return 1
+    width = args.width or shutil.get_terminal_size().columns
+    print(status.render(report, width), end="")
+    return 0
+
+
+def _add_client_flags(p: argparse.ArgumentParser, broker_help: str,
+                      default: str | None = "127.0.0.1:50051") -> None:
+    p.add_argument("--broker", metavar="HOST:PORT", default=default,
+                   help=broker_help + (f" (default {default})" if default else ""))
+    p.add_argument("--ca", metavar="PATH",
+                   help="PEM CA to verify a broker on TLS with (docs/certificates.md)")
+    p.add_argument("--client-cert", metavar="PATH",
+                   help="PEM client certificate, for a broker that requires mTLS")
+    p.add_argument("--client-key", metavar="PATH", help="the private key of --client-cert")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,10 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     SCHEMA.add_flags(p, *logging_flags)
     p.add_argument("--out", required=True, help="file for the private key (mode 0600)")
     p.set_defaults(func=cmd_receipts_keygen)
+    p = receipts.add_parser("public-key", help="print the base64 public key of a key file")
+    SCHEMA.add_flags(p, *logging_flags)
+    p.add_argument("--key", required=True, help="the private key file from `keygen`")
+    p.set_defaults(func=cmd_receipts_public_key)
     p = receipts.add_parser("open", help="open sealed receipts or a statement's annex")
     SCHEMA.add_flags(p, *logging_flags)
     p.add_argument("--key", required=True, help="the private key file from `keygen`")
-    p.add_argument("--broker", help="also check the broker's signatures (its address)")
+    _add_client_flags(p, "also check the broker's signatures: the broker's address", None)
     p.add_argument("input", nargs="?", default="-",
                    help="JSON of GetReceipt, ListReceipts or GetStatement (grpcurl output); "
                         "- for stdin")
@@ -324,9 +414,23 @@ def main(argv: list[str] | None = None) -> int:
     p = keys.add_parser("rotate", help="rotate a signing key of a running broker")
     SCHEMA.add_flags(p, *logging_flags)
     p.add_argument("which", choices=["voucher", "receipt"])
-    p.add_argument("--broker", default="127.0.0.1:50051")
-    p.add_argument("--admin-key-file", required=True)
+    _add_client_flags(p, "the running broker's address")
+    p.add_argument("--admin-key-file", required=True, metavar="PATH",
+                   help="file holding an admin API key (`broker init --admin-key-file`; "
+                        "`make run` writes <data dir>/admin.key)")
     p.set_defaults(func=cmd_keys_rotate)
+
+    p = sub.add_parser("status", help="an owner's treasury, wallets, spend and last receipts")
+    SCHEMA.add_flags(p, "data_dir", *logging_flags)
+    _add_client_flags(p, "the broker's address")
+    p.add_argument("--api-key-file", metavar="PATH",
+                   help="file holding an owner API key; default: the demo owner's key from "
+                        "the data directory (`make run`)")
+    p.add_argument("--receipts", type=int, default=5, metavar="N",
+                   help="how many of the last receipts to show (default 5)")
+    p.add_argument("--width", type=int, default=0, metavar="COLUMNS",
+                   help="table width; default: the terminal's")
+    p.set_defaults(func=cmd_status)
 
     return SCHEMA.run(parser, argv, log)
 

@@ -43,6 +43,8 @@ from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
 from .v1 import authorization_service_pb2 as auth_pb
 from .v1 import authorization_service_pb2_grpc as auth_grpc
+from .v1 import policy_service_pb2 as policy_pb
+from .v1 import policy_service_pb2_grpc as policy_grpc
 from .v1 import pricing_pb2
 from .v1 import pricing_service_pb2 as pricing_pb
 from .v1 import pricing_service_pb2_grpc as pricing_grpc
@@ -97,6 +99,7 @@ class BrokerClient:
         self._pricing = pricing_grpc.PricingServiceStub(self._channel)
         self._statements = statement_grpc.StatementServiceStub(self._channel)
         self._keys = keys_grpc.VoucherKeyServiceStub(self._channel)
+        self._policies = policy_grpc.PolicyServiceStub(self._channel)
 
     def __enter__(self) -> BrokerClient:
         return self
@@ -273,6 +276,16 @@ class BrokerClient:
                                                 display_name=display_name)
         return self._call(self._wallets.CreateWallet, request).wallet
 
+    def list_wallets(self) -> list:
+        """Every wallet of the owner (follows pagination)."""
+        return self._every_page(self._wallets.ListWallets, wallet_pb.ListWalletsRequest,
+                                "wallets", page_size=1000)
+
+    def spend_status(self, wallet_id: str = "") -> policy_pb.SpendStatus:
+        """Spent today, this week, month and all time, refills, and the blast radius."""
+        request = policy_pb.GetSpendStatusRequest(wallet_id=wallet_id)
+        return self._call(self._policies.GetSpendStatus, request).status
+
     def fund_wallet(self, wallet_id: str, amount: int) -> wallet_pb.FundWalletResponse:
         request = wallet_pb.FundWalletRequest(request_id=self._request_id(),
                                               wallet_id=wallet_id, amount=amount)
@@ -321,6 +334,11 @@ class BrokerClient:
         return self._every_page(self._statements.ListReceipts,
                                 statement_pb.ListReceiptsRequest, "receipts",
                                 wallet_id=wallet_id, page_size=page_size)
+
+    def latest_receipts(self, wallet_id: str = "", count: int = 10) -> list:
+        """The wallet's `count` newest receipts (one page, 1 to 1000)."""
+        request = statement_pb.ListReceiptsRequest(wallet_id=wallet_id, page_size=count)
+        return list(self._call(self._statements.ListReceipts, request).receipts)
 
     def get_statement(self, start_ms: int, end_ms: int, *, granularity: int = 0,
                       include_annex: bool = False, owner_id: str = "") -> statement_pb.Statement:

@@ -1,5 +1,6 @@
 """Demo data for `make run`: an owner with a funded treasury, an agent wallet, a
-provider, and owner, agent and worker keys in <data dir>/demo-credentials.json (0600)."""
+provider, and owner, agent and worker keys in <data dir>/demo-credentials.json (0600);
+the admin key also alone in <data dir>/admin.key (0600), for `--admin-key-file`."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def bootstrap(store: Store, data_dir: DataDir, config: CoreConfig, admin_key: st
 
     credentials = store.submit_sync(create)
     write_secret(data_dir.demo_credentials, json.dumps(credentials, indent=2).encode())
+    if admin_key:
+        write_secret(data_dir.root / "admin.key", admin_key.encode() + b"\n")
     return True
 
 

@@ -30,22 +30,29 @@ def main() -> int:
     parser.add_argument("--listen", default="127.0.0.1:50051")
     parser.add_argument("--worker-listen", default="127.0.0.1:50052")
     parser.add_argument("--console-listen", default="127.0.0.1:8080")
+    parser.add_argument("--metrics-listen", default="127.0.0.1:9464")
+    parser.add_argument("--worker-metrics-listen", default="127.0.0.1:9465")
     args = parser.parse_args()
     data = Path(args.data_dir)
     bin_dir = Path(sys.executable).parent
     broker = subprocess.Popen([bin_dir / "broker", "serve", "--data-dir", str(data),
-                               "--listen", args.listen, "--demo"], start_new_session=True)
+                               "--listen", args.listen, "--metrics-listen", args.metrics_listen,
+                               "--demo"], start_new_session=True)
     wait_for(data / "demo-credentials.json", broker)
     credentials = json.loads((data / "demo-credentials.json").read_text())
     key_file = data / "worker" / "api-key"
     write_secret(key_file, credentials["worker_api_key"].encode())
     worker = subprocess.Popen([bin_dir / "worker", "serve", "--broker", args.listen,
                                "--listen", args.worker_listen, "--api-key-file", str(key_file),
-                               "--state-dir", str(data / "worker")], start_new_session=True)
+                               "--state-dir", str(data / "worker"),
+                               "--metrics-listen", args.worker_metrics_listen],
+                              start_new_session=True)
     console = subprocess.Popen([bin_dir / "broker", "console", "--broker", args.listen,
                                 "--listen", args.console_listen], start_new_session=True)
     print(f"console: http://{args.console_listen}/ (sign in with the key that "
           f"`.venv/bin/broker credentials owner` prints)", flush=True)
+    print(f"For the README walkthrough, in another shell: export LISTEN={args.listen} "
+          f"WORKER_LISTEN={args.worker_listen} DATA={data}", flush=True)
     stopping = False
 
     def stop(*_):
