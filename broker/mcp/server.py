@@ -25,8 +25,9 @@ import anyio.from_thread
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from worker.v1 import worker_service_pb2 as worker_pb
 
@@ -411,21 +412,31 @@ def _settled(request_id: str, max_spend: int, auth: auth_pb.Authorization, recei
                              error=error, message=message)
 
 
+def _strict(tool: Tool) -> Tool:
+    """Refuse arguments outside the tool's schema (the SDK would drop them silently, and
+    a misspelt limit must not pass unnoticed); the schema says so too."""
+    lenient = tool.fn_metadata.arg_model
+    tool.fn_metadata.arg_model = type(lenient.__name__, (lenient,),
+                                      {"model_config": ConfigDict(extra="forbid")})
+    tool.parameters["additionalProperties"] = False
+    return tool
+
+
 def build_server(client: BrokerClient, *, job_timeout: float = 300.0) -> MCPServer:
     """The MCP server with this agent's tools."""
-    tools = AgentTools(client, job_timeout=job_timeout)
-    server = MCPServer("broker-mcp", instructions=INSTRUCTIONS)
+    t = AgentTools(client, job_timeout=job_timeout)
     free = ToolAnnotations(readOnlyHint=True, openWorldHint=True)
-    server.add_tool(tools.find_offers, title="Find offers and quote a job", annotations=free)
-    server.add_tool(tools.run_job, title="Run a job and pay for it", annotations=ToolAnnotations(
-        readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=True))
-    server.add_tool(tools.get_spend_status, title="Balance and spend limits",
-                    annotations=free)
-    server.add_tool(tools.list_receipts, title="Newest receipts", annotations=free)
-    server.add_tool(tools.get_receipt, title="One receipt", annotations=free)
-    server.add_tool(tools.cancel_authorization, title="Cancel a reservation",
-                    annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True,
-                                                idempotentHint=True, openWorldHint=True))
-    server.add_tool(tools.wait_for_approval, title="Wait for the owner's approval",
-                    annotations=free)
-    return server
+    pays = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True,
+                           openWorldHint=True)
+    releases = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True,
+                               openWorldHint=True)
+    tools = [(t.find_offers, "Find offers and quote a job", free),
+             (t.run_job, "Run a job and pay for it", pays),
+             (t.get_spend_status, "Balance and spend limits", free),
+             (t.list_receipts, "Newest receipts", free),
+             (t.get_receipt, "One receipt", free),
+             (t.cancel_authorization, "Cancel a reservation", releases),
+             (t.wait_for_approval, "Wait for the owner's approval", free)]
+    return MCPServer("broker-mcp", instructions=INSTRUCTIONS, tools=[
+        _strict(Tool.from_function(fn, title=title, annotations=annotations))
+        for fn, title, annotations in tools])
