@@ -438,5 +438,6 @@ def build_server(client: BrokerClient, *, job_timeout: float = 300.0) -> MCPServ
              (t.cancel_authorization, "Cancel a reservation", releases),
              (t.wait_for_approval, "Wait for the owner's approval", free)]
     return MCPServer("broker-mcp", instructions=INSTRUCTIONS, tools=[
-        _strict(Tool.from_function(fn, title=title, annotations=annotations))
+        _strict(Tool.from_function(fn, title=title, annotations=annotations,
+                                   description=" ".join(fn.__doc__.split())))
         for fn, title, annotations in tools])
