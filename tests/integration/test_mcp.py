@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -313,6 +316,42 @@ def test_a_broker_that_is_down(world, tmp_path):
     text = anyio.run(session)
     assert "UNAVAILABLE" in text and "Nothing was reserved or spent" in text
     assert "Next: it could not be reached" in text
+
+
+def test_streamable_http_transport(world, tmp_path):
+    """The same tools over streamable HTTP; the key comes from the environment."""
+    port = free_port()
+    env = {**os.environ, "BROKER_MCP_API_KEY": world.creds["agent_api_key"]}
+    with open(tmp_path / "broker-mcp-http.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "broker.mcp.cli", "--broker", world.broker.target,
+             "--transport", "streamable-http", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, server)
+
+        async def session():
+            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                tools = (await client.list_tools()).tools
+                return tools, call(await client.call_tool("get_spend_status", {}))
+
+        tools, status = anyio.run(session)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert {t.name for t in tools} == TOOLS
+    assert (status["wallet_id"], status["available"]) == \
+        (world.h.wallet_id, world.h.wallet().available)
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "broker-mcp exited"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"broker-mcp did not listen on {port}")
 
 
 def render(transcript: list, progress_count: int) -> str:
