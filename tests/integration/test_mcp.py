@@ -103,6 +103,10 @@ def test_tools_and_their_input_schemas(world, tmp_path):
     assert not tools["run_job"].annotations.read_only_hint
     assert tools["wait_for_approval"].input_schema["properties"]["timeout_seconds"][
         "maximum"] == 3600
+    # The README's transcript (from test_generate_job...) lists the tools there are.
+    readme = (ROOT / "README.md").read_text()
+    listed = readme.split("→ tools/list\n", 1)[1].split("→", 1)[0]
+    assert {line.split(":")[0].strip() for line in listed.splitlines()} == TOOLS
 
 
 def test_generate_job_charge_is_the_ledgers_and_a_retry_pays_once(world, tmp_path):
