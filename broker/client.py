@@ -274,10 +274,6 @@ class BrokerClient:
         request = policy_pb.GetSpendPolicyRequest(wallet_id=wallet_id)
         return self._call(self._policies.GetSpendPolicy, request)
 
-    def get_approval(self, authorization_id: str) -> policy_pb.GetApprovalResponse:
-        request = policy_pb.GetApprovalRequest(authorization_id=authorization_id)
-        return self._call(self._policies.GetApproval, request)
-
     def wait_for_approval(self, authorization_id: str,
                           timeout: float) -> policy_pb.WatchAuthorizationResponse:
         """The authorization once an owner decided it (the stream ends), or its last

@@ -42,6 +42,7 @@ T = TypeVar("T")
 # The largest integer a JSON number carries exactly (JavaScript hosts).
 JSON_INT_MAX = 2**53 - 1
 MAX_REMEMBERED = 10_000
+NOTHING = "Nothing was reserved or spent"
 
 INSTRUCTIONS = """\
 Buy GPU compute for this agent from a compute broker. Amounts are integer micro-credits
@@ -96,12 +97,14 @@ class AgentTools:
         # Settled jobs by request_id, answered again to a retry.
         self._finished: dict[str, results.JobResult | ToolError] = {}
 
-    async def _call(self, fn: Callable[..., T], *args: Any, what: str = "",
+    async def _call(self, fn: Callable[..., T], *args: Any, what: str = "", spent: str = "",
                     **kwargs: Any) -> T:
+        """`fn` in a worker thread; a broker error becomes a tool error (`what` failed,
+        and what became of the money: `spent`)."""
         try:
             return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
         except BrokerClientError as error:
-            raise tool_error(error, what=what, spent="Nothing was reserved or spent") from None
+            raise tool_error(error, what=what, spent=spent) from None
 
     # -- find_offers ---------------------------------------------------------------------
 
@@ -170,7 +173,8 @@ class AgentTools:
                        job: worker_pb.Job, estimate: dict, worker_id: str,
                        ctx: Context) -> results.JobResult:
         quote = await self._call(self.client.quote, kind, **estimate, max_cost=max_spend,
-                                 request_id=request_id, what="Quote for the job failed")
+                                 request_id=request_id, what="Quote for the job failed",
+                                 spent=NOTHING)
         offers = [o for o in quote.offers if not worker_id or o.worker_id == worker_id]
         if not offers:
             raise ToolError(f"OFFER_NOT_IN_QUOTE: no live offer from worker {worker_id!r} "
@@ -186,9 +190,12 @@ class AgentTools:
             self.client.authorize, max_spend, model=model if kind == "generate" else "",
             worker_id=worker_id, quote_id=quote.quote_id, select_best_offer=not worker_id,
             ttl_seconds=int(self.job_timeout) + 60, request_id=request_id,
-            what="The payment was not authorized")
+            what="The payment was not authorized", spent=NOTHING)
         # A retried request_id replays the first answer: ask for the state it is in now.
-        now = await self._call(self.client.get_authorization, auth.authorization_id)
+        now = await self._call(self.client.get_authorization, auth.authorization_id,
+                               spent=f"{auth.amount} may be reserved ({auth.authorization_id}"
+                               f"): run_job again with the same request_id, or "
+                               f"cancel_authorization")
         state = now.state
         if state == auth_pb.AUTHORIZATION_STATE_PENDING_APPROVAL:
             return _outcome(request_id, max_spend, auth, "waiting_for_owner",
@@ -197,7 +204,8 @@ class AgentTools:
                             "wait_for_approval with this authorization_id, then run_job "
                             "again with the same request_id.")
         if state == auth_pb.AUTHORIZATION_STATE_SETTLED:
-            found = await self._call(self.client.get_receipt, auth.authorization_id)
+            found = await self._call(self.client.get_receipt, auth.authorization_id,
+                                     spent=_ran(auth.authorization_id))
             status = "stopped" if found.outcome == "STOPPED" else "completed"
             return _settled(request_id, max_spend, auth, found, "", "", status,
                             "This request_id already ran and was paid once; this is its "
@@ -242,7 +250,8 @@ class AgentTools:
             released = await self._release(auth.authorization_id)
             raise tool_error(error, what="No worker ran the job", spent=released) from None
         result = execution.result
-        found = await self._call(self.client.get_receipt, auth.authorization_id)
+        found = await self._call(self.client.get_receipt, auth.authorization_id,
+                                 spent=_ran(auth.authorization_id))
         output = json.loads(result.result_json or "{}").get("text") or "".join(
             e.output.text for e in execution.events if e.WhichOneof("kind") == "output")
         status = STATUS.get(result.status, "failed")
@@ -260,9 +269,9 @@ class AgentTools:
             await anyio.to_thread.run_sync(self.client.cancel, authorization_id)
             return f"Nothing was spent: the reservation ({authorization_id}) was released"
         except BrokerClientError as error:
-            return (f"Nothing was spent; releasing the reservation ({authorization_id}) "
-                    f"failed with {error.reason or error.code.name}: it is released when "
-                    f"it expires, or call cancel_authorization")
+            return (f"Releasing the reservation ({authorization_id}) failed with "
+                    f"{error.reason or error.code.name}: get_receipt shows whether a job "
+                    f"ran; if none did, it is released when it expires")
 
     # -- spend status, receipts, cancel, approvals -----------------------------------------
 
@@ -277,11 +286,12 @@ class AgentTools:
         status = await self._call(self.client.spend_status)
         found = await self._call(self.client.spend_policy)
         policy = found.policy
-        limits = [results.Limit(period=period, limit=getattr(policy.limits, period),
-                                spent=getattr(status, spent),
-                                left=max(0, getattr(policy.limits, period) - getattr(status,
-                                                                                     spent)))
-                  for period, spent in LIMITS if getattr(policy.limits, period)]
+        limits = []
+        for period, spent_field in LIMITS:
+            limit, spent = getattr(policy.limits, period), getattr(status, spent_field)
+            if limit:
+                limits.append(results.Limit(period=period, limit=limit, spent=spent,
+                                            left=max(0, limit - spent)))
         room = [balance.available, *(limit.left for limit in limits)]
         if policy.max_per_authorization:
             room.append(policy.max_per_authorization)
@@ -388,6 +398,11 @@ def _job_estimate(kind: str, model: str, input_tokens: int, max_new_tokens: int,
         return {"models": [model] if model else [], "input_tokens": input_tokens,
                 "output_tokens": max_new_tokens}
     return {"gpu_ms": duration_ms}
+
+
+def _ran(authorization_id: str) -> str:
+    return (f"The job ran and was charged once; get_receipt('{authorization_id}') shows "
+            f"the charge")
 
 
 def _state_name(state: int) -> str:

@@ -230,14 +230,15 @@ def test_refusals_before_any_hold(world, tmp_path):
 
 def test_a_job_above_the_approval_threshold_waits_for_the_owner(world, tmp_path):
     t = world.h.new_tenant(wallet_funding=1_000_000)
-    set_policy(world.h, t.owner, approvals=pol_pb.ApprovalRules(
-        threshold=100_000, timeout_seconds=600, reserve_funds=False))
+    set_policy(world.h, t.owner, limits=pol_pb.SpendLimits(daily=800_000),
+               approvals=pol_pb.ApprovalRules(threshold=100_000, timeout_seconds=600,
+                                              reserve_funds=False))
     job = {"request_id": rid(), "max_spend": 300_000, "model": "tiny-lm", "prompt": "Hi",
            "max_new_tokens": 4}
 
     async def session():
         async with mcp_session(world.broker.target, t.agent.key, tmp_path) as client:
-            status = call(await client.call_tool("get_spend_status", {"amount": 300_000}))
+            status = call(await client.call_tool("get_spend_status", {"amount": 900_000}))
             waiting = call(await client.call_tool("run_job", job))
             auth_id = waiting["authorization_id"]
             pending = call(await client.call_tool("wait_for_approval", {
@@ -251,7 +252,11 @@ def test_a_job_above_the_approval_threshold_waits_for_the_owner(world, tmp_path)
             return status, waiting, pending, not_yet, approved, ran
 
     status, waiting, pending, not_yet, approved, ran = anyio.run(session)
-    assert any(r.startswith("APPROVAL_NEEDED") for r in status["would_refuse"])
+    assert status["limits"] == [{"period": "daily", "limit": 800_000, "spent": 0,
+                                 "left": 800_000}]
+    assert (status["available"], status["can_spend_now"]) == (1_000_000, 800_000)
+    assert [r.split(":")[0] for r in status["would_refuse"]] == \
+        ["SPEND_LIMIT_EXCEEDED", "APPROVAL_NEEDED"]
     assert waiting["status"] == "waiting_for_owner" and waiting["charged"] == 0
     assert waiting["authorization_id"].startswith("auth_")
     assert "wait_for_approval" in waiting["message"]
