@@ -52,3 +52,8 @@ def test_the_wheel_installs_without_the_workers_weight(tmp_path):
     assert "--api-key-file" in usage and "BROKER_MCP_API_KEY" in usage
     assert "--api-key " not in usage  # never a key on the command line (ps shows it)
     assert "serve" in run(bin_dir / "broker", "--help", cwd=tmp_path)
+    # The worker itself says what it lacks.
+    worker = subprocess.run([bin_dir / "worker", "serve"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert worker.returncode == 2, worker.stderr
+    assert "needs torch: pip install 'compute-broker[worker]'" in worker.stderr
