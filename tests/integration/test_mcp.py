@@ -249,9 +249,20 @@ def test_a_job_above_the_approval_threshold_waits_for_the_owner(world, tmp_path)
             approved = call(await client.call_tool("wait_for_approval", {
                 "authorization_id": auth_id, "timeout_seconds": 30}))
             ran = call(await client.call_tool("run_job", job))
-            return status, waiting, pending, not_yet, approved, ran
+            # Approved, then no longer wanted: cancelled, and its request_id is spent.
+            other = {**job, "request_id": rid()}
+            other_id = call(await client.call_tool("run_job", other))["authorization_id"]
+            policy(world.h, t.owner).ApproveAuthorization(pol_pb.ApproveAuthorizationRequest(
+                request_id=rid(), authorization_id=other_id))
+            cancelled = call(await client.call_tool("cancel_authorization", {
+                "authorization_id": other_id}))
+            after = error_text(await client.call_tool("run_job", other))
+            again = error_text(await client.call_tool("cancel_authorization", {
+                "authorization_id": ran["authorization_id"]}))
+            return status, waiting, pending, not_yet, approved, ran, cancelled, after, again
 
-    status, waiting, pending, not_yet, approved, ran = anyio.run(session)
+    status, waiting, pending, not_yet, approved, ran, cancelled, after, again = \
+        anyio.run(session)
     assert status["limits"] == [{"period": "daily", "limit": 800_000, "spent": 0,
                                  "left": 800_000}]
     assert (status["available"], status["can_spend_now"]) == (1_000_000, 800_000)
@@ -268,6 +279,9 @@ def test_a_job_above_the_approval_threshold_waits_for_the_owner(world, tmp_path)
     assert 0 < ran["charged"] <= 300_000
     receipt = t.agent.receipt(ran["authorization_id"])
     assert receipt.charged == ran["charged"]
+    assert (cancelled["state"], cancelled["released"]) == ("cancelled", 300_000)
+    assert "AUTHORIZATION_CANCELLED" in after and "new request_id" in after
+    assert "AUTHORIZATION_NOT_CANCELLABLE (FAILED_PRECONDITION)" in again
     assert t.owner.balance(t.wallet_id).pending == 0
 
 
