@@ -42,6 +42,9 @@ class Offer(BaseModel):
     cost_high: int = Field(description="Estimated cost, 95th percentile (micro-credits).")
     latency_p50_ms: int = Field(description="Median completion time; 0 when unknown.")
     latency_p95_ms: int = Field(description="95th percentile completion time; 0 when unknown.")
+    history_jobs: int = Field(description="Recent jobs the estimates are measured on; 0 "
+                              "means no history: the cost estimate leaves out GPU time, so "
+                              "allow a margin.")
     within_max_spend: bool = Field(description="The expected cost fits max_spend.")
     eligible: bool = Field(description="Fits max_spend and the latency target: run_job "
                            "would pick among these.")
@@ -59,6 +62,7 @@ def quote_result(quote: pricing_pb.Quote) -> QuoteResult:
               resource_class=o.resource_class, prices=prices(o.prices), cost_low=o.cost.low,
               cost_expected=o.cost.expected, cost_high=o.cost.high,
               latency_p50_ms=o.latency.p50_ms, latency_p95_ms=o.latency.p95_ms,
+              history_jobs=o.latency.samples,
               within_max_spend=o.within_max_cost, eligible=o.eligible)
         for o in quote.offers])
 

@@ -118,8 +118,8 @@ class AgentTools:
         nothing. Returns the offers best first, each with its unit prices, a cost
         estimate (low / expected / high, micro-credits) and measured latency; `eligible`
         offers fit max_spend (0: no maximum) and the latency target. Prices are locked
-        for a minute under quote_id. Then call run_job with a max_spend at least the
-        cost_high of the offer you want."""
+        for a minute under quote_id. Then call run_job with a max_spend above the
+        cost_high of the offer you want, with a margin when its history_jobs is 0."""
         quote = await self._call(self.client.quote, kind, **_job_estimate(
             kind, model, input_tokens, max_new_tokens, duration_ms),
             latency_target_ms=latency_target_ms, max_cost=max_spend)

@@ -140,10 +140,12 @@ def test_generate_job_charge_is_the_ledgers_and_a_retry_pays_once(world, tmp_pat
                                receipt))
             again = call(await client.call_tool("run_job", job))
             listed = call(await client.call_tool("list_receipts", {"limit": 5}))
-            return status, offers, first, receipt, again, listed
+            later = call(await client.call_tool("find_offers", {"model": "tiny-lm"}))
+            return status, offers, first, receipt, again, listed, later
 
     before = owner_total(world)
-    status, offers, first, receipt, again, listed = anyio.run(session)
+    status, offers, first, receipt, again, listed, later = anyio.run(session)
+    assert later["offers"][0]["history_jobs"] >= 1  # the job joined the measured history
     assert status["would_refuse"] == [] and status["can_spend_now"] >= 500_000
     assert offers["offers"][0]["worker_id"] == world.worker_id
     assert offers["offers"][0]["eligible"]
