@@ -21,7 +21,7 @@ CHROMIUM   := /usr/bin/chromium
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[worker,dev]' 'torch==2.13.0'
 	touch $(STAMP)
 
 venv: $(STAMP)

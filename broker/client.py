@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +68,8 @@ class BrokerClientError(Exception):
         self.code: grpc.StatusCode = error.code()
         self.reason: str = info.reason if info else ""
         self.metadata: dict[str, str] = dict(info.metadata) if info else {}
-        super().__init__(f"{self.code.name} {self.reason}: {error.details()}")
+        self.details: str = error.details() or ""
+        super().__init__(f"{self.code.name} {self.reason}: {self.details}")
 
 
 @dataclass
@@ -120,15 +122,17 @@ class BrokerClient:
                 time.sleep(0.1 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _every_page(self, method, request_type, field: str, **fields) -> list:
-        """All items of a paginated listing, following next_page_token to the end."""
+    def _every_page(self, method, request_type, field: str, limit: int | None = None,
+                    **fields) -> list:
+        """All items of a paginated listing (or the first `limit`), following
+        next_page_token."""
         items, token = [], ""
         while True:
             page = self._call(method, request_type(page_token=token, **fields))
             items += getattr(page, field)
             token = page.next_page_token
-            if not token:
-                return items
+            if not token or (limit is not None and len(items) >= limit):
+                return items[:limit]
 
     @staticmethod
     def _request_id() -> str:
@@ -167,23 +171,25 @@ class BrokerClient:
     def quote(self, kind: str, *, models: tuple[str, ...] | list[str] = (),
               input_tokens: int = 0, output_tokens: int = 0, gpu_ms: int = 0,
               latency_target_ms: int = 0, max_cost: int = 0, resource_class: str = "",
-              lock_seconds: int = 0) -> pricing_pb.Quote:
+              lock_seconds: int = 0, request_id: str = "") -> pricing_pb.Quote:
         """Ranked live offers for a job, prices locked for lock_seconds (0: 60)."""
         job = pricing_pb.JobDescription(
             kind=kind, models=list(models), input_tokens=input_tokens,
             output_tokens=output_tokens, gpu_ms=gpu_ms, latency_target_ms=latency_target_ms,
             max_cost=max_cost, resource_class=resource_class)
-        request = pricing_pb.QuoteRequest(request_id=self._request_id(), job=job,
+        request = pricing_pb.QuoteRequest(request_id=request_id or self._request_id(), job=job,
                                           lock_seconds=lock_seconds)
         return self._call(self._pricing.Quote, request).quote
 
     def execute(self, authorization: auth_pb.Authorization, job, *,
                 offers: list | None = None, timeout: float = 60.0,
-                worker_tls: tls_files.ClientTls | None = None) -> Execution:
+                worker_tls: tls_files.ClientTls | None = None,
+                on_event: Callable[[Any, Any], None] | None = None) -> Execution:
         """Run `job` (a worker.v1.Job) with the authorization's voucher at its offers,
         best first (`authorization.offers`, or `offers`: anything with worker_id and
         endpoint), and return the whole event stream. `worker_tls`: for workers that
-        serve agents over TLS (tls.load_client).
+        serve agents over TLS (tls.load_client). `on_event(offer, event)` sees each
+        event as it arrives (progress).
 
         Failover: when a worker fails before it accepted the job (unreachable, busy,
         draining, or refusing the voucher), the next offer gets the same voucher, but
@@ -203,6 +209,8 @@ class BrokerClient:
                     for event in worker_grpc.WorkerServiceStub(channel).Execute(
                             request, timeout=timeout):
                         events.append(event)
+                        if on_event is not None:
+                            on_event(offer, event)
                 return Execution(offer, events, failovers)
             except grpc.RpcError as error:
                 failure = BrokerClientError(error)
@@ -262,6 +270,31 @@ class BrokerClient:
         request = wallet_pb.GetBalanceRequest(wallet_id=wallet_id)
         return self._call(self._wallets.GetBalance, request).balance
 
+    def spend_status(self, wallet_id: str = "") -> policy_pb.SpendStatus:
+        """Spent today, this week, month and all time, refills, and the blast radius."""
+        request = policy_pb.GetSpendStatusRequest(wallet_id=wallet_id)
+        return self._call(self._policies.GetSpendStatus, request).status
+
+    def spend_policy(self, wallet_id: str = "") -> policy_pb.GetSpendPolicyResponse:
+        """The policy in force for the wallet, and where it comes from."""
+        request = policy_pb.GetSpendPolicyRequest(wallet_id=wallet_id)
+        return self._call(self._policies.GetSpendPolicy, request)
+
+    def wait_for_approval(self, authorization_id: str,
+                          timeout: float) -> policy_pb.WatchAuthorizationResponse:
+        """The authorization once an owner decided it (the stream ends), or its last
+        state when `timeout` seconds run out first."""
+        request = policy_pb.WatchAuthorizationRequest(authorization_id=authorization_id)
+        last = None
+        try:
+            for state in self._policies.WatchAuthorization(request, metadata=self._metadata,
+                                                           timeout=timeout):
+                last = state
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED or last is None:
+                raise BrokerClientError(error) from None
+        return last
+
     def list_transfers(self, wallet_id: str = "", page_size: int = 100) -> list:
         """Every transfer of the wallet, newest first (follows pagination)."""
         return self._every_page(self._wallets.ListTransfers, wallet_pb.ListTransfersRequest,
@@ -280,11 +313,6 @@ class BrokerClient:
         """Every wallet of the owner (follows pagination)."""
         return self._every_page(self._wallets.ListWallets, wallet_pb.ListWalletsRequest,
                                 "wallets", page_size=1000)
-
-    def spend_status(self, wallet_id: str = "") -> policy_pb.SpendStatus:
-        """Spent today, this week, month and all time, refills, and the blast radius."""
-        request = policy_pb.GetSpendStatusRequest(wallet_id=wallet_id)
-        return self._call(self._policies.GetSpendStatus, request).status
 
     def fund_wallet(self, wallet_id: str, amount: int) -> wallet_pb.FundWalletResponse:
         request = wallet_pb.FundWalletRequest(request_id=self._request_id(),
@@ -329,10 +357,11 @@ class BrokerClient:
                                                          public_key=public_key)
         return self._call(self._statements.RegisterReceiptKey, request).receipt_key
 
-    def list_receipts(self, wallet_id: str = "", page_size: int = 100) -> list:
-        """Every receipt of the wallet, newest first (follows pagination)."""
+    def list_receipts(self, wallet_id: str = "", page_size: int = 100,
+                      limit: int | None = None) -> list:
+        """Every receipt of the wallet (or the newest `limit`), newest first."""
         return self._every_page(self._statements.ListReceipts,
-                                statement_pb.ListReceiptsRequest, "receipts",
+                                statement_pb.ListReceiptsRequest, "receipts", limit,
                                 wallet_id=wallet_id, page_size=page_size)
 
     def latest_receipts(self, wallet_id: str = "", count: int = 10) -> list:

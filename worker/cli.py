@@ -23,7 +23,11 @@ log = logging.getLogger("worker")
 
 
 def cmd_serve(args, effective: Effective[WorkerConfig]) -> int:
-    from .daemon import ListenError, serve
+    try:
+        from .daemon import ListenError, serve
+    except ModuleNotFoundError as error:  # the light install (`pip install .`)
+        log.error("worker serve needs %s: pip install 'compute-broker[worker]'", error.name)
+        return 2
 
     config = effective.settings
     try:
