@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .clock import now_ms
-from .core import ledger, tenancy
+from .core import journal, ledger, tenancy
 from .files import write_secret
 from .keyring import Keyring
 from .store import LmdbStore
@@ -48,7 +48,7 @@ class DataDir:
         return (self.voucher_keys / "ACTIVE").exists()
 
     def open_store(self, *, durable: bool = True) -> LmdbStore:
-        return LmdbStore(self.ledger, durable=durable)
+        return LmdbStore(self.ledger, durable=durable, sealer=journal.seal)
 
 
 class AlreadyInitialised(Exception):

@@ -6,7 +6,6 @@ what is wrong: the account, hold, receipt, counter or journal entry."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
 
 from ..store.base import Record, Tx
 from . import grants, journal, ledger, pages, spend, validate
@@ -15,14 +14,57 @@ from .authorizations import SETTLED, has_voucher
 BALANCE_FIELDS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 
 
+def accounts_now(tx: Tx) -> dict[str, Record]:
+    """Every account with its balances now: platform accounts' rows plus the entries
+    not yet rolled up (ledger.roll_up)."""
+    accounts = dict(tx.scan("accounts"))
+    for key, entry in tx.scan("account_entries"):
+        account = accounts.get(key.rsplit("/", 1)[0])
+        if account is not None:  # else reported by _entry_problems
+            for name, delta in entry.items():
+                account[name] = account.get(name, 0) + delta
+    return accounts
+
+
 def totals(tx: Tx) -> dict[str, int]:
     sums = dict.fromkeys(BALANCE_FIELDS, 0)
-    count = 0
-    for _, account in tx.scan("accounts"):
-        count += 1
+    accounts = accounts_now(tx)
+    for account in accounts.values():
         for name in BALANCE_FIELDS:
             sums[name] += account[name]
-    return {**sums, "account_count": count}
+    return {**sums, "account_count": len(accounts),
+            "transfer_count": sum(1 for _ in tx.scan("transfers"))}
+
+
+def _effect(tx: Tx, tr: Record, account_id: str) -> dict[str, int]:
+    """What a transfer did to one of its accounts' balances (non-zero fields)."""
+    side = "debits" if account_id == tr["debit_account_id"] else "credits"
+    if tr["kind"] == ledger.POSTED:
+        out = {f"{side}_posted": tr["amount"]}
+    elif tr["kind"] == ledger.PENDING:
+        out = {f"{side}_pending": tr["amount"]}
+    else:
+        pending = tx.get("transfers", tr["pending_id"]) or {"amount": 0}
+        out = {f"{side}_pending": -pending["amount"], f"{side}_posted": tr["amount"]}
+    return {name: delta for name, delta in out.items() if delta}
+
+
+def _entry_problems(tx: Tx) -> list[str]:
+    """Each platform-account entry is the effect of the transfer with its seq."""
+    problems = []
+    for key, entry in tx.scan("account_entries"):
+        account_id = key.rsplit("/", 1)[0]
+        if not ledger.is_platform(account_id) or tx.get("accounts", account_id) is None:
+            problems.append(f"account entry {key}: not of a platform account")
+            continue
+        row = tx.get("account_transfers", key)
+        tr = tx.get("transfers", row["transfer_id"]) if row else None
+        if tr is None:
+            problems.append(f"account entry {key}: no transfer of {account_id} has its seq")
+        elif entry != _effect(tx, tr, account_id):
+            problems.append(f"account entry {key}: says {entry}, transfer "
+                            f"{tr['transfer_id']} says {_effect(tx, tr, account_id)}")
+    return problems
 
 
 def _replayed_balances(tx: Tx) -> tuple[dict[str, Counter], list[str]]:
@@ -67,8 +109,9 @@ def check(tx: Tx) -> list[str]:
         problems.append("sum of debits_posted != sum of credits_posted")
 
     rebuilt, replay_problems = _replayed_balances(tx)
-    problems += replay_problems
-    for account_id, account in tx.scan("accounts"):
+    problems += replay_problems + _entry_problems(tx)
+    accounts = accounts_now(tx)
+    for account_id, account in accounts.items():
         replayed = rebuilt.get(account_id, Counter())
         for name in BALANCE_FIELDS:
             if account[name] != replayed[name]:
@@ -79,7 +122,7 @@ def check(tx: Tx) -> list[str]:
             problems.append(f"account {account_id} is overdrawn")
         if account["max_balance"] and ledger.balance(account)["posted"] > account["max_balance"]:
             problems.append(f"account {account_id} is above its cap")
-    escrow = tx.get("accounts", ledger.ESCROW_ACCOUNT)
+    escrow = accounts.get(ledger.ESCROW_ACCOUNT)
     if escrow and ledger.balance(escrow)["posted"] != 0:
         problems.append("escrow holds posted funds outside an atomic settlement")
 
@@ -137,56 +180,8 @@ def _refund_problems(tx: Tx) -> list[str]:
     return problems
 
 
-def _when(ms: object) -> str:
-    try:
-        return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="seconds")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return repr(ms)
-
-
 def check_journal(tx: Tx) -> list[str]:
-    """The hash chain, entry by entry. Reads each entry on its own, so an entry whose
-    stored bytes no longer decode is reported (and the rest still checked)."""
-    problems = []
-    head = tx.get("meta", "journal_head") or {"seq": 0, "hash": journal.GENESIS}
-    prev: str | None = journal.GENESIS
-    for seq in range(1, head["seq"] + 1):
-        try:
-            entry = tx.get("journal", f"{seq:020d}")
-        except ValueError:
-            problems.append(f"journal entry {seq}: its stored bytes are not valid JSON "
-                            "(altered or corrupted on disk)")
-            prev = None
-            continue
-        if entry is None:
-            problems.append(f"journal entry {seq}: missing (the chain has a gap)")
-            prev = None
-            continue
-        what = f"journal entry {seq} ({entry.get('kind')!s:.40}, {_when(entry.get('time_ms'))})"
-        if entry.get("seq") != seq:
-            problems.append(f"{what}: says it is entry {entry.get('seq')!s:.20} (moved)")
-        if prev is not None and entry.get("prev") != prev:
-            problems.append(f"{what}: its prev hash does not match entry {seq - 1} "
-                            "(an entry before it was replaced or removed)")
-        try:
-            digest = journal.entry_hash(str(entry.get("prev")), seq, entry.get("time_ms"),
-                                        entry.get("kind"), entry.get("data"))
-        except (TypeError, ValueError):
-            digest = ""
-        if digest != entry.get("hash"):
-            problems.append(f"{what}: its content does not match its hash "
-                            "(altered after it was written)")
-        prev = entry.get("hash")
-    if head["seq"] and prev is not None and head["hash"] != prev:
-        problems.append(f"journal head: its hash does not match entry {head['seq']}")
-    try:
-        extra = next(iter(tx.scan("journal", start=f"{head['seq'] + 1:020d}", limit=1)), None)
-    except ValueError:
-        extra = ("?", None)
-    if extra is not None:
-        problems.append(f"journal: entries after its head (entry {head['seq']}); "
-                        "appended outside the broker")
-    return problems
+    return journal.verify_tx(tx)
 
 
 def list_journal(tx: Tx, page_size: int, page_token: str) -> Record:

@@ -204,15 +204,21 @@ def expire_due(tx: Tx, now: int, config: CoreConfig, signer: vouchers.Signer,
     never finished are settled on the last acknowledged usage."""
     due = ledger.due_holds(tx, now, limit)
     for hold_id in due:
-        pending, _ = ledger.get_hold(tx, hold_id)
-        auth = tx.get("authorizations", pending["user_data"]["authorization_id"])
-        if auth["state"] == REDEEMED:
-            settle(tx, tx.get("sessions", auth["session_id"]), HOLD_EXPIRED, now, config, signer)
-        else:
-            ledger.resolve(tx, hold_id, ledger.EXPIRE_PENDING, now)
-            spend.release(tx, auth, auth["amount"])
-            auth["state"] = EXPIRED
-            tx.put("authorizations", auth["authorization_id"], auth)
-            journal.append(tx, "authorization_expired",
-                           {"authorization_id": auth["authorization_id"]}, now)
+        expire_hold(tx, hold_id, now, config, signer)
     return len(due)
+
+
+def expire_hold(tx: Tx, hold_id: str, now: int, config: CoreConfig,
+                signer: vouchers.Signer) -> None:
+    """Resolve one hold whose timeout has passed (the sweep's step for each)."""
+    pending, _ = ledger.get_hold(tx, hold_id)
+    auth = tx.get("authorizations", pending["user_data"]["authorization_id"])
+    if auth["state"] == REDEEMED:
+        settle(tx, tx.get("sessions", auth["session_id"]), HOLD_EXPIRED, now, config, signer)
+    else:
+        ledger.resolve(tx, hold_id, ledger.EXPIRE_PENDING, now)
+        spend.release(tx, auth, auth["amount"])
+        auth["state"] = EXPIRED
+        tx.put("authorizations", auth["authorization_id"], auth)
+        journal.append(tx, "authorization_expired",
+                       {"authorization_id": auth["authorization_id"]}, now)

@@ -9,6 +9,7 @@ that raises is simply dropped, so its half-done writes never reach the batch.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
@@ -87,6 +88,21 @@ def key_range(prefix: str, start: str | None, stop: str | None) -> tuple[str, st
     return lo, hi
 
 
+class IdClock:
+    """`Tx.next_id`: microseconds since the epoch, strictly increasing. Not a key in
+    the store, so operations that take ids never touch a shared key; a store that has
+    several writers persists `last` between them (LmdbStore: per batch, in `meta`)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: int = 0) -> None:
+        self.last = last
+
+    def next(self) -> int:
+        self.last = max(self.last + 1, time.time_ns() // 1000)
+        return self.last
+
+
 class BufferedTx:
     """A write overlay on a base Tx: reads see this overlay first, then the base.
 
@@ -112,6 +128,9 @@ class BufferedTx:
 
     def put(self, table: str, key: str, value: Record) -> None:
         self.put_encoded(table, key, encode(value))
+
+    def next_id(self) -> int:
+        return self._base.next_id()
 
     def put_encoded(self, table: str, key: str, data: str) -> None:
         check_table(table)
