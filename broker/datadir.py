@@ -11,7 +11,7 @@ from .clock import now_ms
 from .core import journal, ledger, tenancy
 from .files import write_secret
 from .keyring import Keyring
-from .store import LmdbStore
+from .store import LmdbStore, schema
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ def init(data_dir: DataDir) -> tuple[str, str]:
 
         def bootstrap(tx):
             now = now_ms()
+            schema.stamp(tx)
             ledger.ensure_platform_accounts(tx, now)
             return tenancy.create_api_key(tx, "admin", now, description="created by broker init")
 

@@ -135,17 +135,18 @@ class _LmdbTx:
         return None if data is None else decode(data)
 
     def put(self, table: str, key: str, value: Record) -> None:
-        self.put_encoded(table, key, encode(value))
+        check_table(table)
+        self.put_encoded(table, key, encode(table, value))
 
-    def put_encoded(self, table: str, key: str, data: str) -> None:
+    def put_encoded(self, table: str, key: str, data: bytes) -> None:
         self._check_writable()
-        self._txn.put(check_key(key), data.encode(), db=self._db(table))
+        self._txn.put(check_key(key), data, db=self._db(table))
 
     def delete(self, table: str, key: str) -> None:
         self._check_writable()
         self._txn.delete(check_key(key), db=self._db(table))
 
-    def apply(self, tables: dict[str, dict[str, str | None]]) -> None:
+    def apply(self, tables: dict[str, dict[str, bytes | None]]) -> None:
         """Write a BufferedTx's pending writes (tables and keys checked when they were
         made): the writer's hottest loop, so no second round of checks."""
         self._check_writable()
@@ -156,7 +157,7 @@ class _LmdbTx:
                 if data is None:
                     txn.delete(key.encode(), db=db)
                 else:
-                    txn.put(key.encode(), data.encode(), db=db)
+                    txn.put(key.encode(), data, db=db)
 
     def scan(
         self,

@@ -42,10 +42,10 @@ class _Table:
     __slots__ = ("data", "keys")
 
     def __init__(self) -> None:
-        self.data: dict[str, str] = {}
+        self.data: dict[str, bytes] = {}
         self.keys: list[str] = []
 
-    def put(self, key: str, data: str) -> None:
+    def put(self, key: str, data: bytes) -> None:
         if key not in self.data:
             insort(self.keys, key)
         self.data[key] = data
@@ -96,9 +96,10 @@ class _MemoryTx:
         return None if data is None else decode(data)
 
     def put(self, table: str, key: str, value: Record) -> None:
-        self.put_encoded(table, key, encode(value))
+        check_table(table)
+        self.put_encoded(table, key, encode(table, value))
 
-    def put_encoded(self, table: str, key: str, data: str) -> None:
+    def put_encoded(self, table: str, key: str, data: bytes) -> None:
         self._check_writable()
         t = self._table(table)
         check_key(key)
