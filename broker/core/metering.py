@@ -117,10 +117,15 @@ def get_own_session(tx: Tx, principal: Principal, session_id: str, worker_id: st
 
 
 def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage: Record,
-                 now: int, signature: bytes = b"") -> session.UsageDecision:
+                 now: int, signature: bytes = b"",
+                 verified: usage_signing.Verified | None = None) -> session.UsageDecision:
+    """`verified`: the signature was checked outside the writer (usage_signing)."""
     current = get_own_session(tx, principal, session_id, "")
-    message = usage_signing.payload(session_id, usage, seq=seq)
-    usage_signing.verify(current["usage_public_key"], message, signature)
+    if verified is not None and verified.public_key_hex == current["usage_public_key"]:
+        message = verified.message
+    else:
+        message = usage_signing.payload(session_id, usage, seq=seq)
+        usage_signing.verify(current["usage_public_key"], message, signature)
     decision = session.on_usage(current, seq, usage, now)
     decision = killswitch.on_usage(tx, current, decision, now)  # STOP if frozen or revoked
     if decision.session is not current:
