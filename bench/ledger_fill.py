@@ -21,7 +21,7 @@ from pathlib import Path
 
 import lmdb
 
-from broker.core.journal import GENESIS, verify
+from broker.core.journal import GENESIS, verify_tx
 from broker.store.base import TABLES
 from broker.store.lmdb_store import lock_dir, unlock_dir
 
@@ -74,11 +74,18 @@ def _entry(seq: int, now: int, prev: str) -> tuple[bytes, bytes, str]:
 
 def check_template() -> None:
     """Entries made by `_entry` verify with the broker's own chain check."""
-    prev, entries = GENESIS, []
+    from broker.store import MemoryStore
+
+    store, prev = MemoryStore(), GENESIS
+
+    def put(tx, key, value):
+        tx.put("journal", key.decode(), json.loads(value))
+
     for seq in range(1, 4):
-        _, value, prev = _entry(seq, 1_700_000_000_000, prev)
-        entries.append(json.loads(value))
-    assert verify(entries, {"seq": 3, "hash": prev}) == []
+        key, value, prev = _entry(seq, 1_700_000_000_000, prev)
+        store.submit_sync(lambda tx, k=key, v=value: put(tx, k, v))
+    store.submit_sync(lambda tx: tx.put("meta", "journal_head", {"seq": 3, "hash": prev}))
+    assert store.read(verify_tx) == []
 
 
 if __name__ == "__main__":

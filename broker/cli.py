@@ -1,4 +1,4 @@
-"""`broker` command line: init, serve, console, credentials, audit, config show,
+"""`broker` command line: init, serve, migrate, console, credentials, audit, config show,
 receipts (owner side of sealed receipts), keys rotate, status (an owner's spend at a glance).
 
 Settings come from defaults < `--config FILE` (TOML) < BROKER_* variables < flags;
@@ -73,6 +73,7 @@ def cmd_serve(args, effective: Effective[Settings]) -> int:
     from . import demo
     from .daemon import PortInUse, serve, serve_processes
     from .store import DataDirLocked
+    from .store.schema import SchemaError
 
     settings = effective.settings
     try:
@@ -89,6 +90,11 @@ def cmd_serve(args, effective: Effective[Settings]) -> int:
             log.error("%s is not initialised; run `broker init` first", data_dir.root)
             return 1
         _, admin_key = init(data_dir)
+    try:
+        _require_current_schema(data_dir)
+    except (DataDirLocked, SchemaError) as error:
+        log.error("%s", error)
+        return 2
 
     def on_ready(broker) -> None:
         if not args.demo:
@@ -111,6 +117,41 @@ def cmd_serve(args, effective: Effective[Settings]) -> int:
     except PortInUse as error:
         log.error("%s; is another broker running?", error)
         return 2
+    return 0
+
+
+def _require_current_schema(data_dir: DataDir) -> None:
+    from .store import schema
+
+    store = data_dir.open_store()
+    try:
+        store.read(lambda tx: schema.require_current(tx, str(data_dir.root)))
+    finally:
+        store.close()
+
+
+def cmd_migrate(args, effective: Effective[Settings]) -> int:
+    from .store import DataDirLocked, schema
+
+    data_dir = _data_dir(effective.settings)
+    if not data_dir.is_initialised():
+        print(f"broker migrate: {data_dir.root} is not a broker data directory",
+              file=sys.stderr)
+        return 1
+    try:
+        store = data_dir.open_store()
+    except DataDirLocked as error:
+        print(f"broker migrate: {error}; stop it first", file=sys.stderr)
+        return 2
+    try:
+        found, now = store.submit_sync(lambda tx: schema.migrate(tx, str(data_dir.root)))
+    except schema.SchemaError as error:
+        print(f"broker migrate: {error}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"{data_dir.root}: already at schema version {now}" if found == now else
+          f"{data_dir.root}: migrated from schema version {found} to {now}")
     return 0
 
 
@@ -379,6 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("role", choices=["admin", "owner", "agent", "worker", "owner_id",
                                     "wallet_id", "provider_id"])
     p.set_defaults(func=cmd_credentials)
+
+    p = sub.add_parser("migrate", help="bring a data directory written by an older release "
+                                       "up to this release's schema (the broker stopped)")
+    SCHEMA.add_flags(p, "data_dir", *logging_flags)
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("audit", help="check every ledger invariant of a stopped broker's data")
     SCHEMA.add_flags(p, "data_dir", *logging_flags)

@@ -10,9 +10,9 @@ from pathlib import Path
 from common.clock import now_ms
 from common.files import write_secret
 
-from .core import ledger, tenancy
+from .core import journal, ledger, tenancy
 from .keyring import Keyring
-from .store import LmdbStore
+from .store import LmdbStore, schema
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class DataDir:
         return (self.voucher_keys / "ACTIVE").exists()
 
     def open_store(self, *, durable: bool = True) -> LmdbStore:
-        return LmdbStore(self.ledger, durable=durable)
+        return LmdbStore(self.ledger, durable=durable, sealer=journal.seal)
 
 
 class AlreadyInitialised(Exception):
@@ -72,6 +72,7 @@ def init(data_dir: DataDir) -> tuple[str, str]:
 
         def bootstrap(tx):
             now = now_ms()
+            schema.stamp(tx)
             ledger.ensure_platform_accounts(tx, now)
             return tenancy.create_api_key(tx, "admin", now, description="created by broker init")
 

@@ -4,6 +4,8 @@ dispute can be settled from what the worker itself attested."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -49,3 +51,23 @@ def verify(public_key_hex: str, message: bytes, signature: bytes) -> None:
     except (BadSignatureError, ValueError, TypeError):
         raise BrokerError(Code.PERMISSION_DENIED, "USAGE_SIGNATURE_INVALID",
                           "the usage report is not signed by the worker's usage key") from None
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A report's payload and the key its signature was checked against, outside the
+    single writer (order does not matter for it). The op skips the check when the
+    session's key is still that key: the writer does only what needs ordering."""
+
+    public_key_hex: str
+    message: bytes
+
+
+def verify_ahead(public_key_hex: str, message: bytes, signature: bytes) -> Verified | None:
+    """Verified, or None when the signature does not check out (the op then refuses
+    the report with the authoritative error)."""
+    try:
+        verify(public_key_hex, message, signature)
+    except BrokerError:
+        return None
+    return Verified(public_key_hex, message)

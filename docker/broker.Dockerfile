@@ -6,6 +6,7 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY broker ./broker
+COPY common ./common
 COPY worker ./worker
 # The Makefile's install steps (venv, pip upgrade, the project), without the dev extra.
 RUN python3 -m venv /opt/venv \

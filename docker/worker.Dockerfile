@@ -17,6 +17,7 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY broker ./broker
+COPY common ./common
 COPY worker ./worker
 # The Makefile's install steps (venv, pip upgrade, the project), with the worker extra.
 RUN python3 -m venv /opt/venv \

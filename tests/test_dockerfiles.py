@@ -69,10 +69,14 @@ def test_the_image_installs_like_the_makefile(dockerfile):
     steps = instructions(ROOT / "docker" / dockerfile)
     runs = [step for kind, args in steps if kind == "RUN" for step in pip_steps(args)]
     make = makefile_install()
-    # The Makefile: a venv, pip upgraded, then the project editable with (at least) dev.
+    # The Makefile: a venv, pip upgraded, then the project editable with (at least) dev,
+    # and torch at the version whose CPU wheel is on this project's machines.
     assert [s[1:] for s in make[:2]] == [["-m", "venv", "$(VENV)"],
                                          ["-m", "pip", "install", "--upgrade", "pip"]]
-    assert make[2][-2] == "-e" and "dev" in _extras(make[2][-1].strip("'"))[1]
+    install = [a.strip("'") for a in make[2]]
+    assert "dev" in _extras(install[install.index("-e") + 1])[1]
+    torch_pin = [a for a in install if a.startswith("torch==")]
+    assert torch_pin and _pin("torch").startswith("torch>=")
     # The image: the same steps into /opt/venv, the project not editable and without dev.
     assert runs[0] == ["python3", "-m", "venv", "/opt/venv"]
     assert runs[1] == ["/opt/venv/bin/python", "-m", "pip", "install", "--upgrade", "pip"]
@@ -80,9 +84,9 @@ def test_the_image_installs_like_the_makefile(dockerfile):
     assert project[:4] == ["/opt/venv/bin/python", "-m", "pip", "install"]
     assert "-e" not in project
     assert _extras(project[-1]) == (".", extras)
-    # Any other install is torch alone, at pyproject's pin (the CUDA build from its index).
+    # Any other install is torch alone, at the Makefile's pin (the CUDA build from its index).
     for other in runs[2:-1]:
-        assert [a for a in other if "==" in a] == [_pin("torch")]
+        assert [a for a in other if "==" in a] == torch_pin
     # What pip needs is copied: pyproject, its readme, every package it includes.
     copied = {src for kind, args in steps if kind == "COPY" and not args.startswith("--from")
               for src in args.split()[:-1]}

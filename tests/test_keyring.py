@@ -34,7 +34,7 @@ def test_voucher_key_rotation_then_retirement(tmp_path):
     directory = tmp_path / "keys" / "voucher"
     first = Keyring.create(directory)
     ring = Keyring(directory)
-    store = MemoryStore()
+    store = MemoryStore(sealer=journal.seal)
     old_token = vouchers.issue(ring.signer, claims())
 
     rotated = store.submit_sync(lambda tx: keyring.rotate_voucher_key(tx, ring, T0, MAX_TTL))
@@ -99,7 +99,7 @@ def test_receipt_key_rotation_destroys_the_old_private_key_at_once(tmp_path):
     ring = Keyring.open(directory)  # created on first use
     first = ring.active_id
     signed = ring.signer.sign(b"receipt")
-    store = MemoryStore()
+    store = MemoryStore(sealer=journal.seal)
     result = store.submit_sync(lambda tx: keyring.rotate_receipt_key(tx, ring, T0))
     assert result == {"previous_key_id": first, "key_id": ring.active_id}
     assert "seed" not in json.loads((directory / f"{first}.json").read_text())

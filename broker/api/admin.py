@@ -73,11 +73,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         def summarize(tx):
             sums = audit.totals(tx)
             head = tx.get("meta", "journal_head") or {"seq": 0}
-            transfers = tx.get("meta", "transfer_seq") or {"value": 0}
             return pb.GetLedgerSummaryResponse(
                 debits_pending=sums["debits_pending"], credits_pending=sums["credits_pending"],
                 debits_posted=sums["debits_posted"], credits_posted=sums["credits_posted"],
-                account_count=sums["account_count"], transfer_count=transfers["value"],
+                account_count=sums["account_count"], transfer_count=sums["transfer_count"],
                 journal_length=head["seq"], violations=audit.check(tx))
 
         # The audit walks the whole ledger: keep it off the event loop.

@@ -98,7 +98,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
                 early = _early_stop(ses, report, usage, now)
                 if early is not None:
                     yield early
-                decision = await self._report(p, session_id, report, usage, now)
+                decision = await self._report(p, ses, report, usage, now)
                 yield pb.MeterResponse(ack=pb.UsageAck(
                     seq=report.seq, charged=decision.charged, remaining=decision.remaining))
                 if decision.stop_reason and (early is None or early.stop.reason !=
@@ -128,10 +128,13 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
             raise shutting_down()
         return message.result()
 
-    async def _report(self, p, session_id: str, report: pb.UsageReport, usage: Record,
+    async def _report(self, p, ses: Record, report: pb.UsageReport, usage: Record,
                       now: int) -> session.UsageDecision:
+        # The signature check needs no ordering: done here, not in the single writer.
+        verified = usage_signing.verify_ahead(ses["usage_public_key"], usage_signing.payload(
+            ses["session_id"], usage, seq=report.seq), report.signature)
         return await self.s.store.submit(lambda tx: metering.record_usage(
-            tx, p, session_id, report.seq, usage, now, report.signature))
+            tx, p, ses["session_id"], report.seq, usage, now, report.signature, verified))
 
     async def _finish(self, p, session_id: str, finish: pb.FinishSession) -> pb.MeterResponse:
         usage = convert.usage_from_proto(finish.usage)

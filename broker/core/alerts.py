@@ -255,4 +255,5 @@ def raised_after(tx: Tx, after_seq: int, limit: int = 1000) -> list[Record]:
 
 
 def last_seq(tx: Tx) -> int:
-    return (tx.get("meta", "alert_seq") or {"value": 0})["value"]
+    last = next(iter(tx.scan("alerts", reverse=True, limit=1)), None)
+    return last[1]["seq"] if last else 0

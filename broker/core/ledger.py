@@ -7,6 +7,9 @@ the same step), void, or expire. The resolution is recorded in `hold_states`.
 
 All functions take a `Tx` and raise BrokerError before writing anything, so a
 rejected transfer changes nothing even outside a BufferedTx.
+
+Platform accounts (funding, escrow, fees) are append-only for operations: see
+`_apply` and `roll_up`. Transfer seqs are time-ordered unique ids, not a counter.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from . import grants
 FUNDING_ACCOUNT = "platform:funding"  # the outside world: money in (may go negative)
 ESCROW_ACCOUNT = "platform:escrow"  # receives holds; passes settled money on
 FEE_ACCOUNT = "platform:fees"  # platform fees
+# Every owner's money passes through the platform accounts, so no operation on a wallet
+# reads or rewrites their rows: a change is an entry in `account_entries` under the
+# transfer's seq, and `roll_up` folds the entries into the rows in the background.
+PLATFORM_PREFIX = "platform:"
 
 POSTED, PENDING = "posted", "pending"
 POST_PENDING, VOID_PENDING, EXPIRE_PENDING = "post_pending", "void_pending", "expire_pending"
@@ -61,12 +68,47 @@ def ensure_platform_accounts(tx: Tx, now: int) -> None:
             tx.put("accounts", account_id, new_account(account_id, kind, now, no_overdraft=False))
 
 
+def is_platform(account_id: str) -> bool:
+    return account_id.startswith(PLATFORM_PREFIX)
+
+
 def get_account(tx: Tx, account_id: str) -> Record:
+    """The account with its balances now. For a platform account that is its row plus
+    the entries not yet rolled up: a read of every recent entry, so operations on
+    wallets never call this for one (reads, audits and the admin's credits do)."""
     account = tx.get("accounts", account_id)
     if account is None:
         raise BrokerError(Code.NOT_FOUND, "ACCOUNT_NOT_FOUND",
                           f"account {account_id!r} not found", {"account": account_id})
+    if is_platform(account_id):
+        for _, entry in tx.scan("account_entries", prefix=f"{account_id}/"):
+            for name, delta in entry.items():
+                account[name] += delta
     return account
+
+
+ROLL_UP_BATCH = 10_000
+
+
+def roll_up(tx: Tx, limit: int = ROLL_UP_BATCH) -> int:
+    """Fold up to `limit` platform-account entries into their accounts' rows and drop
+    them; how many were folded (0: nothing to do). Run by the broker's sweep: the one
+    operation that rewrites a platform account's row."""
+    sums: dict[str, dict[str, int]] = {}
+    folded = 0
+    for key, entry in tx.scan("account_entries", limit=limit):
+        account_sums = sums.setdefault(key.rsplit("/", 1)[0], {})
+        for name, delta in entry.items():
+            account_sums[name] = account_sums.get(name, 0) + delta
+        tx.delete("account_entries", key)
+        folded += 1
+    for account_id, deltas in sums.items():
+        account = tx.get("accounts", account_id)
+        assert account is not None, f"entries of a missing account {account_id}"
+        for name, delta in deltas.items():
+            account[name] += delta
+        tx.put("accounts", account_id, account)
+    return folded
 
 
 def balance(account: Record) -> dict[str, int]:
@@ -110,14 +152,13 @@ def _check_credit(credit: Record, amount: int) -> None:
 
 
 def next_seq(tx: Tx, name: str) -> int:
-    counter = tx.get("meta", name) or {"value": 0}
-    counter["value"] += 1
-    tx.put("meta", name, counter)
-    return counter["value"]
+    """A time-ordered unique number for index keys and record seqs (`name` says what it
+    numbers). Not a counter: a counter is a key every operation would write, so
+    operations of unrelated owners would queue behind each other on it (Tx.next_id)."""
+    return tx.next_id()
 
 
-def _record(tx: Tx, transfer: Record) -> Record:
-    seq = next_seq(tx, "transfer_seq")
+def _record(tx: Tx, transfer: Record, seq: int) -> Record:
     transfer["seq"] = seq
     tx.put("transfers", transfer["transfer_id"], transfer)
     for account_id in {transfer["debit_account_id"], transfer["credit_account_id"]}:
@@ -134,33 +175,52 @@ def _new_transfer(kind: str, debit_id: str, credit_id: str, amount: int, code: s
             "timeout_ms": 0, "user_data": {}, **extra}
 
 
+def _side(tx: Tx, account_id: str) -> Record | None:
+    """The account an operation reads and rewrites; None for a platform account, which
+    has no limits to check and is only appended to (see `_apply`)."""
+    return None if is_platform(account_id) else get_account(tx, account_id)
+
+
+def _apply(tx: Tx, account_id: str, account: Record | None, seq: int, **deltas: int) -> None:
+    """Change an account's balances: in its row, or for a platform account (None) as
+    an append-only entry keyed by the transfer's seq, folded in later by `roll_up`."""
+    if account is None:
+        tx.put("account_entries", f"{account_id}/{seq:020d}",
+               {name: delta for name, delta in deltas.items() if delta})
+        return
+    for name, delta in deltas.items():
+        account[name] += delta
+    tx.put("accounts", account_id, account)
+
+
 def transfer(tx: Tx, debit_id: str, credit_id: str, amount: int, code: str, now: int,
              user_data: dict[str, str] | None = None) -> Record:
     """A posted transfer: funds move at once."""
     _check_amount(amount)
-    debit, credit = get_account(tx, debit_id), get_account(tx, credit_id)
-    _check_debit(debit, amount)
-    _check_credit(credit, amount)
-    debit["debits_posted"] += amount
-    credit["credits_posted"] += amount
-    tx.put("accounts", debit_id, debit)
-    tx.put("accounts", credit_id, credit)
+    debit, credit = _side(tx, debit_id), _side(tx, credit_id)
+    if debit is not None:
+        _check_debit(debit, amount)
+    if credit is not None:
+        _check_credit(credit, amount)
+    seq = next_seq(tx, "transfer_seq")
+    _apply(tx, debit_id, debit, seq, debits_posted=amount)
+    _apply(tx, credit_id, credit, seq, credits_posted=amount)
     return _record(tx, _new_transfer(POSTED, debit_id, credit_id, amount, code, now,
-                                     user_data=user_data or {}))
+                                     user_data=user_data or {}), seq)
 
 
 def hold(tx: Tx, debit_id: str, credit_id: str, amount: int, code: str, now: int,
          timeout_ms: int, user_data: dict[str, str] | None = None) -> Record:
     """A pending transfer reserving `amount` until `timeout_ms` (absolute, ms)."""
     _check_amount(amount)
-    debit, credit = get_account(tx, debit_id), get_account(tx, credit_id)
+    debit, credit = get_account(tx, debit_id), _side(tx, credit_id)
     _check_debit(debit, amount)
-    debit["debits_pending"] += amount
-    credit["credits_pending"] += amount
-    tx.put("accounts", debit_id, debit)
-    tx.put("accounts", credit_id, credit)
+    seq = next_seq(tx, "transfer_seq")
+    _apply(tx, debit_id, debit, seq, debits_pending=amount)
+    _apply(tx, credit_id, credit, seq, credits_pending=amount)
     pending = _record(tx, _new_transfer(PENDING, debit_id, credit_id, amount, code, now,
-                                        timeout_ms=timeout_ms, user_data=user_data or {}))
+                                        timeout_ms=timeout_ms, user_data=user_data or {}),
+                      seq)
     if grants.has_credits(debit):  # subscription credits are spent first (grants.py)
         grants.on_hold(tx, debit, pending["transfer_id"], amount)
     tx.put("hold_states", pending["transfer_id"], {"state": "pending"})
@@ -192,19 +252,16 @@ def resolve(tx: Tx, pending_id: str, kind: str, now: int, amount: int = 0) -> Re
                               f"post amount must be between 1 and the held {held}")
     else:
         amount = 0
-    debit = get_account(tx, pending["debit_account_id"])
-    credit = get_account(tx, pending["credit_account_id"])
-    debit["debits_pending"] -= held
-    credit["credits_pending"] -= held
-    debit["debits_posted"] += amount
-    credit["credits_posted"] += amount
+    debit_id, credit_id = pending["debit_account_id"], pending["credit_account_id"]
+    debit, credit = get_account(tx, debit_id), _side(tx, credit_id)
+    seq = next_seq(tx, "transfer_seq")
     returns = grants.on_resolve(tx, debit, pending_id, amount, now) if grants.has_credits(debit) \
         else []
-    tx.put("accounts", debit["account_id"], debit)
-    tx.put("accounts", credit["account_id"], credit)
+    _apply(tx, debit_id, debit, seq, debits_pending=-held, debits_posted=amount)
+    _apply(tx, credit_id, credit, seq, credits_pending=-held, credits_posted=amount)
     resolution = _record(tx, _new_transfer(
-        kind, pending["debit_account_id"], pending["credit_account_id"], amount,
-        RESOLUTION_CODE[kind], now, pending_id=pending_id, released=held - amount))
+        kind, debit_id, credit_id, amount, RESOLUTION_CODE[kind], now, pending_id=pending_id,
+        released=held - amount), seq)
     tx.put("hold_states", pending_id, {
         "state": RESOLUTION_STATE[kind], "resolved_by": resolution["transfer_id"],
         "posted": amount, "released": held - amount, "resolve_ms": now})

@@ -90,10 +90,15 @@ def get_own_session(tx: Tx, principal: Principal, session_id: str, worker_id: st
 
 
 def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage: Record,
-                 now: int, signature: bytes = b"") -> session.UsageDecision:
+                 now: int, signature: bytes = b"",
+                 verified: usage_signing.Verified | None = None) -> session.UsageDecision:
+    """`verified`: the signature was checked outside the writer (usage_signing)."""
     current = get_own_session(tx, principal, session_id, "")
-    message = usage_signing.payload(session_id, usage, seq=seq)
-    usage_signing.verify(current["usage_public_key"], message, signature)
+    if verified is not None and verified.public_key_hex == current["usage_public_key"]:
+        message = verified.message
+    else:
+        message = usage_signing.payload(session_id, usage, seq=seq)
+        usage_signing.verify(current["usage_public_key"], message, signature)
     decision = session.on_usage(current, seq, usage, now)
     decision = killswitch.on_usage(tx, current, decision, now)  # STOP if frozen or revoked
     if decision.session is not current:
@@ -177,16 +182,22 @@ def expire_due(tx: Tx, now: int, config: CoreConfig, signer: vouchers.Signer,
     never finished are settled on the last acknowledged usage."""
     due = ledger.due_holds(tx, now, limit)
     for hold_id in due:
-        pending, _ = ledger.get_hold(tx, hold_id)
-        auth = must_get(tx, "authorizations", pending["user_data"]["authorization_id"])
-        if auth["state"] == REDEEMED:
-            settle(tx, must_get(tx, "sessions", auth["session_id"]), HOLD_EXPIRED, now, config,
-                   signer)
-        else:
-            ledger.resolve(tx, hold_id, ledger.EXPIRE_PENDING, now)
-            spend.release(tx, auth, auth["amount"])
-            auth["state"] = EXPIRED
-            tx.put("authorizations", auth["authorization_id"], auth)
-            journal.append(tx, "authorization_expired",
-                           {"authorization_id": auth["authorization_id"]}, now)
+        expire_hold(tx, hold_id, now, config, signer)
     return len(due)
+
+
+def expire_hold(tx: Tx, hold_id: str, now: int, config: CoreConfig,
+                signer: vouchers.Signer) -> None:
+    """Resolve one hold whose timeout has passed (the sweep's step for each)."""
+    pending, _ = ledger.get_hold(tx, hold_id)
+    auth = must_get(tx, "authorizations", pending["user_data"]["authorization_id"])
+    if auth["state"] == REDEEMED:
+        settle(tx, must_get(tx, "sessions", auth["session_id"]), HOLD_EXPIRED, now, config,
+               signer)
+    else:
+        ledger.resolve(tx, hold_id, ledger.EXPIRE_PENDING, now)
+        spend.release(tx, auth, auth["amount"])
+        auth["state"] = EXPIRED
+        tx.put("authorizations", auth["authorization_id"], auth)
+        journal.append(tx, "authorization_expired",
+                       {"authorization_id": auth["authorization_id"]}, now)

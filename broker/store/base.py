@@ -16,13 +16,16 @@ T = TypeVar("T")
 
 # Every table the broker uses. Keys are str; values are JSON-able dicts.
 TABLES = (
-    "meta",          # singletons: journal head, schema version, ...
+    "meta",          # singletons: journal head, schema version, id clock (store-only)
     "accounts",      # ledger accounts
     "transfers",     # immutable ledger transfers
     "account_transfers",  # index: "<account_id>/<seq:020d>" -> {"transfer_id": ...}
+    "account_entries",  # "<account_id>/<seq:020d>" -> balance deltas of a platform account,
+                        # until the roll-up folds them into its row (core/ledger.py)
     "hold_expiry",   # index: "<expire_ms:020d>/<transfer_id>" -> {}
     "hold_states",   # "<pending transfer id>" -> how and when the hold resolved
-    "journal",       # hash-chained journal: "<seq:020d>" -> entry
+    "journal",       # hash-chained journal: "<seq:020d>" -> entry (written by the sealer)
+    "journal_unsealed",  # "<id:020d>" -> an entry as its op wrote it, until the sealer chains it
     "idempotency",   # "<scope>/<request_id>" -> stored first answer
     "idempotency_expiry",  # index: "<time_ms:020d>/<scope>/<request_id>" -> {}
     "owners",
@@ -102,6 +105,11 @@ class Tx(Protocol):
 
     def delete(self, table: str, key: str) -> None:
         """Remove `key` if present. Raises ReadOnlyError on a read-only Tx."""
+
+    def next_id(self) -> int:
+        """A fresh id, unique in this store and greater than every id it gave before
+        (microseconds since the epoch, bumped when needed): time-ordered keys without a
+        counter that every operation would write. Raises ReadOnlyError on a read-only Tx."""
 
     def scan(
         self,

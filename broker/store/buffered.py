@@ -9,16 +9,23 @@ that raises is simply dropped, so its half-done writes never reach the batch.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
+import msgspec
+
+from broker.store import records
 from broker.store.base import TABLES, Record, Tx
 
 # LMDB's compiled-in limit; enforced by every store so they all accept the same keys.
 MAX_KEY_BYTES = 511
 
 _TABLES = frozenset(TABLES)
-_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+assert set(records.TYPES) == _TABLES, "every table declares its record type"
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+_strict_json = json.JSONEncoder(allow_nan=False)
 
 
 class StoreClosed(RuntimeError):
@@ -49,17 +56,32 @@ def check_limit(limit: int | None) -> None:
         raise ValueError(f"limit must be >= 0, got {limit}")
 
 
-def encode(value: Record) -> str:
-    """Compact JSON. Done at `put` time so a bad value fails the op that wrote it,
-    and so later mutation of `value` by the caller cannot leak into the store."""
+def encode(table: str, value: Record) -> bytes:
+    """Compact JSON (utf-8) of a record of `table`'s declared type (records.py). Done at
+    `put` time so a bad value fails the op that wrote it, and so later mutation of
+    `value` by the caller cannot leak into the store. msgspec: several times faster
+    than the json module, the same bytes."""
     if not isinstance(value, dict):
         raise TypeError(f"value must be a dict, not {type(value).__name__}")
-    return _encoder.encode(value)
+    records.check(table, value)
+    try:
+        data = _encode(value)
+    except msgspec.EncodeError as error:
+        raise TypeError(str(error)) from None
+    except OverflowError as error:
+        raise ValueError(str(error)) from None
+    if b"null" in data:  # msgspec writes NaN and infinities as null; JSON has neither
+        _strict_json.encode(value)
+    return data
 
 
-def decode(data: str | bytes) -> Record:
-    # Always a fresh object: callers may mutate what they read.
-    return json.loads(data)
+def decode(data: bytes) -> Record:
+    """A record as stored; ValueError when the bytes are not JSON. Always a fresh
+    object: callers may mutate what they read."""
+    try:
+        return _decode(data)
+    except msgspec.DecodeError as error:
+        raise ValueError(f"stored record is not valid JSON: {error}") from None
 
 
 def prefix_end(prefix: str) -> str | None:
@@ -87,6 +109,21 @@ def key_range(prefix: str, start: str | None, stop: str | None) -> tuple[str, st
     return lo, hi
 
 
+class IdClock:
+    """`Tx.next_id`: microseconds since the epoch, strictly increasing. Not a key in
+    the store, so operations that take ids never touch a shared key; a store that has
+    several writers persists `last` between them (LmdbStore: per batch, in `meta`)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: int = 0) -> None:
+        self.last = last
+
+    def next(self) -> int:
+        self.last = max(self.last + 1, time.time_ns() // 1000)
+        return self.last
+
+
 class BufferedTx:
     """A write overlay on a base Tx: reads see this overlay first, then the base.
 
@@ -101,7 +138,7 @@ class BufferedTx:
     def __init__(self, base: Tx) -> None:
         self._base = base
         # table -> key -> encoded value, or None for a deletion that hides the base
-        self._tables: dict[str, dict[str, str | None]] = {}
+        self._tables: dict[str, dict[str, bytes | None]] = {}
 
     def get(self, table: str, key: str) -> Record | None:
         pending = self._tables.get(table)
@@ -111,9 +148,13 @@ class BufferedTx:
         return self._base.get(table, key)
 
     def put(self, table: str, key: str, value: Record) -> None:
-        self.put_encoded(table, key, encode(value))
+        check_table(table)
+        self.put_encoded(table, key, encode(table, value))
 
-    def put_encoded(self, table: str, key: str, data: str) -> None:
+    def next_id(self) -> int:
+        return self._base.next_id()
+
+    def put_encoded(self, table: str, key: str, data: bytes) -> None:
         check_table(table)
         check_key(key)
         self._tables.setdefault(table, {})[key] = data
@@ -169,7 +210,7 @@ class BufferedTx:
                     base.put(table, key, decode(data))
         self._tables = {}
 
-    def apply(self, tables: dict[str, dict[str, str | None]]) -> None:
+    def apply(self, tables: dict[str, dict[str, bytes | None]]) -> None:
         """Take over another overlay's pending writes (checked when they were made)."""
         for table, pending in tables.items():
             self._tables.setdefault(table, {}).update(pending)
@@ -184,7 +225,7 @@ class BufferedTx:
 
 
 def _merge(
-    base: Iterable[tuple[str, Record]], own: list[tuple[str, str | None]], reverse: bool
+    base: Iterable[tuple[str, Record]], own: list[tuple[str, bytes | None]], reverse: bool
 ) -> Iterator[tuple[str, Record]]:
     """Merge two sorted streams; on equal keys the overlay wins, None drops the key."""
     i, n = 0, len(own)

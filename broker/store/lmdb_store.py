@@ -32,6 +32,7 @@ import lmdb
 from broker.store.base import TABLES, Record, Tx
 from broker.store.buffered import (
     BufferedTx,
+    IdClock,
     ReadOnlyError,
     StoreClosed,
     check_key,
@@ -54,6 +55,9 @@ LINGER_STEP_S = 0.0002
 LINGER_MAX_S = 0.002
 
 _STOP = object()  # queued by close(): everything queued before it still runs
+# meta key where the writer keeps its IdClock between batches: prefork's server
+# processes each have a writer, and LMDB runs their write transactions one at a time.
+ID_CLOCK_KEY = b"id_clock"
 
 # (op, loop, future): loop is None for submit_sync's concurrent.futures.Future.
 _Item = tuple[Callable[[Tx], Any], asyncio.AbstractEventLoop | None, Any]
@@ -108,12 +112,19 @@ def unlock_dir(fd: int) -> None:
 class _LmdbTx:
     """A Tx over one LMDB transaction: the writer's (writable) or a reader's."""
 
-    __slots__ = ("_txn", "_dbs", "_writable")
+    __slots__ = ("_txn", "_dbs", "_writable", "_ids")
 
-    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any], *, writable: bool) -> None:
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any], *, writable: bool,
+                 ids: IdClock | None = None) -> None:
         self._txn = txn
         self._dbs = dbs
         self._writable = writable
+        self._ids = ids
+
+    def next_id(self) -> int:
+        self._check_writable()
+        assert self._ids is not None
+        return self._ids.next()
 
     def _db(self, table: str) -> Any:
         check_table(table)
@@ -124,17 +135,18 @@ class _LmdbTx:
         return None if data is None else decode(data)
 
     def put(self, table: str, key: str, value: Record) -> None:
-        self.put_encoded(table, key, encode(value))
+        check_table(table)
+        self.put_encoded(table, key, encode(table, value))
 
-    def put_encoded(self, table: str, key: str, data: str) -> None:
+    def put_encoded(self, table: str, key: str, data: bytes) -> None:
         self._check_writable()
-        self._txn.put(check_key(key), data.encode(), db=self._db(table))
+        self._txn.put(check_key(key), data, db=self._db(table))
 
     def delete(self, table: str, key: str) -> None:
         self._check_writable()
         self._txn.delete(check_key(key), db=self._db(table))
 
-    def apply(self, tables: dict[str, dict[str, str | None]]) -> None:
+    def apply(self, tables: dict[str, dict[str, bytes | None]]) -> None:
         """Write a BufferedTx's pending writes (tables and keys checked when they were
         made): the writer's hottest loop, so no second round of checks."""
         self._check_writable()
@@ -145,7 +157,7 @@ class _LmdbTx:
                 if data is None:
                     txn.delete(key.encode(), db=db)
                 else:
-                    txn.put(key.encode(), data.encode(), db=db)
+                    txn.put(key.encode(), data, db=db)
 
     def scan(
         self,
@@ -206,6 +218,10 @@ class LmdbStore:
 
     Group commit is observable: `stats` holds running totals, and `commit_observer`
     (set by metrics) is told about every batch.
+
+    `sealer` (the journal's, core/journal.py `seal`) runs once per batch after its
+    operations, in the same write transaction: it is the one sealer, and it sees the
+    entries in commit order because this writer is the only one.
     """
 
     def __init__(
@@ -216,8 +232,11 @@ class LmdbStore:
         durable: bool = True,
         max_batch: int = DEFAULT_MAX_BATCH,
         lock: bool = True,
+        sealer: Callable[[Tx], object] | None = None,
     ) -> None:
         self.path = Path(path)
+        self._sealer = sealer
+        self._ids = IdClock()
         self.path.mkdir(parents=True, exist_ok=True)
         self._max_batch = max_batch
         self._lock_fd = lock_dir(self.path) if lock else None
@@ -366,7 +385,13 @@ class LmdbStore:
                 # end: keys that every op writes (journal head, counters, the escrow
                 # account) are put once per batch, and read back from the overlay.
                 # (Each LMDB call lets the event loop take the GIL from this thread.)
-                written = BufferedTx(_LmdbTx(txn, self._dbs, writable=True))
+                meta = self._dbs["meta"]
+                stored = txn.get(ID_CLOCK_KEY, db=meta)
+                ids = self._ids
+                if stored is not None:
+                    ids.last = max(ids.last, json.loads(stored)["last"])
+                first_id = ids.last
+                written = BufferedTx(_LmdbTx(txn, self._dbs, writable=True, ids=ids))
                 for op, _, _ in batch:
                     tx = BufferedTx(written)
                     try:
@@ -376,6 +401,9 @@ class LmdbStore:
                         continue
                     tx.flush()
                     outcomes.append((result, None))
+                self._seal(written)
+                if ids.last != first_id:
+                    txn.put(ID_CLOCK_KEY, b'{"last":%d}' % ids.last, db=meta)
                 written.flush()  # can fail only in LMDB itself (e.g. map full): whole batch
                 started = perf_counter()
             committed = perf_counter()
@@ -392,6 +420,17 @@ class LmdbStore:
         stats["commit_seconds"] += committed - started
         self._observe(len(batch), committed - started, True)
         return outcomes
+
+    def _seal(self, written: BufferedTx) -> None:
+        if self._sealer is None:
+            return
+        tx = BufferedTx(written)
+        try:
+            self._sealer(tx)
+        except Exception:  # the entries stay unsealed, checked by their digests; next batch
+            log.exception("journal sealer failed")
+            return
+        tx.flush()
 
     def _observe(self, batch_size: int, seconds: float, committed: bool) -> None:
         if self.commit_observer is None:

@@ -94,3 +94,41 @@ def test_account_transfers_newest_first_with_paging(store):
     assert [r["code"] for r in rows] == ["t4", "t3", "t2"]
     rest = store.read(lambda tx: ledger.account_transfers(tx, "w", before_seq=rows[-1]["seq"]))
     assert [r["code"] for r in rest] == ["t1", "t0", "fund"]
+
+
+def test_platform_accounts_are_appended_to_and_rolled_up_without_changing_a_balance(store):
+    """An operation never rewrites a platform account's row: it appends an entry; the
+    roll-up folds the entries into the row. The balance reads the same before and after,
+    and the audit checks rows plus entries against the transfers."""
+    from broker.core import audit
+
+    held = store.submit_sync(lambda tx: ledger.hold(tx, "w", ledger.ESCROW_ACCOUNT, 300,
+                                                    "hold", NOW, 5_000))
+    store.submit_sync(lambda tx: ledger.resolve(tx, held["transfer_id"], ledger.POST_PENDING,
+                                                NOW, amount=100))
+    store.submit_sync(lambda tx: ledger.transfer(tx, ledger.ESCROW_ACCOUNT,
+                                                 ledger.FEE_ACCOUNT, 100, "fee", NOW))
+    row = store.read(lambda tx: tx.get("accounts", ledger.ESCROW_ACCOUNT))
+    assert (row["credits_pending"], row["credits_posted"]) == (0, 0)  # untouched so far
+    entries = store.read(lambda tx: dict(tx.scan("account_entries")))
+    assert len(entries) == 5  # hold, post (escrow); fund (funding); fee (escrow, fees)
+    before = {a: bal(store, a) for a in (ledger.ESCROW_ACCOUNT, ledger.FEE_ACCOUNT,
+                                         ledger.FUNDING_ACCOUNT)}
+    assert before[ledger.FEE_ACCOUNT]["posted"] == 100
+    assert store.read(audit.check) == []
+    assert store.submit_sync(ledger.roll_up) == 5
+    assert store.read(lambda tx: list(tx.scan("account_entries"))) == []
+    assert {a: bal(store, a) for a in before} == before
+    assert store.read(audit.check) == []
+    assert store.submit_sync(ledger.roll_up) == 0
+
+
+def test_the_audit_names_an_altered_platform_entry(store):
+    from broker.core import audit
+
+    key = store.read(lambda tx: next(iter(tx.scan("account_entries")))[0])
+    store.submit_sync(lambda tx: tx.put("account_entries", key, {"debits_posted": 499}))
+    problems = store.read(audit.check)
+    assert f"account entry {key}: says {{'debits_posted': 499}}, transfer" in problems[-1] \
+        or any(p.startswith(f"account entry {key}") for p in problems)
+    assert any("platform:funding: debits_posted is 499" in p for p in problems)

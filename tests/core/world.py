@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from nacl.signing import SigningKey
 
-from broker.core import audit, ledger, tenancy, wallets
+from broker.core import audit, journal, ledger, tenancy, wallets
 from broker.core.access import Principal
 from broker.core.config import CoreConfig
 from broker.store import MemoryStore
@@ -17,7 +17,7 @@ T0 = 1_800_000_000_000
 
 @dataclass
 class World:
-    store: MemoryStore = field(default_factory=MemoryStore)
+    store: MemoryStore = field(default_factory=lambda: MemoryStore(sealer=journal.seal))
     config: CoreConfig = field(default_factory=lambda: CoreConfig(fee_bps=250,
                                                                   report_interval_ms=1000))
     signer: Signer = field(default_factory=lambda: Signer("k-test", SigningKey(b"\x01" * 32)))

@@ -11,6 +11,7 @@ import pytest
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from broker.core import ledger
 from broker.datadir import DataDir
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import metering_service_pb2 as meter_pb
@@ -38,8 +39,8 @@ def payout_and_fee_accounts(broker, provider_id: str) -> tuple[dict, dict]:
     store = DataDir(broker.data_dir).open_store()
     try:
         return store.read(lambda tx: (
-            tx.get("accounts", "pay_" + provider_id.removeprefix("prv_")),
-            tx.get("accounts", "platform:fees")))
+            ledger.get_account(tx, "pay_" + provider_id.removeprefix("prv_")),
+            ledger.get_account(tx, ledger.FEE_ACCOUNT)))  # its row plus entries not rolled up
     finally:
         store.close()
 

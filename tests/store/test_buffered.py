@@ -222,7 +222,7 @@ def test_discard_drops_pending_writes() -> None:
         ("meta", "\ud800", {}, ValueError),  # not encodable as utf-8
         ("meta", 7, {}, TypeError),
         ("meta", "k", [1], TypeError),  # records are dicts
-        ("meta", "k", {"x": {1, 2}}, TypeError),  # not JSON
+        ("accounts", "k", {"x": {1, 2}}, TypeError),  # not an account record
         ("meta", "k", {"x": float("nan")}, ValueError),  # not JSON either
     ],
 )

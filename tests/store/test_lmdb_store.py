@@ -61,18 +61,18 @@ async def submit_all(store: LmdbStore, ops: list[Callable[[Tx], object]]) -> lis
 
 def test_raising_op_in_a_batch_is_isolated(store: LmdbStore) -> None:
     def first(tx: Tx) -> str:
-        tx.put("accounts", "a", {"n": 1})
+        tx.put("meta", "a", {"n": 1})
         return "first"
 
     def bad(tx: Tx) -> None:
-        assert tx.get("accounts", "a") == {"n": 1}  # sees the earlier op of its batch
-        tx.put("accounts", "b", {"n": 2})
-        tx.delete("accounts", "a")
+        assert tx.get("meta", "a") == {"n": 1}  # sees the earlier op of its batch
+        tx.put("meta", "b", {"n": 2})
+        tx.delete("meta", "a")
         raise Boom("bad")
 
     def last(tx: Tx) -> tuple[object, object]:
-        seen = (tx.get("accounts", "a"), tx.get("accounts", "b"))
-        tx.put("accounts", "c", {"n": 3})
+        seen = (tx.get("meta", "a"), tx.get("meta", "b"))
+        tx.put("meta", "c", {"n": 3})
         return seen
 
     commits = store.stats["commits"]
@@ -82,7 +82,7 @@ def test_raising_op_in_a_batch_is_isolated(store: LmdbStore) -> None:
     assert results[2] == ({"n": 1}, None)  # bad's writes never reached the batch
     assert store.stats["last_batch_size"] == 3
     assert store.stats["commits"] == commits + 2  # the blocker's batch, then ours
-    got = store.read(lambda tx: list(tx.scan("accounts")))
+    got = store.read(lambda tx: list(tx.scan("meta")))
     assert got == [("a", {"n": 1}), ("c", {"n": 3})]
 
 
@@ -93,7 +93,7 @@ def test_group_commit_batches_concurrent_ops(tmp_path: Path) -> None:
         def op(tx: Tx) -> int:
             count = (tx.get("meta", "counter") or {"n": 0})["n"] + 1
             tx.put("meta", "counter", {"n": count})
-            tx.put("journal", f"{i:020d}", {"i": i, "count": count})
+            tx.put("meta", f"{i:020d}", {"i": i, "count": count})
             return count
 
         return op
@@ -104,7 +104,7 @@ def test_group_commit_batches_concurrent_ops(tmp_path: Path) -> None:
     with LmdbStore(tmp_path / "db", durable=True) as store:
         results = asyncio.run(main())
         stats = dict(store.stats)
-        journal = store.read(lambda tx: [r for _, r in tx.scan("journal")])
+        journal = store.read(lambda tx: [r for _, r in tx.scan("meta", "0")])
     assert results == list(range(1, n + 1))  # FIFO, and each op saw all before it
     assert journal == [{"i": i, "count": i + 1} for i in range(n)]
     assert stats["ops"] == n
@@ -139,11 +139,11 @@ def test_runtime_tables_are_shared_by_processes(tmp_path: Path) -> None:
 def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "db"
     with LmdbStore(path) as store:
-        store.submit_sync(put("transfers", "t1", {"amount": 10}))
-        store.submit_sync(put("transfers", "t2", {"amount": 20}))
-        store.submit_sync(lambda tx: tx.delete("transfers", "t1"))
+        store.submit_sync(put("meta", "t1", {"amount": 10}))
+        store.submit_sync(put("meta", "t2", {"amount": 20}))
+        store.submit_sync(lambda tx: tx.delete("meta", "t1"))
     with LmdbStore(path) as store:
-        assert store.read(lambda tx: list(tx.scan("transfers"))) == [("t2", {"amount": 20})]
+        assert store.read(lambda tx: list(tx.scan("meta"))) == [("t2", {"amount": 20})]
 
 
 def test_close_runs_everything_already_queued(tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_close_runs_everything_already_queued(tmp_path: Path) -> None:
 
     async def main() -> list[object]:
         tasks = [
-            asyncio.create_task(store.submit(put("journal", f"{i:03d}", {"i": i})))
+            asyncio.create_task(store.submit(put("meta", f"{i:03d}", {"i": i})))
             for i in range(100)
         ]
         await asyncio.sleep(0)  # all queued
@@ -161,7 +161,7 @@ def test_close_runs_everything_already_queued(tmp_path: Path) -> None:
 
     assert asyncio.run(main()) == [None] * 100
     with LmdbStore(path) as reopened:
-        assert reopened.read(lambda tx: len(list(tx.scan("journal")))) == 100
+        assert reopened.read(lambda tx: len(list(tx.scan("meta")))) == 100
 
 
 def test_second_store_on_same_dir_is_refused(tmp_path: Path) -> None:

@@ -5,13 +5,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.store import TABLES, MemoryStore, ReadOnlyError, Store, StoreClosed, Tx
+from broker.store import TABLES, MemoryStore, ReadOnlyError, Store, StoreClosed, Tx, records
 
 from .test_buffered import keys, model_scan, scans, values
+
+
+def example_record(table: str) -> dict:
+    """The simplest record of a table's declared type: each required field zero-ish."""
+    kind = records.TYPES[table]
+    return _zero(kind) if isinstance(kind, type) else {"t": table}  # meta: free-form
+
+
+def _zero(kind: type) -> dict:
+    zero = {int: 0, str: "", bool: False, dict: {}, list: []}
+    out = {}
+    for f in msgspec.structs.fields(kind):
+        if f.required:
+            origin = getattr(f.type, "__origin__", f.type)
+            out[f.name] = zero[origin] if origin in zero else _zero(origin)
+    return out
 
 
 class Boom(Exception):
@@ -30,22 +47,22 @@ class StoreContract:
 
     def test_submit_sync_and_read(self, store: Store) -> None:
         def op(tx: Tx) -> str:
-            tx.put("accounts", "a1", {"balance": 5})
+            tx.put("meta", "a1", {"balance": 5})
             return "ok"
 
         assert store.submit_sync(op) == "ok"
-        assert store.read(lambda tx: tx.get("accounts", "a1")) == {"balance": 5}
-        assert store.read(lambda tx: tx.get("accounts", "missing")) is None
+        assert store.read(lambda tx: tx.get("meta", "a1")) == {"balance": 5}
+        assert store.read(lambda tx: tx.get("meta", "missing")) is None
 
     def test_async_submit(self, store: Store) -> None:
         async def main() -> list[int]:
             def op(i: int) -> Callable[[Tx], int]:
-                return lambda tx: tx.put("journal", f"{i:020d}", {"i": i}) or i
+                return lambda tx: tx.put("meta", f"{i:020d}", {"i": i}) or i
 
             return await asyncio.gather(*(store.submit(op(i)) for i in range(50)))
 
         assert asyncio.run(main()) == list(range(50))
-        got = store.read(lambda tx: [r["i"] for _, r in tx.scan("journal")])
+        got = store.read(lambda tx: [r["i"] for _, r in tx.scan("meta")])
         assert got == list(range(50))
 
     def test_raising_op_changes_nothing(self, store: Store) -> None:
@@ -61,13 +78,13 @@ class StoreContract:
         assert store.read(lambda tx: list(tx.scan("meta"))) == [("keep", {"v": 1})]
 
     def test_op_sees_own_writes(self, store: Store) -> None:
-        store.submit_sync(put("wallets", "w1", {"v": 1}))
+        store.submit_sync(put("meta", "w1", {"v": 1}))
 
         def op(tx: Tx) -> list[tuple[str, dict]]:
-            tx.put("wallets", "w2", {"v": 2})
-            tx.delete("wallets", "w1")
-            assert tx.get("wallets", "w1") is None
-            return list(tx.scan("wallets"))
+            tx.put("meta", "w2", {"v": 2})
+            tx.delete("meta", "w1")
+            assert tx.get("meta", "w1") is None
+            return list(tx.scan("meta"))
 
         assert store.submit_sync(op) == [("w2", {"v": 2})]
 
@@ -113,12 +130,22 @@ class StoreContract:
             store.read(lambda tx: tx.scan("nope"))
 
     def test_every_table_is_usable(self, store: Store) -> None:
+        examples = {t: example_record(t) for t in TABLES}
+
         def op(tx: Tx) -> None:
             for t in TABLES:
-                tx.put(t, "k", {"t": t})
+                tx.put(t, "k", examples[t])
 
         store.submit_sync(op)
-        assert store.read(lambda tx: [tx.get(t, "k")["t"] for t in TABLES]) == list(TABLES)
+        assert store.read(lambda tx: {t: tx.get(t, "k") for t in TABLES}) == examples
+
+    def test_a_record_not_of_its_tables_type_is_refused(self, store: Store) -> None:
+        good = example_record("accounts")
+        for bad in ({**good, "credits_posted": 1.5}, {**good, "no_overdraft": "yes"},
+                    {k: v for k, v in good.items() if k != "kind"}, {**good, "typo": 1}):
+            with pytest.raises(TypeError, match="not a accounts record"):
+                store.submit_sync(put("accounts", "a", bad))
+        assert store.read(lambda tx: tx.get("accounts", "a")) is None
 
     def test_closed_store_refuses_work(self, store: Store) -> None:
         store.close()
@@ -142,18 +169,18 @@ class StoreContract:
         )
         def check(data: dict[str, dict], queries: list[dict]) -> None:
             def reset(tx: Tx) -> None:
-                for k, _ in list(tx.scan("transfers")):
-                    tx.delete("transfers", k)
+                for k, _ in list(tx.scan("meta")):
+                    tx.delete("meta", k)
                 for k, v in data.items():
-                    tx.put("transfers", k, v)
+                    tx.put("meta", k, v)
 
             store.submit_sync(reset)
             for q in queries:
-                assert store.read(lambda tx, q=q: list(tx.scan("transfers", **q))) == (
+                assert store.read(lambda tx, q=q: list(tx.scan("meta", **q))) == (
                     model_scan(data, **q)
                 )
                 # The same scan inside an op, through the overlay with no writes.
-                assert store.submit_sync(lambda tx, q=q: list(tx.scan("transfers", **q))) == (
+                assert store.submit_sync(lambda tx, q=q: list(tx.scan("meta", **q))) == (
                     model_scan(data, **q)
                 )
 
@@ -172,22 +199,22 @@ class TestMemoryContract(StoreContract):
 
 def test_snapshot_is_a_deep_copy_of_all_tables() -> None:
     store = MemoryStore()
-    store.submit_sync(put("owners", "o1", {"name": "x", "tags": ["a"]}))
+    store.submit_sync(put("meta", "o1", {"name": "x", "tags": ["a"]}))
     snap = store.snapshot()
     assert set(snap) == set(TABLES)
-    assert snap["owners"] == {"o1": {"name": "x", "tags": ["a"]}}
-    snap["owners"]["o1"]["tags"].append("b")
-    assert store.snapshot()["owners"] == {"o1": {"name": "x", "tags": ["a"]}}
+    assert snap["meta"] == {"o1": {"name": "x", "tags": ["a"]}}
+    snap["meta"]["o1"]["tags"].append("b")
+    assert store.snapshot()["meta"] == {"o1": {"name": "x", "tags": ["a"]}}
 
 
 def test_snapshot_unchanged_by_failing_op() -> None:
     store = MemoryStore()
-    store.submit_sync(put("owners", "o1", {"n": 1}))
+    store.submit_sync(put("meta", "o1", {"n": 1}))
     before = store.snapshot()
 
     def op(tx: Tx) -> None:
-        tx.put("owners", "o2", {})
-        tx.put("owners", "o1", {"n": 2})
+        tx.put("meta", "o2", {})
+        tx.put("meta", "o1", {"n": 2})
         raise Boom
 
     with pytest.raises(Boom):
