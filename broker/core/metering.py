@@ -117,11 +117,12 @@ def get_own_session(tx: Tx, principal: Principal, session_id: str, worker_id: st
 
 
 def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage: Record,
-                 now: int, signature: bytes = b"") -> session.UsageDecision:
+                 now: int, signature: bytes = b"",
+                 elapsed_ms: int | None = None) -> session.UsageDecision:
     current = get_own_session(tx, principal, session_id, "")
     message = usage_signing.payload(session_id, usage, seq=seq)
     usage_signing.verify(current["usage_public_key"], message, signature)
-    decision = session.on_usage(current, seq, usage, now)
+    decision = session.on_usage(current, seq, usage, now, elapsed_ms)
     decision = killswitch.on_usage(tx, current, decision, now)  # STOP if frozen or revoked
     if decision.session is not current:
         decision.session["signed_usage"] = _signed(message, signature)
