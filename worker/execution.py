@@ -19,7 +19,7 @@ from broker.core.metering import check_scope
 from broker.core.vouchers import VoucherClaims
 from broker.v1 import resources_pb2 as res_pb
 
-from .broker_link import MeteringSession, SessionClosed
+from .broker_link import MeteringSession, SessionClosed, connection_lost
 from .metered_job import MeteredJob, usage_event
 from .meters import Meter
 from .metrics import WorkerMetrics
@@ -140,8 +140,7 @@ class JobRunner:
 
 def broker_failure(error: grpc.RpcError | None) -> Exception:
     """The broker refused or could not be reached: tell the agent; nothing was spent."""
-    if error is None or error.code() in (grpc.StatusCode.UNAVAILABLE,
-                                          grpc.StatusCode.DEADLINE_EXCEEDED):
+    if connection_lost(error) or error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return BrokerError(Code.UNAVAILABLE, "BROKER_UNAVAILABLE",
                            "the broker cannot be reached; the voucher was not redeemed and "
                            "nothing was spent")

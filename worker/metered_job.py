@@ -23,7 +23,7 @@ import grpc
 
 from broker.v1 import resources_pb2 as res_pb
 
-from .broker_link import MeteringSession, SessionClosed
+from .broker_link import MeteringSession, SessionClosed, connection_lost
 from .runtime.jobs import Cancelled, JobContext, JobFailed, JobSpec
 from .v1 import worker_service_pb2 as pb
 
@@ -183,7 +183,7 @@ class MeteredJob:
     async def _reconnect(self, closed: SessionClosed) -> None:
         """The stream broke. Keep measuring and resume the session; if the broker stays
         away for the hold's whole life, stop the job (the broker settles what it acked)."""
-        if closed.error is not None and closed.error.code() != grpc.StatusCode.UNAVAILABLE:
+        if not connection_lost(closed.error):
             self._give_up(f"the broker ended the session: {closed.error.details()}")
             return
         deadline = self.session.grant.expire_time.ToMilliseconds() / 1000
@@ -197,11 +197,11 @@ class MeteredJob:
                     b.channel, b.api_key, self.session.session_id, self.r.identity.worker_id,
                     usage_key=b.usage_key)
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                if not connection_lost(error):
                     break
                 continue
             except SessionClosed as gone:
-                if gone.error is not None and gone.error.code() != grpc.StatusCode.UNAVAILABLE:
+                if not connection_lost(gone.error):
                     break
                 continue
             self.watcher.cancel()
