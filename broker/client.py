@@ -25,6 +25,7 @@ to trust the system's roots), and for mutual TLS `client_cert` and `client_key`.
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Callable
@@ -413,6 +414,20 @@ def _timestamp(ms: int) -> Timestamp:
     return ts
 
 
+def _with_labels_opened(document: dict, private_key: PrivateKey) -> dict:
+    """Labels sealed at Authorize (the owner had a receipt key then) ride in the itemised
+    part still sealed: open them too, with the same key. Left sealed when they were
+    sealed to a key the owner has since replaced."""
+    if not document.get("sealed_labels"):
+        return document
+    try:
+        opened = sealing.open_sealed(private_key, base64.b64decode(document["sealed_labels"]))
+    except sealing.SealError:
+        return document
+    rest = {k: v for k, v in document.items() if k != "sealed_labels"}
+    return {**rest, "labels": opened["labels"]}
+
+
 def open_sealed(sealed: Any, private_key: PrivateKey | str,
                 signing_keys: dict[str, bytes] | None = None) -> dict:
     """Open, on the owner's side, a receipt's sealed itemised part or a statement's
@@ -429,7 +444,7 @@ def open_sealed(sealed: Any, private_key: PrivateKey | str,
         document = sealing.open_document(private_key, sealed.sealed_itemised, verify)
         if document.get("receipt_id") != sealed.receipt_id:
             raise sealing.SealError("the sealed part belongs to another receipt")
-        return document
+        return _with_labels_opened(document, private_key)
     if isinstance(sealed, statement_pb.Statement):
         return sealing.open_document(private_key, sealed.annex, verify)
     return sealing.open_document(private_key, bytes(sealed), verify)

@@ -57,6 +57,12 @@ def sign_document(signer: Signer, document: dict[str, Any]) -> dict[str, str]:
             "signature": base64.b64encode(signer.sign(payload)).decode()}
 
 
+def seal_json(public_key: bytes, value: Any) -> bytes:
+    """`value` as canonical JSON in a sealed box (open with `open_sealed`). Unsigned: a
+    sealed value goes inside a signed document before anyone is shown it."""
+    return SealedBox(PublicKey(public_key)).encrypt(canonical(value))
+
+
 def seal_document(public_key: bytes, signer: Signer, document: dict[str, Any]) -> bytes:
     """Sign `document`, then seal {"document", "key_id", "signature"} to the key."""
     signed = sign_document(signer, document)

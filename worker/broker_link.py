@@ -22,6 +22,24 @@ from broker.v1 import metering_service_pb2 as pb
 from broker.v1 import metering_service_pb2_grpc as pb_grpc
 from broker.v1 import resources_pb2 as res_pb
 from common import usage_signing
+from common.status import error_info
+
+# What the broker itself answers on a fault of its own (broker/api/base.py): resuming
+# would meet the same fault, so that INTERNAL is not a connection failure.
+BROKER_FAULT_DETAILS = "internal error"
+
+
+def connection_lost(error: grpc.RpcError | None) -> bool:
+    """Whether a failed call (None: a stream that ended without a status) lost the
+    connection, rather than got the broker's answer: UNAVAILABLE, or an INTERNAL or
+    UNKNOWN made up by the gRPC library when the connection broke under the call (e.g.
+    "Internal error from Core", "Stream removed", a reset), which carries no ErrorInfo.
+    Such a call can be retried, and a session resumed."""
+    if error is None or error.code() == grpc.StatusCode.UNAVAILABLE:
+        return True
+    if error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        return False
+    return error_info(error) is None and error.details() != BROKER_FAULT_DETAILS
 
 
 class SessionClosed(Exception):

@@ -18,7 +18,7 @@ from broker.v1 import resources_pb2 as res_pb
 from common.errors import BrokerError, Code
 from common.vouchers import VoucherClaims, check_scope
 
-from .broker_link import MeteringSession, SessionClosed
+from .broker_link import MeteringSession, SessionClosed, connection_lost
 from .metered_job import MeteredJob, usage_event
 from .meters import Meter
 from .metrics import WorkerMetrics
@@ -139,8 +139,7 @@ class JobRunner:
 
 def broker_failure(error: grpc.RpcError | None) -> Exception:
     """The broker refused or could not be reached: tell the agent; nothing was spent."""
-    if error is None or error.code() in (grpc.StatusCode.UNAVAILABLE,
-                                          grpc.StatusCode.DEADLINE_EXCEEDED):
+    if connection_lost(error) or error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return BrokerError(Code.UNAVAILABLE, "BROKER_UNAVAILABLE",
                            "the broker cannot be reached; the voucher was not redeemed and "
                            "nothing was spent")

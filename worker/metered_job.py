@@ -23,7 +23,7 @@ import grpc
 
 from broker.v1 import resources_pb2 as res_pb
 
-from .broker_link import MeteringSession, SessionClosed
+from .broker_link import MeteringSession, SessionClosed, connection_lost
 from .runtime.jobs import Cancelled, JobContext, JobFailed, JobSpec
 from .v1 import worker_service_pb2 as pb
 
@@ -66,7 +66,15 @@ class MeteredJob:
     def _on_output(self, text: str, token_ids: list[int]) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, ("output", text, token_ids))
 
-    def _thread(self) -> None:
+    def _thread(self, started: asyncio.Future) -> None:
+        # The meter starts and stops in the job's own thread: the CPU meter shares the
+        # process's time out among running jobs by their threads' CPU time.
+        try:
+            self.meter.start()
+        except Exception as error:
+            self.loop.call_soon_threadsafe(_resolve, started, error)
+            return
+        self.loop.call_soon_threadsafe(_resolve, started, None)
         try:
             outcome = ("done", self.r.runtime.run(self.spec, self.ctx), "")
         except Cancelled:
@@ -76,6 +84,10 @@ class MeteredJob:
         except Exception as error:  # a bug in the runtime: fail the job, keep the worker
             log.exception("job crashed")
             outcome = ("failed", {}, f"internal error ({type(error).__name__})")
+        try:
+            self.meter.stop()  # the final reading; _wrap_up's stop() returns it again
+        except Exception:
+            log.exception("meter failed at the end of the job")  # _wrap_up tries again
         self.loop.call_soon_threadsafe(self.events.put_nowait, outcome)
 
     def usage(self, gpu_ms: int, energy_mj: int) -> dict[str, int]:
@@ -83,8 +95,13 @@ class MeteredJob:
                 "input_tokens": self.ctx.input_tokens, "output_tokens": self.ctx.output_tokens}
 
     async def run(self):
-        await asyncio.to_thread(self.meter.start)
-        threading.Thread(target=self._thread, name="job", daemon=True).start()
+        started = self.loop.create_future()
+        threading.Thread(target=self._thread, args=(started,), name="job", daemon=True).start()
+        try:
+            await started  # (raises what the meter's start raised)
+        except asyncio.CancelledError:
+            self.cancel.set()
+            raise
         self.watcher = asyncio.create_task(self._watch_stop())
         try:
             async for event in self._loop():
@@ -166,7 +183,7 @@ class MeteredJob:
     async def _reconnect(self, closed: SessionClosed) -> None:
         """The stream broke. Keep measuring and resume the session; if the broker stays
         away for the hold's whole life, stop the job (the broker settles what it acked)."""
-        if closed.error is not None and closed.error.code() != grpc.StatusCode.UNAVAILABLE:
+        if not connection_lost(closed.error):
             self._give_up(f"the broker ended the session: {closed.error.details()}")
             return
         deadline = self.session.grant.expire_time.ToMilliseconds() / 1000
@@ -180,11 +197,11 @@ class MeteredJob:
                     b.channel, b.api_key, self.session.session_id, self.r.identity.worker_id,
                     usage_key=b.usage_key)
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                if not connection_lost(error):
                     break
                 continue
             except SessionClosed as gone:
-                if gone.error is not None and gone.error.code() != grpc.StatusCode.UNAVAILABLE:
+                if not connection_lost(gone.error):
                     break
                 continue
             self.watcher.cancel()
@@ -235,6 +252,14 @@ class MeteredJob:
         finally:
             if self.watcher is not None:
                 self.watcher.cancel()  # _reconnect starts a new one
+
+
+def _resolve(future: asyncio.Future, error: Exception | None) -> None:
+    if not future.done():
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 def _json(value: Any) -> str:

@@ -10,9 +10,13 @@ waits for it, so the time is the span of the device's timeline from start to now
 including any gaps between kernels: the device is reserved for the job in between.
 Energy comes from NVML's total energy counter, utilisation from NVML's sampled rates.
 
-CPU meter: this process's CPU time (all threads), reported as `gpu_ms` so that one field
-serves both. The worker runs one job per device at a time, so the process's CPU time is
-the job's, plus a little from the worker's own idle threads.
+CPU meter: the job's share of this process's CPU time (all threads, shared out among the
+jobs running at once by each job thread's own CPU time: worker/cpu_shares.py), reported
+as `gpu_ms` so that one field serves both. A job alone is billed the process's CPU time,
+including a little from the worker's own idle threads.
+
+`start()` is called in the thread that runs the job, and `stop()` there too once the job
+has returned (the CPU meter needs the job's thread; the CUDA meter does not mind).
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import time
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
+
+from . import cpu_shares
+from .cpu_shares import CpuShares, Share
 
 
 @dataclass(frozen=True)
@@ -159,25 +165,31 @@ class _Monotonic:
 
 
 class CpuTimeMeter:
+    """This job's share of the process's CPU time (worker/cpu_shares.py). `start()` must
+    be called in the thread that runs the job: that thread's CPU time is how the
+    process's time is shared out among jobs that run at once."""
+
     name = "cpu_time"
 
-    def __init__(self) -> None:
-        self._start_ns: int | None = None
+    def __init__(self, shares: CpuShares | None = None) -> None:
+        self._shares = shares or cpu_shares.PROCESS
+        self._share: Share | None = None
         self._clamp = _Monotonic()
 
     def start(self) -> None:
-        self._start_ns = time.process_time_ns()
+        self._share = self._shares.join()
 
-    def _sample(self) -> Reading:
-        if self._start_ns is None:
+    def _sample(self, final: bool = False) -> Reading:
+        if self._share is None:
             raise RuntimeError("meter not started")
-        return Reading(gpu_ms=(time.process_time_ns() - self._start_ns) // 1_000_000)
+        ns = self._shares.leave(self._share) if final else self._shares.read(self._share)
+        return Reading(gpu_ms=ns // 1_000_000)
 
     def read(self) -> Reading:
         return self._clamp.stopped or self._clamp.update(self._sample())
 
     def stop(self) -> Reading:
-        return self._clamp.stopped or self._clamp.finish(self._sample())
+        return self._clamp.stopped or self._clamp.finish(self._sample(final=True))
 
 
 class CudaEventMeter:

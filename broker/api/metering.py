@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from common import convert, usage_signing, vouchers
 from common.errors import BrokerError, invalid
@@ -34,8 +35,8 @@ def _stop(decision: session.UsageDecision) -> pb.MeterResponse:
         remaining=decision.remaining))
 
 
-def _early_stop(last: Record, report: pb.UsageReport, usage: Record,
-                now: int) -> pb.MeterResponse | None:
+def _early_stop(last: Record, report: pb.UsageReport, usage: Record, now: int,
+                elapsed_ms: int | None) -> pb.MeterResponse | None:
     """STOP for this report, sent before the report is durable, when the session as
     this stream's last committed report left it says so (and the signature checks out).
 
@@ -45,7 +46,7 @@ def _early_stop(last: Record, report: pb.UsageReport, usage: Record,
     differ only when something else changed the session meanwhile (expiry, another
     stream), and then the writer refuses the report."""
     try:
-        decision = session.on_usage(last, report.seq, usage, now)
+        decision = session.on_usage(last, report.seq, usage, now, elapsed_ms)
         if not decision.stop_reason:
             return None
         usage_signing.verify(last["usage_public_key"], usage_signing.payload(
@@ -73,7 +74,12 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         if first is None:
             return
         kind = first.WhichOneof("kind")
+        # When this stream's last report (or the open) was, on a monotonic clock: the
+        # time between reports for the STOP projection, whatever the wall clock does.
+        # None on a resumed stream: the last report came over another one.
+        mark: int | None = None
         if kind == "open":
+            mark = time.monotonic_ns()
             ses = await self._open(p, first.open)
         elif kind == "resume":
             # Required: an empty worker id would skip the check that it is the session's.
@@ -94,11 +100,13 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
             if kind == "usage":
                 report = message.usage
                 usage = convert.usage_from_proto(report.usage)
-                now = self.s.clock()
-                early = _early_stop(ses, report, usage, now)
+                now, at = self.s.clock(), time.monotonic_ns()
+                elapsed_ms = None if mark is None else (at - mark) // 1_000_000
+                early = _early_stop(ses, report, usage, now, elapsed_ms)
                 if early is not None:
                     yield early
-                decision = await self._report(p, ses, report, usage, now)
+                decision = await self._report(p, ses, report, usage, now, elapsed_ms)
+                mark = at
                 yield pb.MeterResponse(ack=pb.UsageAck(
                     seq=report.seq, charged=decision.charged, remaining=decision.remaining))
                 if decision.stop_reason and (early is None or early.stop.reason !=
@@ -129,12 +137,13 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         return message.result()
 
     async def _report(self, p, ses: Record, report: pb.UsageReport, usage: Record,
-                      now: int) -> session.UsageDecision:
+                      now: int, elapsed_ms: int | None) -> session.UsageDecision:
         # The signature check needs no ordering: done here, not in the single writer.
         verified = usage_signing.verify_ahead(ses["usage_public_key"], usage_signing.payload(
             ses["session_id"], usage, seq=report.seq), report.signature)
         return await self.s.store.submit(lambda tx: metering.record_usage(
-            tx, p, ses["session_id"], report.seq, usage, now, report.signature, verified))
+            tx, p, ses["session_id"], report.seq, usage, now, report.signature, verified,
+            elapsed_ms))
 
     async def _finish(self, p, session_id: str, finish: pb.FinishSession) -> pb.MeterResponse:
         usage = convert.usage_from_proto(finish.usage)

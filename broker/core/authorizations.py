@@ -79,7 +79,7 @@ def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seco
             "session_id": "", "seq": seq, "key_id": principal.key_id}
     tx.put("wallet_authorizations", f"{wallet['wallet_id']}/{seq:020d}",
            {"authorization_id": authorization_id})
-    labels.store(tx, authorization_id, job_labels)
+    labels.store(tx, authorization_id, wallet["owner_id"], job_labels)
     if verdict.needs_approval:
         policy.request_approval(tx, auth, ttl_ms, verdict, now)
     else:

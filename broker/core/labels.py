@@ -4,8 +4,13 @@ Agents may label an authorization (job names, purposes). Labels are metadata abo
 the owner's business, so they stay inside the broker: they are kept apart from the
 authorization record (table `authorization_labels`, so neither the idempotency cache
 nor the journal ever holds them), never put in a voucher, a worker message, a
-statement or a log line, and at settlement they go into the sealed receipt; once the
-owner has a receipt key, the sealed receipt is the only place left that holds them.
+statement or a log line, and at settlement they go into the receipt's itemised part.
+
+When the owner has a receipt key at Authorize, the labels are sealed to it at once and
+stored only sealed: LMDB does not clear the pages it frees, so labels stored in clear
+and deleted at settlement would stay readable in the data file. The broker cannot read
+them back after that; the sealed receipt carries them (`sealed_labels`, opened with the
+same key). Without a receipt key they are kept in clear (docs/privacy.md).
 
 Workers get only an allow-list of technical fields: `for_worker` builds a voucher's
 scope from it, whatever else an authorization record may carry.
@@ -13,8 +18,10 @@ scope from it, whatever else an authorization record may carry.
 
 from __future__ import annotations
 
+import base64
 import re
 
+from common import sealing
 from common.errors import invalid
 
 from ..store.base import Tx
@@ -46,14 +53,28 @@ def for_worker(scope: dict) -> dict:
     return {name: scope[name] for name in WORKER_SCOPE_FIELDS if name in scope}
 
 
-def store(tx: Tx, authorization_id: str, labels: dict[str, str]) -> None:
-    if labels:
+def store(tx: Tx, authorization_id: str, owner_id: str, labels: dict[str, str]) -> None:
+    if not labels:
+        return
+    key = tx.get("receipt_keys", owner_id)
+    if key is None:
         tx.put("authorization_labels", authorization_id, {"labels": labels})
+        return
+    sealed = sealing.seal_json(base64.b64decode(key["public_key"]), {"labels": labels})
+    tx.put("authorization_labels", authorization_id, {
+        "sealed": base64.b64encode(sealed).decode(), "receipt_key_id": key["key_id"]})
 
 
 def of(tx: Tx, authorization_id: str) -> dict[str, str]:
+    """The labels in clear ({} when there are none, or they are sealed)."""
     found = tx.get("authorization_labels", authorization_id)
-    return found["labels"] if found else {}
+    return found.get("labels", {}) if found else {}
+
+
+def sealed_of(tx: Tx, authorization_id: str) -> str:
+    """The labels sealed at Authorize (base64), or ""."""
+    found = tx.get("authorization_labels", authorization_id)
+    return found.get("sealed", "") if found else ""
 
 
 def forget(tx: Tx, authorization_id: str) -> None:

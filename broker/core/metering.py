@@ -91,15 +91,17 @@ def get_own_session(tx: Tx, principal: Principal, session_id: str, worker_id: st
 
 def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage: Record,
                  now: int, signature: bytes = b"",
-                 verified: usage_signing.Verified | None = None) -> session.UsageDecision:
-    """`verified`: the signature was checked outside the writer (usage_signing)."""
+                 verified: usage_signing.Verified | None = None,
+                 elapsed_ms: int | None = None) -> session.UsageDecision:
+    """`verified`: the signature was checked outside the writer (usage_signing);
+    `elapsed_ms`: monotonic time since the stream's previous report, if known."""
     current = get_own_session(tx, principal, session_id, "")
     if verified is not None and verified.public_key_hex == current["usage_public_key"]:
         message = verified.message
     else:
         message = usage_signing.payload(session_id, usage, seq=seq)
         usage_signing.verify(current["usage_public_key"], message, signature)
-    decision = session.on_usage(current, seq, usage, now)
+    decision = session.on_usage(current, seq, usage, now, elapsed_ms)
     decision = killswitch.on_usage(tx, current, decision, now)  # STOP if frozen or revoked
     if decision.session is not current:
         decision.session["signed_usage"] = _signed(message, signature)

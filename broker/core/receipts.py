@@ -115,6 +115,8 @@ def issue(tx: Tx, auth: Record, ses: Record, outcome: str, now: int, config: Cor
                 "authorize_ms": auth["create_ms"], "open_ms": ses["open_ms"],
                 "settle_ms": now,
                 "worker_usage": ses.get("signed_usage") or {"payload": "", "signature": ""}}
+    if sealed_labels := labels.sealed_of(tx, auth["authorization_id"]):
+        itemised["sealed_labels"] = sealed_labels  # (sealed at Authorize: labels.py)
     key = tx.get("receipt_keys", auth["owner_id"])
     if key is None:
         record.update({k: itemised[k] for k in ITEMISED_FIELDS})

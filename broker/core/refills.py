@@ -1,7 +1,8 @@
 """Micro-wallet refill rules, and the wallet's blast radius.
 
 A wallet is refilled from its owner's treasury only as part of a settlement (never
-on its own), up to its refill target and within its cap. A policy adds:
+on its own): its posted balance back up to its refill target, so a refill replaces what
+was charged and never backfills an open hold (wallets.refill). A policy adds:
 - a daily refill cap: at most `daily_cap` per UTC day;
 - a pause: after `pause_after_failures` consecutive jobs settled as STOPPED or
   HOLD_EXPIRED (stopped by the broker, or the worker vanished), refills stop until

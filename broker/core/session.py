@@ -7,7 +7,9 @@ Charges are computed from cumulative usage and capped at the budget (the hold),
 so a charge never exceeds its hold. STOP is decided one reporting interval
 ahead: when the charge rate seen so far, or one interval of GPU time at the
 session's price, would use up what remains, or when the hold would expire
-before the next report.
+before the next report. The rate is measured on a monotonic clock where the stream
+has one, so a wall-clock step does not turn into a made-up rate
+(docs/reliability.md, "Clock steps").
 """
 
 from __future__ import annotations
@@ -64,8 +66,13 @@ def capped_charge(session: Record, usage: Record) -> int:
     return min(charge_for(usage, session["prices"]), session["budget"])
 
 
-def on_usage(session: Record, seq: int, usage: Record, now: int) -> UsageDecision:
-    """Acknowledge one cumulative usage report (or refuse it, changing nothing)."""
+def on_usage(session: Record, seq: int, usage: Record, now: int,
+             elapsed_ms: int | None = None) -> UsageDecision:
+    """Acknowledge one cumulative usage report (or refuse it, changing nothing).
+
+    `elapsed_ms`: the time since the last report on a monotonic clock, where the caller
+    has one (the metering stream that carried both reports); otherwise the wall clock's
+    `now - last_report_ms`, which a clock step distorts."""
     require_open(session)
     usage = check_usage(usage, "usage")
     if session["stop_reason"]:
@@ -88,8 +95,11 @@ def on_usage(session: Record, seq: int, usage: Record, now: int) -> UsageDecisio
     _check_monotonic(session["usage"], usage)
     charged = capped_charge(session, usage)
     budget, interval = session["budget"], session["report_interval_ms"]
-    elapsed = max(1, now - session["last_report_ms"])
-    rate_projection = -(-(charged - session["charged"]) * interval // elapsed)
+    elapsed = now - session["last_report_ms"] if elapsed_ms is None else elapsed_ms
+    # No time seen to pass (a wall clock stepped back, or two reports in one ms): no
+    # rate to project from, so the time projection alone decides.
+    rate_projection = (-(-(charged - session["charged"]) * interval // elapsed)
+                       if elapsed > 0 else 0)
     time_projection = -(-interval * session["prices"]["gpu_second_price"] // 1000)
     stop = ""
     # ">=": the worker needs up to one interval to obey STOP, and that interval must

@@ -89,17 +89,19 @@ def set_frozen(tx: Tx, owner_id: str, wallet_id: str, frozen: bool, now: int) ->
 
 
 def refill(tx: Tx, wallet: Record, now: int, limit: int | None = None) -> int:
-    """Top the wallet's available balance up to its refill target from the treasury,
-    as far as the treasury and the cap allow, and at most `limit` (the refill rules in
-    broker/core/refills.py). Returns the amount moved."""
+    """Top the wallet's posted balance back up to its refill target from the treasury,
+    as far as the treasury allows, and at most `limit` (the refill rules in
+    broker/core/refills.py). Returns the amount moved.
+
+    Posted, not available: an open hold is still the wallet's money, not spent, so a
+    refill replaces what was charged and never lifts the wallet above its target (once
+    the hold is released)."""
     if not wallet["refill_target"] or wallet["frozen"] or limit == 0:
         return 0
     account = ledger.get_account(tx, wallet["wallet_id"])
     treasury = ledger.get_account(tx, get_owner(tx, wallet["owner_id"])["treasury_account_id"])
     bal = ledger.balance(account)
-    amount = min(wallet["refill_target"] - bal["available"],
-                 wallet["cap"] - bal["posted"],
-                 ledger.balance(treasury)["available"])
+    amount = min(wallet["refill_target"] - bal["posted"], ledger.balance(treasury)["available"])
     if limit is not None:
         amount = min(amount, limit)
     if amount <= 0:

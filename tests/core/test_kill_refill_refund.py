@@ -108,6 +108,21 @@ def test_daily_refill_cap_and_the_blast_radius():
     assert s.w.violations() == []
 
 
+def test_a_refill_replaces_the_charge_and_leaves_open_holds_alone():
+    """An open hold is not spent: settling a job beside it refills only what the job
+    charged, and the wallet never ends above its refill target (issue 18, item 1)."""
+    s = Setup(cap=2_000_000, target=1_000_000, funded=1_000_000)
+    held = s.w.run(lambda tx: authorizations.authorize(
+        tx, s.agent, 300_000, {}, 60, s.w.now, s.w.config, s.w.signer.key_id))
+    s.spend_all(58)
+    assert s.balance() == {"posted": 1_000_000, "pending": 300_000, "available": 700_000}
+    assert s.status()["refilled_today"] == 58
+    s.w.run(lambda tx: authorizations.cancel(tx, s.agent, held["authorization_id"], s.w.now))
+    assert s.balance()["available"] == 1_000_000  # back at the target, not above it
+    assert s.w.balance(s.owner["treasury_account_id"])["posted"] == 10_000_000 - 1_000_000 - 58
+    assert s.w.violations() == []
+
+
 def test_the_blast_radius_is_bounded_by_the_limits():
     s = Setup()
     s.policy(limits={"daily": 400_000}, refills={"daily_cap": 300_000})

@@ -127,8 +127,8 @@ class BrokerModel(RuleBasedStateMachine):
     def refill_in_model(self) -> None:
         if self.frozen:
             return
-        available = self.posted - sum(self.held.values())
-        amount = min(TARGET - available, CAP - self.posted, self.treasury)
+        # Back up to the target from the posted balance: open holds are not spent.
+        amount = min(TARGET - self.posted, self.treasury)
         if amount > 0:
             self.posted += amount
             self.treasury -= amount

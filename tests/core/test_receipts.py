@@ -87,7 +87,10 @@ def test_a_sealed_receipt_keeps_only_the_sealed_itemised_part():
 
     item = sealing.open_document(key, base64.b64decode(stored["sealed"]),
                                  shop.w.verify_keys())
-    assert item["labels"] == LABELS
+    # The labels were sealed at Authorize (never stored in clear): inside, still sealed.
+    assert item["labels"] == {}
+    assert sealing.open_sealed(key, base64.b64decode(item["sealed_labels"])) == \
+        {"labels": LABELS}
     assert (item["model"], item["resource_class"]) == ("m", "cpu")
     assert item["worker_id"] == shop.worker["worker_id"]
     assert item["usage"] == {"gpu_ms": 1500, "input_tokens": 0, "output_tokens": 40,
@@ -111,6 +114,21 @@ def test_a_sealed_receipt_keeps_only_the_sealed_itemised_part():
     assert worker_copy["authorization_id"] == "" and worker_copy["sealed"] == ""
     assert worker_copy["usage"] == item["usage"]
     assert shop.w.violations() == []
+
+
+def test_labels_are_sealed_at_authorize_once_the_owner_has_a_receipt_key():
+    """Never stored in clear, so no freed page of the data file can hold them
+    (issue 18, item 7)."""
+    shop = Shop()
+    key = shop.register_key()
+    w = shop.w
+    auth = w.run(lambda tx: authorizations.authorize(
+        tx, shop.agent, 1_000, {}, 60, w.now, w.config, w.signer.key_id, job_labels=LABELS))
+    clear = json.dumps(w.store.snapshot())
+    assert all(value not in clear for value in LABELS.values())
+    assert w.read(lambda tx: labels.of(tx, auth["authorization_id"])) == {}
+    sealed = w.read(lambda tx: labels.sealed_of(tx, auth["authorization_id"]))
+    assert sealing.open_sealed(key, base64.b64decode(sealed)) == {"labels": LABELS}
 
 
 def test_without_a_receipt_key_the_itemised_part_stays_in_clear():

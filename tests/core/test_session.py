@@ -85,3 +85,40 @@ def test_finish_must_not_go_backwards_and_is_capped():
     s = session.on_usage(fresh(budget=3000), 1, u(1000), T0 + 1000).session
     assert err(lambda: session.on_finish(s, u(999))) == "USAGE_NOT_MONOTONIC"
     assert session.on_finish(s, u(10**6))["charged"] == 3000
+
+
+# -- clock steps (issue 18, item 3) ------------------------------------------------------
+
+
+def steady(s, seq: int, now: int, elapsed_ms=None):
+    """A session that uses 1 s of GPU per second: report `seq` at wall time `now`."""
+    return session.on_usage(s, seq, u(seq * 1000), now, elapsed_ms)
+
+
+def test_a_wall_clock_step_back_does_not_stop_a_steady_session():
+    s = steady(fresh(budget=100_000), 1, T0 + 1000).session
+    # The wall clock steps back 120 s between two reports, 1 s apart.
+    d = steady(s, 2, T0 + 2000 - 120_000)
+    assert (d.stop_reason, d.charged) == ("", 2000)
+    d = steady(d.session, 3, T0 + 3000 - 120_000)  # and the next report is judged as ever
+    assert (d.stop_reason, d.charged) == ("", 3000)
+    # Measured on a monotonic clock (the stream's), the step is not seen at all.
+    d = steady(s, 2, T0 + 2000 - 120_000, elapsed_ms=1000)
+    assert (d.stop_reason, d.charged) == ("", 2000)
+
+
+def test_the_rate_projection_survives_a_step_either_way_on_a_monotonic_clock():
+    """3000 then 4000 more in 1 s each stops (test_fast_rate_triggers_stop_early),
+    whether the wall clock stepped back or forward between the reports."""
+    for step in (-120_000, 120_000):
+        d = session.on_usage(fresh(budget=10_000), 1, u(3000), T0 + 1000, 1000)
+        d = session.on_usage(d.session, 2, u(7000), T0 + 2000 + step, 1000)
+        assert d.stop_reason == session.BUDGET_EXHAUSTED, step
+
+
+def test_a_step_forward_past_the_hold_ends_the_session_on_acknowledged_usage():
+    """Holds expire on the wall clock: a step past the expiry refuses further usage
+    (the session settles on what was acknowledged), one close to it stops the job."""
+    s = steady(fresh(budget=100_000, expire=T0 + 60_000), 1, T0 + 1000).session
+    assert steady(s, 2, T0 + 2000 + 57_500, 1000).stop_reason == session.HOLD_EXPIRING
+    assert err(lambda: steady(s, 2, T0 + 2000 + 120_000, 1000)) == "VOUCHER_EXPIRED"

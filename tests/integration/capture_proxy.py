@@ -6,6 +6,9 @@ Every method is proxied as a bidirectional stream of raw bytes: on the wire a un
 call is a stream of one message, so one handler serves them all without knowing any
 proto. Calls are tagged with the caller's bearer key, so the test can tell the
 worker's calls from its own (WorkerProcess lists offers through the same address).
+
+`break_next` injects a fault: the next call of a method fails, part way, with the status
+the gRPC library makes up when a connection breaks under a call.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .broker_process import free_port
 @dataclass(frozen=True)
 class Captured:
     method: str  # "/broker.v1.MeteringService/Meter"
-    direction: str  # "received" (broker -> worker), "sent", or "status"
+    direction: str  # "received" (broker -> worker), "sent", "status", or "call" (one per call)
     data: bytes
     bearer: str  # the caller's API key, "" for none
 
@@ -32,6 +35,7 @@ class CapturingProxy:
         self.target = f"127.0.0.1:{free_port()}"
         self.captured: list[Captured] = []
         self._lock = threading.Lock()
+        self._faults: dict[str, tuple[int, grpc.StatusCode, str]] = {}
         self._channel = grpc.insecure_channel(upstream)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
         self._server.add_generic_rpc_handlers((_Handler(self),))
@@ -48,6 +52,21 @@ class CapturingProxy:
     def record(self, method: str, direction: str, data: bytes, bearer: str) -> None:
         with self._lock:
             self.captured.append(Captured(method, direction, data, bearer))
+
+    def break_next(self, method: str, after: int, code: grpc.StatusCode, details: str) -> None:
+        """Fail the next call of `method` with (code, details) once `after` messages have
+        come back from the broker through it (the broker sees the call cancelled)."""
+        with self._lock:
+            self._faults[method] = (after, code, details)
+
+    def take_fault(self, method: str) -> tuple[int, grpc.StatusCode, str] | None:
+        with self._lock:
+            return self._faults.pop(method, None)
+
+    def calls(self, method: str) -> int:
+        """How many calls of `method` went through."""
+        with self._lock:
+            return sum(1 for c in self.captured if c.method == method and c.direction == "call")
 
     def of(self, bearers: set[str]) -> list[Captured]:
         """What calls made with one of `bearers` ("" for none) carried."""
@@ -67,6 +86,8 @@ class _Handler(grpc.GenericRpcHandler):
             metadata = tuple(context.invocation_metadata())
             bearer = next((v.partition(" ")[2] for k, v in metadata if k == "authorization"),
                           "")
+            proxy.record(method, "call", b"", bearer)
+            fault = proxy.take_fault(method)
 
             def requests():
                 for raw in request_iterator:
@@ -78,9 +99,12 @@ class _Handler(grpc.GenericRpcHandler):
                                       and k not in ("user-agent", "grpc-accept-encoding")])
             context.add_callback(call.cancel)
             try:
-                for raw in call:
+                for count, raw in enumerate(call, 1):
                     proxy.record(method, "received", raw, bearer)
                     yield raw
+                    if fault is not None and count >= fault[0]:
+                        call.cancel()
+                        context.abort(fault[1], fault[2])
             except grpc.RpcError as error:
                 trailing = tuple(error.trailing_metadata() or ())
                 details_text = error.details() or ""

@@ -278,9 +278,11 @@ def test_a_full_cycle_shows_the_worker_no_identity(p):
 def test_labels_live_only_in_the_sealed_receipt_once_settled(p):
     t = p.t
     held = p.world.authorize(100_000, client=t.agent, labels=LABELS)
-    # While the authorization is open, the agent and owner read their labels back.
-    assert dict(t.agent.get_authorization(held.authorization_id).labels) == LABELS
-    assert dict(t.owner.get_authorization(held.authorization_id).labels) == LABELS
+    # The owner has a receipt key: the labels were sealed to it at Authorize, so only the
+    # Authorize answer echoes them; the broker cannot read them back.
+    assert dict(held.labels) == LABELS
+    assert dict(t.agent.get_authorization(held.authorization_id).labels) == {}
+    assert dict(t.owner.get_authorization(held.authorization_id).labels) == {}
     t.agent.cancel(held.authorization_id)
     # Settled with a receipt key: the labels are gone from the authorization...
     auth_id, receipt = p.settled[0]
@@ -555,6 +557,12 @@ def test_broker_keeps_only_sealed_itemised_parts_and_no_log_holds_a_secret(p):
     assert len(seeds) >= 6
     assert w.worker.stop() == 0
     assert w.broker.stop() == 0
+    # No label in the raw data file, freed pages included: the owner had a receipt key,
+    # so the labels were sealed at Authorize and never written in clear (issue 18,
+    # item 7; they used to stay readable there after settlement deleted them).
+    raw = (data.ledger / "data.mdb").read_bytes()
+    assert len(raw) > 0
+    assert [v for v in LABELS.values() if v.encode() in raw] == []
 
     store = data.open_store()
     try:
@@ -573,9 +581,10 @@ def test_broker_keeps_only_sealed_itemised_parts_and_no_log_holds_a_secret(p):
     assert settled_sessions and all("usage" not in s and "signed_usage" not in s
                                     for s in settled_sessions)
     # No label is left anywhere the broker keeps records (the one cancelled
-    # authorization never settled, so its labels stay with it).
-    assert len(tables["authorization_labels"]) == 1
-    stored = json.dumps({k: v for k, v in tables.items() if k != "authorization_labels"})
+    # authorization never settled, so its labels stay with it, sealed).
+    assert [sorted(r) for _, r in tables["authorization_labels"]] == [
+        ["receipt_key_id", "sealed"]]
+    stored = json.dumps(tables)
     for value in LABELS.values():
         assert value not in stored
     kinds = [e["kind"] for _, e in tables["journal"]]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from worker import meters
+from worker.cpu_shares import CpuShares
 from worker.meters import CpuTimeMeter, Reading, make_meter, normalize_gpu_name, probe_capabilities
 from worker.runtime import JobContext, JobSpec, Runtime
 
@@ -88,12 +89,65 @@ def test_cpu_meter_increases_during_a_burn_and_never_decreases():
     assert meter.read() == final == meter.stop()  # frozen once stopped
 
 
-def test_cpu_meter_clamps_a_clock_that_goes_back(monkeypatch: pytest.MonkeyPatch):
-    clock = iter([1_000_000_000, 3_000_000_000, 2_000_000_000, 2_500_000_000])
-    monkeypatch.setattr(meters.time, "process_time_ns", lambda: next(clock))
-    meter = CpuTimeMeter()
+def test_cpu_meter_clamps_a_clock_that_goes_back():
+    clock = iter([0, 1_000_000_000, 3_000_000_000, 2_000_000_000, 2_500_000_000])
+    meter = CpuTimeMeter(CpuShares(process_ns=lambda: next(clock), thread_clock=lambda: None))
     meter.start()
     assert [meter.read().gpu_ms, meter.read().gpu_ms, meter.stop().gpu_ms] == [2000, 2000, 2000]
+
+
+def test_the_process_time_is_shared_out_by_each_jobs_thread_time():
+    """Jobs that run at once split each stretch of process time by their own threads'
+    CPU time; one alone gets all of it, and none runs: an even split."""
+    process = {"ns": 0}
+    threads = {"a": 0, "b": 0}
+    joining = iter(["a", "b"])
+    shares = CpuShares(process_ns=lambda: process["ns"], clock_ns=lambda clock: threads[clock],
+                       thread_clock=lambda: next(joining))
+    ms = 1_000_000
+
+    def run(process_ms: int, **thread_ms: int) -> None:
+        process["ns"] += process_ms * ms
+        for name, used in thread_ms.items():
+            threads[name] += used * ms
+
+    a = shares.join()
+    run(100, a=90)
+    b = shares.join()  # the 100 ms before B joined are all A's
+    run(400, a=150, b=50)  # torch's pool threads and the worker's own: shared 3:1
+    assert (shares.read(a), shares.read(b)) == (400 * ms, 100 * ms)
+    run(40)  # neither job's thread ran: evenly
+    assert (shares.read(a), shares.read(b)) == (420 * ms, 120 * ms)
+    assert shares.leave(a) == 420 * ms
+    run(60, a=60, b=30)  # A has left: B alone gets the stretch
+    assert (shares.read(a), shares.leave(b), shares.leave(b)) == (420 * ms, 180 * ms, 180 * ms)
+
+
+def test_two_jobs_at_once_are_not_billed_for_each_other():
+    """Two burns at once in one process: together they are billed no more than the
+    process's CPU time, and each about its own half (issue 18, item 2: each used to be
+    billed the whole process's time)."""
+    readings: dict[str, Reading] = {}
+    barrier = threading.Barrier(2)
+
+    def job(name: str) -> None:
+        meter, runtime = make_meter("cpu"), Runtime(device="cpu")
+        barrier.wait()
+        meter.start()  # in the job's thread, as the worker does
+        runtime.run(JobSpec(kind="burn", flops=60 * 2 * 512**3), JobContext())
+        readings[name] = meter.stop()
+
+    before = time.process_time_ns()
+    jobs = [threading.Thread(target=job, args=(name,)) for name in ("a", "b")]
+    for thread in jobs:
+        thread.start()
+    for thread in jobs:
+        thread.join()
+    process_ms = (time.process_time_ns() - before) // 1_000_000
+    a, b = readings["a"].gpu_ms, readings["b"].gpu_ms
+    assert a + b <= process_ms
+    assert a + b >= process_ms // 2  # (the rest: starting threads, torch's set-up)
+    assert min(a, b) >= (a + b) // 5  # the same work: neither gets (almost) all of it
 
 
 def test_a_meter_must_be_started():
