@@ -238,6 +238,9 @@ class Receipt(_Record):
     authorize_ms: int = 0
     open_ms: int = 0
     settle_ms: int = 0
+    # The worker's signed final usage: beside the seal too, so the agent can check its
+    # charge (receipts.CHARGE_CHECK_FIELDS).
+    worker_usage: Signed | None = None
     worker_usage: Signed | None = None
 
 
@@ -363,7 +366,10 @@ class Refund(_Record):
 
 
 class Labels(_Record):
-    labels: dict[str, str]
+    """In clear when the owner had no receipt key at Authorize; else sealed to it."""
+    labels: dict[str, str] = {}
+    sealed: str = ""  # base64 sealed box of {"labels": ...}
+    receipt_key_id: str = ""
 
 
 class ReceiptKey(_Record):
