@@ -98,14 +98,13 @@ def cmd_serve(args, effective: Effective[Settings]) -> int:
         if settings.processes > 1:
             return serve_processes(data_dir, config, daemon, settings.processes, on_ready,
                                    clock)
-        asyncio.run(serve(data_dir, config, daemon, on_ready, clock))
+        return asyncio.run(serve(data_dir, config, daemon, on_ready, clock))
     except (DataDirLocked, MetricsListenError) as error:
         log.error("%s", error)
         return 2
     except PortInUse as error:
         log.error("%s; is another broker running?", error)
         return 2
-    return 0
 
 
 def demo_help(data_dir: DataDir, listen: str) -> str:

@@ -133,6 +133,10 @@ class BrokerMetrics:
                                "took effect).", registry=self.registry)
         self._alerts = Counter("broker_alerts", "Alerts raised, by kind.", ["kind"],
                                registry=self.registry)
+        self._task_failures = Counter(
+            "broker_background_task_failures", "Failures of background work, by task "
+            "(sweep.<step> for each step of the sweep, audit; each is retried).", ["task"],
+            registry=self.registry)
         _live.add(self)
 
     def observe_commit(self, batch_size: int, seconds: float, committed: bool) -> None:
@@ -145,6 +149,12 @@ class BrokerMetrics:
 
     def watch_ledger(self, store: Store) -> None:
         self.registry.register(LedgerCollector(store))
+        Gauge("broker_storage_full", "1 while ledger writes fail for lack of room (disk or "
+              "LMDB map full; health is NOT_SERVING meanwhile), else 0.",
+              registry=self.registry).set_function(lambda: float(store.storage_full))
+
+    def task_failed(self, task: str) -> None:
+        self._task_failures.labels(task).inc()
 
     def alert(self, kind: str) -> None:
         self._alerts.labels(kind).inc()

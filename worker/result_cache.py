@@ -11,6 +11,7 @@ from typing import Any
 import lmdb
 
 from broker.core.journal import canonical
+from broker.files import PRIVATE_FILE, make_private, private_dir
 
 
 def cache_key(cache_scope: str, job: dict[str, Any]) -> bytes:
@@ -19,9 +20,12 @@ def cache_key(cache_scope: str, job: dict[str, Any]) -> bytes:
 
 class ResultCache:
     def __init__(self, path: Path, map_size: int = 1 << 30):
-        path.mkdir(parents=True, exist_ok=True)
+        # Cached results are the agents' outputs: private, like the rest of the state.
+        private_dir(path)
         # A cache may lose its last entries in a crash; no need to fsync every put.
-        self._env = lmdb.open(str(path), map_size=map_size, sync=False, metasync=False)
+        self._env = lmdb.open(str(path), map_size=map_size, sync=False, metasync=False,
+                              mode=PRIVATE_FILE)
+        make_private(path)  # files an older version created 0644
 
     def get(self, key: bytes) -> dict[str, Any] | None:
         with self._env.begin() as txn:

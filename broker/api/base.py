@@ -22,10 +22,18 @@ from ..core.errors import BrokerError, Code
 from ..core.registry import Liveness
 from ..keyring import Keyring
 from ..store.base import Record, Store, Tx
+from ..store.buffered import StorageFull
 from .errors import to_status
 from .watch import Changes
 
 log = logging.getLogger("broker.api")
+
+
+def storage_full() -> BrokerError:
+    return BrokerError(Code.UNAVAILABLE, "STORAGE_FULL",
+                       "the broker cannot write its ledger: its storage is full; nothing "
+                       "was changed, retry later with the same request_id",
+                       retry_after_ms=5000)
 
 
 def shutting_down() -> BrokerError:
@@ -142,6 +150,8 @@ def unary(method: Callable) -> Callable:
             return await method(self, request, context)
         except BrokerError as error:
             await context.abort_with_status(to_status(error))
+        except StorageFull:
+            await context.abort_with_status(to_status(storage_full()))
         except Exception:
             log.exception("internal error in %s", method.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -159,6 +169,8 @@ def streaming(method: Callable) -> Callable:
                 yield response
         except BrokerError as error:
             await context.abort_with_status(to_status(error))
+        except StorageFull:
+            await context.abort_with_status(to_status(storage_full()))
         except grpc.aio.AbortError:
             raise
         except Exception:

@@ -1,7 +1,7 @@
 """Storage: the narrow `Store`/`Tx` interface and its implementations."""
 
 from broker.store.base import TABLES, Record, Store, Tx
-from broker.store.buffered import BufferedTx, ReadOnlyError, StoreClosed
+from broker.store.buffered import BufferedTx, ReadOnlyError, StorageFull, StoreClosed
 from broker.store.lmdb_store import DataDirLocked, LmdbStore
 from broker.store.memory import MemoryStore
 
@@ -12,6 +12,7 @@ __all__ = [
     "LmdbStore",
     "MemoryStore",
     "ReadOnlyError",
+    "StorageFull",
     "Record",
     "Store",
     "StoreClosed",

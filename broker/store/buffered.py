@@ -25,6 +25,11 @@ class StoreClosed(RuntimeError):
     """The store was closed; no more operations or reads are accepted."""
 
 
+class StorageFull(RuntimeError):
+    """A commit failed for lack of room (a full disk, or LMDB's map full): nothing of
+    it was written, and writes keep failing until space is freed; reads still work."""
+
+
 class ReadOnlyError(RuntimeError):
     """A write was attempted through a read-only Tx (one given by `Store.read`)."""
 

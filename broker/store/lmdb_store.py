@@ -29,10 +29,12 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from broker.files import PRIVATE_FILE, make_private, private_dir
 from broker.store.base import TABLES, Record, Tx
 from broker.store.buffered import (
     BufferedTx,
     ReadOnlyError,
+    StorageFull,
     StoreClosed,
     check_key,
     check_limit,
@@ -78,7 +80,7 @@ def lock_dir(path: Path) -> int:
     Forked children share the parent's lock (prefork: see broker.daemon).
     The file is never deleted: unlinking a lock file races with the next opener.
     """
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -217,8 +219,7 @@ class LmdbStore:
         max_batch: int = DEFAULT_MAX_BATCH,
         lock: bool = True,
     ) -> None:
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path = private_dir(Path(path))
         self._max_batch = max_batch
         self._lock_fd = lock_dir(self.path) if lock else None
         try:
@@ -229,7 +230,9 @@ class LmdbStore:
                 max_readers=1024,
                 sync=durable,
                 metasync=durable,
+                mode=PRIVATE_FILE,  # for the files LMDB creates
             )
+            make_private(self.path)  # and for those an older version created 0644
             with self._env.begin(write=True) as txn:
                 self._dbs = {t: self._env.open_db(t.encode(), txn=txn) for t in TABLES}
         except BaseException:
@@ -247,6 +250,9 @@ class LmdbStore:
         # Told about every batch on the writer thread: (ops in it, seconds its commit and
         # fsync took, committed?). Metrics set it; it must be quick and must not block.
         self.commit_observer: Callable[[int, float, bool], None] | None = None
+        # True from a commit that failed for lack of space until one that wrote succeeds
+        # (the daemon turns health NOT_SERVING meanwhile and probes with a small write).
+        self.storage_full = False
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders submits against close
         self._closed = False
@@ -376,14 +382,27 @@ class LmdbStore:
                         continue
                     tx.flush()
                     outcomes.append((result, None))
+                wrote = len(written) > 0  # an empty commit writes no page: it proves nothing
                 written.flush()  # can fail only in LMDB itself (e.g. map full): whole batch
                 started = perf_counter()
             committed = perf_counter()
         except BaseException as exc:  # nothing of this batch is on disk
+            if isinstance(exc, lmdb.DiskError | lmdb.MapFullError):
+                # ENOSPC ("mdb_txn_commit: No space left on device") or a full map: the
+                # callers get StorageFull (UNAVAILABLE, STORAGE_FULL), not an lmdb error.
+                if not self.storage_full:
+                    log.error("ledger write failed, storage full: %s", exc)
+                self.storage_full = True
+                full = StorageFull(f"cannot write the ledger: {exc}")
+                full.__cause__ = exc
+                exc = full
             self.stats["failed_commits"] += 1
             self.stats["ops"] += len(batch)
             self._observe(len(batch), 0.0, False)
             return [(None, exc)] * len(batch)
+        if wrote and self.storage_full:
+            log.info("ledger writes succeed again: storage no longer full")
+            self.storage_full = False
         stats = self.stats
         stats["commits"] += 1
         stats["ops"] += len(batch)
@@ -440,10 +459,9 @@ class RuntimeTables:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, map_size: int = 256 << 20) -> None:
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path = private_dir(Path(path))
         self._env = lmdb.open(str(self.path), map_size=map_size, max_dbs=2, max_readers=1024,
-                              sync=False, metasync=False)
+                              sync=False, metasync=False, mode=PRIVATE_FILE)
         self.leases = SharedTable(self._env, b"leases")
         self.rate_buckets = SharedTable(self._env, b"rate_buckets")
 

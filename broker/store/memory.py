@@ -116,6 +116,8 @@ class _MemoryTx:
 class MemoryStore:
     """`Store` kept in dicts. Thread-safe; ops and reads run one at a time."""
 
+    storage_full = False  # memory never runs out of room the way a disk does
+
     def __init__(self) -> None:
         self._tables = {name: _Table() for name in TABLES}
         self._lock = threading.RLock()
