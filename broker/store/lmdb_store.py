@@ -54,6 +54,10 @@ DEFAULT_MAX_BATCH = 4096
 BUSY_GAP_S = 0.005  # an op this soon after the last batch means ops keep coming
 LINGER_STEP_S = 0.0002
 LINGER_MAX_S = 0.002
+# After a commit failed for lack of room, storage counts as full until a commit that
+# writes succeeds with at least this much free on the file system: LMDB reuses freed
+# pages, so small writes can succeed on a disk that has no room for the next big one.
+RECOVERY_FREE_BYTES = 4 << 20
 
 _STOP = object()  # queued by close(): everything queued before it still runs
 
@@ -250,8 +254,9 @@ class LmdbStore:
         # Told about every batch on the writer thread: (ops in it, seconds its commit and
         # fsync took, committed?). Metrics set it; it must be quick and must not block.
         self.commit_observer: Callable[[int, float, bool], None] | None = None
-        # True from a commit that failed for lack of space until one that wrote succeeds
-        # (the daemon turns health NOT_SERVING meanwhile and probes with a small write).
+        # True from a commit that failed for lack of room until one that wrote succeeds
+        # with room to spare (the daemon turns health NOT_SERVING meanwhile and probes
+        # with a small write).
         self.storage_full = False
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders submits against close
@@ -400,7 +405,7 @@ class LmdbStore:
             self.stats["ops"] += len(batch)
             self._observe(len(batch), 0.0, False)
             return [(None, exc)] * len(batch)
-        if wrote and self.storage_full:
+        if wrote and self.storage_full and self._room_to_write():
             log.info("ledger writes succeed again: storage no longer full")
             self.storage_full = False
         stats = self.stats
@@ -411,6 +416,13 @@ class LmdbStore:
         stats["commit_seconds"] += committed - started
         self._observe(len(batch), committed - started, True)
         return outcomes
+
+    def _room_to_write(self) -> bool:
+        try:
+            fs = os.statvfs(self.path)
+        except OSError:
+            return True  # cannot tell: the successful write is all the evidence there is
+        return fs.f_bavail * fs.f_frsize >= RECOVERY_FREE_BYTES
 
     def _observe(self, batch_size: int, seconds: float, committed: bool) -> None:
         if self.commit_observer is None:

@@ -27,8 +27,10 @@ class BrokerProcess:
     """`broker serve --demo` in a subprocess; stdout/stderr go to <data dir>.log. Its
     Prometheus endpoint is on a free port (`metrics_url`), not the default 9464."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, extra_args: tuple = ()):
+    def __init__(self, data_dir: Path, port: int | None = None, extra_args: tuple = (),
+                 launcher: tuple = ()):
         self.data_dir = Path(data_dir)
+        self.launcher = launcher  # a command the broker's command line is appended to
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port()
@@ -40,7 +42,7 @@ class BrokerProcess:
     def start(self, timeout: float = 20.0) -> BrokerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(self.data_dir),
+            [*self.launcher, sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(self.data_dir),
              "--listen", self.target, "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
              "--demo", *self.extra_args],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
