@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import sys
@@ -52,13 +53,16 @@ def cmd_init(args, effective: Effective[Settings]) -> int:
 
 def daemon_settings(settings: Settings, server_tls=None):
     """What `serve` hands to the daemon (`server_tls`: broker.tls.load_server's)."""
+    from .api.base import Limits
     from .daemon import BrokerSettings
 
+    limits = Limits(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Limits)})
     return BrokerSettings(listen=settings.listen,
                           shutdown_grace_s=settings.shutdown_grace_seconds,
                           sweep_interval_s=settings.sweep_interval_ms / 1000,
                           metrics_listen=settings.metrics_listen,
-                          audit_interval_s=settings.audit_interval_seconds, tls=server_tls)
+                          audit_interval_s=settings.audit_interval_seconds, tls=server_tls,
+                          limits=limits)
 
 
 def cmd_serve(args, effective: Effective[Settings]) -> int:

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from .api.admin import AdminServicer
 from .api.authorization import AuthorizationServicer
-from .api.base import Services
+from .api.base import Limits, Services
 from .api.interceptors import ObservingInterceptor
 from .api.metering import MeteringServicer
 from .api.policy import PolicyServicer
@@ -68,6 +68,8 @@ log = logging.getLogger("broker")
 
 # Requests are small; anything bigger is refused by gRPC with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 64 * 1024
+KEEPALIVE_MS = 60_000
+KEEPALIVE_TIMEOUT_MS = 20_000
 # At the end of a shutdown, what calls still running get to finish.
 STOP_GRACE_S = 2.0
 
@@ -104,6 +106,7 @@ class BrokerSettings:
     tls: ServerTls | None = None  # None: plaintext
     # False: no fsync per commit. For benchmarks only: acknowledged ops may be lost.
     durable: bool = True
+    limits: Limits = field(default_factory=Limits)  # streams and failed authentications
 
 
 @dataclass
@@ -167,6 +170,7 @@ class Broker:
             store=store, keyring=keyring, config=config,
             liveness=Liveness(config.worker_lease_ms, shared.leases if shared else {}),
             cache_secret=cache_secret, receipt_keyring=receipt_keyring, clock=clock,
+            limits=settings.limits,
             limiter=rate_limits.RequestLimiter(shared.rate_buckets if shared else None))
         self.settings = settings
         self.prefork = prefork
@@ -199,6 +203,10 @@ class Broker:
             # one prefork broker share it (serve_processes checked that it was free).
             ("grpc.so_reuseport", int(self.prefork is not None)),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # Ping idle connections so that streams of peers that vanished (no FIN) are
+            # noticed and ended, instead of being held open for good.
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ])
         names = []
         server = _GenericHandlersOnly(self.server)

@@ -17,6 +17,8 @@ from .errors import BrokerError, Code, denied, invalid
 
 ROLES = ("admin", "owner", "agent", "worker", "auditor")
 KEY_PREFIX = "cbk_"
+# Refusals of a key that was presented (not a missing one): failed authentications.
+KEY_REFUSALS = frozenset({"API_KEY_INVALID", "API_KEY_REVOKED"})
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,9 @@ class BrokerProcess:
     def start(self, timeout: float = 20.0) -> BrokerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [*self.launcher, sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(self.data_dir),
-             "--listen", self.target, "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-             "--demo", *self.extra_args],
+            [*self.launcher, sys.executable, "-m", "broker.cli", "serve",
+             "--data-dir", str(self.data_dir), "--listen", self.target,
+             "--metrics-listen", f"127.0.0.1:{self.metrics_port}", "--demo", *self.extra_args],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + timeout
