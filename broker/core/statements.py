@@ -14,7 +14,7 @@ from collections import defaultdict
 
 from ..store.base import Record, Tx
 from . import sealing, validate
-from .access import Principal, can_see_owner
+from .access import Principal, listed_owner
 from .config import CoreConfig
 from .errors import denied, invalid, not_found, precondition
 from .receipts import DAY_MS, HOUR_MS, ITEMISED_FIELDS
@@ -52,12 +52,7 @@ def _signed(signer: Signer, document: Record) -> Record:
 
 
 def _owner_for(tx: Tx, principal: Principal, owner_id: str) -> str:
-    owner_id = validate.ident(owner_id, "owner_id", required=False) or principal.owner_id
-    if not owner_id:
-        raise invalid("owner_id", "is required")
-    if not can_see_owner(principal, owner_id):
-        raise not_found("owner", owner_id)  # no hint that another tenant exists
-    return get_owner(tx, owner_id)["owner_id"]
+    return get_owner(tx, listed_owner(principal, owner_id))["owner_id"]
 
 
 def owner_statement(tx: Tx, principal: Principal, owner_id: str, start_ms: int, end_ms: int,
