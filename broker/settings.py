@@ -468,9 +468,9 @@ class Settings:
         10_000, "A metering stream must send open or resume this soon after it starts "
         "(FIRST_MESSAGE_TIMEOUT otherwise).", key="limits.meter_first_message_ms",
         minimum=100)
-    meter_streams_per_key: int = setting(
+    meter_key_streams: int = setting(
         1_000, "Most metering streams one worker key may have open at once "
-        "(TOO_MANY_STREAMS beyond).", key="limits.meter_streams_per_key", minimum=1)
+        "(TOO_MANY_STREAMS beyond).", key="limits.meter_key_streams", minimum=1)
     meter_streams_total: int = setting(
         10_000, "Most metering streams open at once in all, per server process.",
         key="limits.meter_streams_total", minimum=1)

@@ -51,7 +51,7 @@ class Limits:
     `limits.*`; docs/operations.md)."""
 
     meter_first_message_ms: int = 10_000
-    meter_streams_per_key: int = 1_000
+    meter_key_streams: int = 1_000
     meter_streams_total: int = 10_000
     auth_failures_per_minute: int = 60
     auth_failure_burst: int = 30
@@ -71,7 +71,7 @@ class MeteringStreams:
     sets `ended` and the rest end with SHUTTING_DOWN (their sessions stay open, for the
     worker to resume)."""
 
-    def __init__(self, per_key: int = Limits.meter_streams_per_key,
+    def __init__(self, per_key: int = Limits.meter_key_streams,
                  total: int = Limits.meter_streams_total) -> None:
         self.count = 0
         self.per_key = per_key
@@ -134,7 +134,7 @@ class Services:
 
     def __post_init__(self) -> None:
         limits = self.limits
-        self.streams = MeteringStreams(limits.meter_streams_per_key, limits.meter_streams_total)
+        self.streams = MeteringStreams(limits.meter_key_streams, limits.meter_streams_total)
         self.auth_failures = FailedAuthThrottle(limits.auth_failures_per_minute,
                                                 limits.auth_failure_burst)
 

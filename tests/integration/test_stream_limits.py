@@ -27,7 +27,7 @@ Code = grpc.StatusCode
 @pytest.fixture
 def limited(tmp_path):
     broker = BrokerProcess(tmp_path / "broker", extra_args=(
-        "--meter-first-message-ms", "4000", "--meter-streams-per-key", "2",
+        "--meter-first-message-ms", "4000", "--meter-key-streams", "2",
         "--meter-streams-total", "3")).start()
     channel = grpc.insecure_channel(broker.target)
     try:
