@@ -248,8 +248,10 @@ class Broker:
         """The steps of one sweep tick, in order, by name (the `task` label of
         broker_background_task_failures_total is `sweep.<name>`)."""
         s = self.services
-        run = lambda step: s.store.submit(  # noqa: E731 - one line per step below
-            lambda tx: step(tx, s.clock(), s.config, s.receipt_keyring.signer))
+
+        def run(step):
+            return s.store.submit(lambda tx: step(tx, s.clock(), s.config,
+                                                  s.receipt_keyring.signer))
 
         async def spend_controls() -> None:
             if await run(sweeps.run):
