@@ -65,7 +65,7 @@ class Registration:
 
     async def heartbeat_forever(self) -> None:
         """Heartbeat every interval; re-register when the broker forgot us. A failed
-        heartbeat or re-registration is logged, counted (`failed`) and retried at the
+        heartbeat or re-registration is logged, counted (`count`) and retried at the
         next beat; a refused key (revoked, wrong role) ends the task with CannotGoOn,
         since no retry can put the worker back in the offers."""
         while True:
