@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import shutil
@@ -56,13 +57,16 @@ def cmd_init(args, effective: Effective[Settings]) -> int:
 
 def daemon_settings(settings: Settings, server_tls=None):
     """What `serve` hands to the daemon (`server_tls`: common.tls.load_server's)."""
+    from .api.base import Limits
     from .daemon import BrokerSettings
 
+    limits = Limits(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Limits)})
     return BrokerSettings(listen=settings.listen,
                           shutdown_grace_s=settings.shutdown_grace_seconds,
                           sweep_interval_s=settings.sweep_interval_ms / 1000,
                           metrics_listen=settings.metrics_listen,
-                          audit_interval_s=settings.audit_interval_seconds, tls=server_tls)
+                          audit_interval_s=settings.audit_interval_seconds, tls=server_tls,
+                          limits=limits)
 
 
 def cmd_serve(args, effective: Effective[Settings]) -> int:
@@ -110,14 +114,13 @@ def cmd_serve(args, effective: Effective[Settings]) -> int:
         if settings.processes > 1:
             return serve_processes(data_dir, config, daemon, settings.processes, on_ready,
                                    clock)
-        asyncio.run(serve(data_dir, config, daemon, on_ready, clock))
+        return asyncio.run(serve(data_dir, config, daemon, on_ready, clock))
     except (DataDirLocked, MetricsListenError) as error:
         log.error("%s", error)
         return 2
     except PortInUse as error:
         log.error("%s; is another broker running?", error)
         return 2
-    return 0
 
 
 def _require_current_schema(data_dir: DataDir) -> None:

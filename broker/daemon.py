@@ -11,8 +11,8 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -22,12 +22,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from common.clock import now_ms
 from common.interceptors import ObservingInterceptor
 from common.metrics import MetricsServer
+from common.supervision import Supervisor, wait_for_stop
 from common.tls import ServerTls, add_port
 from common.undecodable import UndecodableRequestInterceptor
 
 from .api.admin import AdminServicer
 from .api.authorization import AuthorizationServicer
-from .api.base import Services
+from .api.base import Limits, Services
 from .api.metering import MeteringServicer
 from .api.policy import PolicyServicer
 from .api.pricing import PricingServicer
@@ -51,7 +52,7 @@ from .core.registry import Liveness
 from .datadir import DataDir
 from .keyring import Keyring, retire_voucher_keys
 from .metrics import BrokerMetrics
-from .store.base import Store
+from .store.base import StorageFull, Store
 from .store.lmdb_store import LmdbStore, RuntimeTables, lock_dir, unlock_dir
 from .v1 import (
     admin_service_pb2,
@@ -78,6 +79,8 @@ log = logging.getLogger("broker")
 
 # Requests are small; anything bigger is refused by gRPC with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 64 * 1024
+KEEPALIVE_MS = 60_000
+KEEPALIVE_TIMEOUT_MS = 20_000
 # At the end of a shutdown, what calls still running get to finish.
 STOP_GRACE_S = 2.0
 
@@ -114,6 +117,7 @@ class BrokerSettings:
     tls: ServerTls | None = None  # None: plaintext
     # False: no fsync per commit. For benchmarks only: acknowledged ops may be lost.
     durable: bool = True
+    limits: Limits = field(default_factory=Limits)  # streams and failed authentications
 
 
 @dataclass
@@ -177,6 +181,7 @@ class Broker:
             store=store, keyring=keyring, config=config,
             liveness=Liveness(config.worker_lease_ms, shared.leases if shared else {}),
             cache_secret=cache_secret, receipt_keyring=receipt_keyring, clock=clock,
+            limits=settings.limits,
             limiter=rate_limits.RequestLimiter(shared.rate_buckets if shared else None))
         self.settings = settings
         self.prefork = prefork
@@ -184,8 +189,11 @@ class Broker:
         self.metrics_server: MetricsServer | None = None
         self.health: health.aio.HealthServicer | None = None
         self.server: grpc.aio.Server | None = None
-        self._sweeper: asyncio.Task | None = None
-        self._auditor: asyncio.Task | None = None
+        self.supervisor: Supervisor | None = None  # the sweep and the audit
+        self._failing: dict[str, str] = {}  # sweep step -> the error of its failing streak
+        self._storage_full = False  # as health last said
+        self._health_names: tuple[str, ...] = ()
+        self._audit_reported: list[str] | None = None
         self._alerts_counted = 0  # alert seq up to which broker_alerts_total has counted
         self.port = 0
 
@@ -206,6 +214,10 @@ class Broker:
             # one prefork broker share it (serve_processes checked that it was free).
             ("grpc.so_reuseport", int(self.prefork is not None)),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # Ping idle connections so that streams of peers that vanished (no FIN) are
+            # noticed and ended, instead of being held open for good.
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ])
         names = []
         server = _GenericHandlersOnly(self.server)
@@ -237,41 +249,98 @@ class Broker:
                                                 self.settings.metrics_listen)
             log.info("metrics on %s", self.metrics_server.url)
         await self.server.start()
-        for name in ("", *names[:-1]):
+        self._health_names = ("", *names[:-1])
+        for name in self._health_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._alerts_counted = store.read(alerts.last_seq)
-        self._sweeper = asyncio.create_task(self._sweep())
+        self.supervisor = Supervisor(self.metrics.task_failed)
+        self.supervisor.start("sweep", self._sweep)
         if self.settings.audit_interval_s and (self.prefork is None or self.prefork.primary):
-            self._auditor = asyncio.create_task(self._audit())
+            self.supervisor.start("audit", self._audit)
         tls = self.settings.tls
         log.info("broker listening on %s (%s)", self.settings.listen,
                  "plaintext" if tls is None else
                  "TLS, client certificates required" if tls.client_ca else "TLS")
 
-    async def _sweep(self) -> None:
+    def _sweep_steps(self) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+        """The steps of one sweep tick, in order, by name (the `task` label of
+        broker_background_task_failures_total is `sweep.<name>`)."""
         s = self.services
+
+        def run(step):
+            return s.store.submit(lambda tx: step(tx, s.clock(), s.config,
+                                                  s.receipt_keyring.signer))
+
+        async def spend_controls() -> None:
+            if await run(sweeps.run):
+                s.changes.notify()
+
+        async def keys() -> None:
+            if self.prefork is not None:  # a sibling may have rotated or retired keys
+                s.keyring.reload()
+                s.receipt_keyring.reload()
+            if (self.prefork is None or self.prefork.primary) and s.keyring.due(s.clock()):
+                await s.store.submit(lambda tx: retire_voucher_keys(tx, s.keyring, s.clock()))
+
+        async def alert_counts() -> None:
+            self._count_alerts()
+
+        async def roll_up() -> None:
+            while await s.store.submit(ledger.roll_up) == ledger.ROLL_UP_BATCH:
+                pass  # more entries than one step folds: keep going
+
+        return [("storage", self._check_storage),
+                ("spend_controls", spend_controls),
+                ("periodic", lambda: run(periodic.run_due)),
+                ("expiry", lambda: run(metering.expire_due)),
+                ("idempotency", lambda: s.store.submit(lambda tx: idempotency.prune(
+                    tx, s.clock()))),
+                ("roll_up", roll_up),
+                ("keys", keys),
+                ("alerts", alert_counts)]
+
+    async def _sweep(self) -> None:
+        steps = self._sweep_steps()
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
+            await self.sweep_once(steps)
+
+    async def sweep_once(self, steps) -> None:
+        """One tick. Each step has its own error handling: one that fails is logged
+        (with its traceback when it starts failing, not every tick) and counted, and
+        the others still run; it runs again next tick."""
+        for name, step in steps:
             try:
-                if await s.store.submit(lambda tx: sweeps.run(
-                        tx, s.clock(), s.config, s.receipt_keyring.signer)):
-                    s.changes.notify()
-                await s.store.submit(lambda tx: periodic.run_due(
-                    tx, s.clock(), s.config, s.receipt_keyring.signer))
-                await s.store.submit(lambda tx: metering.expire_due(
-                    tx, s.clock(), s.config, s.receipt_keyring.signer))
-                await s.store.submit(lambda tx: idempotency.prune(tx, s.clock()))
-                while await s.store.submit(ledger.roll_up) == ledger.ROLL_UP_BATCH:
-                    pass  # more entries than one step folds: keep going
-                if self.prefork is not None:  # a sibling may have rotated or retired keys
-                    s.keyring.reload()
-                    s.receipt_keyring.reload()
-                if (self.prefork is None or self.prefork.primary) and s.keyring.due(s.clock()):
-                    await s.store.submit(lambda tx: retire_voucher_keys(
-                        tx, s.keyring, s.clock()))
-                self._count_alerts()
-            except Exception:
-                log.exception("expiry sweep failed; retrying")
+                await step()
+            except Exception as error:
+                self.metrics.task_failed(f"sweep.{name}")
+                if self._failing.get(name) != repr(error):
+                    log.error("sweep step %s failed; the other steps go on, and it is "
+                              "retried every tick", name, exc_info=not isinstance(
+                                  error, StorageFull))
+                self._failing[name] = repr(error)
+            else:
+                if self._failing.pop(name, None) is not None:
+                    log.info("sweep step %s works again", name)
+
+    async def _check_storage(self) -> None:
+        """Health follows the ledger's writes: NOT_SERVING while they fail for lack of
+        room (reads still work, and the broker recovers by itself once space is back:
+        while full, this probes with a small write every tick)."""
+        store = self.services.store
+        if store.storage_full:
+            with contextlib.suppress(StorageFull):
+                now = self.services.clock()
+                await store.submit(lambda tx: tx.put("meta", "storage_probe", {"time_ms": now}))
+        full = store.storage_full
+        if full != self._storage_full and not self.services.draining:
+            self._storage_full = full
+            status = health_pb2.HealthCheckResponse.NOT_SERVING if full else \
+                health_pb2.HealthCheckResponse.SERVING
+            for name in self._health_names:
+                await self.health.set(name, status)
+            log.warning("storage full: health NOT_SERVING until ledger writes succeed" if full
+                        else "storage writable again: health SERVING")
 
     def _count_alerts(self) -> None:
         """broker_alerts_total{kind}: alerts are committed by many operations (authorize,
@@ -285,24 +354,21 @@ class Broker:
 
     async def _audit(self) -> None:
         """The periodic audit: problems are logged and raised as an AUDIT_FAILED alert
-        (once per distinct set of problems)."""
-        s, reported = self.services, None
+        (once per distinct set of problems). Supervised: a failure is retried."""
+        s = self.services
         while True:
             await asyncio.sleep(self.settings.audit_interval_s)
-            try:
-                problems = await asyncio.to_thread(s.store.read, audit.check)
-                for problem in problems:
-                    log.error("audit: %s", problem)
-                if problems and problems != reported:
-                    count = len(problems)
-                    message = f"{count} problem(s): " + "; ".join(problems[:5])[:900]
-                    await s.store.submit(lambda tx, m=message, n=count: (
-                        alerts.raise_alert(tx, "audit_failed", "", "", m, s.clock(), {},
-                                           observed=n)))
-                    s.changes.notify()
-                reported = problems
-            except Exception:
-                log.exception("periodic audit failed; retrying")
+            problems = await asyncio.to_thread(s.store.read, audit.check)
+            for problem in problems:
+                log.error("audit: %s", problem)
+            if problems and problems != self._audit_reported:
+                count = len(problems)
+                message = f"{count} problem(s): " + "; ".join(problems[:5])[:900]
+                await s.store.submit(lambda tx, m=message, n=count: (
+                    alerts.raise_alert(tx, "audit_failed", "", "", m, s.clock(), {},
+                                       observed=n)))
+                s.changes.notify()
+            self._audit_reported = problems
 
     async def stop(self) -> None:
         """Graceful: NOT_SERVING and no new authorizations or sessions at once; open
@@ -322,9 +388,8 @@ class Broker:
                      "open, to be resumed", s.streams.count)
             s.streams.ended.set()
             await s.streams.wait_idle(STOP_GRACE_S)
-        for task in (self._sweeper, self._auditor):
-            if task is not None:
-                task.cancel()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         if self.server is not None:
             await self.server.stop(STOP_GRACE_S)
         if self.metrics_server is not None:
@@ -335,9 +400,10 @@ class Broker:
 
 async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
                 on_ready=None, clock: Callable[[], int] = now_ms, *,
-                prefork: Prefork | None = None) -> None:
-    """Run one broker server until SIGTERM/SIGINT. prefork: one of the server
-    processes of `serve_processes` (the parent holds the data directory lock)."""
+                prefork: Prefork | None = None) -> int:
+    """Run one broker server until SIGTERM/SIGINT (exit status 0), or until a
+    background task cannot go on (1). prefork: one of the server processes of
+    `serve_processes` (the parent holds the data directory lock)."""
     store = LmdbStore(data_dir.ledger, durable=settings.durable, lock=prefork is None,
                       sealer=journal.seal)
     metrics = BrokerMetrics()
@@ -357,9 +423,10 @@ async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    code = await wait_for_stop(stop, broker.supervisor)
     log.info("shutting down")
     await broker.stop()
+    return code
 
 
 def _runtime_path(data_dir: DataDir) -> Path:
@@ -435,8 +502,7 @@ def _run_server(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
             host, _, port = settings.metrics_listen.rpartition(":")
             settings = replace(settings, metrics_listen=f"{host}:{int(port) + index}")
         prefork = Prefork(index, RuntimeTables(_runtime_path(data_dir)))  # after the fork
-        asyncio.run(serve(data_dir, config, settings, on_ready, clock, prefork=prefork))
-        code = 0
+        code = asyncio.run(serve(data_dir, config, settings, on_ready, clock, prefork=prefork))
     except BaseException:
         log.exception("server process %d failed", index + 1)
     finally:

@@ -18,7 +18,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -127,6 +127,10 @@ class BrokerMetrics:
                                "took effect).", registry=self.registry)
         self._alerts = Counter("broker_alerts", "Alerts raised, by kind.", ["kind"],
                                registry=self.registry)
+        self._task_failures = Counter(
+            "broker_background_task_failures", "Failures of background work, by task "
+            "(sweep.<step> for each step of the sweep, audit; each is retried).", ["task"],
+            registry=self.registry)
         _live.add(self)
 
     def observe_commit(self, batch_size: int, seconds: float, committed: bool) -> None:
@@ -139,6 +143,12 @@ class BrokerMetrics:
 
     def watch_ledger(self, store: Store) -> None:
         self.registry.register(LedgerCollector(store))
+        Gauge("broker_storage_full", "1 while ledger writes fail for lack of room (disk or "
+              "LMDB map full; health is NOT_SERVING meanwhile), else 0.",
+              registry=self.registry).set_function(lambda: float(store.storage_full))
+
+    def task_failed(self, task: str) -> None:
+        self._task_failures.labels(task).inc()
 
     def watch_tables(self, tables: Callable[[], dict[str, tuple[int, int | None]]]) -> None:
         self.registry.register(MemoryTablesCollector(tables))

@@ -76,6 +76,23 @@ class Settings:
     shutdown_grace_seconds: float = setting(
         10.0, "On SIGTERM, how long running calls and metering sessions get to finish.",
         key="shutdown.grace_seconds", minimum=0)
+    meter_first_message_ms: int = setting(
+        10_000, "A metering stream must send open or resume this soon after it starts "
+        "(FIRST_MESSAGE_TIMEOUT otherwise).", key="limits.meter_first_message_ms",
+        minimum=100)
+    meter_key_streams: int = setting(
+        1_000, "Most metering streams one worker key may have open at once "
+        "(TOO_MANY_STREAMS beyond).", key="limits.meter_key_streams", minimum=1)
+    meter_streams_total: int = setting(
+        10_000, "Most metering streams open at once in all, per server process.",
+        key="limits.meter_streams_total", minimum=1)
+    auth_failures_per_minute: int = setting(
+        60, "Failed authentications (unknown or revoked keys) one peer address may make per "
+        "minute once its burst is used up (AUTH_THROTTLED beyond).",
+        key="limits.auth_failures_per_minute", minimum=1)
+    auth_failure_burst: int = setting(
+        30, "Failed authentications one peer address may make in a burst.",
+        key="limits.auth_failure_burst", minimum=1)
     audit_interval_seconds: float = setting(
         300.0, "How often the daemon audits every ledger invariant and the journal's hash "
         "chain (problems are logged and raised as an AUDIT_FAILED alert); 0 turns it off.",

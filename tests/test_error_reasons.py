@@ -85,8 +85,8 @@ def test_every_rpc_has_its_reasons_in_the_order_the_code_checks_them():
     assert set(table) == names
     # A request that does not decode, then authentication, validation, the state it needs.
     fund = table["broker.v1.WalletService.FundWallet"].reasons
-    assert fund[:6] == ["INVALID_ARGUMENT", "API_KEY_MISSING", "API_KEY_INVALID", "API_KEY_REVOKED",
-                        "ROLE_NOT_ALLOWED", "RATE_LIMITED"]
+    assert fund[:7] == ["INVALID_ARGUMENT", "API_KEY_MISSING", "API_KEY_INVALID", "API_KEY_REVOKED",
+                        "ROLE_NOT_ALLOWED", "AUTH_THROTTLED", "RATE_LIMITED"]
     assert fund.index("INVALID_AMOUNT") < fund.index("WALLET_NOT_FOUND") \
         < fund.index("INSUFFICIENT_FUNDS")
     assert table["broker.v1.WalletService.FundWallet"].replayed

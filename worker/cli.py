@@ -40,7 +40,7 @@ def cmd_serve(args, effective: Effective[WorkerConfig]) -> int:
         return 2
 
     try:
-        asyncio.run(serve(config))
+        return asyncio.run(serve(config))
     except ListenError as error:
         log.error("%s; is another worker running?", error)
         return 2
@@ -48,7 +48,6 @@ def cmd_serve(args, effective: Effective[WorkerConfig]) -> int:
         log.error("the broker refused registration: %s %s", error.code().name,
                   error.details())
         return 2
-    return 0
 
 
 def cmd_verify(args, effective: Effective[WorkerConfig]) -> int:

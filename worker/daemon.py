@@ -14,9 +14,10 @@ from grpc_reflection.v1alpha import reflection
 from nacl.signing import SigningKey
 
 from common import tls
-from common.files import write_secret
+from common.files import make_private, private_dir, write_secret
 from common.interceptors import ObservingInterceptor
 from common.metrics import MetricsListenError, MetricsServer
+from common.supervision import Supervisor, wait_for_stop
 from common.undecodable import UndecodableRequestInterceptor
 
 from .config import WorkerConfig
@@ -47,10 +48,11 @@ def load_usage_key(path: Path) -> SigningKey:
     return SigningKey(bytes.fromhex(path.read_text().strip()))
 
 
-async def serve(config: WorkerConfig, on_ready=None) -> None:
-    state = Path(config.state_dir)
-    state.mkdir(parents=True, exist_ok=True)
-    state.chmod(0o700)
+async def serve(config: WorkerConfig, on_ready=None) -> int:
+    """Serve until SIGTERM/SIGINT (exit status 0) or until a background task cannot go
+    on (1: e.g. the broker refuses the worker's key); either way drain first."""
+    state = private_dir(Path(config.state_dir))
+    make_private(state)  # worker-id, usage key: also those an older version left 0644
     usage_key = load_usage_key(state / "usage-key")
     api_key = config.read_api_key()
     server_tls, broker_tls = config.server_tls(), config.broker_tls()
@@ -85,7 +87,8 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     channel = tls.aio_channel(config.broker, broker_tls, options)
     key_channel = tls.channel(config.broker, broker_tls, options)  # blocking, in a thread
     registration = Registration(channel, api_key, config.endpoint, capabilities,
-                                config.prices, bytes(usage_key.verify_key), state / "worker-id")
+                                config.prices, bytes(usage_key.verify_key), state / "worker-id",
+                                metrics.task_failed)
     worker_id = await registration.register()
     cache = ResultCache(state / "cache")
     metrics.watch_cache(lambda: cache.size, cache.max_entries)
@@ -104,7 +107,8 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    heartbeats = asyncio.create_task(registration.heartbeat_forever())
+    supervisor = Supervisor(metrics.task_failed)
+    supervisor.start("heartbeat", registration.heartbeat_forever)
     log.info("worker %s serving on %s (%s, meter %s, %s)", worker_id, config.listen,
              capabilities["resource_class"], capabilities["meter"],
              "plaintext" if server_tls is None else
@@ -116,14 +120,14 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    code = await wait_for_stop(stop, supervisor)
 
     log.info("draining: no new jobs")
     await health_servicer.enter_graceful_shutdown()
     grace = config.shutdown_grace_seconds
     if not await servicer.drain(grace):
         log.warning("jobs still running after %.0f s; cancelling them", grace)
-    heartbeats.cancel()
+    await supervisor.stop()
     # Cancels the calls of jobs still running, as if their agents hung up: each job stops
     # and settles what it measured, over the broker link, so that stays open until then.
     await server.stop(0)
@@ -136,3 +140,4 @@ async def serve(config: WorkerConfig, on_ready=None) -> None:
     cache.close()
     if metrics_server is not None:
         metrics_server.close()
+    return code

@@ -73,6 +73,10 @@ class WorkerMetrics:
         self._energy = Counter("worker_energy_joules", "Energy metered for jobs (NVML; 0 "
                                "where the meter cannot measure energy).", ["meter"],
                                registry=r)
+        self._task_failures = Counter(
+            "worker_background_task_failures", "Failures of background work, by task "
+            "(heartbeat, register: a re-registration; each is retried).", ["task"],
+            registry=r)
         nvml = _nvml() if device.startswith("cuda") else None
         index = int(device.partition(":")[2] or 0)
         r.register(GpuCollector(nvml, index))
@@ -95,6 +99,9 @@ class WorkerMetrics:
     def cache_hit(self) -> None:
         self._jobs.labels("completed").inc()
         self._cache_hits.inc()
+
+    def task_failed(self, task: str) -> None:
+        self._task_failures.labels(task).inc()
 
     def report(self, acked: bool) -> None:
         self._reports.labels("acked" if acked else "failed").inc()

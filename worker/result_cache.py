@@ -15,6 +15,7 @@ from typing import Any
 import lmdb
 
 from common.canonical import canonical
+from common.files import PRIVATE_FILE, make_private, private_dir
 
 MAX_ENTRIES = 10_000
 
@@ -25,10 +26,12 @@ def cache_key(cache_scope: str, job: dict[str, Any]) -> bytes:
 
 class ResultCache:
     def __init__(self, path: Path, map_size: int = 1 << 30, max_entries: int = MAX_ENTRIES):
-        path.mkdir(parents=True, exist_ok=True)
+        # Cached results are the agents' outputs: private, like the rest of the state.
+        private_dir(path)
         # A cache may lose its last entries in a crash; no need to fsync every put.
         self._env = lmdb.open(str(path), map_size=map_size, sync=False, metasync=False,
-                              max_dbs=2)
+                              max_dbs=2, mode=PRIVATE_FILE)
+        make_private(path)  # files an older version created 0644
         self._entries = self._env.open_db(b"entries")  # key -> [stored_ns, entry]
         self._order = self._env.open_db(b"order")  # stored_ns (8 bytes) + key -> b""
         self.max_entries = max_entries

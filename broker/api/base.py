@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import ipaddress
 import logging
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +22,21 @@ from common.status import to_status
 
 from ..core import access, idempotency, rate_limits
 from ..core.access import Principal
+from ..core.auth_throttle import FailedAuthThrottle
 from ..core.config import CoreConfig
 from ..core.registry import Liveness
 from ..keyring import Keyring
-from ..store.base import Record, Store, Tx
+from ..store.base import Record, StorageFull, Store, Tx
 from .watch import Changes
 
 log = logging.getLogger("broker.api")
+
+
+def storage_full() -> BrokerError:
+    return BrokerError(Code.UNAVAILABLE, "STORAGE_FULL",
+                       "the broker cannot write its ledger: its storage is full; nothing "
+                       "was changed, retry later with the same request_id",
+                       retry_after_ms=5000)
 
 
 def shutting_down() -> BrokerError:
@@ -35,27 +45,61 @@ def shutting_down() -> BrokerError:
                        retry_after_ms=1000)
 
 
-class MeteringStreams:
-    """The open metering streams, for a graceful shutdown: the broker waits up to its
-    grace period for them to end, then sets `ended` and the rest end with SHUTTING_DOWN
-    (their sessions stay open, for the worker to resume)."""
+@dataclass(frozen=True)
+class Limits:
+    """What one caller may hold of the broker without paying for it (the settings
+    `limits.*`; docs/operations.md)."""
 
-    def __init__(self) -> None:
+    meter_first_message_ms: int = 10_000
+    meter_key_streams: int = 1_000
+    meter_streams_total: int = 10_000
+    auth_failures_per_minute: int = 60
+    auth_failure_burst: int = 30
+
+
+def too_many_streams(scope: str, limit: int) -> BrokerError:
+    return BrokerError(Code.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS",
+                       f"too many metering streams open ({scope}: at most {limit}); finish "
+                       "or resume an open one, or retry later", {"limit": str(limit)},
+                       retry_after_ms=1000,
+                       quota_violations=[(f"metering_streams/{scope}", f"at most {limit}")])
+
+
+class MeteringStreams:
+    """The open metering streams: capped per worker key and in all, and, for a graceful
+    shutdown, waited for: the broker waits up to its grace period for them to end, then
+    sets `ended` and the rest end with SHUTTING_DOWN (their sessions stay open, for the
+    worker to resume)."""
+
+    def __init__(self, per_key: int = Limits.meter_key_streams,
+                 total: int = Limits.meter_streams_total) -> None:
         self.count = 0
+        self.per_key = per_key
+        self.total = total
+        self._by_key: dict[str, int] = {}  # only keys with a stream open: bounded by count
         self.ended = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @contextlib.contextmanager
-    def tracked(self) -> Iterator[None]:
+    def open_stream(self, key_id: str) -> None:
+        """One more stream of `key_id` (TOO_MANY_STREAMS beyond the caps); `release` it."""
+        if self.count >= self.total:
+            raise too_many_streams("all keys", self.total)
+        open_for_key = self._by_key.get(key_id, 0)
+        if open_for_key >= self.per_key:
+            raise too_many_streams("this key", self.per_key)
+        self._by_key[key_id] = open_for_key + 1
         self.count += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self.count -= 1
-            if not self.count:
-                self._idle.set()
+
+    def release(self, key_id: str) -> None:
+        self.count -= 1
+        if self._by_key[key_id] == 1:
+            del self._by_key[key_id]
+        else:
+            self._by_key[key_id] -= 1
+        if not self.count:
+            self._idle.set()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """True once no stream is open; False if some still are after `timeout_s`."""
@@ -79,10 +123,20 @@ class Services:
     clock: Callable[[], int] = now_ms
     # Set on shutdown: new authorizations and sessions are refused with UNAVAILABLE.
     draining: bool = False
-    streams: MeteringStreams = field(default_factory=MeteringStreams)
+    limits: Limits = field(default_factory=Limits)
+    # Both made from `limits`. Failed authentications: per peer address, in memory, per
+    # server process.
+    streams: MeteringStreams = field(init=False)
+    auth_failures: FailedAuthThrottle = field(init=False)
     # Spend controls: request rate per agent key (in memory), and watch stream wake-ups.
     limiter: rate_limits.RequestLimiter = field(default_factory=rate_limits.RequestLimiter)
     changes: Changes = field(default_factory=Changes)
+
+    def __post_init__(self) -> None:
+        limits = self.limits
+        self.streams = MeteringStreams(limits.meter_key_streams, limits.meter_streams_total)
+        self.auth_failures = FailedAuthThrottle(limits.auth_failures_per_minute,
+                                                limits.auth_failure_burst)
 
     def memory_tables(self) -> dict[str, tuple[int, int | None]]:
         """What this process keeps in memory per caller or per worker: name -> (entries,
@@ -100,7 +154,13 @@ class Services:
             access.require_role(principal, *roles)
             return principal, rate_limits.request_rate(tx, principal)  # one snapshot
 
-        principal, rate = self.store.read(check)
+        try:
+            principal, rate = self.store.read(check)
+        except BrokerError as error:
+            if error.reason in access.KEY_REFUSALS:
+                raise self.auth_failures.failed(peer_address(context.peer()), error,
+                                                self.clock()) from None
+            raise
         self.limiter.admit(principal.key_id, rate, self.clock())
         return principal
 
@@ -119,11 +179,28 @@ class Services:
             now = self.clock()
             return idempotency.run(tx, scope, request_id, fingerprint, now, lambda: op(tx, now))
 
-        return await self.store.submit(run)
+        try:
+            return await self.store.submit(run)
+        except StorageFull:  # (the unary and streaming wrappers catch the other writes)
+            raise storage_full() from None
 
     def refuse_when_draining(self) -> None:
         if self.draining:
             raise shutting_down()
+
+
+def peer_address(peer: str) -> str:
+    """The address a call came from, without its port ("ipv4:10.0.0.1:5000" ->
+    "10.0.0.1"); an IPv6 address stands for its /64, which one host usually owns
+    whole. Anything else (a unix socket) is kept as it is."""
+    kind, _, rest = urllib.parse.unquote(peer or "").partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer or "unknown"
+    host = rest.rpartition(":")[0].strip("[]")
+    if kind == "ipv6":
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_network(f"{host}/64", strict=False))
+    return host
 
 
 def _bearer(metadata: Any) -> str | None:
@@ -151,6 +228,8 @@ def unary(method: Callable) -> Callable:
             return await method(self, request, context)
         except BrokerError as error:
             await context.abort_with_status(to_status(error))
+        except StorageFull:
+            await context.abort_with_status(to_status(storage_full()))
         except Exception:
             log.exception("internal error in %s", method.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -168,6 +247,8 @@ def streaming(method: Callable) -> Callable:
                 yield response
         except BrokerError as error:
             await context.abort_with_status(to_status(error))
+        except StorageFull:
+            await context.abort_with_status(to_status(storage_full()))
         except grpc.aio.AbortError:
             raise
         except Exception:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from common import convert, usage_signing, vouchers
-from common.errors import BrokerError, invalid
+from common.errors import BrokerError, Code, invalid
 
 from ..core import killswitch, metering, session, validate
 from ..store.base import Record
@@ -56,21 +57,53 @@ def _early_stop(last: Record, report: pb.UsageReport, usage: Record, now: int,
     return _stop(decision)
 
 
+# How long a refused stream waits for its first message before the refusal goes out.
+REFUSAL_GRACE_S = 1.0
+
+
+async def _let_the_first_message_land(requests) -> None:
+    """Wait (briefly) for the first message of a stream about to be refused. Why: a
+    grpc.aio client still writing it when the call ends reports INTERNAL ("Internal
+    error from Core") instead of our status; a client that sends nothing is refused
+    after REFUSAL_GRACE_S all the same."""
+    # Timed out, hung up, undecodable: the stream is refused all the same.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(anext(requests, None), REFUSAL_GRACE_S)
+
+
 class MeteringServicer(pb_grpc.MeteringServiceServicer):
     def __init__(self, services: Services):
         self.s = services
 
     @streaming
     async def Meter(self, request_iterator, context):
-        with self.s.streams.tracked():
-            async for response in self._meter(request_iterator, context):
+        requests = aiter(request_iterator)
+        try:
+            # On the call's metadata, before any message: a stream without a valid worker
+            # key (or over the stream caps) is refused, not held open waiting for one.
+            p = self.s.authenticate(context, "worker")
+            self.s.streams.open_stream(p.key_id)
+        except BrokerError:
+            await _let_the_first_message_land(requests)
+            raise
+        try:
+            async for response in self._meter(p, requests, context):
                 yield response
+        finally:
+            self.s.streams.release(p.key_id)
 
-    async def _meter(self, requests, context):
-        # Read the first message before any refusal: ending the call while the client
-        # is still sending it makes grpc.aio clients report INTERNAL, not our status.
-        first = await anext(aiter(requests), None)
-        p = self.s.authenticate(context, "worker")
+    async def _first(self, requests) -> pb.MeterRequest | None:
+        """The stream's first message, which must come within the first-message deadline."""
+        limit_ms = self.s.limits.meter_first_message_ms
+        try:
+            return await asyncio.wait_for(anext(aiter(requests), None), limit_ms / 1000)
+        except TimeoutError:
+            raise BrokerError(Code.INVALID_ARGUMENT, "FIRST_MESSAGE_TIMEOUT",
+                              f"send open or resume within {limit_ms} ms of starting the "
+                              "stream", {"limit_ms": str(limit_ms)}) from None
+
+    async def _meter(self, p, requests, context):
+        first = await self._first(requests)
         if first is None:
             return
         kind = first.WhichOneof("kind")

@@ -67,7 +67,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     async def ListApprovals(self, request, context):
         p = self.s.authenticate(context, *OVERSEERS)
         page = self.s.store.read(lambda tx: approvals.list_pending(
-            tx, p, request.wallet_id, request.page_size, request.page_token))
+            tx, p, request.owner_id, request.wallet_id, request.page_size,
+            request.page_token))
         return pb.ListApprovalsResponse(approvals=[pc.approval(a) for a in page["approvals"]],
                                         next_page_token=page["next_page_token"])
 

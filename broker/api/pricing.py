@@ -6,13 +6,14 @@ import base64
 
 from common import convert
 
-from ..core import authorizations, lease_settlement, leases, quotes, subscriptions
+from ..core import access, authorizations, lease_settlement, leases, quotes, subscriptions
 from ..store.base import Record
 from ..v1 import pricing_service_pb2 as pb
 from ..v1 import pricing_service_pb2_grpc as pb_grpc
 from .base import Services, unary
 
 READERS = ("agent", "owner", "auditor", "admin")
+OVERSEERS = ("owner", "auditor", "admin")  # an owner's whole tenant: not agents
 SUBSCRIPTION_STATES = {subscriptions.ACTIVE: pb.SUBSCRIPTION_STATE_ACTIVE,
                        subscriptions.CANCELLED: pb.SUBSCRIPTION_STATE_CANCELLED}
 GRANT_STATES = {"active": pb.GRANT_STATE_ACTIVE, "expired": pb.GRANT_STATE_EXPIRED}
@@ -118,9 +119,10 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
 
     @unary
     async def ListPlans(self, request, context):
-        p = self.s.authenticate(context, "owner", "auditor")
+        p = self.s.authenticate(context, *OVERSEERS)
         page = self.s.store.read(lambda tx: subscriptions.list_plans(
-            tx, p.owner_id, request.page_size, request.page_token))
+            tx, access.listed_owner(p, request.owner_id), request.page_size,
+            request.page_token))
         return pb.ListPlansResponse(plans=[plan_to_proto(x) for x in page["plans"]],
                                     next_page_token=page["next_page_token"])
 
@@ -140,9 +142,10 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
 
     @unary
     async def ListSubscriptions(self, request, context):
-        p = self.s.authenticate(context, "owner", "auditor")
+        p = self.s.authenticate(context, *OVERSEERS)
         page = self.s.store.read(lambda tx: subscriptions.list_subscriptions(
-            tx, p.owner_id, request.page_size, request.page_token))
+            tx, access.listed_owner(p, request.owner_id), request.page_size,
+            request.page_token))
         return pb.ListSubscriptionsResponse(
             subscriptions=[subscription_to_proto(x) for x in page["subscriptions"]],
             next_page_token=page["next_page_token"])

@@ -47,7 +47,7 @@ class WorkerRegistryServicer(pb_grpc.WorkerRegistryServiceServicer):
 
     @unary
     async def ListOffers(self, request, context):
-        self.s.authenticate(context, "agent", "owner", "admin")
+        self.s.authenticate(context, "agent", "owner", "auditor", "admin")
         found = self.s.store.read(lambda tx: registry.offers(
             tx, self.s.liveness, self.s.clock(), request.resource_class, request.model))
         return pb.ListOffersResponse(offers=[convert.offer(w) for w in found],

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from common import convert
 
 from .. import keyring
-from ..core import receipts, statements
+from ..core import access, receipts, statements
 from ..store.base import Record
 from ..v1 import statement_service_pb2 as pb
 from ..v1 import statement_service_pb2_grpc as pb_grpc
@@ -90,8 +90,9 @@ class StatementServicer(pb_grpc.StatementServiceServicer):
 
     @unary
     async def GetReceiptKey(self, request, context):
-        p = self.s.authenticate(context, "owner")
-        found = self.s.store.read(lambda tx: receipts.get_key(tx, p.owner_id))
+        p = self.s.authenticate(context, "owner", "auditor", "admin")
+        found = self.s.store.read(lambda tx: receipts.get_key(
+            tx, access.listed_owner(p, request.owner_id)))
         return pb.GetReceiptKeyResponse(receipt_key=receipt_key(found))
 
     @unary

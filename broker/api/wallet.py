@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from common import convert
 
-from ..core import wallets
+from ..core import access, wallets
 from ..v1 import wallet_service_pb2 as pb
 from ..v1 import wallet_service_pb2_grpc as pb_grpc
 from .base import Services, unary
 
 READERS = ("owner", "agent", "auditor", "admin")
+OVERSEERS = ("owner", "auditor", "admin")  # an owner's whole tenant: not agents
 
 
 class WalletServicer(pb_grpc.WalletServiceServicer):
@@ -33,9 +34,10 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
 
     @unary
     async def ListWallets(self, request, context):
-        p = self.s.authenticate(context, "owner", "auditor")
+        p = self.s.authenticate(context, *OVERSEERS)
         page = self.s.store.read(lambda tx: wallets.list_wallets(
-            tx, p.owner_id, request.page_size, request.page_token))
+            tx, access.listed_owner(p, request.owner_id), request.page_size,
+            request.page_token))
         return pb.ListWalletsResponse(wallets=[convert.wallet(w) for w in page["wallets"]],
                                       next_page_token=page["next_page_token"])
 

@@ -12,12 +12,15 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from common.errors import BrokerError, Code, denied, invalid
+from common.errors import BrokerError, Code, denied, invalid, not_found
 
 from ..store.base import Record, Tx, must_get
+from . import validate
 
 ROLES = ("admin", "owner", "agent", "worker", "auditor")
 KEY_PREFIX = "cbk_"
+# Refusals of a key that was presented (not a missing one): failed authentications.
+KEY_REFUSALS = frozenset({"API_KEY_INVALID", "API_KEY_REVOKED"})
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,18 @@ def can_see_owner(principal: Principal, owner_id: str) -> bool:
     if principal.role == "admin" or (principal.role == "auditor" and not principal.owner_id):
         return True
     return principal.owner_id == owner_id
+
+
+def listed_owner(principal: Principal, owner_id: str) -> str:
+    """The owner a per-owner listing (wallets, plans, subscriptions, approvals) is about.
+    Owners and auditors bound to an owner list their own (owner_id empty or theirs);
+    admins and global auditors read every tenant, so they name the owner."""
+    owner_id = validate.ident(owner_id, "owner_id", required=False) or principal.owner_id
+    if not owner_id:
+        raise invalid("owner_id", "is required for admin and global auditor keys")
+    if not can_see_owner(principal, owner_id):
+        raise not_found("owner", owner_id)  # no hint that another tenant exists
+    return owner_id
 
 
 def can_see_wallet_record(principal: Principal, record: Record) -> bool:

@@ -17,7 +17,7 @@ from common.errors import invalid, not_found, precondition
 
 from ..store.base import Record, Tx, must_get
 from . import alerts, authorizations, journal, ledger, pages, policy, spend, validate
-from .access import Principal
+from .access import Principal, listed_owner
 from .wallets import require_spendable
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
@@ -38,12 +38,18 @@ def state_of(tx: Tx, principal: Principal, authorization_id: str) -> tuple[Recor
     return auth, tx.get("approvals", auth["authorization_id"])
 
 
-def list_pending(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
+def list_pending(tx: Tx, principal: Principal, owner_id: str, wallet_id: str, page_size: int,
                  page_token: str) -> Record:
-    """The owner's pending requests, oldest first (optionally of one wallet)."""
+    """An owner's pending requests, oldest first (optionally of one wallet). Admins and
+    global auditors name the owner, or a wallet (its owner's)."""
     size = validate.page_size(page_size)
     validate.ident(wallet_id, "wallet_id", required=False)
-    prefix = f"{principal.owner_id}/"
+    if not owner_id and not principal.owner_id and wallet_id:
+        wallet = tx.get("wallets", wallet_id)
+        if wallet is None:
+            raise not_found("wallet", wallet_id)
+        owner_id = wallet["owner_id"]
+    prefix = f"{listed_owner(principal, owner_id)}/"
     after = pages.decode(page_token)
     if after and not after.startswith(prefix):
         raise invalid("page_token", "belongs to another listing", "INVALID_PAGE_TOKEN")

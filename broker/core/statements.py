@@ -18,7 +18,7 @@ from common.vouchers import Signer
 
 from ..store.base import Record, Tx, must_get
 from . import validate
-from .access import Principal, can_see_owner
+from .access import Principal, listed_owner
 from .config import CoreConfig
 from .receipts import DAY_MS, HOUR_MS, ITEMISED_FIELDS
 from .tenancy import get_owner, get_provider
@@ -54,12 +54,7 @@ def _signed(signer: Signer, document: Record) -> Record:
 
 
 def _owner_for(tx: Tx, principal: Principal, owner_id: str) -> str:
-    owner_id = validate.ident(owner_id, "owner_id", required=False) or principal.owner_id
-    if not owner_id:
-        raise invalid("owner_id", "is required")
-    if not can_see_owner(principal, owner_id):
-        raise not_found("owner", owner_id)  # no hint that another tenant exists
-    return get_owner(tx, owner_id)["owner_id"]
+    return get_owner(tx, listed_owner(principal, owner_id))["owner_id"]
 
 
 def owner_statement(tx: Tx, principal: Principal, owner_id: str, start_ms: int, end_ms: int,

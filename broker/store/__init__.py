@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from broker.store.base import TABLES, Record, Store, Tx
+from broker.store.base import TABLES, Record, StorageFull, Store, Tx
 
 _LAZY = {"BufferedTx": "buffered", "ReadOnlyError": "buffered", "StoreClosed": "buffered",
          "DataDirLocked": "lmdb_store", "LmdbStore": "lmdb_store", "MemoryStore": "memory"}
 
-__all__ = ["TABLES", "Record", "Store", "Tx", *_LAZY]
+__all__ = ["TABLES", "Record", "StorageFull", "Store", "Tx", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -132,12 +132,16 @@ class Tx(Protocol):
 class Store(Protocol):
     """Durable, atomic execution of operations."""
 
+    # True while writes fail for lack of room (StorageFull); reads still work.
+    storage_full: bool
+
     async def submit(self, op: Callable[[Tx], T]) -> T:
         """Run `op` in the single writer, atomically. Returns after the change is
         durable (fsync). If `op` raises, none of its writes happen and the
         exception propagates to the caller; other operations are unaffected.
         Ops run one at a time in submission order. Cancelling the caller does not
-        cancel an op already submitted: it may still commit."""
+        cancel an op already submitted: it may still commit. Raises StorageFull when
+        the commit failed for lack of room (nothing written)."""
 
     def submit_sync(self, op: Callable[[Tx], T]) -> T:
         """Blocking form of `submit`, for CLIs and start-up work."""
@@ -147,6 +151,11 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Drain pending operations, commit, and release the data directory."""
+
+
+class StorageFull(RuntimeError):
+    """A commit failed for lack of room (a full disk, or LMDB's map full): nothing of
+    it was written, and writes keep failing until space is freed; reads still work."""
 
 
 class MissingRecord(LookupError):

@@ -29,7 +29,7 @@ from typing import Any, TypeVar, cast
 
 import lmdb
 
-from broker.store.base import TABLES, Record, Tx
+from broker.store.base import TABLES, Record, StorageFull, Tx
 from broker.store.buffered import (
     BufferedTx,
     IdClock,
@@ -42,6 +42,7 @@ from broker.store.buffered import (
     encode,
     key_range,
 )
+from common.files import PRIVATE_FILE, make_private, private_dir
 
 T = TypeVar("T")
 
@@ -53,6 +54,10 @@ DEFAULT_MAX_BATCH = 4096
 BUSY_GAP_S = 0.005  # an op this soon after the last batch means ops keep coming
 LINGER_STEP_S = 0.0002
 LINGER_MAX_S = 0.002
+# After a commit failed for lack of room, storage counts as full until a commit that
+# writes succeeds with at least this much free on the file system: LMDB reuses freed
+# pages, so small writes can succeed on a disk that has no room for the next big one.
+RECOVERY_FREE_BYTES = 4 << 20
 
 _STOP = object()  # queued by close(): everything queued before it still runs
 # meta key where the writer keeps its IdClock between batches: prefork's server
@@ -82,7 +87,7 @@ def lock_dir(path: Path) -> int:
     Forked children share the parent's lock (prefork: see broker.daemon).
     The file is never deleted: unlinking a lock file races with the next opener.
     """
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -234,10 +239,9 @@ class LmdbStore:
         lock: bool = True,
         sealer: Callable[[Tx], object] | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = private_dir(Path(path))
         self._sealer = sealer
         self._ids = IdClock()
-        self.path.mkdir(parents=True, exist_ok=True)
         self._max_batch = max_batch
         self._lock_fd = lock_dir(self.path) if lock else None
         try:
@@ -248,7 +252,9 @@ class LmdbStore:
                 max_readers=1024,
                 sync=durable,
                 metasync=durable,
+                mode=PRIVATE_FILE,  # for the files LMDB creates
             )
+            make_private(self.path)  # and for those an older version created 0644
             with self._env.begin(write=True) as txn:
                 self._dbs = {t: self._env.open_db(t.encode(), txn=txn) for t in TABLES}
         except BaseException:
@@ -266,6 +272,10 @@ class LmdbStore:
         # Told about every batch on the writer thread: (ops in it, seconds its commit and
         # fsync took, committed?). Metrics set it; it must be quick and must not block.
         self.commit_observer: Callable[[int, float, bool], None] | None = None
+        # True from a commit that failed for lack of room until one that wrote succeeds
+        # with room to spare (the daemon turns health NOT_SERVING meanwhile and probes
+        # with a small write).
+        self.storage_full = False
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders submits against close
         self._closed = False
@@ -401,6 +411,7 @@ class LmdbStore:
                         continue
                     tx.flush()
                     outcomes.append((result, None))
+                wrote = len(written) > 0  # an empty commit writes no page: it proves nothing
                 self._seal(written)
                 if ids.last != first_id:
                     txn.put(ID_CLOCK_KEY, b'{"last":%d}' % ids.last, db=meta)
@@ -408,10 +419,22 @@ class LmdbStore:
                 started = perf_counter()
             committed = perf_counter()
         except BaseException as exc:  # nothing of this batch is on disk
+            if isinstance(exc, lmdb.DiskError | lmdb.MapFullError):
+                # ENOSPC ("mdb_txn_commit: No space left on device") or a full map: the
+                # callers get StorageFull (UNAVAILABLE, STORAGE_FULL), not an lmdb error.
+                if not self.storage_full:
+                    log.error("ledger write failed, storage full: %s", exc)
+                self.storage_full = True
+                full = StorageFull(f"cannot write the ledger: {exc}")
+                full.__cause__ = exc
+                exc = full
             self.stats["failed_commits"] += 1
             self.stats["ops"] += len(batch)
             self._observe(len(batch), 0.0, False)
             return [(None, exc)] * len(batch)
+        if wrote and self.storage_full and self._room_to_write():
+            log.info("ledger writes succeed again: storage no longer full")
+            self.storage_full = False
         stats = self.stats
         stats["commits"] += 1
         stats["ops"] += len(batch)
@@ -431,6 +454,13 @@ class LmdbStore:
             log.exception("journal sealer failed")
             return
         tx.flush()
+
+    def _room_to_write(self) -> bool:
+        try:
+            fs = os.statvfs(self.path)
+        except OSError:
+            return True  # cannot tell: the successful write is all the evidence there is
+        return fs.f_bavail * fs.f_frsize >= RECOVERY_FREE_BYTES
 
     def _observe(self, batch_size: int, seconds: float, committed: bool) -> None:
         if self.commit_observer is None:
@@ -479,10 +509,9 @@ class RuntimeTables:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, map_size: int = 256 << 20) -> None:
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path = private_dir(Path(path))
         self._env = lmdb.open(str(self.path), map_size=map_size, max_dbs=2, max_readers=1024,
-                              sync=False, metasync=False)
+                              sync=False, metasync=False, mode=PRIVATE_FILE)
         self.leases = SharedTable(self._env, b"leases")
         self.rate_buckets = SharedTable(self._env, b"rate_buckets")
 

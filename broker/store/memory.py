@@ -157,6 +157,8 @@ class MemoryStore:
     `sealer`, when given, runs after every operation that committed, as a step of its
     own (the journal's sealer: core/journal.py `seal`)."""
 
+    storage_full = False  # memory never runs out of room the way a disk does
+
     def __init__(self, *, sealer: Callable[[Tx], object] | None = None,
                  record_access: bool = False) -> None:
         self._tables = {name: _Table() for name in TABLES}

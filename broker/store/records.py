@@ -241,7 +241,6 @@ class Receipt(_Record):
     # The worker's signed final usage: beside the seal too, so the agent can check its
     # charge (receipts.CHARGE_CHECK_FIELDS).
     worker_usage: Signed | None = None
-    worker_usage: Signed | None = None
 
 
 class Worker(_Record):

@@ -69,35 +69,38 @@ class AuthorizationServiceServicer:
     """
 
     def Authorize(self, request, context):
-        """Places a hold on the caller's wallet and returns a voucher.
+        """Places a hold on the caller's wallet and returns a voucher. Agent key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAuthorization(self, request, context):
-        """Returns one authorization.
+        """Returns one authorization. Owner, agent (its own wallet's), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAuthorizations(self, request, context):
-        """Lists authorizations, newest first (AIP-158 pagination).
+        """Lists a wallet's authorizations, newest first (AIP-158 pagination). Owner, agent
+        (its own wallet), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelAuthorization(self, request, context):
-        """Cancels an authorization that was not redeemed yet: the hold is voided.
+        """Cancels an authorization that was not redeemed yet: the hold is voided. Agent
+        (its own wallet's) or owner key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetReceipt(self, request, context):
-        """Returns the signed receipt of a settled authorization.
+        """Returns the signed receipt of a settled authorization. Owner, agent (its own
+        wallet's), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

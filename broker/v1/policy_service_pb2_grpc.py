@@ -28,8 +28,10 @@ if _version_not_supported:
 class PolicyServiceStub:
     """Spend controls: per-wallet policies, the approval workflow, refill rules,
     anomaly alerts, audits of the ledger and journal, disputes and refunds.
-    docs/spend-controls.md describes every rule. Owners manage their own tenant;
-    the journal and ledger-wide audits are for admins and global auditors only.
+    docs/spend-controls.md describes every rule. Owners manage their own tenant.
+    Reads: an auditor key bound to an owner reads that tenant; admin keys and auditor
+    keys bound to no owner read every tenant, and they alone read the journal and
+    ledger-wide audits.
     """
 
     def __init__(self, channel):
@@ -123,61 +125,69 @@ class PolicyServiceStub:
 class PolicyServiceServicer:
     """Spend controls: per-wallet policies, the approval workflow, refill rules,
     anomaly alerts, audits of the ledger and journal, disputes and refunds.
-    docs/spend-controls.md describes every rule. Owners manage their own tenant;
-    the journal and ledger-wide audits are for admins and global auditors only.
+    docs/spend-controls.md describes every rule. Owners manage their own tenant.
+    Reads: an auditor key bound to an owner reads that tenant; admin keys and auditor
+    keys bound to no owner read every tenant, and they alone read the journal and
+    ledger-wide audits.
     """
 
     def SetSpendPolicy(self, request, context):
-        """Sets (or clears) the spend policy of one wallet, or the tenant default.
+        """Sets (or clears) the spend policy of one wallet, or the tenant default. Owner key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSpendPolicy(self, request, context):
-        """Returns the policy in force for a wallet (or the tenant default).
+        """Returns the policy in force for a wallet (or the tenant default). Owner, agent (its
+        own wallet), auditor or admin key (admins and global auditors name a wallet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSpendStatus(self, request, context):
-        """Spend so far per period, refill state and today's blast radius of a wallet.
+        """Spend so far per period, refill state and today's blast radius of a wallet. Owner,
+        agent (its own wallet), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeRefills(self, request, context):
-        """Resumes refills of a wallet that were paused after failed or stopped jobs.
+        """Resumes refills of a wallet that were paused after failed or stopped jobs. Owner
+        key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListApprovals(self, request, context):
-        """Lists the owner's authorizations waiting for approval, oldest first.
+        """Lists an owner's authorizations waiting for approval, oldest first. Owner, auditor
+        or admin key (admins and global auditors name the owner or a wallet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetApproval(self, request, context):
-        """Returns one approval request with its authorization (polling).
+        """Returns one approval request with its authorization (polling). Owner, agent (its
+        own wallet's), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ApproveAuthorization(self, request, context):
-        """Approves a pending authorization: the hold is placed and the voucher issued.
+        """Approves a pending authorization: the hold is placed and the voucher issued. Owner
+        key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DenyAuthorization(self, request, context):
-        """Denies a pending authorization; reserved funds are released.
+        """Denies a pending authorization; reserved funds are released. Owner key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,55 +195,59 @@ class PolicyServiceServicer:
 
     def WatchAuthorization(self, request, context):
         """Streams an authorization while it waits for approval and ends once it is decided.
+        Owner, agent (its own wallet's; it gets the voucher), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAlerts(self, request, context):
-        """Lists anomaly alerts, newest first (AIP-158 pagination).
+        """Lists anomaly alerts, newest first (AIP-158 pagination). Owner (its tenant's),
+        auditor or admin key (admins and global auditors: every tenant's).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchAlerts(self, request, context):
-        """Streams alerts as they are raised.
+        """Streams alerts as they are raised. Owner, auditor or admin key, as ListAlerts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Audit(self, request, context):
-        """Verifies every ledger invariant and the journal's hash chain now.
+        """Verifies every ledger invariant and the journal's hash chain now. Admin or global
+        auditor key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListJournalEntries(self, request, context):
-        """Lists raw journal entries, oldest first (admins and global auditors).
+        """Lists raw journal entries, oldest first. Admin or global auditor key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DisputeReceipt(self, request, context):
-        """Disputes a receipt (owners).
+        """Disputes a receipt. Owner key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDisputes(self, request, context):
-        """Lists disputes, newest first.
+        """Lists disputes, newest first. Owner (its tenant's), auditor or admin key (admins
+        and global auditors: every tenant's).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RefundReceipt(self, request, context):
-        """Refunds all or part of a settled charge (admins).
+        """Refunds all or part of a settled charge. Admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -333,8 +347,10 @@ def add_PolicyServiceServicer_to_server(servicer, server):
 class PolicyService:
     """Spend controls: per-wallet policies, the approval workflow, refill rules,
     anomaly alerts, audits of the ledger and journal, disputes and refunds.
-    docs/spend-controls.md describes every rule. Owners manage their own tenant;
-    the journal and ledger-wide audits are for admins and global auditors only.
+    docs/spend-controls.md describes every rule. Owners manage their own tenant.
+    Reads: an auditor key bound to an owner reads that tenant; admin keys and auditor
+    keys bound to no owner read every tenant, and they alone read the journal and
+    ledger-wide audits.
     """
 
     @staticmethod

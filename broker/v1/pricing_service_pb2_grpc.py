@@ -29,7 +29,8 @@ class PricingServiceStub:
     """Price discovery and the payment models beyond pay-as-you-go: quotes that lock
     prices for a while, subscription plans that grant credits each period, and leases
     of reserved capacity. All amounts are integer micro-credits; docs/pricing.md states
-    every rule.
+    every rule. Reads: an auditor key bound to an owner reads that tenant; admin keys
+    and auditor keys bound to no owner read every tenant.
     """
 
     def __init__(self, channel):
@@ -109,7 +110,8 @@ class PricingServiceServicer:
     """Price discovery and the payment models beyond pay-as-you-go: quotes that lock
     prices for a while, subscription plans that grant credits each period, and leases
     of reserved capacity. All amounts are integer micro-credits; docs/pricing.md states
-    every rule.
+    every rule. Reads: an auditor key bound to an owner reads that tenant; admin keys
+    and auditor keys bound to no owner read every tenant.
     """
 
     def Quote(self, request, context):
@@ -121,7 +123,7 @@ class PricingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetQuote(self, request, context):
-        """Returns a quote of the caller's tenant.
+        """Returns a quote. Agent or owner key (its tenant's), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,7 +137,8 @@ class PricingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPlans(self, request, context):
-        """Lists the owner's plans (AIP-158 pagination).
+        """Lists an owner's plans (AIP-158 pagination). Owner, auditor or admin key (admins
+        and global auditors name the owner).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,20 +154,23 @@ class PricingServiceServicer:
 
     def CancelSubscription(self, request, context):
         """Ends a subscription: no further grants; granted credits stay until they expire.
+        Owner key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSubscriptions(self, request, context):
-        """Lists the owner's subscriptions (AIP-158 pagination).
+        """Lists an owner's subscriptions (AIP-158 pagination). Owner, auditor or admin key
+        (admins and global auditors name the owner).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListGrants(self, request, context):
-        """Lists a wallet's grants, newest first, with the balance broken down.
+        """Lists a wallet's grants, newest first, with the balance broken down. Owner, agent
+        (its own wallet), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,14 +185,15 @@ class PricingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetLease(self, request, context):
-        """Returns one lease.
+        """Returns one lease. Owner, agent (its own wallet's), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListLeases(self, request, context):
-        """Lists a wallet's leases, newest first (AIP-158 pagination).
+        """Lists a wallet's leases, newest first (AIP-158 pagination). Owner, agent (its own
+        wallet), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -288,7 +295,8 @@ class PricingService:
     """Price discovery and the payment models beyond pay-as-you-go: quotes that lock
     prices for a while, subscription plans that grant credits each period, and leases
     of reserved capacity. All amounts are integer micro-credits; docs/pricing.md states
-    every rule.
+    every rule. Reads: an auditor key bound to an owner reads that tenant; admin keys
+    and auditor keys bound to no owner read every tenant.
     """
 
     @staticmethod

@@ -26,15 +26,15 @@ from broker.v1 import resources_pb2 as broker_dot_v1_dot_resources__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!broker/v1/statement_service.proto\x12\tbroker.v1\x1a\x19\x62roker/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"a\n\nReceiptKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x19RegisterReceiptKeyRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\"H\n\x1aRegisterReceiptKeyResponse\x12*\n\x0breceipt_key\x18\x01 \x01(\x0b\x32\x15.broker.v1.ReceiptKey\"\x16\n\x14GetReceiptKeyRequest\"C\n\x15GetReceiptKeyResponse\x12*\n\x0breceipt_key\x18\x01 \x01(\x0b\x32\x15.broker.v1.ReceiptKey\"O\n\x13ListReceiptsRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x14ListReceiptsResponse\x12$\n\x08receipts\x18\x01 \x03(\x0b\x32\x12.broker.v1.Receipt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd6\x01\n\x13GetStatementRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0bgranularity\x18\x04 \x01(\x0e\x32\x1f.broker.v1.StatementGranularity\x12\x15\n\rinclude_annex\x18\x05 \x01(\x08\"?\n\x14GetStatementResponse\x12\'\n\tstatement\x18\x01 \x01(\x0b\x32\x14.broker.v1.Statement\"V\n\x0bWalletTotal\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x10\n\x08released\x18\x03 \x01(\x03\x12\x11\n\tjob_count\x18\x04 \x01(\x03\"N\n\x11PaymentModelTotal\x12\x15\n\rpayment_model\x18\x01 \x01(\t\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x11\n\tjob_count\x18\x03 \x01(\x03\"\xb8\x03\n\tStatement\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0bgranularity\x18\x04 \x01(\x0e\x32\x1f.broker.v1.StatementGranularity\x12\'\n\x07wallets\x18\x05 \x03(\x0b\x32\x16.broker.v1.WalletTotal\x12\x34\n\x0epayment_models\x18\x06 \x03(\x0b\x32\x1c.broker.v1.PaymentModelTotal\x12\x15\n\rtotal_charged\x18\x07 \x01(\x03\x12\x16\n\x0etotal_released\x18\x08 \x01(\x03\x12\x11\n\tjob_count\x18\t \x01(\x03\x12\r\n\x05\x61nnex\x18\n \x01(\x0c\x12\x16\n\x0ereceipt_key_id\x18\x0b \x01(\t\x12\x0e\n\x06key_id\x18\x0c \x01(\t\x12\x11\n\tsignature\x18\r \x01(\x0c\x12\x16\n\x0esigned_payload\x18\x0e \x01(\x0c\"\xc8\x01\n\x19GetPayoutStatementRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0bgranularity\x18\x04 \x01(\x0e\x32\x1f.broker.v1.StatementGranularity\"K\n\x1aGetPayoutStatementResponse\x12-\n\tstatement\x18\x01 \x01(\x0b\x32\x1a.broker.v1.PayoutStatement\"\xba\x01\n\x0cPayoutPeriod\x12\x30\n\x0cperiod_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63harged\x18\x03 \x01(\x03\x12\x0e\n\x06payout\x18\x04 \x01(\x03\x12\x14\n\x0cplatform_fee\x18\x05 \x01(\x03\x12\x11\n\tjob_count\x18\x06 \x01(\x03\"\xff\x02\n\x0fPayoutStatement\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0bgranularity\x18\x04 \x01(\x0e\x32\x1f.broker.v1.StatementGranularity\x12(\n\x07periods\x18\x05 \x03(\x0b\x32\x17.broker.v1.PayoutPeriod\x12\x15\n\rtotal_charged\x18\x06 \x01(\x03\x12\x14\n\x0ctotal_payout\x18\x07 \x01(\x03\x12\x1a\n\x12total_platform_fee\x18\x08 \x01(\x03\x12\x11\n\tjob_count\x18\t \x01(\x03\x12\x0e\n\x06key_id\x18\n \x01(\t\x12\x11\n\tsignature\x18\x0b \x01(\x0c\x12\x16\n\x0esigned_payload\x18\x0c \x01(\x0c\"\xa9\x01\n\x11ReceiptSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bretire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x1dListReceiptSigningKeysRequest\"L\n\x1eListReceiptSigningKeysResponse\x12*\n\x04keys\x18\x01 \x03(\x0b\x32\x1c.broker.v1.ReceiptSigningKey\"4\n\x1eRotateReceiptSigningKeyRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"e\n\x1fRotateReceiptSigningKeyResponse\x12)\n\x03key\x18\x01 \x01(\x0b\x32\x1c.broker.v1.ReceiptSigningKey\x12\x17\n\x0fprevious_key_id\x18\x02 \x01(\t*|\n\x14StatementGranularity\x12%\n!STATEMENT_GRANULARITY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSTATEMENT_GRANULARITY_HOUR\x10\x01\x12\x1d\n\x19STATEMENT_GRANULARITY_DAY\x10\x02\x32\xaf\x05\n\x10StatementService\x12\x61\n\x12RegisterReceiptKey\x12$.broker.v1.RegisterReceiptKeyRequest\x1a%.broker.v1.RegisterReceiptKeyResponse\x12R\n\rGetReceiptKey\x12\x1f.broker.v1.GetReceiptKeyRequest\x1a .broker.v1.GetReceiptKeyResponse\x12O\n\x0cListReceipts\x12\x1e.broker.v1.ListReceiptsRequest\x1a\x1f.broker.v1.ListReceiptsResponse\x12O\n\x0cGetStatement\x12\x1e.broker.v1.GetStatementRequest\x1a\x1f.broker.v1.GetStatementResponse\x12\x61\n\x12GetPayoutStatement\x12$.broker.v1.GetPayoutStatementRequest\x1a%.broker.v1.GetPayoutStatementResponse\x12m\n\x16ListReceiptSigningKeys\x12(.broker.v1.ListReceiptSigningKeysRequest\x1a).broker.v1.ListReceiptSigningKeysResponse\x12p\n\x17RotateReceiptSigningKey\x12).broker.v1.RotateReceiptSigningKeyRequest\x1a*.broker.v1.RotateReceiptSigningKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!broker/v1/statement_service.proto\x12\tbroker.v1\x1a\x19\x62roker/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"a\n\nReceiptKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x19RegisterReceiptKeyRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\"H\n\x1aRegisterReceiptKeyResponse\x12*\n\x0breceipt_key\x18\x01 \x01(\x0b\x32\x15.broker.v1.ReceiptKey\"(\n\x14GetReceiptKeyRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\"C\n\x15GetReceiptKeyResponse\x12*\n\x0breceipt_key\x18\x01 \x01(\x0b\x32\x15.broker.v1.ReceiptKey\"O\n\x13ListReceiptsRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x14ListReceiptsResponse\x12$\n\x08receipts\x18\x01 \x03(\x0b\x32\x12.broker.v1.Receipt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd6\x01\n\x13GetStatementRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0bgranularity\x18\x04 \x01(\x0e\x32\x1f.broker.v1.StatementGranularity\x12\x15\n\rinclude_annex\x18\x05 \x01(\x08\"?\n\x14GetStatementResponse\x12\'\n\tstatement\x18\x01 \x01(\x0b\x32\x14.broker.v1.Statement\"V\n\x0bWalletTotal\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x10\n\x08released\x18\x03 \x01(\x03\x12\x11\n\tjob_count\x18\x04 \x01(\x03\"N\n\x11PaymentModelTotal\x12\x15\n\rpayment_model\x18\x01 \x01(\t\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x11\n\tjob_count\x18\x03 \x01(\x03\"\xb8\x03\n\tStatement\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0bgranularity\x18\x04 \x01(\x0e\x32\x1f.broker.v1.StatementGranularity\x12\'\n\x07wallets\x18\x05 \x03(\x0b\x32\x16.broker.v1.WalletTotal\x12\x34\n\x0epayment_models\x18\x06 \x03(\x0b\x32\x1c.broker.v1.PaymentModelTotal\x12\x15\n\rtotal_charged\x18\x07 \x01(\x03\x12\x16\n\x0etotal_released\x18\x08 \x01(\x03\x12\x11\n\tjob_count\x18\t \x01(\x03\x12\r\n\x05\x61nnex\x18\n \x01(\x0c\x12\x16\n\x0ereceipt_key_id\x18\x0b \x01(\t\x12\x0e\n\x06key_id\x18\x0c \x01(\t\x12\x11\n\tsignature\x18\r \x01(\x0c\x12\x16\n\x0esigned_payload\x18\x0e \x01(\x0c\"\xc8\x01\n\x19GetPayoutStatementRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0bgranularity\x18\x04 \x01(\x0e\x32\x1f.broker.v1.StatementGranularity\"K\n\x1aGetPayoutStatementResponse\x12-\n\tstatement\x18\x01 \x01(\x0b\x32\x1a.broker.v1.PayoutStatement\"\xba\x01\n\x0cPayoutPeriod\x12\x30\n\x0cperiod_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63harged\x18\x03 \x01(\x03\x12\x0e\n\x06payout\x18\x04 \x01(\x03\x12\x14\n\x0cplatform_fee\x18\x05 \x01(\x03\x12\x11\n\tjob_count\x18\x06 \x01(\x03\"\xff\x02\n\x0fPayoutStatement\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0bgranularity\x18\x04 \x01(\x0e\x32\x1f.broker.v1.StatementGranularity\x12(\n\x07periods\x18\x05 \x03(\x0b\x32\x17.broker.v1.PayoutPeriod\x12\x15\n\rtotal_charged\x18\x06 \x01(\x03\x12\x14\n\x0ctotal_payout\x18\x07 \x01(\x03\x12\x1a\n\x12total_platform_fee\x18\x08 \x01(\x03\x12\x11\n\tjob_count\x18\t \x01(\x03\x12\x0e\n\x06key_id\x18\n \x01(\t\x12\x11\n\tsignature\x18\x0b \x01(\x0c\x12\x16\n\x0esigned_payload\x18\x0c \x01(\x0c\"\xa9\x01\n\x11ReceiptSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bretire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x1dListReceiptSigningKeysRequest\"L\n\x1eListReceiptSigningKeysResponse\x12*\n\x04keys\x18\x01 \x03(\x0b\x32\x1c.broker.v1.ReceiptSigningKey\"4\n\x1eRotateReceiptSigningKeyRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"e\n\x1fRotateReceiptSigningKeyResponse\x12)\n\x03key\x18\x01 \x01(\x0b\x32\x1c.broker.v1.ReceiptSigningKey\x12\x17\n\x0fprevious_key_id\x18\x02 \x01(\t*|\n\x14StatementGranularity\x12%\n!STATEMENT_GRANULARITY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSTATEMENT_GRANULARITY_HOUR\x10\x01\x12\x1d\n\x19STATEMENT_GRANULARITY_DAY\x10\x02\x32\xaf\x05\n\x10StatementService\x12\x61\n\x12RegisterReceiptKey\x12$.broker.v1.RegisterReceiptKeyRequest\x1a%.broker.v1.RegisterReceiptKeyResponse\x12R\n\rGetReceiptKey\x12\x1f.broker.v1.GetReceiptKeyRequest\x1a .broker.v1.GetReceiptKeyResponse\x12O\n\x0cListReceipts\x12\x1e.broker.v1.ListReceiptsRequest\x1a\x1f.broker.v1.ListReceiptsResponse\x12O\n\x0cGetStatement\x12\x1e.broker.v1.GetStatementRequest\x1a\x1f.broker.v1.GetStatementResponse\x12\x61\n\x12GetPayoutStatement\x12$.broker.v1.GetPayoutStatementRequest\x1a%.broker.v1.GetPayoutStatementResponse\x12m\n\x16ListReceiptSigningKeys\x12(.broker.v1.ListReceiptSigningKeysRequest\x1a).broker.v1.ListReceiptSigningKeysResponse\x12p\n\x17RotateReceiptSigningKey\x12).broker.v1.RotateReceiptSigningKeyRequest\x1a*.broker.v1.RotateReceiptSigningKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.v1.statement_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATEMENTGRANULARITY']._serialized_start=2799
-  _globals['_STATEMENTGRANULARITY']._serialized_end=2923
+  _globals['_STATEMENTGRANULARITY']._serialized_start=2817
+  _globals['_STATEMENTGRANULARITY']._serialized_end=2941
   _globals['_RECEIPTKEY']._serialized_start=108
   _globals['_RECEIPTKEY']._serialized_end=205
   _globals['_REGISTERRECEIPTKEYREQUEST']._serialized_start=207
@@ -42,41 +42,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERRECEIPTKEYRESPONSE']._serialized_start=276
   _globals['_REGISTERRECEIPTKEYRESPONSE']._serialized_end=348
   _globals['_GETRECEIPTKEYREQUEST']._serialized_start=350
-  _globals['_GETRECEIPTKEYREQUEST']._serialized_end=372
-  _globals['_GETRECEIPTKEYRESPONSE']._serialized_start=374
-  _globals['_GETRECEIPTKEYRESPONSE']._serialized_end=441
-  _globals['_LISTRECEIPTSREQUEST']._serialized_start=443
-  _globals['_LISTRECEIPTSREQUEST']._serialized_end=522
-  _globals['_LISTRECEIPTSRESPONSE']._serialized_start=524
-  _globals['_LISTRECEIPTSRESPONSE']._serialized_end=609
-  _globals['_GETSTATEMENTREQUEST']._serialized_start=612
-  _globals['_GETSTATEMENTREQUEST']._serialized_end=826
-  _globals['_GETSTATEMENTRESPONSE']._serialized_start=828
-  _globals['_GETSTATEMENTRESPONSE']._serialized_end=891
-  _globals['_WALLETTOTAL']._serialized_start=893
-  _globals['_WALLETTOTAL']._serialized_end=979
-  _globals['_PAYMENTMODELTOTAL']._serialized_start=981
-  _globals['_PAYMENTMODELTOTAL']._serialized_end=1059
-  _globals['_STATEMENT']._serialized_start=1062
-  _globals['_STATEMENT']._serialized_end=1502
-  _globals['_GETPAYOUTSTATEMENTREQUEST']._serialized_start=1505
-  _globals['_GETPAYOUTSTATEMENTREQUEST']._serialized_end=1705
-  _globals['_GETPAYOUTSTATEMENTRESPONSE']._serialized_start=1707
-  _globals['_GETPAYOUTSTATEMENTRESPONSE']._serialized_end=1782
-  _globals['_PAYOUTPERIOD']._serialized_start=1785
-  _globals['_PAYOUTPERIOD']._serialized_end=1971
-  _globals['_PAYOUTSTATEMENT']._serialized_start=1974
-  _globals['_PAYOUTSTATEMENT']._serialized_end=2357
-  _globals['_RECEIPTSIGNINGKEY']._serialized_start=2360
-  _globals['_RECEIPTSIGNINGKEY']._serialized_end=2529
-  _globals['_LISTRECEIPTSIGNINGKEYSREQUEST']._serialized_start=2531
-  _globals['_LISTRECEIPTSIGNINGKEYSREQUEST']._serialized_end=2562
-  _globals['_LISTRECEIPTSIGNINGKEYSRESPONSE']._serialized_start=2564
-  _globals['_LISTRECEIPTSIGNINGKEYSRESPONSE']._serialized_end=2640
-  _globals['_ROTATERECEIPTSIGNINGKEYREQUEST']._serialized_start=2642
-  _globals['_ROTATERECEIPTSIGNINGKEYREQUEST']._serialized_end=2694
-  _globals['_ROTATERECEIPTSIGNINGKEYRESPONSE']._serialized_start=2696
-  _globals['_ROTATERECEIPTSIGNINGKEYRESPONSE']._serialized_end=2797
-  _globals['_STATEMENTSERVICE']._serialized_start=2926
-  _globals['_STATEMENTSERVICE']._serialized_end=3613
+  _globals['_GETRECEIPTKEYREQUEST']._serialized_end=390
+  _globals['_GETRECEIPTKEYRESPONSE']._serialized_start=392
+  _globals['_GETRECEIPTKEYRESPONSE']._serialized_end=459
+  _globals['_LISTRECEIPTSREQUEST']._serialized_start=461
+  _globals['_LISTRECEIPTSREQUEST']._serialized_end=540
+  _globals['_LISTRECEIPTSRESPONSE']._serialized_start=542
+  _globals['_LISTRECEIPTSRESPONSE']._serialized_end=627
+  _globals['_GETSTATEMENTREQUEST']._serialized_start=630
+  _globals['_GETSTATEMENTREQUEST']._serialized_end=844
+  _globals['_GETSTATEMENTRESPONSE']._serialized_start=846
+  _globals['_GETSTATEMENTRESPONSE']._serialized_end=909
+  _globals['_WALLETTOTAL']._serialized_start=911
+  _globals['_WALLETTOTAL']._serialized_end=997
+  _globals['_PAYMENTMODELTOTAL']._serialized_start=999
+  _globals['_PAYMENTMODELTOTAL']._serialized_end=1077
+  _globals['_STATEMENT']._serialized_start=1080
+  _globals['_STATEMENT']._serialized_end=1520
+  _globals['_GETPAYOUTSTATEMENTREQUEST']._serialized_start=1523
+  _globals['_GETPAYOUTSTATEMENTREQUEST']._serialized_end=1723
+  _globals['_GETPAYOUTSTATEMENTRESPONSE']._serialized_start=1725
+  _globals['_GETPAYOUTSTATEMENTRESPONSE']._serialized_end=1800
+  _globals['_PAYOUTPERIOD']._serialized_start=1803
+  _globals['_PAYOUTPERIOD']._serialized_end=1989
+  _globals['_PAYOUTSTATEMENT']._serialized_start=1992
+  _globals['_PAYOUTSTATEMENT']._serialized_end=2375
+  _globals['_RECEIPTSIGNINGKEY']._serialized_start=2378
+  _globals['_RECEIPTSIGNINGKEY']._serialized_end=2547
+  _globals['_LISTRECEIPTSIGNINGKEYSREQUEST']._serialized_start=2549
+  _globals['_LISTRECEIPTSIGNINGKEYSREQUEST']._serialized_end=2580
+  _globals['_LISTRECEIPTSIGNINGKEYSRESPONSE']._serialized_start=2582
+  _globals['_LISTRECEIPTSIGNINGKEYSRESPONSE']._serialized_end=2658
+  _globals['_ROTATERECEIPTSIGNINGKEYREQUEST']._serialized_start=2660
+  _globals['_ROTATERECEIPTSIGNINGKEYREQUEST']._serialized_end=2712
+  _globals['_ROTATERECEIPTSIGNINGKEYRESPONSE']._serialized_start=2714
+  _globals['_ROTATERECEIPTSIGNINGKEYRESPONSE']._serialized_end=2815
+  _globals['_STATEMENTSERVICE']._serialized_start=2944
+  _globals['_STATEMENTSERVICE']._serialized_end=3631
 # @@protoc_insertion_point(module_scope)

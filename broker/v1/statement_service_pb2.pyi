@@ -45,8 +45,10 @@ class RegisterReceiptKeyResponse(_message.Message):
     def __init__(self, receipt_key: _Optional[_Union[ReceiptKey, _Mapping]] = ...) -> None: ...
 
 class GetReceiptKeyRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("owner_id",)
+    OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    owner_id: str
+    def __init__(self, owner_id: _Optional[str] = ...) -> None: ...
 
 class GetReceiptKeyResponse(_message.Message):
     __slots__ = ("receipt_key",)

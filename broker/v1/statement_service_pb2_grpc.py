@@ -98,7 +98,8 @@ class StatementServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetReceiptKey(self, request, context):
-        """Returns the calling owner's receipt key. Requires an owner key.
+        """Returns an owner's receipt key. Owner, auditor or admin key (admins and global
+        auditors name the owner).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,7 +107,8 @@ class StatementServiceServicer:
 
     def ListReceipts(self, request, context):
         """Lists the receipts of one wallet, newest first (AIP-158 pagination): the outward
-        part in clear, the itemised part sealed. Owner, agent (own wallet) or auditor key.
+        part in clear, the itemised part sealed. Owner, agent (its own wallet), auditor or
+        admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,8 +116,8 @@ class StatementServiceServicer:
 
     def GetStatement(self, request, context):
         """An owner's aggregated statement for a period: totals per wallet and per payment
-        model, no line items; optionally a sealed itemised annex. Owner or auditor key;
-        admins name the owner.
+        model, no line items; optionally a sealed itemised annex. Owner, auditor or admin
+        key (admins and global auditors name the owner).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

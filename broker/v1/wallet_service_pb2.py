@@ -26,15 +26,15 @@ from broker.v1 import resources_pb2 as broker_dot_v1_dot_resources__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62roker/v1/wallet_service.proto\x12\tbroker.v1\x1a\x19\x62roker/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x01\n\x06Wallet\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0b\n\x03\x63\x61p\x18\x04 \x01(\x03\x12\x15\n\rrefill_target\x18\x05 \x01(\x03\x12\x0e\n\x06\x66rozen\x18\x06 \x01(\x08\x12#\n\x07\x62\x61lance\x18\x07 \x01(\x0b\x32\x12.broker.v1.Balance\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x13\x43reateWalletRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0b\n\x03\x63\x61p\x18\x03 \x01(\x03\x12\x15\n\rrefill_target\x18\x04 \x01(\x03\"9\n\x14\x43reateWalletResponse\x12!\n\x06wallet\x18\x01 \x01(\x0b\x32\x11.broker.v1.Wallet\"%\n\x10GetWalletRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"6\n\x11GetWalletResponse\x12!\n\x06wallet\x18\x01 \x01(\x0b\x32\x11.broker.v1.Wallet\";\n\x12ListWalletsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x13ListWalletsResponse\x12\"\n\x07wallets\x18\x01 \x03(\x0b\x32\x11.broker.v1.Wallet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x11\x46undWalletRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twallet_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\"\x83\x01\n\x12\x46undWalletResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12*\n\x0ewallet_balance\x18\x02 \x01(\x0b\x32\x12.broker.v1.Balance\x12,\n\x10treasury_balance\x18\x03 \x01(\x0b\x32\x12.broker.v1.Balance\"&\n\x11GetBalanceRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"M\n\x12GetBalanceResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.broker.v1.Balance\"\xf0\x01\n\x08Transfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65\x62it_account_id\x18\x02 \x01(\t\x12\x19\n\x11\x63redit_account_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12%\n\x04kind\x18\x05 \x01(\x0e\x32\x17.broker.v1.TransferKind\x12\x12\n\npending_id\x18\x06 \x01(\t\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08released\x18\t \x01(\x03\"P\n\x14ListTransfersRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x15ListTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.broker.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13\x46reezeWalletRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twallet_id\x18\x02 \x01(\t\"9\n\x14\x46reezeWalletResponse\x12!\n\x06wallet\x18\x01 \x01(\x0b\x32\x11.broker.v1.Wallet\">\n\x15UnfreezeWalletRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twallet_id\x18\x02 \x01(\t\";\n\x16UnfreezeWalletResponse\x12!\n\x06wallet\x18\x01 \x01(\x0b\x32\x11.broker.v1.Wallet*\xc4\x01\n\x0cTransferKind\x12\x1d\n\x19TRANSFER_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14TRANSFER_KIND_POSTED\x10\x01\x12\x19\n\x15TRANSFER_KIND_PENDING\x10\x02\x12\x1e\n\x1aTRANSFER_KIND_POST_PENDING\x10\x03\x12\x1e\n\x1aTRANSFER_KIND_VOID_PENDING\x10\x04\x12 \n\x1cTRANSFER_KIND_EXPIRE_PENDING\x10\x05\x32\x88\x05\n\rWalletService\x12O\n\x0c\x43reateWallet\x12\x1e.broker.v1.CreateWalletRequest\x1a\x1f.broker.v1.CreateWalletResponse\x12\x46\n\tGetWallet\x12\x1b.broker.v1.GetWalletRequest\x1a\x1c.broker.v1.GetWalletResponse\x12L\n\x0bListWallets\x12\x1d.broker.v1.ListWalletsRequest\x1a\x1e.broker.v1.ListWalletsResponse\x12I\n\nFundWallet\x12\x1c.broker.v1.FundWalletRequest\x1a\x1d.broker.v1.FundWalletResponse\x12I\n\nGetBalance\x12\x1c.broker.v1.GetBalanceRequest\x1a\x1d.broker.v1.GetBalanceResponse\x12R\n\rListTransfers\x12\x1f.broker.v1.ListTransfersRequest\x1a .broker.v1.ListTransfersResponse\x12O\n\x0c\x46reezeWallet\x12\x1e.broker.v1.FreezeWalletRequest\x1a\x1f.broker.v1.FreezeWalletResponse\x12U\n\x0eUnfreezeWallet\x12 .broker.v1.UnfreezeWalletRequest\x1a!.broker.v1.UnfreezeWalletResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62roker/v1/wallet_service.proto\x12\tbroker.v1\x1a\x19\x62roker/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x01\n\x06Wallet\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0b\n\x03\x63\x61p\x18\x04 \x01(\x03\x12\x15\n\rrefill_target\x18\x05 \x01(\x03\x12\x0e\n\x06\x66rozen\x18\x06 \x01(\x08\x12#\n\x07\x62\x61lance\x18\x07 \x01(\x0b\x32\x12.broker.v1.Balance\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x13\x43reateWalletRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0b\n\x03\x63\x61p\x18\x03 \x01(\x03\x12\x15\n\rrefill_target\x18\x04 \x01(\x03\"9\n\x14\x43reateWalletResponse\x12!\n\x06wallet\x18\x01 \x01(\x0b\x32\x11.broker.v1.Wallet\"%\n\x10GetWalletRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"6\n\x11GetWalletResponse\x12!\n\x06wallet\x18\x01 \x01(\x0b\x32\x11.broker.v1.Wallet\"M\n\x12ListWalletsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\"R\n\x13ListWalletsResponse\x12\"\n\x07wallets\x18\x01 \x03(\x0b\x32\x11.broker.v1.Wallet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x11\x46undWalletRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twallet_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\"\x83\x01\n\x12\x46undWalletResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12*\n\x0ewallet_balance\x18\x02 \x01(\x0b\x32\x12.broker.v1.Balance\x12,\n\x10treasury_balance\x18\x03 \x01(\x0b\x32\x12.broker.v1.Balance\"&\n\x11GetBalanceRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"M\n\x12GetBalanceResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.broker.v1.Balance\"\xf0\x01\n\x08Transfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65\x62it_account_id\x18\x02 \x01(\t\x12\x19\n\x11\x63redit_account_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12%\n\x04kind\x18\x05 \x01(\x0e\x32\x17.broker.v1.TransferKind\x12\x12\n\npending_id\x18\x06 \x01(\t\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08released\x18\t \x01(\x03\"P\n\x14ListTransfersRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x15ListTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.broker.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13\x46reezeWalletRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twallet_id\x18\x02 \x01(\t\"9\n\x14\x46reezeWalletResponse\x12!\n\x06wallet\x18\x01 \x01(\x0b\x32\x11.broker.v1.Wallet\">\n\x15UnfreezeWalletRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\twallet_id\x18\x02 \x01(\t\";\n\x16UnfreezeWalletResponse\x12!\n\x06wallet\x18\x01 \x01(\x0b\x32\x11.broker.v1.Wallet*\xc4\x01\n\x0cTransferKind\x12\x1d\n\x19TRANSFER_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14TRANSFER_KIND_POSTED\x10\x01\x12\x19\n\x15TRANSFER_KIND_PENDING\x10\x02\x12\x1e\n\x1aTRANSFER_KIND_POST_PENDING\x10\x03\x12\x1e\n\x1aTRANSFER_KIND_VOID_PENDING\x10\x04\x12 \n\x1cTRANSFER_KIND_EXPIRE_PENDING\x10\x05\x32\x88\x05\n\rWalletService\x12O\n\x0c\x43reateWallet\x12\x1e.broker.v1.CreateWalletRequest\x1a\x1f.broker.v1.CreateWalletResponse\x12\x46\n\tGetWallet\x12\x1b.broker.v1.GetWalletRequest\x1a\x1c.broker.v1.GetWalletResponse\x12L\n\x0bListWallets\x12\x1d.broker.v1.ListWalletsRequest\x1a\x1e.broker.v1.ListWalletsResponse\x12I\n\nFundWallet\x12\x1c.broker.v1.FundWalletRequest\x1a\x1d.broker.v1.FundWalletResponse\x12I\n\nGetBalance\x12\x1c.broker.v1.GetBalanceRequest\x1a\x1d.broker.v1.GetBalanceResponse\x12R\n\rListTransfers\x12\x1f.broker.v1.ListTransfersRequest\x1a .broker.v1.ListTransfersResponse\x12O\n\x0c\x46reezeWallet\x12\x1e.broker.v1.FreezeWalletRequest\x1a\x1f.broker.v1.FreezeWalletResponse\x12U\n\x0eUnfreezeWallet\x12 .broker.v1.UnfreezeWalletRequest\x1a!.broker.v1.UnfreezeWalletResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.v1.wallet_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSFERKIND']._serialized_start=1704
-  _globals['_TRANSFERKIND']._serialized_end=1900
+  _globals['_TRANSFERKIND']._serialized_start=1722
+  _globals['_TRANSFERKIND']._serialized_end=1918
   _globals['_WALLET']._serialized_start=106
   _globals['_WALLET']._serialized_end=311
   _globals['_CREATEWALLETREQUEST']._serialized_start=313
@@ -46,31 +46,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETWALLETRESPONSE']._serialized_start=512
   _globals['_GETWALLETRESPONSE']._serialized_end=566
   _globals['_LISTWALLETSREQUEST']._serialized_start=568
-  _globals['_LISTWALLETSREQUEST']._serialized_end=627
-  _globals['_LISTWALLETSRESPONSE']._serialized_start=629
-  _globals['_LISTWALLETSRESPONSE']._serialized_end=711
-  _globals['_FUNDWALLETREQUEST']._serialized_start=713
-  _globals['_FUNDWALLETREQUEST']._serialized_end=787
-  _globals['_FUNDWALLETRESPONSE']._serialized_start=790
-  _globals['_FUNDWALLETRESPONSE']._serialized_end=921
-  _globals['_GETBALANCEREQUEST']._serialized_start=923
-  _globals['_GETBALANCEREQUEST']._serialized_end=961
-  _globals['_GETBALANCERESPONSE']._serialized_start=963
-  _globals['_GETBALANCERESPONSE']._serialized_end=1040
-  _globals['_TRANSFER']._serialized_start=1043
-  _globals['_TRANSFER']._serialized_end=1283
-  _globals['_LISTTRANSFERSREQUEST']._serialized_start=1285
-  _globals['_LISTTRANSFERSREQUEST']._serialized_end=1365
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=1367
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=1455
-  _globals['_FREEZEWALLETREQUEST']._serialized_start=1457
-  _globals['_FREEZEWALLETREQUEST']._serialized_end=1517
-  _globals['_FREEZEWALLETRESPONSE']._serialized_start=1519
-  _globals['_FREEZEWALLETRESPONSE']._serialized_end=1576
-  _globals['_UNFREEZEWALLETREQUEST']._serialized_start=1578
-  _globals['_UNFREEZEWALLETREQUEST']._serialized_end=1640
-  _globals['_UNFREEZEWALLETRESPONSE']._serialized_start=1642
-  _globals['_UNFREEZEWALLETRESPONSE']._serialized_end=1701
-  _globals['_WALLETSERVICE']._serialized_start=1903
-  _globals['_WALLETSERVICE']._serialized_end=2551
+  _globals['_LISTWALLETSREQUEST']._serialized_end=645
+  _globals['_LISTWALLETSRESPONSE']._serialized_start=647
+  _globals['_LISTWALLETSRESPONSE']._serialized_end=729
+  _globals['_FUNDWALLETREQUEST']._serialized_start=731
+  _globals['_FUNDWALLETREQUEST']._serialized_end=805
+  _globals['_FUNDWALLETRESPONSE']._serialized_start=808
+  _globals['_FUNDWALLETRESPONSE']._serialized_end=939
+  _globals['_GETBALANCEREQUEST']._serialized_start=941
+  _globals['_GETBALANCEREQUEST']._serialized_end=979
+  _globals['_GETBALANCERESPONSE']._serialized_start=981
+  _globals['_GETBALANCERESPONSE']._serialized_end=1058
+  _globals['_TRANSFER']._serialized_start=1061
+  _globals['_TRANSFER']._serialized_end=1301
+  _globals['_LISTTRANSFERSREQUEST']._serialized_start=1303
+  _globals['_LISTTRANSFERSREQUEST']._serialized_end=1383
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=1385
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=1473
+  _globals['_FREEZEWALLETREQUEST']._serialized_start=1475
+  _globals['_FREEZEWALLETREQUEST']._serialized_end=1535
+  _globals['_FREEZEWALLETRESPONSE']._serialized_start=1537
+  _globals['_FREEZEWALLETRESPONSE']._serialized_end=1594
+  _globals['_UNFREEZEWALLETREQUEST']._serialized_start=1596
+  _globals['_UNFREEZEWALLETREQUEST']._serialized_end=1658
+  _globals['_UNFREEZEWALLETRESPONSE']._serialized_start=1660
+  _globals['_UNFREEZEWALLETRESPONSE']._serialized_end=1719
+  _globals['_WALLETSERVICE']._serialized_start=1921
+  _globals['_WALLETSERVICE']._serialized_end=2569
 # @@protoc_insertion_point(module_scope)

@@ -77,12 +77,14 @@ class GetWalletResponse(_message.Message):
     def __init__(self, wallet: _Optional[_Union[Wallet, _Mapping]] = ...) -> None: ...
 
 class ListWalletsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "owner_id")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ID_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    owner_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., owner_id: _Optional[str] = ...) -> None: ...
 
 class ListWalletsResponse(_message.Message):
     __slots__ = ("wallets", "next_page_token")

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class WalletServiceStub:
     """Treasuries and agent micro-wallets. Owners manage their wallets; an agent
-    key may read its own wallet; auditors may read.
+    key may read its own wallet. Reads: an auditor key bound to an owner reads that
+    tenant; admin keys and auditor keys bound to no owner read every tenant.
     """
 
     def __init__(self, channel):
@@ -80,25 +81,29 @@ class WalletServiceStub:
 
 class WalletServiceServicer:
     """Treasuries and agent micro-wallets. Owners manage their wallets; an agent
-    key may read its own wallet; auditors may read.
+    key may read its own wallet. Reads: an auditor key bound to an owner reads that
+    tenant; admin keys and auditor keys bound to no owner read every tenant.
     """
 
     def CreateWallet(self, request, context):
         """Creates an escrowed micro-wallet for an agent, with a cap and a refill target.
+        Owner key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetWallet(self, request, context):
-        """Returns one wallet with its balance.
+        """Returns one wallet with its balance. Owner, agent (its own wallet), auditor or
+        admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListWallets(self, request, context):
-        """Lists the owner's wallets (AIP-158 pagination).
+        """Lists an owner's wallets (AIP-158 pagination). Owner, auditor or admin key
+        (admins and global auditors name the owner).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,34 +111,37 @@ class WalletServiceServicer:
 
     def FundWallet(self, request, context):
         """Moves funds from the owner's treasury into a wallet, up to the wallet's cap.
+        Owner key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetBalance(self, request, context):
-        """Returns the balance of a wallet (or of the caller's treasury).
+        """Returns the balance of a wallet (or of the calling owner's treasury). Owner,
+        agent (its own wallet), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTransfers(self, request, context):
-        """Lists the transfers touching a wallet, newest first (AIP-158 pagination).
+        """Lists the transfers touching a wallet, newest first (AIP-158 pagination). Owner,
+        agent (its own wallet), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FreezeWallet(self, request, context):
-        """Freezes a wallet: no new authorizations until it is unfrozen.
+        """Freezes a wallet: no new authorizations until it is unfrozen. Owner key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UnfreezeWallet(self, request, context):
-        """Unfreezes a wallet.
+        """Unfreezes a wallet. Owner key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,7 +200,8 @@ def add_WalletServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class WalletService:
     """Treasuries and agent micro-wallets. Owners manage their wallets; an agent
-    key may read its own wallet; auditors may read.
+    key may read its own wallet. Reads: an auditor key bound to an owner reads that
+    tenant; admin keys and auditor keys bound to no owner read every tenant.
     """
 
     @staticmethod

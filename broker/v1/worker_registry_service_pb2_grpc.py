@@ -85,7 +85,7 @@ class WorkerRegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListOffers(self, request, context):
-        """Lists live workers and their prices. Requires an agent or owner key.
+        """Lists live workers and their prices. Agent, owner, auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

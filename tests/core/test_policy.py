@@ -220,7 +220,7 @@ def test_approval_approved(w, reserve):
     assert auth["state"] == "pending_approval" and not authorizations.has_voucher(auth)
     assert w.read(lambda tx: tx.get("vouchers", auth["voucher_id"])) is None
     assert balance(w, wallet)["pending"] == 1000 + (5000 if reserve else 0)
-    page = w.read(lambda tx: approvals.list_pending(tx, owner_p, "", 0, ""))
+    page = w.read(lambda tx: approvals.list_pending(tx, owner_p, "", "", 0, ""))
     assert [a["authorization_id"] for a in page["approvals"]] == [auth["authorization_id"]]
     w.now += 5_000
     approval, approved = w.run(lambda tx: approvals.approve(
@@ -228,7 +228,7 @@ def test_approval_approved(w, reserve):
     assert approval["state"] == "approved" and approval["decided_by"] == owner_p.key_id
     assert approved["state"] == "held" and approved["expire_ms"] == w.now + 30_000
     assert balance(w, wallet)["pending"] == 6000
-    assert w.read(lambda tx: approvals.list_pending(tx, owner_p, "", 0, ""))["approvals"] == []
+    assert w.read(lambda tx: approvals.list_pending(tx, owner_p, "", "", 0, ""))["approvals"] == []
     # Decided once only.
     assert refused(w, lambda tx: approvals.deny(
         tx, owner_p, auth["authorization_id"], "no", w.now)).reason == "APPROVAL_NOT_PENDING"
@@ -273,7 +273,7 @@ def test_only_the_tenants_owner_decides(w):
     _, _, _, stranger = tenant(w)
     assert refused(w, lambda tx: approvals.approve(
         tx, stranger, auth["authorization_id"], "", w.now)).reason == "AUTHORIZATION_NOT_FOUND"
-    assert w.read(lambda tx: approvals.list_pending(tx, stranger, "", 0, ""))["approvals"] == []
+    assert w.read(lambda tx: approvals.list_pending(tx, stranger, "", "", 0, ""))["approvals"] == []
 
 
 def test_approval_after_a_freeze_is_refused(w):

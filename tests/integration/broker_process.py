@@ -45,11 +45,12 @@ class BrokerProcess:
     Prometheus endpoint is on a free port (`metrics_url`), not the default 9464."""
 
     def __init__(self, data_dir: Path, port: int | None = None, extra_args: tuple = (),
-                 own_group: bool = False):
+                 own_group: bool = False, launcher: tuple = ()):
         self.data_dir = Path(data_dir)
         # Its own process group, so that kill() takes every process of a prefork broker
         # at once (as a power cut or an OOM kill of its cgroup would).
         self.own_group = own_group
+        self.launcher = launcher  # a command the broker's command line is appended to
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port()
@@ -61,9 +62,9 @@ class BrokerProcess:
     def start(self, timeout: float = 20.0) -> BrokerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(self.data_dir),
-             "--listen", self.target, "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-             "--demo", *self.extra_args],
+            [*self.launcher, sys.executable, "-m", "broker.cli", "serve",
+             "--data-dir", str(self.data_dir), "--listen", self.target,
+             "--metrics-listen", f"127.0.0.1:{self.metrics_port}", "--demo", *self.extra_args],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             process_group=0 if self.own_group else None)

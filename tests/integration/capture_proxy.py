@@ -34,6 +34,8 @@ class CapturingProxy:
     def __init__(self, upstream: str):
         self.target = f"127.0.0.1:{free_port()}"
         self.captured: list[Captured] = []
+        # Fault injection: method -> the status every call to it gets, while it is here.
+        self.refuse: dict[str, grpc.StatusCode] = {}
         self._lock = threading.Lock()
         self._faults: dict[str, tuple[int, grpc.StatusCode, str]] = {}
         self._channel = grpc.insecure_channel(upstream)
@@ -86,6 +88,10 @@ class _Handler(grpc.GenericRpcHandler):
             metadata = tuple(context.invocation_metadata())
             bearer = next((v.partition(" ")[2] for k, v in metadata if k == "authorization"),
                           "")
+            refused = proxy.refuse.get(method)
+            if refused is not None:
+                proxy.record(method, "status", b"refused by the proxy", bearer)
+                context.abort(refused, "refused by the test proxy")
             proxy.record(method, "call", b"", bearer)
             fault = proxy.take_fault(method)
 

@@ -90,7 +90,8 @@ def role_calls(h):
         "GetBalance": lambda c: c.balance(h.wallet_id),
         "ListTransfers": lambda c: c.wallets.ListTransfers(wallet_pb.ListTransfersRequest(
             wallet_id=h.wallet_id)),
-        "ListWallets": lambda c: c.wallets.ListWallets(wallet_pb.ListWalletsRequest()),
+        "ListWallets": lambda c: c.wallets.ListWallets(wallet_pb.ListWalletsRequest(
+            owner_id=h.owner_id)),
         "Authorize": lambda c: c.authorize(1, ttl_seconds=60),
         "ListOffers": lambda c: c.registry.ListOffers(registry_pb.ListOffersRequest()),
         "RegisterWorker": lambda c: c.registry.RegisterWorker(
@@ -103,13 +104,13 @@ def role_calls(h):
 # Which calls each demo role may make; every other call must be PERMISSION_DENIED.
 ALLOWED = {
     "admin": {"CreateOwner", "CreditTreasury", "CreateApiKey", "GetLedgerSummary",
-              "GetBalance", "ListTransfers", "ListOffers"},
+              "GetBalance", "ListTransfers", "ListWallets", "ListOffers"},
     "owner": {"CreateWallet", "FundWallet", "GetBalance", "ListTransfers", "ListWallets",
               "ListOffers"},
     "agent": {"GetBalance", "ListTransfers", "Authorize", "ListOffers"},
     "worker": {"RegisterWorker"},
     # An auditor bound to one owner sees that owner only: not the ledger-wide summary.
-    "auditor": {"GetBalance", "ListTransfers", "ListWallets"},
+    "auditor": {"GetBalance", "ListTransfers", "ListWallets", "ListOffers"},
 }
 
 

@@ -276,11 +276,15 @@ def test_failed_commit_fails_the_whole_batch(tmp_path: Path) -> None:
         results = asyncio.run(submit_all(store, ops))
         assert all(isinstance(r, Exception) for r in results)
         assert results[0] is results[1] is results[2]  # the one commit error
-        assert type(results[0]).__name__ == "MapFullError"
+        # Out of room: StorageFull (the API answers STORAGE_FULL), caused by LMDB's error.
+        assert type(results[0]).__name__ == "StorageFull"
+        assert type(results[0].__cause__).__name__ == "MapFullError"
+        assert store.storage_full
         assert store.stats["failed_commits"] == 1
         assert store.read(lambda tx: list(tx.scan("meta"))) == []
         store.submit_sync(put("meta", "after", {}))  # the writer lives on
         assert store.read(lambda tx: [k for k, _ in tx.scan("meta")]) == ["after"]
+        assert not store.storage_full  # a write went through, with room on the disk
 
 
 def test_cancelled_caller_does_not_break_the_writer(store: LmdbStore) -> None:
