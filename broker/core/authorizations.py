@@ -11,7 +11,7 @@ from common.errors import BrokerError, Code, invalid, not_found, precondition
 from common.money import check_amount, check_prices
 
 from ..store.base import Record, Tx, must_get
-from . import journal, labels, ledger, pages, policy, spend, validate
+from . import delegation, holds, journal, labels, ledger, pages, policy, spend, validate
 from .access import Principal, can_see_wallet_record
 from .config import CoreConfig
 from .policy import DENIED, PENDING_APPROVAL
@@ -62,6 +62,8 @@ def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seco
         raise invalid("ttl_seconds", f"must be between 1 and {config.max_ttl_ms // 1000}")
     wallet = get_wallet(tx, principal, "")
     require_spendable(wallet)
+    # A sub-budget: its tree must not be stopped, the scope must be within it.
+    expire_ms = delegation.check_authorization(tx, wallet, scope, now + ttl_ms, now)
     if cache_secret:
         scope["cache_scope"] = cache_scope_for(cache_secret, wallet["owner_id"])
     if scope["worker_id"] and tx.get("workers", scope["worker_id"]) is None:
@@ -75,7 +77,7 @@ def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seco
     auth = {"authorization_id": authorization_id, "wallet_id": wallet["wallet_id"],
             "owner_id": wallet["owner_id"], "amount": amount, "scope": scope, "state": HELD,
             "hold_id": "", "voucher_id": voucher_id, "voucher_key_id": key_id,
-            "expire_ms": now + ttl_ms, "create_ms": now, "charged": 0, "receipt_id": "",
+            "expire_ms": expire_ms, "create_ms": now, "charged": 0, "receipt_id": "",
             "session_id": "", "seq": seq, "key_id": principal.key_id}
     tx.put("wallet_authorizations", f"{wallet['wallet_id']}/{seq:020d}",
            {"authorization_id": authorization_id})
@@ -91,9 +93,9 @@ def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seco
 def activate(tx: Tx, auth: Record, now: int) -> None:
     """Hold the amount until `expire_ms` and make the voucher redeemable (at once, or
     when an owner approves)."""
-    held = ledger.hold(tx, auth["wallet_id"], ledger.ESCROW_ACCOUNT, auth["amount"], "hold",
-                       now, timeout_ms=auth["expire_ms"],
-                       user_data={"authorization_id": auth["authorization_id"]})
+    held = holds.wallet_hold(tx, auth["wallet_id"], auth["amount"], "hold", now,
+                             timeout_ms=auth["expire_ms"],
+                             user_data={"authorization_id": auth["authorization_id"]})
     auth.update(state=HELD, hold_id=held["transfer_id"])
     tx.put("authorizations", auth["authorization_id"], auth)
     tx.put("vouchers", auth["voucher_id"], {"voucher_id": auth["voucher_id"],
