@@ -82,6 +82,7 @@ TABLES = (
     "owner_agent_keys",  # index: "<owner_id>/<key_id>" -> {"key_id": ...}
     "sub_budgets",   # "<child wallet_id>" -> its level: parent, root, cap, held, spent, scope
     "wallet_children",  # index: "<parent wallet_id>/<child wallet_id>" -> {"wallet_id": ...}
+    "voucher_families",  # "<original voucher id>" -> {"carved": {voucher id: amount}}
     "budget_holds",  # "<hold id>" -> {"wallet_id", "amount"} (pending holds of sub-budgets)
 )
 
