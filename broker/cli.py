@@ -264,7 +264,7 @@ def cmd_vouchers_narrow(args, effective: Effective[Settings]) -> int:
 
     from common.clock import now_ms
     from common.errors import BrokerError
-    from common.narrowing import derive, public_key_text, verify_chain_offline
+    from common.narrowing import derive, inherit, public_key_text, verify_chain_offline
 
     def read_key(path: str) -> SigningKey:
         return SigningKey(bytes.fromhex(Path(path).read_text().strip()))
@@ -276,12 +276,9 @@ def cmd_vouchers_narrow(args, effective: Effective[Settings]) -> int:
         parent = verify_chain_offline(token)
         expire_ms = min(parent.expire_ms, now_ms() + args.ttl_seconds * 1000) \
             if args.ttl_seconds else parent.expire_ms
-        scope = {"model": args.model or parent.scope.get("model", ""),
-                 "resource_class": args.resource_class or parent.scope.get("resource_class", ""),
-                 "worker_id": args.worker_id or parent.scope.get("worker_id", ""),
-                 "worker_ids": parent.scope.get("worker_ids", []),
-                 "max_prices": {**parent.scope.get("max_prices", {}),
-                                **dict(_price(p) for p in args.max_price)}}
+        scope = inherit(token, {"model": args.model, "resource_class": args.resource_class,
+                                "worker_id": args.worker_id,
+                                "max_prices": dict(_price(p) for p in args.max_price)})
         next_key = ""
         if args.next_key_out:
             out = Path(args.next_key_out)

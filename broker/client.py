@@ -369,10 +369,11 @@ def narrow_voucher(voucher: str, holder_key: SigningKey, *, amount: int, expire_
     """A narrower voucher for a sub-agent, derived offline (no call to the broker):
     `holder_key` is the key the voucher names, `next_key` the one that may narrow the
     result again (give its private half to the sub-agent; None: it cannot be narrowed).
-    Raises BrokerError (VOUCHER_WIDENED, VOUCHER_CHAIN_BROKEN) for what a worker would
-    refuse."""
+    Scope fields left out are kept as the voucher's. Raises BrokerError
+    (VOUCHER_WIDENED, VOUCHER_CHAIN_BROKEN) for what a worker would refuse."""
     return narrowing.derive(voucher, holder_key, amount=amount, expire_ms=expire_ms,
-                            scope=scope, next_public_key=narrowing.public_key_text(next_key)
+                            scope=narrowing.inherit(voucher, scope),
+                            next_public_key=narrowing.public_key_text(next_key)
                             if next_key else "")
 
 

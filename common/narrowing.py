@@ -69,6 +69,15 @@ def narrower_scope(parent: dict[str, Any], child: dict[str, Any]) -> None:
             raise _widened(f"scope.max_prices.{name}", "is above the parent's cap")
 
 
+def inherit(token: str, scope: dict[str, Any]) -> dict[str, Any]:
+    """`scope` with what it leaves out taken from the voucher's (so it stays narrower)."""
+    parent = verify_chain_offline(token).scope
+    merged = {k: scope.get(k) or parent.get(k) for k in SCOPE_FIELDS if k != "max_prices"}
+    merged["max_prices"] = {**(parent.get("max_prices") or {}),
+                            **{k: v for k, v in (scope.get("max_prices") or {}).items() if v}}
+    return merged
+
+
 def derive(token: str, holder_key: SigningKey, *, amount: int, expire_ms: int,
            scope: dict[str, Any], next_public_key: str = "",
            voucher_id: str = "") -> str:
