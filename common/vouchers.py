@@ -129,7 +129,6 @@ def _verify_root(token: str, keys: dict[str, VerifyKey]) -> VoucherClaims:
     except (BadSignatureError, binascii.Error, ValueError):
         raise BrokerError(Code.PERMISSION_DENIED, "VOUCHER_INVALID_SIGNATURE",
                           "voucher signature does not verify") from None
-    # Only reachable with a validly signed but malformed payload: our own bug or a leaked key.
     return _claims(claims_b64, key_id)
 
 
@@ -141,6 +140,7 @@ def _claims(claims_b64: str, key_id: str) -> VoucherClaims:
                                expire_ms=int(raw["exp"]), key_id=key_id,
                                holder_key=str(raw.get("nk", "")))
     except (ValueError, KeyError, TypeError, binascii.Error):
+        # Signed claims that do not parse: our own bug or a leaked key.
         raise _malformed("claims are not valid") from None
     return replace(claims, family_id=claims.voucher_id,
                    chain=((claims.voucher_id, claims.amount),))
