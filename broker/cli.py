@@ -331,6 +331,67 @@ def cmd_receipts_open(args, effective: Effective[Settings]) -> int:
     return 0
 
 
+def cmd_vouchers_keygen(args, effective: Effective[Settings]) -> int:
+    """A fresh Ed25519 holder key: the private key to a 0600 file, the public key printed
+    for AuthorizeRequest.holder_public_key."""
+    from nacl.signing import SigningKey
+
+    out = Path(args.out)
+    if out.exists():
+        print(f"broker vouchers keygen: {out} exists; not overwriting a key", file=sys.stderr)
+        return 1
+    key = SigningKey.generate()
+    write_secret(out, bytes(key).hex().encode() + b"\n")
+    print(f"private key written to {out} (mode 0600)")
+    print("public key (base64, for AuthorizeRequest.holder_public_key): "
+          f"{base64.b64encode(bytes(key.verify_key)).decode()}")
+    return 0
+
+
+def cmd_vouchers_narrow(args, effective: Effective[Settings]) -> int:
+    """Derive a narrower voucher offline (no broker): docs/delegation.md."""
+    from nacl.signing import SigningKey
+
+    from common.clock import now_ms
+    from common.errors import BrokerError
+    from common.narrowing import derive, inherit, public_key_text, verify_chain_offline
+
+    def read_key(path: str) -> SigningKey:
+        return SigningKey(bytes.fromhex(Path(path).read_text().strip()))
+
+    source = sys.stdin if args.voucher == "-" else open(args.voucher)  # noqa: SIM115
+    with source:
+        token = source.read().strip()
+    try:
+        parent = verify_chain_offline(token)
+        expire_ms = min(parent.expire_ms, now_ms() + args.ttl_seconds * 1000) \
+            if args.ttl_seconds else parent.expire_ms
+        scope = inherit(token, {"model": args.model, "resource_class": args.resource_class,
+                                "worker_id": args.worker_id,
+                                "max_prices": dict(_price(p) for p in args.max_price)})
+        next_key = ""
+        if args.next_key_out:
+            out = Path(args.next_key_out)
+            if out.exists():
+                print(f"broker vouchers narrow: {out} exists", file=sys.stderr)
+                return 1
+            fresh = SigningKey.generate()
+            write_secret(out, bytes(fresh).hex().encode() + b"\n")
+            next_key = public_key_text(fresh)
+        derived = derive(token, read_key(args.key), amount=args.amount, expire_ms=expire_ms,
+                         scope=scope, next_public_key=next_key)
+    except BrokerError as error:  # never echoes the token
+        print(f"broker vouchers narrow: {error.reason}: {error.message}", file=sys.stderr)
+        return 1
+    print(derived)
+    return 0
+
+
+def _price(text: str) -> tuple[str, int]:
+    name, _, value = text.partition("=")
+    return name, int(value)
+
+
 def cmd_keys_rotate(args, effective: Effective[Settings]) -> int:
     """Rotate the voucher- or receipt-signing key of a running broker (admin key)."""
     from common import tls
@@ -457,6 +518,28 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSON of GetReceipt, ListReceipts or GetStatement (grpcurl output); "
                         "- for stdin")
     p.set_defaults(func=cmd_receipts_open)
+
+    vouchers = sub.add_parser("vouchers", help="narrow vouchers offline").add_subparsers(
+        dest="vouchers_command", required=True)
+    p = vouchers.add_parser("keygen", help="make an Ed25519 holder key for narrowable vouchers")
+    SCHEMA.add_flags(p, *logging_flags)
+    p.add_argument("--out", required=True, help="file for the private key (mode 0600)")
+    p.set_defaults(func=cmd_vouchers_keygen)
+    p = vouchers.add_parser("narrow", help="derive a narrower voucher, without the broker")
+    SCHEMA.add_flags(p, *logging_flags)
+    p.add_argument("--voucher", default="-", help="file with the voucher; - for stdin")
+    p.add_argument("--key", required=True, help="the holder key file the voucher names")
+    p.add_argument("--amount", type=int, required=True, help="micro-credits, at most the "
+                   "voucher's")
+    p.add_argument("--ttl-seconds", type=int, default=0, help="expire sooner (0: as the voucher)")
+    p.add_argument("--model", default="")
+    p.add_argument("--resource-class", default="")
+    p.add_argument("--worker-id", default="")
+    p.add_argument("--max-price", action="append", default=[],
+                   help="NAME=MICRO_CREDITS, e.g. gpu_second_price=500 (repeatable)")
+    p.add_argument("--next-key-out", default="",
+                   help="write a fresh key that may narrow the result again (mode 0600)")
+    p.set_defaults(func=cmd_vouchers_narrow)
 
     keys = sub.add_parser("keys", help="the broker's signing keys").add_subparsers(
         dest="keys_command", required=True)

@@ -35,9 +35,9 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from nacl.public import PrivateKey
-from nacl.signing import VerifyKey
+from nacl.signing import SigningKey, VerifyKey
 
-from common import sealing
+from common import narrowing, sealing
 from common import tls as tls_files
 from common.status import error_info
 from worker.v1 import worker_service_pb2 as worker_pb
@@ -155,18 +155,22 @@ class BrokerClient:
                   ttl_seconds: int = 0, request_id: str = "",
                   cache_results: bool = False, quote_id: str = "",
                   select_best_offer: bool = False,
-                  labels: dict[str, str] | None = None) -> auth_pb.Authorization:
+                  labels: dict[str, str] | None = None,
+                  holder_public_key: bytes = b"") -> auth_pb.Authorization:
         """A hold and its voucher. With a quote id the voucher is charged the quote's
         locked prices; with select_best_offer the broker picks the offer (and the
         voucher is valid at every eligible offer of that model: see execute).
-        `labels` (job names, purposes) stay inside the broker, for the owner's books."""
+        `labels` (job names, purposes) stay inside the broker, for the owner's books.
+        With `holder_public_key` (a fresh Ed25519 key's public half) the voucher can be
+        narrowed offline with `narrow_voucher` and that key's private half."""
         scope = res_pb.Scope(resource_class=resource_class, model=model, worker_id=worker_id,
                              max_prices=res_pb.PriceSheet(**(max_prices or {})))
         request = auth_pb.AuthorizeRequest(request_id=request_id or self._request_id(),
                                            amount=amount, scope=scope, ttl_seconds=ttl_seconds,
                                            cache_results=cache_results, quote_id=quote_id,
                                            select_best_offer=select_best_offer,
-                                           labels=labels or {})
+                                           labels=labels or {},
+                                           holder_public_key=holder_public_key)
         return self._call(self._auths.Authorize, request).authorization
 
     def quote(self, kind: str, *, models: tuple[str, ...] | list[str] = (),
@@ -406,6 +410,19 @@ class BrokerClient:
         return self._call(self._statements.RotateReceiptSigningKey,
                           statement_pb.RotateReceiptSigningKeyRequest(
                               request_id=self._request_id()))
+
+
+def narrow_voucher(voucher: str, holder_key: SigningKey, *, amount: int, expire_ms: int,
+                   scope: dict[str, Any], next_key: SigningKey | None = None) -> str:
+    """A narrower voucher for a sub-agent, derived offline (no call to the broker):
+    `holder_key` is the key the voucher names, `next_key` the one that may narrow the
+    result again (give its private half to the sub-agent; None: it cannot be narrowed).
+    Scope fields left out are kept as the voucher's. Raises BrokerError
+    (VOUCHER_WIDENED, VOUCHER_CHAIN_BROKEN) for what a worker would refuse."""
+    return narrowing.derive(voucher, holder_key, amount=amount, expire_ms=expire_ms,
+                            scope=narrowing.inherit(voucher, scope),
+                            next_public_key=narrowing.public_key_text(next_key)
+                            if next_key else "")
 
 
 def _timestamp(ms: int) -> Timestamp:

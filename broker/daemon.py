@@ -29,6 +29,7 @@ from common.undecodable import UndecodableRequestInterceptor
 from .api.admin import AdminServicer
 from .api.authorization import AuthorizationServicer
 from .api.base import Limits, Services
+from .api.delegation import DelegationServicer
 from .api.metering import MeteringServicer
 from .api.policy import PolicyServicer
 from .api.pricing import PricingServicer
@@ -59,6 +60,8 @@ from .v1 import (
     admin_service_pb2_grpc,
     authorization_service_pb2,
     authorization_service_pb2_grpc,
+    delegation_service_pb2,
+    delegation_service_pb2_grpc,
     metering_service_pb2,
     metering_service_pb2_grpc,
     policy_service_pb2,
@@ -98,6 +101,8 @@ SERVICES = (
      WorkerRegistryServicer),
     (statement_service_pb2, "StatementService", statement_service_pb2_grpc,
      StatementServicer),
+    (delegation_service_pb2, "DelegationService", delegation_service_pb2_grpc,
+     DelegationServicer),
 )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nacl.exceptions import BadSignatureError
@@ -55,10 +55,20 @@ class VoucherClaims:
     issued_ms: int
     expire_ms: int
     key_id: str = ""
+    # The key that may narrow the voucher offline (base64url Ed25519 public key, claim
+    # "nk"); empty: it cannot be narrowed (common/narrowing.py).
+    holder_key: str = ""
+    # Set by `verify`: the original voucher's id, and (voucher id, amount) of the
+    # original and of every derivation down to this one.
+    family_id: str = ""
+    chain: tuple[tuple[str, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"vid": self.voucher_id, "amt": self.amount, "scope": compact(self.scope),
-                "iat": self.issued_ms, "exp": self.expire_ms}
+        claims = {"vid": self.voucher_id, "amt": self.amount, "scope": compact(self.scope),
+                  "iat": self.issued_ms, "exp": self.expire_ms}
+        if self.holder_key:
+            claims["nk"] = self.holder_key
+        return claims
 
 
 def compact(value: Any) -> Any:
@@ -80,11 +90,26 @@ def _malformed(why: str) -> BrokerError:
 def verify(token: str, keys: dict[str, VerifyKey], now: int, *,
            check_expiry: bool = True) -> VoucherClaims:
     """Check format, key, signature and (unless told not to) expiry; return the claims.
-    Never echoes the token."""
+    A derived voucher's chain is checked too (common/narrowing.py): the claims are then
+    its last block's. Never echoes the token."""
     if not isinstance(token, str) or not token:
         raise _malformed("empty")
     if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
         raise _malformed("too long or not ASCII")
+    root, _, rest = token.partition("~")
+    claims = _verify_root(root, keys)
+    if rest:
+        from . import narrowing  # (narrowing builds on this module)
+
+        return narrowing.apply_chain(claims, root.rsplit(".", 1)[1], rest.split("~"),
+                                     now if check_expiry else None)
+    if check_expiry and now >= claims.expire_ms:
+        raise BrokerError(Code.FAILED_PRECONDITION, "VOUCHER_EXPIRED", "voucher has expired",
+                          {"voucher_id": claims.voucher_id})
+    return claims
+
+
+def _verify_root(token: str, keys: dict[str, VerifyKey]) -> VoucherClaims:
     parts = token.split(".")
     if len(parts) != 4:
         raise _malformed("expected 4 dot-separated parts")
@@ -104,18 +129,30 @@ def verify(token: str, keys: dict[str, VerifyKey], now: int, *,
     except (BadSignatureError, binascii.Error, ValueError):
         raise BrokerError(Code.PERMISSION_DENIED, "VOUCHER_INVALID_SIGNATURE",
                           "voucher signature does not verify") from None
+    return _claims(claims_b64, key_id)
+
+
+def _claims(claims_b64: str, key_id: str) -> VoucherClaims:
     try:
         raw = json.loads(b64d(claims_b64))
         claims = VoucherClaims(voucher_id=str(raw["vid"]), amount=int(raw["amt"]),
                                scope=dict(raw["scope"]), issued_ms=int(raw["iat"]),
-                               expire_ms=int(raw["exp"]), key_id=key_id)
+                               expire_ms=int(raw["exp"]), key_id=key_id,
+                               holder_key=str(raw.get("nk", "")))
     except (ValueError, KeyError, TypeError, binascii.Error):
-        # Only reachable with a validly signed but malformed payload: our own bug or a leaked key.
+        # Signed claims that do not parse: our own bug or a leaked key.
         raise _malformed("claims are not valid") from None
-    if check_expiry and now >= claims.expire_ms:
-        raise BrokerError(Code.FAILED_PRECONDITION, "VOUCHER_EXPIRED", "voucher has expired",
-                          {"voucher_id": claims.voucher_id})
-    return claims
+    return replace(claims, family_id=claims.voucher_id,
+                   chain=((claims.voucher_id, claims.amount),))
+
+
+def parse_unverified(token: str) -> VoucherClaims:
+    """The claims of an original voucher without checking its signature: for its holder,
+    who narrows it offline (a worker verifies it with `verify`)."""
+    parts = token.split(".")
+    if len(parts) != 4 or parts[0] != VERSION:
+        raise _malformed("expected v1.<key id>.<claims>.<signature>")
+    return _claims(parts[2], parts[1])
 
 
 def check_scope(scope: dict[str, Any], worker: dict[str, Any], resource_class: str,

@@ -85,7 +85,10 @@ class CallGraph:
 
     def _index(self, module: Module) -> None:
         package = module.name if module.name in PACKAGES else module.name.rsplit(".", 1)[0]
-        for node in module.tree.body:
+        # Imports inside functions (made there to break an import cycle) count too.
+        local_imports = [n for n in ast.walk(module.tree) if isinstance(n, ast.ImportFrom)
+                         and n not in module.tree.body]
+        for node in [*module.tree.body, *local_imports]:
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:

@@ -33,7 +33,8 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
                     tx, p, request.quote_id, request.select_best_offer, scope, live, now,
                     lambda scope: authorizations.authorize(
                         tx, p, request.amount, scope, request.ttl_seconds, now, self.s.config,
-                        key_id, cache_secret=cache_secret, job_labels=job_labels))))
+                        key_id, cache_secret=cache_secret, job_labels=job_labels,
+                        holder_key=request.holder_public_key))))
         except BrokerError as error:
             reason = error.reason
             if reason in policy.COUNTED_DENIALS:  # runs of denials raise alerts

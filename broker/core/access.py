@@ -60,6 +60,9 @@ def new_key_record(role: str, now: int, *, owner_id: str = "", wallet_id: str = 
 def store_key(tx: Tx, record: Record) -> None:
     tx.put("api_keys", record["key_id"], record)
     tx.put("api_key_hashes", record["secret_sha256"], {"key_id": record["key_id"]})
+    if record["role"] == "agent":  # owners list their agents' keys (agent_keys.py)
+        tx.put("owner_agent_keys", f"{record['owner_id']}/{record['key_id']}",
+               {"key_id": record["key_id"]})
 
 
 def authenticate(tx: Tx, secret: str | None) -> Principal:

@@ -11,7 +11,7 @@ from common.errors import BrokerError, Code, invalid, not_found, precondition
 from common.money import check_amount, check_prices
 
 from ..store.base import Record, Tx, must_get
-from . import journal, labels, ledger, pages, policy, spend, validate
+from . import delegation, holds, journal, labels, ledger, pages, policy, spend, validate
 from .access import Principal, can_see_wallet_record
 from .config import CoreConfig
 from .policy import DENIED, PENDING_APPROVAL
@@ -48,20 +48,26 @@ def cache_scope_for(secret: bytes, owner_id: str) -> str:
 
 def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seconds: int,
               now: int, config: CoreConfig, key_id: str, *,
-              cache_secret: bytes = b"", job_labels: dict[str, str] | None = None) -> Record:
+              cache_secret: bytes = b"", job_labels: dict[str, str] | None = None,
+              holder_key: bytes = b"") -> Record:
     """Hold `amount` on the agent's wallet. The voucher is not stored: Ed25519 is
     deterministic, so `voucher_token` re-creates the same token from the record
     (a retried request gets its voucher back without the broker keeping it).
     `cache_secret` is given when the agent opted into result caching. `job_labels`
-    are kept apart from the record (see labels.py)."""
+    are kept apart from the record (see labels.py). `holder_key` (a raw Ed25519 public
+    key) lets its holder narrow the voucher offline (common/narrowing.py)."""
     check_amount(amount, "amount")
     scope = check_scope(scope)
     job_labels = labels.check(job_labels or {})
+    if holder_key and len(holder_key) != 32:
+        raise invalid("holder_public_key", "must be a raw 32-byte Ed25519 public key")
     ttl_ms = ttl_seconds * 1000 if ttl_seconds else config.default_ttl_ms
     if not 0 < ttl_ms <= config.max_ttl_ms:
         raise invalid("ttl_seconds", f"must be between 1 and {config.max_ttl_ms // 1000}")
     wallet = get_wallet(tx, principal, "")
     require_spendable(wallet)
+    # A sub-budget: its tree must not be stopped, the scope must be within it.
+    expire_ms = delegation.check_authorization(tx, wallet, scope, now + ttl_ms, now)
     if cache_secret:
         scope["cache_scope"] = cache_scope_for(cache_secret, wallet["owner_id"])
     if scope["worker_id"] and tx.get("workers", scope["worker_id"]) is None:
@@ -75,8 +81,9 @@ def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seco
     auth = {"authorization_id": authorization_id, "wallet_id": wallet["wallet_id"],
             "owner_id": wallet["owner_id"], "amount": amount, "scope": scope, "state": HELD,
             "hold_id": "", "voucher_id": voucher_id, "voucher_key_id": key_id,
-            "expire_ms": now + ttl_ms, "create_ms": now, "charged": 0, "receipt_id": "",
-            "session_id": "", "seq": seq, "key_id": principal.key_id}
+            "expire_ms": expire_ms, "create_ms": now, "charged": 0, "receipt_id": "",
+            "session_id": "", "seq": seq, "key_id": principal.key_id,
+            "holder_key": vouchers.b64e(holder_key) if holder_key else ""}
     tx.put("wallet_authorizations", f"{wallet['wallet_id']}/{seq:020d}",
            {"authorization_id": authorization_id})
     labels.store(tx, authorization_id, wallet["owner_id"], job_labels)
@@ -91,9 +98,9 @@ def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seco
 def activate(tx: Tx, auth: Record, now: int) -> None:
     """Hold the amount until `expire_ms` and make the voucher redeemable (at once, or
     when an owner approves)."""
-    held = ledger.hold(tx, auth["wallet_id"], ledger.ESCROW_ACCOUNT, auth["amount"], "hold",
-                       now, timeout_ms=auth["expire_ms"],
-                       user_data={"authorization_id": auth["authorization_id"]})
+    held = holds.wallet_hold(tx, auth["wallet_id"], auth["amount"], "hold", now,
+                             timeout_ms=auth["expire_ms"],
+                             user_data={"authorization_id": auth["authorization_id"]})
     auth.update(state=HELD, hold_id=held["transfer_id"])
     tx.put("authorizations", auth["authorization_id"], auth)
     tx.put("vouchers", auth["voucher_id"], {"voucher_id": auth["voucher_id"],
@@ -116,7 +123,8 @@ def voucher_token(auth: Record, signer: vouchers.Signer) -> str:
     return vouchers.issue(signer, vouchers.VoucherClaims(
         voucher_id=auth["voucher_id"], amount=auth["amount"],
         scope=labels.for_worker(auth["scope"]),
-        issued_ms=auth["create_ms"], expire_ms=auth["expire_ms"]))
+        issued_ms=auth["create_ms"], expire_ms=auth["expire_ms"],
+        holder_key=auth.get("holder_key", "")))
 
 
 def get_authorization(tx: Tx, principal: Principal, authorization_id: str) -> Record:

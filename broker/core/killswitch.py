@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..store.base import Record, Tx, must_get
+from . import budgets
 from .session import UsageDecision
 
 REVOKED = "revoked"  # a session stop reason, beside session.BUDGET_EXHAUSTED and HOLD_EXPIRING
@@ -23,9 +24,12 @@ GRACE_INTERVALS = 2
 
 
 def revoked(tx: Tx, auth: Record) -> bool:
-    """Is the authorization's wallet frozen, or the agent key that made it revoked?"""
+    """Is the authorization's wallet (or a level above it) frozen or revoked, or the agent
+    key that made it revoked?"""
     if must_get(tx, "wallets", auth["wallet_id"])["frozen"]:
         return True
+    if budgets.stopped_by(tx, auth["wallet_id"]) is not None:
+        return True  # a revoked sub-budget, or a frozen wallet above it
     key = tx.get("api_keys", auth["key_id"]) if auth.get("key_id") else None
     return bool(key and key["revoked"])
 

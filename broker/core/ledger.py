@@ -21,7 +21,7 @@ from common.errors import BrokerError, Code, precondition
 from common.money import MAX_AMOUNT
 
 from ..store.base import Record, Tx, must_get
-from . import grants
+from . import budgets, grants
 
 # Platform-wide accounts, created once by `ensure_platform_accounts`.
 FUNDING_ACCOUNT = "platform:funding"  # the outside world: money in (may go negative)
@@ -266,6 +266,7 @@ def resolve(tx: Tx, pending_id: str, kind: str, now: int, amount: int = 0) -> Re
         "state": RESOLUTION_STATE[kind], "resolved_by": resolution["transfer_id"],
         "posted": amount, "released": held - amount, "resolve_ms": now})
     tx.delete("hold_expiry", f"{pending['timeout_ms']:020d}/{pending_id}")
+    budgets.on_resolve(tx, pending_id, amount)  # the levels of a sub-budget's tree
     for issuer_account_id, freed in returns:  # freed credits of grants that expired meanwhile
         transfer(tx, debit["account_id"], issuer_account_id, freed, "grant_return", now)
     return resolution

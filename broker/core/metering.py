@@ -17,6 +17,7 @@ from common.money import split_fee
 
 from ..store.base import Record, Tx, must_get
 from . import (
+    families,
     journal,
     killswitch,
     ledger,
@@ -42,15 +43,16 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
     worker = get_own_worker(tx, principal, worker_id)
     if not worker["active"]:
         raise inactive(worker_id)
-    voucher = tx.get("vouchers", claims.voucher_id)
-    if voucher is None:
+    # A voucher narrowed offline is one of a family (families.py): its key is
+    # "<original voucher id>/<its own id>", and `auth` is the original's.
+    voucher_key, voucher, auth = families.lookup(tx, claims)
+    if voucher is None or auth is None:
         # Only possible with a validly signed voucher we never issued.
         raise BrokerError(Code.PERMISSION_DENIED, "VOUCHER_UNKNOWN",
                           "the voucher was not issued by this broker")
     if voucher["session_id"]:
         raise BrokerError(Code.FAILED_PRECONDITION, "VOUCHER_ALREADY_REDEEMED",
                           "the voucher was already redeemed", {"voucher_id": claims.voucher_id})
-    auth = must_get(tx, "authorizations", voucher["authorization_id"])
     if auth["state"] == CANCELLED:
         raise precondition("AUTHORIZATION_CANCELLED", "the authorization was cancelled",
                            voucher_id=claims.voucher_id)
@@ -62,7 +64,10 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
     vouchers.check_scope(claims.scope, worker, validate.ident(resource_class, "open.resource_class",
                                                       required=False),
                  validate.ident(model, "open.model", required=False))
-    new = {**session.new_session("ses_" + secrets.token_hex(12), auth, claims.voucher_id,
+    families.check_room(tx, auth, claims)
+    if len(claims.chain) > 1:  # derived: its own authorization, carved out of the hold
+        auth = families.carve(tx, auth, claims, voucher_key, now)
+    new = {**session.new_session("ses_" + secrets.token_hex(12), auth, voucher_key,
                                  worker, now, config.report_interval_ms), **terms}
     # What the job ran on, for the owner's itemised receipt.
     new.update(model=model,
@@ -71,11 +76,12 @@ def redeem(tx: Tx, principal: Principal, claims: vouchers.VoucherClaims, worker_
     new = killswitch.on_redeem(tx, new, auth, now)
     policy.record_redemption(tx, auth, worker_id, now)
     tx.put("sessions", new["session_id"], new)
-    voucher.update(session_id=new["session_id"], redeem_ms=now)
-    tx.put("vouchers", claims.voucher_id, voucher)
+    voucher.update(session_id=new["session_id"], redeem_ms=now,
+                   authorization_id=auth["authorization_id"])
+    tx.put("vouchers", voucher_key, voucher)
     auth.update(state=REDEEMED, session_id=new["session_id"])
     tx.put("authorizations", auth["authorization_id"], auth)
-    journal.append(tx, "voucher_redeemed", {"voucher_id": claims.voucher_id,
+    journal.append(tx, "voucher_redeemed", {"voucher_id": voucher_key,
                                             "session_id": new["session_id"],
                                             "worker_id": worker_id}, now)
     return new

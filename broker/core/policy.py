@@ -17,7 +17,7 @@ from common.errors import BrokerError, Code, invalid, not_found
 from common.money import MAX_AMOUNT, PRICE_FIELDS, check_prices
 
 from ..store.base import Record, Tx, must_get
-from . import alerts, journal, ledger, spend, validate
+from . import alerts, holds, journal, spend, validate
 from .access import Principal
 from .wallets import get_wallet
 
@@ -304,10 +304,9 @@ def request_approval(tx: Tx, auth: Record, ttl_ms: int, verdict: Verdict, now: i
     """Make `auth` wait for an owner: no voucher, optionally a reservation hold."""
     hold_id = ""
     if verdict.reserve_funds:
-        held = ledger.hold(tx, auth["wallet_id"], ledger.ESCROW_ACCOUNT, auth["amount"],
-                           "approval_reserve", now,
-                           timeout_ms=verdict.deadline_ms + RESERVATION_GRACE_MS,
-                           user_data={"authorization_id": auth["authorization_id"]})
+        held = holds.wallet_hold(tx, auth["wallet_id"], auth["amount"], "approval_reserve",
+                                 now, timeout_ms=verdict.deadline_ms + RESERVATION_GRACE_MS,
+                                 user_data={"authorization_id": auth["authorization_id"]})
         hold_id = held["transfer_id"]
     auth.update(state=PENDING_APPROVAL, hold_id=hold_id, expire_ms=verdict.deadline_ms)
     auth_id = auth["authorization_id"]

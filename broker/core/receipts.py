@@ -26,7 +26,7 @@ from common.errors import not_found
 from common.vouchers import Signer
 
 from ..store.base import Record, Tx
-from . import journal, labels, ledger, pages
+from . import budgets, journal, labels, ledger, pages
 from .access import Principal
 from .config import CoreConfig
 from .session import SETTLED
@@ -128,6 +128,9 @@ def issue(tx: Tx, auth: Record, ses: Record, outcome: str, now: int, config: Cor
     tx.put("receipts", receipt_id, record)
     seq = ledger.next_seq(tx, "receipt_seq")
     tx.put("wallet_receipts", f"{auth['wallet_id']}/{seq:020d}", {"receipt_id": receipt_id})
+    for level in budgets.chain(tx, auth["wallet_id"]):  # a sub-budget's roll up to its parents
+        tx.put("wallet_receipts", f"{level['parent_wallet_id']}/{seq:020d}",
+               {"receipt_id": receipt_id})
     tx.put("owner_receipts", f"{auth['owner_id']}/{start:016d}/{receipt_id}", {
         "wallet_id": auth["wallet_id"], "payment_model": model, "charged": charged,
         "released": record["released"]})

@@ -23,7 +23,7 @@ from common.errors import BrokerError, Code, not_found, precondition
 from common.money import check_amount
 
 from ..store.base import Record, Tx, must_get
-from . import journal, ledger, pages, validate
+from . import budgets, journal, ledger, pages, validate
 from .access import Principal, can_see_owner
 from .tenancy import get_owner
 
@@ -99,9 +99,12 @@ def refund(tx: Tx, principal: Principal, receipt_id: str, amount: int, reason: s
     fee_refund = (refunded + amount) * fee // charged - refunded * fee // charged
     provider_refund = amount - fee_refund
     wallet = must_get(tx, "wallets", auth["wallet_id"])
-    credited = wallet["wallet_id"]
-    if ledger.balance(ledger.get_account(tx, credited))["posted"] + amount > wallet["cap"]:
+    # A sub-budget's charge came out of its root wallet: the refund goes back there.
+    payer = must_get(tx, "wallets", budgets.funding_wallet(tx, wallet["wallet_id"]))
+    credited = payer["wallet_id"]
+    if ledger.balance(ledger.get_account(tx, credited))["posted"] + amount > payer["cap"]:
         credited = get_owner(tx, wallet["owner_id"])["treasury_account_id"]
+    budgets.on_refund(tx, wallet["wallet_id"], amount)
     refund_id = "rfd_" + secrets.token_hex(12)
     legs = {"refund_id": refund_id, "receipt_id": receipt_id}
     payout_account = must_get(tx, "providers", receipt["provider_id"])["payout_account_id"]

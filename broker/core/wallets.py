@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import secrets
 
-from common.errors import BrokerError, Code, invalid, not_found
+from common.errors import BrokerError, Code, invalid, not_found, precondition
 from common.money import check_amount
 
 from ..store.base import Record, Tx, must_get
-from . import journal, ledger, pages, validate
+from . import budgets, journal, ledger, pages, validate
 from .access import Principal, can_see_owner, resolve_wallet_id
 from .config import CoreConfig
 from .tenancy import get_owner
 
 
 def view(tx: Tx, wallet: Record) -> Record:
-    """A wallet with its live balance, as returned to callers."""
+    """A wallet with its live balance, as returned to callers. A sub-budget has no money
+    of its own: posted is its cap less what it spent, pending what it holds, available
+    what it may still hold (budgets.py)."""
+    level = budgets.get(tx, wallet["wallet_id"])
+    if level is not None:
+        return {**wallet, "balance": {"posted": level["cap"] - level["spent"],
+                                      "pending": level["held"],
+                                      "available": max(0, budgets.allowance(tx,
+                                                                            wallet["wallet_id"]))}}
     return {**wallet, "balance": ledger.balance(ledger.get_account(tx, wallet["wallet_id"]))}
 
 
@@ -67,6 +75,10 @@ def fund_wallet(tx: Tx, owner_id: str, wallet_id: str, amount: int, now: int) ->
     wallet = tx.get("wallets", validate.ident(wallet_id, "wallet_id"))
     if wallet is None or wallet["owner_id"] != owner_id:
         raise not_found("wallet", wallet_id)
+    if budgets.get(tx, wallet_id) is not None:
+        raise precondition("SUB_BUDGET_NOT_FUNDABLE", f"wallet {wallet_id} is a sub-budget: "
+                           "it spends its root wallet's money; fund the root",
+                           wallet=wallet_id)
     treasury_id = get_owner(tx, owner_id)["treasury_account_id"]
     tr = ledger.transfer(tx, treasury_id, wallet_id, amount, "wallet_funding", now)
     journal.append(tx, "wallet_funded", {"wallet_id": wallet_id, "amount": amount,

@@ -81,6 +81,12 @@ TABLES = (
     "worker_leases",  # "<worker_id>" -> {"lease_id": ...} while a lease is active
     "lease_expiry",  # index: "<end_ms:020d>/<lease_id>" -> {} (active)
     "lease_authorizations",  # index: "<lease_id>/<seq:020d>" -> {"authorization_id": ...}
+    # Delegation (broker/core/agent_keys.py, delegation.py, budgets.py).
+    "owner_agent_keys",  # index: "<owner_id>/<key_id>" -> {"key_id": ...}
+    "sub_budgets",   # "<child wallet_id>" -> its level: parent, root, cap, held, spent, scope
+    "wallet_children",  # index: "<parent wallet_id>/<child wallet_id>" -> {"wallet_id": ...}
+    "voucher_families",  # "<original voucher id>" -> {"carved": {voucher id: amount}}
+    "budget_holds",  # "<hold id>" -> {"wallet_id", "amount"} (pending holds of sub-budgets)
 )
 
 

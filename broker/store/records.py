@@ -163,6 +163,9 @@ class Authorization(_Record):
     key_id: str
     lease_id: str = ""
     binding: Json = {}
+    # A voucher narrowed offline and redeemed: the authorization it was split from.
+    derived_from: str = ""
+    holder_key: str = ""  # the key a holder narrows the voucher with (base64url; may be empty)
 
 
 class AuthorizationRef(_Record):
@@ -509,6 +512,37 @@ class LeaseRef(_Record):
 # use it for records of any shape.)
 Meta = dict[str, Any]
 
+class SubBudget(_Record):
+    """One level of a tree of wallets (broker/core/delegation.py)."""
+    wallet_id: str
+    parent_wallet_id: str
+    root_wallet_id: str
+    owner_id: str
+    depth: int
+    cap: int
+    held: int
+    spent: int
+    expire_ms: int
+    scope: Json
+    revoked: bool
+    create_ms: int
+    created_by: str
+
+
+class WalletRef(_Record):
+    wallet_id: str
+
+
+class VoucherFamily(_Record):
+    """What was split off each voucher of a family of narrowed vouchers."""
+    carved: dict[str, int]
+
+
+class BudgetHold(_Record):
+    wallet_id: str
+    amount: int
+
+
 TYPES: dict[str, Any] = {
     "meta": Meta,
     "accounts": Account,
@@ -572,6 +606,11 @@ TYPES: dict[str, Any] = {
     "worker_leases": LeaseRef,
     "lease_expiry": Empty,
     "lease_authorizations": AuthorizationRef,
+    "owner_agent_keys": KeyRef,
+    "sub_budgets": SubBudget,
+    "wallet_children": WalletRef,
+    "voucher_families": VoucherFamily,
+    "budget_holds": BudgetHold,
 }
 
 

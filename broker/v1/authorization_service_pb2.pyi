@@ -71,7 +71,7 @@ class Authorization(_message.Message):
     def __init__(self, authorization_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., state: _Optional[_Union[AuthorizationState, str]] = ..., voucher: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., charged: _Optional[int] = ..., receipt_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., quote_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[_pricing_pb2.BoundOffer, _Mapping]]] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("request_id", "amount", "scope", "ttl_seconds", "cache_results", "labels", "quote_id", "select_best_offer")
+    __slots__ = ("request_id", "amount", "scope", "ttl_seconds", "cache_results", "labels", "quote_id", "select_best_offer", "holder_public_key")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class AuthorizeRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     QUOTE_ID_FIELD_NUMBER: _ClassVar[int]
     SELECT_BEST_OFFER_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     amount: int
     scope: _resources_pb2.Scope
@@ -95,7 +96,8 @@ class AuthorizeRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     quote_id: str
     select_best_offer: bool
-    def __init__(self, request_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., cache_results: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., quote_id: _Optional[str] = ..., select_best_offer: _Optional[bool] = ...) -> None: ...
+    holder_public_key: bytes
+    def __init__(self, request_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., cache_results: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., quote_id: _Optional[str] = ..., select_best_offer: _Optional[bool] = ..., holder_public_key: _Optional[bytes] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
     __slots__ = ("authorization",)
