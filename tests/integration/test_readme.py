@@ -130,7 +130,7 @@ def git_status() -> str:
 
 
 def readme_steps() -> list[doc_blocks.Step]:
-    return doc_blocks.shell_steps(README, {0: "make run", 5: "approval"})
+    return doc_blocks.shell_steps(README, {0: "make run", 4: "installs", 6: "approval"})
 
 
 def test_the_blocks_read_addresses_and_data_directory_from_variables():

@@ -136,6 +136,17 @@ export function openDocument(sealed, secretKey, signingKeys) {
   return envelope.document;
 }
 
+// Labels sealed at Authorize (the owner had a receipt key then) ride in the itemised part
+// still sealed, as their own sealed box of {"labels": ...}: open them with the same key.
+// Left sealed when they were sealed to a key the owner has since replaced.
+export function withLabelsOpened(doc, secretKey) {
+  if (!doc.sealed_labels) return doc;
+  const plain = openSealedBox(fromBase64(doc.sealed_labels), secretKey);
+  if (plain === null) return doc;
+  const { sealed_labels: _, ...rest } = doc;
+  return { ...rest, labels: JSON.parse(new TextDecoder().decode(plain)).labels };
+}
+
 export function fromBase64(text) {
   return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
 }

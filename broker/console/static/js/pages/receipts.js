@@ -59,7 +59,8 @@ export async function renderOne(root, ctx, authorizationId) {
       if (keyId && r.receipt_key_id && keyId !== r.receipt_key_id) {
         throw new sealed.SealError(`This key (${keyId}) does not open it: it was sealed to ${r.receipt_key_id}.`);
       }
-      const doc = sealed.openDocument(sealed.fromBase64(r.sealed_itemised), secretKey, signingKeys);
+      const doc = sealed.withLabelsOpened(
+        sealed.openDocument(sealed.fromBase64(r.sealed_itemised), secretKey, signingKeys), secretKey);
       secretKey.fill(0);
       if (doc.receipt_id !== r.receipt_id) throw new sealed.SealError("The sealed part belongs to another receipt.");
       replace($flash());
