@@ -50,7 +50,7 @@ def main() -> int:
     console = subprocess.Popen([bin_dir / "broker", "console", "--broker", args.listen,
                                 "--listen", args.console_listen], start_new_session=True)
     print(f"console: http://{args.console_listen}/ (sign in with the key that "
-          f"`.venv/bin/broker credentials owner` prints)", flush=True)
+          f"`.venv/bin/broker credentials --data-dir {data} owner` prints)", flush=True)
     print(f"For the README walkthrough, in another shell: export LISTEN={args.listen} "
           f"WORKER_LISTEN={args.worker_listen} DATA={data}", flush=True)
     stopping = False
