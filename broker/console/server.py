@@ -263,6 +263,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             identity = views.identify(client, _now_ms())
         except BrokerClientError as error:
+            if error.code == grpc.StatusCode.INVALID_ARGUMENT:  # a key of no one tenant
+                raise HttpError(403, SIGN_IN_REFUSALS["ROLE_NOT_ALLOWED"],
+                                "ROLE_NOT_ALLOWED") from None
             message = SIGN_IN_REFUSALS.get(error.reason, _details(error))
             raise HttpError(HTTP_STATUS.get(error.code, 502), message, error.reason) from None
         self.server.sessions.end(self._session_id())

@@ -40,14 +40,16 @@ class Identity:
 
 def identify(client: ConsoleClient, now_ms: int) -> Identity:
     """The key's role and owner, from what the broker lets it do. Raises
-    BrokerClientError (bad or revoked key: UNAUTHENTICATED; an agent, worker or admin
-    key: PERMISSION_DENIED from ListWallets, which only owners and auditors may call)."""
+    BrokerClientError: a bad or revoked key, UNAUTHENTICATED; an agent or worker key,
+    PERMISSION_DENIED from ListWallets, which only owners, auditors and admins may call;
+    an admin or a global auditor key, INVALID_ARGUMENT from it (they read every tenant
+    and must name one: the console is for one tenant's keys)."""
     client.list_wallets()
     try:
-        client.receipt_key()
+        client.balance()  # the treasury: only an owner's key names no wallet here
         role = "owner"
     except BrokerClientError as error:
-        if error.code != grpc.StatusCode.PERMISSION_DENIED:
+        if error.code != grpc.StatusCode.INVALID_ARGUMENT:
             raise
         role = "auditor"
     start = now_ms - now_ms % DAY_MS

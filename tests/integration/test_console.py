@@ -243,7 +243,9 @@ def test_bad_keys_are_refused_with_a_clear_message(world, page):
     for key, message in (("cbk_" + "x" * 43, "This API key is not valid."),
                          (revoked.api_key, "This API key was revoked."),
                          (h.creds["agent_api_key"], "The console is for owner and auditor keys"),
-                         (h.creds["worker_api_key"], "The console is for owner and auditor keys")):
+                         (h.creds["worker_api_key"], "The console is for owner and auditor keys"),
+                         # An admin key reads every tenant but is no one tenant's.
+                         (h.creds["admin_api_key"], "The console is for owner and auditor keys")):
         sign_in(page, world, key, expect_ok=False)
         expect(page.locator("#flash")).to_contain_text(message)
         expect(page.locator("#sign-in")).to_be_visible()

@@ -71,6 +71,10 @@ class WorkerProcess:
             self.config_file = self.state_dir.with_name(self.state_dir.name + ".toml")
             self.config_file.write_text(to_toml(config))
 
+    def _metrics_port_taken(self) -> bool:
+        return f"cannot serve metrics on 127.0.0.1:{self.metrics_port}: Address already in use" \
+            in self.log()
+
     @property
     def usage_key_path(self) -> Path:
         return self.state_dir / "usage-key"
@@ -92,6 +96,10 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self._metrics_port_taken():  # free_port() raced another process
+                    self.metrics_port = free_port()
+                    self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+                    return self.start(deadline - time.monotonic())
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
             if self._serving():
                 self.worker_id = self.capabilities().worker_id
