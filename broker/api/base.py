@@ -111,6 +111,11 @@ class Services:
     async def mutate(self, principal: Principal, method: str, request: Message,
                      op: Callable[[Tx, int], Record]) -> Record:
         """Run `op(tx, now)` durably, once per request_id (AIP-155)."""
+        return await self.store.submit(self.mutation(principal, method, request, op))
+
+    def mutation(self, principal: Principal, method: str, request: Message,
+                 op: Callable[[Tx, int], Record]) -> Callable[[Tx], Record]:
+        """`mutate`'s op, to submit along with others."""
         request_id = getattr(request, "request_id", "")
         fingerprint = _fingerprint(request)
         scope = f"{principal.idempotency_scope}/{method}"
@@ -119,7 +124,7 @@ class Services:
             now = self.clock()
             return idempotency.run(tx, scope, request_id, fingerprint, now, lambda: op(tx, now))
 
-        return await self.store.submit(run)
+        return run
 
     def refuse_when_draining(self) -> None:
         if self.draining:

@@ -11,6 +11,7 @@ from ..core import killswitch, metering, session, validate
 from ..store.base import Record
 from ..v1 import metering_service_pb2 as pb
 from ..v1 import metering_service_pb2_grpc as pb_grpc
+from . import metering_worker
 from .base import Services, shutting_down, streaming
 
 STOP_REASONS = {session.BUDGET_EXHAUSTED: pb.STOP_REASON_BUDGET_EXHAUSTED,
@@ -63,6 +64,13 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
     async def Meter(self, request_iterator, context):
         with self.s.streams.tracked():
             async for response in self._meter(request_iterator, context):
+                yield response
+
+    @streaming
+    async def MeterWorker(self, request_iterator, context):
+        with self.s.streams.tracked():
+            async for response in metering_worker.serve(self.s, request_iterator, context,
+                                                        self._next):
                 yield response
 
     async def _meter(self, requests, context):
