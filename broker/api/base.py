@@ -43,6 +43,8 @@ class MeteringStreams:
     def __init__(self) -> None:
         self.count = 0
         self.ended = asyncio.Event()
+        # Set when the drain starts: a worker's stream with no session in progress ends.
+        self.draining = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 

@@ -12,6 +12,7 @@ core/session.py), so a session can move between this stream and `Meter`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -80,6 +81,7 @@ class WorkerStream:
         self.s = services
         self.p = principal
         self.worker_id = worker_id
+        self.active: set[str] = set()  # sessions granted or reported here, not settled
 
     async def answer(self, batch: pb.MeterWorkerRequest) -> AsyncIterator[pb.MeterWorkerResponse]:
         """The early STOPs (if any), then the answer to `batch`."""
@@ -105,6 +107,12 @@ class WorkerStream:
             for (index, _, to_result), outcome in zip(ops, outcomes, strict=True):
                 results[index] = to_result(outcome)
         self._opened_grants(results)
+        for result in results:
+            kind = result.WhichOneof("kind")
+            if kind in ("grant", "ack"):
+                self.active.add(result.session_id)
+            elif kind == "settled":
+                self.active.discard(result.session_id)
         yield pb.MeterWorkerResponse(batch_id=batch.batch_id, results=results)
 
     def _sessions(self, batch: pb.MeterWorkerRequest) -> dict[str, Record | BrokerError]:
@@ -282,5 +290,25 @@ async def serve(services: Services, requests: AsyncIterator[pb.MeterWorkerReques
         services.reauthenticate(principal)
         async for response in WorkerStream.answer(stream, batch):
             yield response
-        batch = await next_message(requests)
+        # A draining broker ends a stream once none of its sessions is in progress (the
+        # worker opens a new one, elsewhere or later), so that it need not wait out its
+        # grace period for a stream that a worker keeps open between jobs.
+        if not stream.active and services.streams.draining.is_set():
+            return
+        batch = await _next_unless_drained(services, stream, requests, next_message)
+
+
+async def _next_unless_drained(services: Services, stream: WorkerStream, requests: Any,
+                               next_message: Callable[[Any], Awaitable[Any]]) -> Any:
+    message = asyncio.ensure_future(next_message(requests))
+    if stream.active:
+        return await message
+    drained = asyncio.ensure_future(services.streams.draining.wait())
+    try:
+        await asyncio.wait((message, drained), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        drained.cancel()
+        if not message.done():
+            message.cancel()
+    return message.result() if not message.cancelled() else None
 
