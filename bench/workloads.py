@@ -28,6 +28,7 @@ from common.money import charge_for
 
 AUTHORIZE = "/broker.v1.AuthorizationService/Authorize"
 METER = "/broker.v1.MeteringService/Meter"
+METER_WORKER = "/broker.v1.MeteringService/MeterWorker"
 # First byte of a serialized MeterResponse: the tag of its `kind` field (length-delimited).
 ACK, STOP = (2 << 3) | 2, (3 << 3) | 2
 TIMEOUT_S = 60
@@ -235,5 +236,55 @@ class EchoPaced(Caller):
         self.call.cancel()
 
 
+class UsageBatched(Caller):
+    """usage_reports_per_s_batched: one MeterWorker batch of `per_message` reports (one
+    per session, signed once) and its answer per step; the sessions are opened in setup
+    with one batch of opens. In echo mode the same batches go to the echo stream."""
+
+    async def setup(self) -> None:
+        per = self.params.get("per_message", 8)
+        method = ECHO_STREAM if self.echo else METER_WORKER
+        self.call = self.channel.stream_stream(method)(metadata=self.worker_md, timeout=3600)
+        if self.echo:
+            sessions = [f"ses_echo{self.index}_{i}" for i in range(per)]
+        else:
+            vouchers = [await self.authorize(self.params.get("amount", 1_000_000))
+                        for _ in range(per)]
+            opens = meter_pb.MeterWorkerRequest(worker_id=self.worker_id, batch_id=0, opens=[
+                meter_pb.WorkerOpen(ref=str(i), open=meter_pb.OpenSession(voucher=v))
+                for i, v in enumerate(vouchers)])
+            await self.call.write(opens.SerializeToString())
+            answer = meter_pb.MeterWorkerResponse.FromString(await self.call.read())
+            sessions = [r.session_id for r in answer.results]
+            if not all(r.WhichOneof("kind") == "grant" for r in answer.results):
+                raise RuntimeError(f"opens answered {answer}")
+        step_ms = self.params.get("gpu_ms_per_report", 10)
+        self.batches = [self.batch(sessions, seq, {"gpu_ms": seq * step_ms})
+                        for seq in range(1, self.params.get("reports", 1) + 1)]
+        self.sent = 0
+
+    def batch(self, sessions: list[str], seq: int, usage: dict[str, int]) -> bytes:
+        digests = [usage_signing.digest(usage_signing.payload(s, usage, seq=seq))
+                   for s in sessions]
+        return meter_pb.MeterWorkerRequest(
+            worker_id=self.worker_id, batch_id=seq, reports=[
+                meter_pb.SessionUsageReport(session_id=s, seq=seq, usage=res_pb.Usage(**usage))
+                for s in sessions],
+            signature=usage_signing.sign(self.usage_key, usage_signing.batch_payload(digests)),
+        ).SerializeToString()
+
+    async def step(self) -> None:
+        if self.sent >= len(self.batches):
+            raise RuntimeError("ran out of pre-signed batches: raise params['reports']")
+        self.sent += 1
+        await self.call.write(self.batches[self.sent - 1])
+        reply = await self.call.read()
+        if reply is grpc.aio.EOF:
+            raise RuntimeError("the stream ended")
+
+    async def close(self) -> None:
+        self.call.cancel()
+
+
 WORKLOADS = {"authorize": Authorize, "usage": Usage, "job_cycle": JobCycle,
-             "stop_trial": StopTrial, "echo_paced": EchoPaced}
+             "stop_trial": StopTrial, "echo_paced": EchoPaced, "usage_batched": UsageBatched}

@@ -382,6 +382,7 @@ class Broker:
         a broker that is up); calls in flight finish; the writer flushes its queue."""
         s = self.services
         s.draining = True
+        s.streams.draining.set()
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         grace = self.settings.shutdown_grace_s

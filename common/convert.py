@@ -134,6 +134,7 @@ def receipt(r: Record) -> res_pb.Receipt:
         msg.prices.CopyFrom(prices_to_proto(r["prices"]))
         msg.worker_usage_payload = base64.b64decode(r["worker_usage"]["payload"])
         msg.worker_usage_signature = base64.b64decode(r["worker_usage"]["signature"])
+        msg.worker_usage_batch = base64.b64decode(r["worker_usage"].get("batch", ""))
     return msg
 
 

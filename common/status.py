@@ -20,6 +20,11 @@ GRPC_CODES = {code: getattr(grpc.StatusCode, code.value) for code in Code}
 
 
 def to_status(error: BrokerError, domain: str = DOMAIN) -> grpc.Status:
+    return rpc_status.to_status(status_proto(error, domain))
+
+
+def status_proto(error: BrokerError, domain: str = DOMAIN) -> status_pb2.Status:
+    """The google.rpc.Status of `error` (to end a call with, or to put in a message)."""
     details = []
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain,
                                        metadata=error.metadata)
@@ -41,9 +46,8 @@ def to_status(error: BrokerError, domain: str = DOMAIN) -> grpc.Status:
         any_msg = any_pb2.Any()
         any_msg.Pack(detail)
         packed.append(any_msg)
-    status = status_pb2.Status(code=getattr(code_pb2, error.code.value),
-                               message=error.message, details=packed)
-    return rpc_status.to_status(status)
+    return status_pb2.Status(code=getattr(code_pb2, error.code.value),
+                             message=error.message, details=packed)
 
 
 def error_detail(rpc_error: grpc.RpcError, kind: type[T]) -> T | None:

@@ -4,6 +4,8 @@ dispute can be settled from what the worker itself attested."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 from nacl.exceptions import BadSignatureError
@@ -49,8 +51,12 @@ def verify(public_key_hex: str, message: bytes, signature: bytes) -> None:
     try:
         VerifyKey(bytes.fromhex(public_key_hex)).verify(message, signature)
     except (BadSignatureError, ValueError, TypeError):
-        raise BrokerError(Code.PERMISSION_DENIED, "USAGE_SIGNATURE_INVALID",
-                          "the usage report is not signed by the worker's usage key") from None
+        raise not_signed() from None
+
+
+def not_signed() -> BrokerError:
+    return BrokerError(Code.PERMISSION_DENIED, "USAGE_SIGNATURE_INVALID",
+                       "the usage report is not signed by the worker's usage key")
 
 
 @dataclass(frozen=True)
@@ -71,3 +77,27 @@ def verify_ahead(public_key_hex: str, message: bytes, signature: bytes) -> Verif
     except BrokerError:
         return None
     return Verified(public_key_hex, message)
+
+
+# -- batches (MeterWorker) ---------------------------------------------------------------
+
+
+def digest(message: bytes) -> str:
+    """Hex sha256 of one report's payload, as a batch lists it."""
+    return hashlib.sha256(message).hexdigest()
+
+
+def batch_payload(digests: list[str]) -> bytes:
+    """The bytes a worker signs once for a whole MeterWorker batch: the digests of its
+    reports' payloads, in order. A session's proof is then its own payload, these bytes
+    and the signature, and reveals nothing of the batch's other sessions but their count."""
+    return canonical({"reports": digests})
+
+
+def in_batch(message: bytes, batch: bytes) -> bool:
+    """Whether `batch` (signed batch bytes) lists `message` (a report's payload)."""
+    try:
+        listed = json.loads(batch)["reports"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(listed, list) and digest(message) in listed

@@ -155,6 +155,26 @@ def fig_usage(b: Bench) -> None:
                 "acknowledged after its group commit; baseline: bare grpc.aio bidi echo")
 
 
+def fig_usage_batched(b: Bench) -> None:
+    """usage_reports_per_s_batched: 64 sessions, 8 per MeterWorker message (issue 21)."""
+    per, sessions = 8, 64
+    callers = sessions // per
+    reports = reports_for(b, 30_000, CALLERS)
+    batches = reports_for(b, 60_000 / per, callers)
+    with EchoServer(b.workdir, "echo-batched") as echo, b.broker("batched") as broker:
+        world = make_world(broker.target, broker.admin_key, agents=CALLERS, workers=4)
+        base, batched = b.best_of(
+            b.load(echo.target, "usage", {"echo": True, "reports": reports}),
+            b.load(broker.target, "usage_batched",
+                   {**world, "reports": batches, "per_message": per}, callers=callers))
+    rate = batched.rate * per
+    b.emit("usage_reports_per_s_batched", rate, "reports/s", base.rate, rate / base.rate,
+           target=">= 1.0", p99_ms=_round(batched.percentile(99)),
+           note=f"{sessions} sessions, {per} per MeterWorker message on {callers} streams, "
+                "each batch signed once (Ed25519) and acknowledged after its one group "
+                "commit; baseline: bare grpc.aio bidi echo, 64 streams, messages/s")
+
+
 def fig_job_cycles(b: Bench) -> None:
     """authorize -> redeem -> 10 usage reports -> settle."""
     with EchoServer(b.workdir, "echo-jobs") as echo, b.broker("jobs") as broker:
@@ -253,7 +273,8 @@ def fig_ledger_growth(b: Bench) -> None:
                 f"written in {fill_s:.0f} s by bench/ledger_fill.py) / on an empty ledger")
 
 
-FIGURES = {"authorize": fig_authorize, "usage": fig_usage, "job_cycles": fig_job_cycles,
+FIGURES = {"authorize": fig_authorize, "usage": fig_usage, "usage_batched": fig_usage_batched,
+           "job_cycles": fig_job_cycles,
            "stop_latency": fig_stop_latency, "sessions_open": fig_sessions_open,
            "ledger_growth": fig_ledger_growth}
 

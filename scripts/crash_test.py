@@ -4,7 +4,8 @@
 
 A real broker (`broker serve --demo`) runs on a fresh data directory. Several client
 processes (this script, in client mode) each own a wallet and run concurrent lanes of
-work on it: authorize, cancel, redeem a voucher on a metering stream, report usage,
+work on it: authorize, cancel, redeem a voucher on a metering stream (a Meter stream of
+its own, or the client's one MeterWorker stream shared by its lanes), report usage,
 finish (settle), abandon a session with a short hold, and leave short holds
 (ttl 1..2 s) to expire. The broker is killed with SIGKILL at random moments (0.2 to
 1.5 s after each start, so many kills land inside a group commit), sometimes left down
@@ -77,6 +78,7 @@ from broker.v1 import worker_registry_service_pb2_grpc as registry_grpc  # noqa:
 from common.status import error_info  # noqa: E402
 from tests.integration.broker_process import BrokerProcess, free_port  # noqa: E402
 from worker.broker_link import MeteringSession, SessionClosed  # noqa: E402
+from worker.worker_stream import WorkerStream  # noqa: E402
 
 LANES = 4  # concurrent flows per client process
 WALLET_CAP = 10_000_000
@@ -267,9 +269,16 @@ class Client:
 
     async def open(self, auth: auth_pb.Authorization, short: bool) -> MeteringSession:
         request_id = rid()  # the same on every retry: a lost grant comes back the same
-        session = await self.retrying("open", lambda: MeteringSession.open(
-            self.channel, self.config["worker_key"], auth.voucher, self.config["worker_id"],
-            model="tiny-lm", request_id=request_id), short=short, auth=auth.authorization_id)
+        # Half the sessions on the client's one MeterWorker stream, shared by its lanes.
+        if self.rng.random() < 0.5:
+            session = await self.retrying("open", lambda: self.stream.open(
+                auth.voucher, model="tiny-lm", request_id=request_id), short=short,
+                auth=auth.authorization_id)
+        else:
+            session = await self.retrying("open", lambda: MeteringSession.open(
+                self.channel, self.config["worker_key"], auth.voucher,
+                self.config["worker_id"], model="tiny-lm", request_id=request_id),
+                short=short, auth=auth.authorization_id)
         self.record({"op": "grant", "auth": auth.authorization_id,
                      "session": session.session_id, "voucher": auth.voucher,
                      "voucher_id": voucher_id_of(auth.voucher),
@@ -278,8 +287,12 @@ class Client:
         return session
 
     async def resume(self, auth_id: str, session_id: str, short: bool) -> MeteringSession | None:
-        """Re-attach after a broken stream; None when the session is already settled."""
+        """Re-attach after a broken stream (on either kind of stream, whichever it came
+        from); None when the session is already settled."""
         try:
+            if self.rng.random() < 0.5:
+                return await self.retrying("resume", lambda: self.stream.resume(session_id),
+                                           short=short, auth=auth_id, session=session_id)
             return await self.retrying("resume", lambda: MeteringSession.resume(
                 self.channel, self.config["worker_key"], session_id, self.config["worker_id"]),
                 short=short, auth=auth_id, session=session_id)
@@ -425,9 +438,12 @@ class Client:
         self.channel = grpc.aio.insecure_channel(self.config["target"],
                                                  options=CHANNEL_OPTIONS)
         self.auths = auth_grpc.AuthorizationServiceStub(self.channel)
+        self.stream = WorkerStream(self.channel, self.config["worker_key"],
+                                   self.config["worker_id"])
         try:
             await asyncio.gather(*(self.lane() for _ in range(self.config["lanes"])))
         finally:
+            await self.stream.close()
             await self.channel.close()
             self.log.close()
         return self.stats

@@ -153,6 +153,9 @@ class CallGraph:
             imported = module.names.get(expr.id, "")
             return imported if imported in self.functions else None
         if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and \
+                f"{fn.module}:{expr.value.id}.{expr.attr}" in self.functions:
+            return f"{fn.module}:{expr.value.id}.{expr.attr}"  # Class.method of this module
+        if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and \
                 expr.value.id in module.names:
             key = f"{module.names[expr.value.id]}:{expr.attr}"
             return key if key in self.functions else None
@@ -352,6 +355,11 @@ STREAMS = {
         "A stream with no `request_id`: a worker that lost it opens a new stream with "
         "`resume` (the session stays open); a second `open` of the same voucher fails "
         "with `VOUCHER_ALREADY_REDEEMED`.",
+    "broker.v1.MeteringService.MeterWorker":
+        "A stream with no `request_id`: a worker that lost it opens a new one and resumes "
+        "its sessions there (or on `Meter`); a refused item changed nothing and its "
+        "neighbours in the batch are unaffected. An open with a `request_id` is "
+        "remembered as on `Meter`.",
     "worker.v1.WorkerService.Execute":
         "A stream with no `request_id`; the voucher is single-use: a retry with the same "
         "voucher after the broker redeemed it fails with `VOUCHER_ALREADY_REDEEMED` "

@@ -93,6 +93,9 @@ class WorkerConfig:
                              path=True, check=not_empty)
     report_every_tokens: int = setting(64, "Report usage at least every this many tokens, "
                                        "besides the broker's interval.", minimum=1)
+    batched_metering: bool = setting(True, "Meter all jobs on one MeterWorker stream, one "
+                                     "batch per tick; false: a Meter stream per job (also "
+                                     "the fallback when the broker lacks MeterWorker).")
     max_concurrent_jobs: int = setting(1, "Jobs run at once; one more is refused with "
                                        "WORKER_BUSY.", minimum=1)
     shutdown_grace_seconds: float = setting(

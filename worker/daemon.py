@@ -30,6 +30,7 @@ from .runtime.engine import BUILTIN_MODEL, Runtime
 from .service import WorkerServicer
 from .v1 import worker_service_pb2, worker_service_pb2_grpc
 from .voucher_check import VoucherVerifier, grpc_key_fetcher
+from .worker_stream import WorkerStream
 
 log = logging.getLogger("worker")
 SERVICE_NAME = worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
@@ -92,9 +93,12 @@ async def serve(config: WorkerConfig, on_ready=None) -> int:
     worker_id = await registration.register()
     cache = ResultCache(state / "cache")
     metrics.watch_cache(lambda: cache.size, cache.max_entries)
+    # One metering stream for all jobs (worker_stream.py), unless configured off.
+    stream = WorkerStream(channel, api_key, worker_id, usage_key) \
+        if config.batched_metering else None
     runner = JobRunner(runtime, lambda: make_meter(runtime.device),
                        VoucherVerifier(grpc_key_fetcher(key_channel)).verify,
-                       BrokerAccess(channel, api_key, usage_key),
+                       BrokerAccess(channel, api_key, usage_key, stream),
                        WorkerIdentity(worker_id, capabilities, config.prices), cache, metrics,
                        config.report_every_tokens)
     servicer = WorkerServicer(runner, config.max_concurrent_jobs, config.handler_modules)
@@ -135,6 +139,8 @@ async def serve(config: WorkerConfig, on_ready=None) -> int:
         log.warning("jobs not settled after %.0f s; their holds settle what the broker "
                     "acknowledged when they expire", SETTLE_TIMEOUT_S)
     await registration.deregister()
+    if stream is not None:
+        await stream.close()
     await channel.close()
     key_channel.close()
     cache.close()

@@ -5,6 +5,7 @@ Nothing is spent before the voucher has passed every offline check."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from .metrics import WorkerMetrics
 from .result_cache import ResultCache, cache_key
 from .runtime.jobs import JobFailed, JobSpec
 from .v1 import worker_service_pb2 as pb
+from .worker_stream import BatchedSession, Unsupported, WorkerStream
 
 
 @dataclass
@@ -43,6 +45,8 @@ class BrokerAccess:
     channel: grpc.aio.Channel
     api_key: str
     usage_key: SigningKey
+    # The worker's one metering stream for all jobs; None: a Meter stream per job.
+    stream: WorkerStream | None = None
 
 
 def job_spec(job: pb.Job) -> tuple[JobSpec, dict[str, Any]]:
@@ -113,6 +117,10 @@ class JobRunner:
     async def _redeem(self, voucher: str, resource_class: str, model: str) -> MeteringSession:
         b = self.broker
         try:
+            if b.stream is not None and b.stream.supported is not False:
+                with contextlib.suppress(Unsupported):  # then a stream of its own
+                    return await b.stream.open(voucher, resource_class=resource_class,
+                                               model=model, request_id=secrets.token_hex(16))
             return await MeteringSession.open(
                 b.channel, b.api_key, voucher, self.identity.worker_id,
                 resource_class=resource_class, model=model, request_id=secrets.token_hex(16),
@@ -121,6 +129,14 @@ class JobRunner:
             raise broker_failure(error) from None
         except SessionClosed as closed:
             raise broker_failure(closed.error) from None
+
+    async def resume(self, session: MeteringSession) -> MeteringSession:
+        """Re-attach to `session` after its stream broke, on the same kind of stream."""
+        b = self.broker
+        if isinstance(session, BatchedSession) and b.stream is not None:
+            return await b.stream.resume(session.session_id)
+        return await MeteringSession.resume(b.channel, b.api_key, session.session_id,
+                                            self.identity.worker_id, usage_key=b.usage_key)
 
     async def _replay(self, session: MeteringSession, entry: dict[str, Any]):
         """A cache hit: the stored output, charged as one call and nothing else."""

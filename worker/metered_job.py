@@ -132,7 +132,7 @@ class MeteredJob:
 
     async def _loop(self):
         interval = self.session.grant.report_interval_ms / 1000
-        next_report = self.loop.time() + interval
+        next_report = self._next_report(interval)
         tokens_reported = 0
         while True:
             timeout = max(0.0, next_report - self.loop.time())
@@ -151,11 +151,18 @@ class MeteredJob:
             if due and not self.session.stopped.is_set() and not self.lost_broker:
                 event = await self._report()
                 tokens_reported = tokens
-                next_report = self.loop.time() + interval
+                next_report = self._next_report(interval)
                 if event is not None:
                     yield event
             elif item is None:
-                next_report = self.loop.time() + interval
+                next_report = self._next_report(interval)
+
+    def _next_report(self, interval: float) -> float:
+        """When to report next: on the worker's shared tick when its jobs share one
+        stream (so they share its batches), else one interval from now."""
+        aligned = getattr(self.session, "next_report_at", None)
+        now = self.loop.time()
+        return aligned(now, interval) if aligned is not None else now + interval
 
     def _ended(self, item) -> None:
         outcome, self.summary, error = item
@@ -187,15 +194,12 @@ class MeteredJob:
             self._give_up(f"the broker ended the session: {closed.error.details()}")
             return
         deadline = self.session.grant.expire_time.ToMilliseconds() / 1000
-        b = self.r.broker
         for attempt in itertools.count():
             if time.time() >= deadline:
                 break
             await asyncio.sleep(RESUME_BACKOFF_S[min(attempt, len(RESUME_BACKOFF_S) - 1)])
             try:
-                self.session = await MeteringSession.resume(
-                    b.channel, b.api_key, self.session.session_id, self.r.identity.worker_id,
-                    usage_key=b.usage_key)
+                self.session = await self.r.resume(self.session)
             except grpc.RpcError as error:
                 if not connection_lost(error):
                     break

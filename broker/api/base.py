@@ -78,6 +78,8 @@ class MeteringStreams:
         self.total = total
         self._by_key: dict[str, int] = {}  # only keys with a stream open: bounded by count
         self.ended = asyncio.Event()
+        # Set when the drain starts: a worker's stream with no session in progress ends.
+        self.draining = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -171,6 +173,14 @@ class Services:
     async def mutate(self, principal: Principal, method: str, request: Message,
                      op: Callable[[Tx, int], Record]) -> Record:
         """Run `op(tx, now)` durably, once per request_id (AIP-155)."""
+        try:
+            return await self.store.submit(self.mutation(principal, method, request, op))
+        except StorageFull:  # (the unary and streaming wrappers catch the other writes)
+            raise storage_full() from None
+
+    def mutation(self, principal: Principal, method: str, request: Message,
+                 op: Callable[[Tx, int], Record]) -> Callable[[Tx], Record]:
+        """`mutate`'s op, to submit along with others."""
         request_id = getattr(request, "request_id", "")
         fingerprint = _fingerprint(request)
         scope = f"{principal.idempotency_scope}/{method}"
@@ -179,10 +189,7 @@ class Services:
             now = self.clock()
             return idempotency.run(tx, scope, request_id, fingerprint, now, lambda: op(tx, now))
 
-        try:
-            return await self.store.submit(run)
-        except StorageFull:  # (the unary and streaming wrappers catch the other writes)
-            raise storage_full() from None
+        return run
 
     def refuse_when_draining(self) -> None:
         if self.draining:

@@ -13,6 +13,7 @@ from ..core import killswitch, metering, session, validate
 from ..store.base import Record
 from ..v1 import metering_service_pb2 as pb
 from ..v1 import metering_service_pb2_grpc as pb_grpc
+from . import metering_worker
 from .base import Services, shutting_down, streaming
 
 STOP_REASONS = {session.BUDGET_EXHAUSTED: pb.STOP_REASON_BUDGET_EXHAUSTED,
@@ -88,6 +89,22 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
             raise
         try:
             async for response in self._meter(p, requests, context):
+                yield response
+        finally:
+            self.s.streams.release(p.key_id)
+
+    @streaming
+    async def MeterWorker(self, request_iterator, context):
+        requests = aiter(request_iterator)
+        try:  # as on `Meter`: on the call's metadata, before any message
+            p = self.s.authenticate(context, "worker")
+            self.s.streams.open_stream(p.key_id)
+        except BrokerError:
+            await _let_the_first_message_land(requests)
+            raise
+        try:
+            async for response in metering_worker.serve(
+                    self.s, p, await self._first(requests), requests, context, self._next):
                 yield response
         finally:
             self.s.streams.release(p.key_id)

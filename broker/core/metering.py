@@ -98,19 +98,25 @@ def get_own_session(tx: Tx, principal: Principal, session_id: str, worker_id: st
 def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage: Record,
                  now: int, signature: bytes = b"",
                  verified: usage_signing.Verified | None = None,
-                 elapsed_ms: int | None = None) -> session.UsageDecision:
+                 elapsed_ms: int | None = None, *, worker_id: str = "",
+                 batch: bytes = b"") -> session.UsageDecision:
     """`verified`: the signature was checked outside the writer (usage_signing);
-    `elapsed_ms`: monotonic time since the stream's previous report, if known."""
-    current = get_own_session(tx, principal, session_id, "")
+    `elapsed_ms`: monotonic time since the stream's previous report, if known.
+    `batch`: the report came in a MeterWorker batch (of `worker_id`), and `signature` is
+    over these signed batch bytes, which must list the report's payload."""
+    current = get_own_session(tx, principal, session_id, worker_id)
     if verified is not None and verified.public_key_hex == current["usage_public_key"]:
         message = verified.message
     else:
         message = usage_signing.payload(session_id, usage, seq=seq)
-        usage_signing.verify(current["usage_public_key"], message, signature)
+        if batch and current["usage_public_key"] and \
+                not usage_signing.in_batch(message, batch):
+            raise usage_signing.not_signed()
+        usage_signing.verify(current["usage_public_key"], batch or message, signature)
     decision = session.on_usage(current, seq, usage, now, elapsed_ms)
     decision = killswitch.on_usage(tx, current, decision, now)  # STOP if frozen or revoked
     if decision.session is not current:
-        decision.session["signed_usage"] = _signed(message, signature)
+        decision.session["signed_usage"] = _signed(message, signature, batch)
         tx.put("sessions", session_id, decision.session)
         if decision.stop_reason:
             journal.append(tx, "session_stopped", {"session_id": session_id,
@@ -133,11 +139,14 @@ def finish(tx: Tx, principal: Principal, session_id: str, usage: Record, now: in
                   signer)
 
 
-def _signed(message: bytes, signature: bytes) -> Record:
+def _signed(message: bytes, signature: bytes, batch: bytes = b"") -> Record:
     if not signature:
         return {"payload": "", "signature": ""}
-    return {"payload": base64.b64encode(message).decode(),
-            "signature": base64.b64encode(signature).decode()}
+    signed = {"payload": base64.b64encode(message).decode(),
+              "signature": base64.b64encode(signature).decode()}
+    if batch:  # the signature is over the batch, which lists the payload's digest
+        signed["batch"] = base64.b64encode(batch).decode()
+    return signed
 
 
 def capture(tx: Tx, hold_id: str, charged: int, provider_id: str, legs: Record, now: int,

@@ -182,6 +182,7 @@ class Voucher(_Record):
 class Signed(_Record):
     payload: str
     signature: str
+    batch: str = ""  # signed MeterWorker batch bytes (base64) when signature is over them
 
 
 class Session(_Record):

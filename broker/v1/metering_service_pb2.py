@@ -24,37 +24,50 @@ _sym_db = _symbol_database.Default()
 
 from broker.v1 import resources_pb2 as broker_dot_v1_dot_resources__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n broker/v1/metering_service.proto\x12\tbroker.v1\x1a\x19\x62roker/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n\x0cMeterRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.broker.v1.OpenSessionH\x00\x12*\n\x06resume\x18\x02 \x01(\x0b\x32\x18.broker.v1.ResumeSessionH\x00\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x16.broker.v1.UsageReportH\x00\x12*\n\x06\x66inish\x18\x04 \x01(\x0b\x32\x18.broker.v1.FinishSessionH\x00\x42\x06\n\x04kind\"l\n\x0bOpenSession\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07voucher\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x16\n\x0eresource_class\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\"6\n\rResumeSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\"N\n\x0bUsageReport\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.broker.v1.Usage\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"C\n\rFinishSession\x12\x1f\n\x05usage\x18\x01 \x01(\x0b\x32\x10.broker.v1.Usage\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xbb\x01\n\rMeterResponse\x12(\n\x05grant\x18\x01 \x01(\x0b\x32\x17.broker.v1.SessionGrantH\x00\x12\"\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x13.broker.v1.UsageAckH\x00\x12&\n\x04stop\x18\x03 \x01(\x0b\x32\x16.broker.v1.StopCommandH\x00\x12,\n\x07settled\x18\x04 \x01(\x0b\x32\x19.broker.v1.SessionSettledH\x00\x42\x06\n\x04kind\"\xfb\x01\n\x0cSessionGrant\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\x03\x12%\n\x06prices\x18\x03 \x01(\x0b\x32\x15.broker.v1.PriceSheet\x12\x1a\n\x12report_interval_ms\x18\x04 \x01(\x05\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63harged\x18\x06 \x01(\x03\x12\x10\n\x08last_seq\x18\x07 \x01(\x03\x12\x1f\n\x05usage\x18\x08 \x01(\x0b\x32\x10.broker.v1.Usage\x12\x0f\n\x07stopped\x18\t \x01(\x08\";\n\x08UsageAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\"X\n\x0bStopCommand\x12%\n\x06reason\x18\x01 \x01(\x0e\x32\x15.broker.v1.StopReason\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\"f\n\x0eSessionSettled\x12#\n\x07receipt\x18\x01 \x01(\x0b\x32\x12.broker.v1.Receipt\x12/\n\x0bsettle_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x83\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cSTOP_REASON_BUDGET_EXHAUSTED\x10\x01\x12\x1d\n\x19STOP_REASON_HOLD_EXPIRING\x10\x02\x12\x17\n\x13STOP_REASON_REVOKED\x10\x03\x32Q\n\x0fMeteringService\x12>\n\x05Meter\x12\x17.broker.v1.MeterRequest\x1a\x18.broker.v1.MeterResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n broker/v1/metering_service.proto\x12\tbroker.v1\x1a\x19\x62roker/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xbf\x01\n\x0cMeterRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.broker.v1.OpenSessionH\x00\x12*\n\x06resume\x18\x02 \x01(\x0b\x32\x18.broker.v1.ResumeSessionH\x00\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x16.broker.v1.UsageReportH\x00\x12*\n\x06\x66inish\x18\x04 \x01(\x0b\x32\x18.broker.v1.FinishSessionH\x00\x42\x06\n\x04kind\"l\n\x0bOpenSession\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07voucher\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x16\n\x0eresource_class\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\"6\n\rResumeSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\"N\n\x0bUsageReport\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.broker.v1.Usage\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"C\n\rFinishSession\x12\x1f\n\x05usage\x18\x01 \x01(\x0b\x32\x10.broker.v1.Usage\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xbb\x01\n\rMeterResponse\x12(\n\x05grant\x18\x01 \x01(\x0b\x32\x17.broker.v1.SessionGrantH\x00\x12\"\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x13.broker.v1.UsageAckH\x00\x12&\n\x04stop\x18\x03 \x01(\x0b\x32\x16.broker.v1.StopCommandH\x00\x12,\n\x07settled\x18\x04 \x01(\x0b\x32\x19.broker.v1.SessionSettledH\x00\x42\x06\n\x04kind\"\xfb\x01\n\x0cSessionGrant\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62udget\x18\x02 \x01(\x03\x12%\n\x06prices\x18\x03 \x01(\x0b\x32\x15.broker.v1.PriceSheet\x12\x1a\n\x12report_interval_ms\x18\x04 \x01(\x05\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63harged\x18\x06 \x01(\x03\x12\x10\n\x08last_seq\x18\x07 \x01(\x03\x12\x1f\n\x05usage\x18\x08 \x01(\x0b\x32\x10.broker.v1.Usage\x12\x0f\n\x07stopped\x18\t \x01(\x08\";\n\x08UsageAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\"X\n\x0bStopCommand\x12%\n\x06reason\x18\x01 \x01(\x0e\x32\x15.broker.v1.StopReason\x12\x0f\n\x07\x63harged\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\"f\n\x0eSessionSettled\x12#\n\x07receipt\x18\x01 \x01(\x0b\x32\x12.broker.v1.Receipt\x12/\n\x0bsettle_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xea\x01\n\x12MeterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x03\x12$\n\x05opens\x18\x03 \x03(\x0b\x32\x15.broker.v1.WorkerOpen\x12\x1a\n\x12resume_session_ids\x18\x04 \x03(\t\x12.\n\x07reports\x18\x05 \x03(\x0b\x32\x1d.broker.v1.SessionUsageReport\x12*\n\x08\x66inishes\x18\x06 \x03(\x0b\x32\x18.broker.v1.SessionFinish\x12\x11\n\tsignature\x18\x07 \x01(\x0c\"?\n\nWorkerOpen\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12$\n\x04open\x18\x02 \x01(\x0b\x32\x16.broker.v1.OpenSession\"V\n\x12SessionUsageReport\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.broker.v1.Usage\"M\n\rSessionFinish\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x06\x66inish\x18\x02 \x01(\x0b\x32\x18.broker.v1.FinishSession\"a\n\x13MeterWorkerResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x03\x12)\n\x07results\x18\x02 \x03(\x0b\x32\x18.broker.v1.SessionResult\x12\r\n\x05\x65\x61rly\x18\x03 \x01(\x08\"\xff\x01\n\rSessionResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03ref\x18\x02 \x01(\t\x12(\n\x05grant\x18\x03 \x01(\x0b\x32\x17.broker.v1.SessionGrantH\x00\x12\"\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x13.broker.v1.UsageAckH\x00\x12,\n\x07settled\x18\x05 \x01(\x0b\x32\x19.broker.v1.SessionSettledH\x00\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12$\n\x04stop\x18\x07 \x01(\x0b\x32\x16.broker.v1.StopCommandB\x06\n\x04kind*\x83\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cSTOP_REASON_BUDGET_EXHAUSTED\x10\x01\x12\x1d\n\x19STOP_REASON_HOLD_EXPIRING\x10\x02\x12\x17\n\x13STOP_REASON_REVOKED\x10\x03\x32\xa3\x01\n\x0fMeteringService\x12>\n\x05Meter\x12\x17.broker.v1.MeterRequest\x1a\x18.broker.v1.MeterResponse(\x01\x30\x01\x12P\n\x0bMeterWorker\x12\x1d.broker.v1.MeterWorkerRequest\x1a\x1e.broker.v1.MeterWorkerResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.v1.metering_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STOPREASON']._serialized_start=1316
-  _globals['_STOPREASON']._serialized_end=1447
-  _globals['_METERREQUEST']._serialized_start=108
-  _globals['_METERREQUEST']._serialized_end=299
-  _globals['_OPENSESSION']._serialized_start=301
-  _globals['_OPENSESSION']._serialized_end=409
-  _globals['_RESUMESESSION']._serialized_start=411
-  _globals['_RESUMESESSION']._serialized_end=465
-  _globals['_USAGEREPORT']._serialized_start=467
-  _globals['_USAGEREPORT']._serialized_end=545
-  _globals['_FINISHSESSION']._serialized_start=547
-  _globals['_FINISHSESSION']._serialized_end=614
-  _globals['_METERRESPONSE']._serialized_start=617
-  _globals['_METERRESPONSE']._serialized_end=804
-  _globals['_SESSIONGRANT']._serialized_start=807
-  _globals['_SESSIONGRANT']._serialized_end=1058
-  _globals['_USAGEACK']._serialized_start=1060
-  _globals['_USAGEACK']._serialized_end=1119
-  _globals['_STOPCOMMAND']._serialized_start=1121
-  _globals['_STOPCOMMAND']._serialized_end=1209
-  _globals['_SESSIONSETTLED']._serialized_start=1211
-  _globals['_SESSIONSETTLED']._serialized_end=1313
-  _globals['_METERINGSERVICE']._serialized_start=1449
-  _globals['_METERINGSERVICE']._serialized_end=1530
+  _globals['_STOPREASON']._serialized_start=2167
+  _globals['_STOPREASON']._serialized_end=2298
+  _globals['_METERREQUEST']._serialized_start=133
+  _globals['_METERREQUEST']._serialized_end=324
+  _globals['_OPENSESSION']._serialized_start=326
+  _globals['_OPENSESSION']._serialized_end=434
+  _globals['_RESUMESESSION']._serialized_start=436
+  _globals['_RESUMESESSION']._serialized_end=490
+  _globals['_USAGEREPORT']._serialized_start=492
+  _globals['_USAGEREPORT']._serialized_end=570
+  _globals['_FINISHSESSION']._serialized_start=572
+  _globals['_FINISHSESSION']._serialized_end=639
+  _globals['_METERRESPONSE']._serialized_start=642
+  _globals['_METERRESPONSE']._serialized_end=829
+  _globals['_SESSIONGRANT']._serialized_start=832
+  _globals['_SESSIONGRANT']._serialized_end=1083
+  _globals['_USAGEACK']._serialized_start=1085
+  _globals['_USAGEACK']._serialized_end=1144
+  _globals['_STOPCOMMAND']._serialized_start=1146
+  _globals['_STOPCOMMAND']._serialized_end=1234
+  _globals['_SESSIONSETTLED']._serialized_start=1236
+  _globals['_SESSIONSETTLED']._serialized_end=1338
+  _globals['_METERWORKERREQUEST']._serialized_start=1341
+  _globals['_METERWORKERREQUEST']._serialized_end=1575
+  _globals['_WORKEROPEN']._serialized_start=1577
+  _globals['_WORKEROPEN']._serialized_end=1640
+  _globals['_SESSIONUSAGEREPORT']._serialized_start=1642
+  _globals['_SESSIONUSAGEREPORT']._serialized_end=1728
+  _globals['_SESSIONFINISH']._serialized_start=1730
+  _globals['_SESSIONFINISH']._serialized_end=1807
+  _globals['_METERWORKERRESPONSE']._serialized_start=1809
+  _globals['_METERWORKERRESPONSE']._serialized_end=1906
+  _globals['_SESSIONRESULT']._serialized_start=1909
+  _globals['_SESSIONRESULT']._serialized_end=2164
+  _globals['_METERINGSERVICE']._serialized_start=2301
+  _globals['_METERINGSERVICE']._serialized_end=2464
 # @@protoc_insertion_point(module_scope)

@@ -2,10 +2,12 @@ import datetime
 
 from broker.v1 import resources_pb2 as _resources_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -134,3 +136,75 @@ class SessionSettled(_message.Message):
     receipt: _resources_pb2.Receipt
     settle_time: _timestamp_pb2.Timestamp
     def __init__(self, receipt: _Optional[_Union[_resources_pb2.Receipt, _Mapping]] = ..., settle_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class MeterWorkerRequest(_message.Message):
+    __slots__ = ("worker_id", "batch_id", "opens", "resume_session_ids", "reports", "finishes", "signature")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    OPENS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    FINISHES_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    batch_id: int
+    opens: _containers.RepeatedCompositeFieldContainer[WorkerOpen]
+    resume_session_ids: _containers.RepeatedScalarFieldContainer[str]
+    reports: _containers.RepeatedCompositeFieldContainer[SessionUsageReport]
+    finishes: _containers.RepeatedCompositeFieldContainer[SessionFinish]
+    signature: bytes
+    def __init__(self, worker_id: _Optional[str] = ..., batch_id: _Optional[int] = ..., opens: _Optional[_Iterable[_Union[WorkerOpen, _Mapping]]] = ..., resume_session_ids: _Optional[_Iterable[str]] = ..., reports: _Optional[_Iterable[_Union[SessionUsageReport, _Mapping]]] = ..., finishes: _Optional[_Iterable[_Union[SessionFinish, _Mapping]]] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class WorkerOpen(_message.Message):
+    __slots__ = ("ref", "open")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    open: OpenSession
+    def __init__(self, ref: _Optional[str] = ..., open: _Optional[_Union[OpenSession, _Mapping]] = ...) -> None: ...
+
+class SessionUsageReport(_message.Message):
+    __slots__ = ("session_id", "seq", "usage")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    seq: int
+    usage: _resources_pb2.Usage
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., usage: _Optional[_Union[_resources_pb2.Usage, _Mapping]] = ...) -> None: ...
+
+class SessionFinish(_message.Message):
+    __slots__ = ("session_id", "finish")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    finish: FinishSession
+    def __init__(self, session_id: _Optional[str] = ..., finish: _Optional[_Union[FinishSession, _Mapping]] = ...) -> None: ...
+
+class MeterWorkerResponse(_message.Message):
+    __slots__ = ("batch_id", "results", "early")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    EARLY_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    results: _containers.RepeatedCompositeFieldContainer[SessionResult]
+    early: bool
+    def __init__(self, batch_id: _Optional[int] = ..., results: _Optional[_Iterable[_Union[SessionResult, _Mapping]]] = ..., early: _Optional[bool] = ...) -> None: ...
+
+class SessionResult(_message.Message):
+    __slots__ = ("session_id", "ref", "grant", "ack", "settled", "error", "stop")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    SETTLED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    ref: str
+    grant: SessionGrant
+    ack: UsageAck
+    settled: SessionSettled
+    error: _status_pb2.Status
+    stop: StopCommand
+    def __init__(self, session_id: _Optional[str] = ..., ref: _Optional[str] = ..., grant: _Optional[_Union[SessionGrant, _Mapping]] = ..., ack: _Optional[_Union[UsageAck, _Mapping]] = ..., settled: _Optional[_Union[SessionSettled, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., stop: _Optional[_Union[StopCommand, _Mapping]] = ...) -> None: ...

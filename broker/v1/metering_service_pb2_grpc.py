@@ -42,6 +42,11 @@ class MeteringServiceStub:
                 request_serializer=broker_dot_v1_dot_metering__service__pb2.MeterRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_metering__service__pb2.MeterResponse.FromString,
                 _registered_method=True)
+        self.MeterWorker = channel.stream_stream(
+                '/broker.v1.MeteringService/MeterWorker',
+                request_serializer=broker_dot_v1_dot_metering__service__pb2.MeterWorkerRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_metering__service__pb2.MeterWorkerResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -57,6 +62,17 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MeterWorker(self, request_iterator, context):
+        """One stream per worker for all of its sessions (docs/wire.md, "The worker's
+        metering stream"): each request is a batch of opens, resumes, usage reports and
+        finishes for any number of the worker's sessions, its reports signed once; each
+        batch gets one answer with a result per session. A session may move between this
+        stream and `Meter` (resume on either).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -64,6 +80,11 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.Meter,
                     request_deserializer=broker_dot_v1_dot_metering__service__pb2.MeterRequest.FromString,
                     response_serializer=broker_dot_v1_dot_metering__service__pb2.MeterResponse.SerializeToString,
+            ),
+            'MeterWorker': grpc.stream_stream_rpc_method_handler(
+                    servicer.MeterWorker,
+                    request_deserializer=broker_dot_v1_dot_metering__service__pb2.MeterWorkerRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_metering__service__pb2.MeterWorkerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -96,6 +117,33 @@ class MeteringService:
             '/broker.v1.MeteringService/Meter',
             broker_dot_v1_dot_metering__service__pb2.MeterRequest.SerializeToString,
             broker_dot_v1_dot_metering__service__pb2.MeterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeterWorker(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/broker.v1.MeteringService/MeterWorker',
+            broker_dot_v1_dot_metering__service__pb2.MeterWorkerRequest.SerializeToString,
+            broker_dot_v1_dot_metering__service__pb2.MeterWorkerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,7 @@ from typing import Any
 import grpc
 from google.protobuf import text_format
 from google.protobuf.message import Message
+from google.rpc.error_details_pb2 import ErrorInfo
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nacl.signing import SigningKey
 
@@ -78,6 +79,7 @@ def documented_reasons() -> dict[str, set[str]]:
 
 StatusCode = grpc.StatusCode
 OK = StatusCode.OK
+METER_WORKER = "broker.v1.MeteringService.MeterWorker"
 SUMMARY_FIELDS = ("transfer_count", "journal_length", "debits_pending", "credits_pending",
                   "debits_posted", "credits_posted", "account_count")
 AUTH_REFUSALS = {"API_KEY_MISSING", "API_KEY_INVALID", "API_KEY_REVOKED", "ROLE_NOT_ALLOWED"}
@@ -852,13 +854,112 @@ class Fuzzer:
             plan.append(self.request(rpc))
         return plan
 
+    # -- the worker's batched metering stream (MeterWorker) --------------------------------
+
+    def fuzz_meter_worker(self, rpc: Rpc) -> None:
+        """Up to four batches: opens, then reports (signed once per batch) and finishes of
+        the sessions opened, each batch possibly mutated; or random batches. Every item's
+        error must be a documented reason, and a batch whose items all failed must have
+        changed nothing."""
+        rng, w = self.rng, self.world
+        key, metadata = self.pick_key(rpc)
+        realistic = rng.random() < 0.7
+        if realistic and rng.random() < 0.9:
+            key, metadata = "worker", self.keys["worker"]
+        driver = StreamDriver(w.callable(rpc), metadata, CALL_TIMEOUT_S)
+        sessions: dict[str, tuple[int, Any]] = {}  # session id -> (last seq, usage)
+        sent = 0
+        try:
+            for step in range(rng.randint(1, 4)):
+                msg = self._worker_batch(rpc, sessions, step, realistic)
+                payload, how = self.encode(rpc, msg)
+                shown = f"batch {sent + 1}: {how + ' ' if how else ''}{short_repr(msg)}"
+                before = self.before()
+                driver.send(payload)
+                sent += 1
+                try:
+                    response = next((r for r in driver.call if not r.early), None)
+                except grpc.RpcError as error:
+                    outcome = Outcome.of(error)
+                    self.judge(rpc, key, outcome, len(payload), lambda s=shown: s)
+                    self.stats.rejected += 1
+                    self.after_rejected(before, rpc.full_name, key, shown, outcome)
+                    return
+                self.judge(rpc, key, Outcome(OK, response=response), len(payload),
+                           lambda s=shown: s)
+                if response is None:
+                    return
+                accepted = False
+                for result in response.results:
+                    kind = result.WhichOneof("kind")
+                    if kind == "error":
+                        error = result.error
+                        code = next(c for c in StatusCode if c.value[0] == error.code)
+                        reasons = [ErrorInfo.FromString(d.value).reason for d in error.details
+                                   if d.Is(ErrorInfo.DESCRIPTOR)]
+                        self.judge(rpc, key, Outcome(code, reasons[0] if reasons else "",
+                                                     error.message), 0, lambda s=shown: s)
+                        continue
+                    accepted = True
+                    self.corpus.harvest(result)
+                    if kind == "grant":
+                        sessions[result.session_id] = (result.grant.last_seq, result.grant.usage)
+                        self.open_sessions.setdefault(result.session_id, {})
+                    elif kind == "settled":
+                        sessions.pop(result.session_id, None)
+                        self.open_sessions.pop(result.session_id, None)
+                    elif kind == "ack" and result.session_id in sessions:
+                        report = next(r for r in msg.reports if r.session_id == result.session_id)
+                        sessions[result.session_id] = (report.seq, report.usage)
+                    if result.stop.reason == meter_pb.STOP_REASON_REVOKED:
+                        driver.killed = True
+                if accepted:
+                    self.stats.accepted += 1
+                    self.stats.accepted_by_method[rpc.full_name] += 1
+                    self.invalidate()
+                else:
+                    self.stats.rejected += 1
+                    self.after_rejected(before, rpc.full_name, key, shown,
+                                        Outcome(OK, response=response))
+        finally:
+            driver.cancel()
+            self.count(rpc, max(1, sent))
+            if driver.killed:
+                self.wait_killed_settled()
+
+    def _worker_batch(self, rpc: Rpc, sessions: dict, step: int, realistic: bool) -> Message:
+        rng, gen, w = self.rng, self.gen, self.world
+        if not realistic:
+            return self.request(rpc)
+        msg = meter_pb.MeterWorkerRequest(worker_id=w.fuzz_worker_id, batch_id=step + 1)
+        if step == 0 or not sessions:
+            for i in range(rng.randint(1, 3)):
+                voucher, _, _ = self.take_voucher(meter=True)
+                msg.opens.add(ref=f"r{i}", open=meter_pb.OpenSession(voucher=voucher))
+            if self.open_sessions and rng.random() < 0.3:
+                msg.resume_session_ids.append(rng.choice(sorted(self.open_sessions)))
+        else:
+            finishing = rng.random() < 0.4
+            digests = []
+            for session_id, (seq, usage) in sessions.items():
+                grown = _grow(rng, usage)
+                if finishing:
+                    msg.finishes.add(session_id=session_id, finish=meter_pb.FinishSession(
+                        usage=grown, signature=self._sign(session_id, grown, final=True)))
+                else:
+                    msg.reports.add(session_id=session_id, seq=seq + 1, usage=grown)
+                    digests.append(usage_signing.digest(usage_signing.payload(
+                        session_id, _usage_record(grown), seq=seq + 1)))
+            if digests:
+                msg.signature = usage_signing.sign(w.usage_key,
+                                                   usage_signing.batch_payload(digests))
+        return gen.mutate(msg) if rng.random() < 0.25 else msg
+
     def _maybe_mutate(self, msg: Message) -> Message:
         return self.gen.mutate(msg) if self.rng.random() < 0.25 else msg
 
     def _sign(self, session_id: str, usage, *, seq: int = 0, final: bool = False) -> bytes:
-        record = {name: getattr(usage, name) for name in
-                  ("gpu_ms", "input_tokens", "output_tokens", "calls", "energy_mj")}
-        message = usage_signing.payload(session_id, record, seq=seq, final=final)
+        message = usage_signing.payload(session_id, _usage_record(usage), seq=seq, final=final)
         return usage_signing.sign(self.world.usage_key, message)
 
     # -- worker jobs -------------------------------------------------------------------
@@ -1070,7 +1171,9 @@ class Fuzzer:
                     self.new_world()
                 before_inputs = self.stats.inputs
                 rpc = self.pick_rpc()
-                if rpc.client_streaming:
+                if rpc.full_name == METER_WORKER:
+                    self.fuzz_meter_worker(rpc)
+                elif rpc.client_streaming:
                     self.fuzz_meter(rpc)
                 elif rpc.server_streaming and rpc.target == "broker":
                     self.fuzz_watch(rpc)
@@ -1119,6 +1222,11 @@ class Fuzzer:
                             if k.split(":")[0] == name}
                 lines.append(f"    {name}: {tried} tried, accepted {accepted}")
         return "\n".join(lines)
+
+
+def _usage_record(usage) -> dict[str, int]:
+    return {name: getattr(usage, name) for name in
+            ("gpu_ms", "input_tokens", "output_tokens", "calls", "energy_mj")}
 
 
 def _grow(rng: random.Random, last: Any):

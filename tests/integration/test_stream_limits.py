@@ -19,9 +19,11 @@ from common.status import error_detail
 
 from .broker_process import BrokerProcess
 from .conftest import Client, Harness, aio_channel, bearer, check_error, rid, run
-from .test_metrics import METER, Scrape
+from .test_metrics import Scrape
 
 Code = grpc.StatusCode
+
+METER = {"grpc_service": "broker.v1.MeteringService", "grpc_method": "Meter"}
 
 
 @pytest.fixture

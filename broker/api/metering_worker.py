@@ -1,0 +1,313 @@
+"""MeteringService.MeterWorker: one stream per worker, one batch per message.
+
+Per batch: the caller's key is checked again, the batch is validated as a whole (size,
+a session named twice, the worker's id), the sessions it names are read in one
+snapshot (are they this worker's? their state for early STOPs), the reports' one
+signature is checked (outside the single writer), then every open, report and finish
+is submitted as one op whose parts succeed or fail independently
+(store/group.py): one durable commit per batch, and a refused report refuses
+that session's item only. The decisions are the per-session ones (core/metering.py,
+core/session.py), so a session can move between this stream and `Meter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from google.rpc import code_pb2, status_pb2
+
+from common import convert, status, usage_signing, vouchers
+from common.errors import BrokerError, Code, invalid
+
+from ..core import metering, session, validate
+from ..core.access import Principal
+from ..core.registry import get_own_worker
+from ..store.base import Record, Tx
+from ..store.group import independently
+from ..v1 import metering_service_pb2 as pb
+from . import metering as per_session  # (it imports this module: attributes at call time)
+from .base import Services
+
+# More items than this in one batch: BATCH_TOO_LARGE (the 64 KiB message limit of
+# broker/daemon.py is usually reached first: a report takes about 60 bytes).
+MAX_BATCH_ITEMS = 512
+
+log = logging.getLogger("broker.api")
+
+
+def _stop(decision: session.UsageDecision) -> pb.StopCommand:
+    return pb.StopCommand(reason=per_session.STOP_REASONS[decision.stop_reason],
+                          charged=decision.charged, remaining=decision.remaining)
+
+
+def _error(error: Exception) -> status_pb2.Status:
+    if not isinstance(error, BrokerError):  # a bug of ours: no details leak
+        log.error("internal error in a MeterWorker batch", exc_info=error)
+        return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+    return status.status_proto(error)
+
+
+def check_batch(batch: pb.MeterWorkerRequest, worker_id: str) -> None:
+    """Refuse a malformed batch as a whole (the stream ends with the status)."""
+    if batch.worker_id != worker_id:
+        raise invalid("worker_id", "must be the same on every batch of the stream")
+    items = (len(batch.opens) + len(batch.resume_session_ids) + len(batch.reports) +
+             len(batch.finishes))
+    if items > MAX_BATCH_ITEMS:
+        raise BrokerError(Code.INVALID_ARGUMENT, "BATCH_TOO_LARGE",
+                          f"a batch may carry at most {MAX_BATCH_ITEMS} items, not {items}",
+                          {"max_items": str(MAX_BATCH_ITEMS)},
+                          [("reports", f"at most {MAX_BATCH_ITEMS} items in all")])
+    named = [*batch.resume_session_ids, *(r.session_id for r in batch.reports),
+             *(f.session_id for f in batch.finishes)]
+    refs = [o.ref for o in batch.opens]
+    for kind, names in (("session", named), ("open ref", refs)):
+        if len(set(names)) != len(names):
+            repeated = next(n for n in names if names.count(n) > 1)
+            raise BrokerError(Code.INVALID_ARGUMENT, "SESSION_REPEATED_IN_BATCH",
+                              f"the batch names {kind} {repeated!r} more than once",
+                              {"session_id" if kind == "session" else "ref": repeated})
+    for i, ref in enumerate(refs):
+        validate.ident(ref, f"opens[{i}].ref", required=False)
+
+
+class WorkerStream:
+    """One MeterWorker call: its caller and worker, and the batches it carries."""
+
+    def __init__(self, services: Services, principal: Principal, worker_id: str) -> None:
+        self.s = services
+        self.p = principal
+        self.worker_id = worker_id
+        self.active: set[str] = set()  # sessions granted or reported here, not settled
+
+    async def answer(self, batch: pb.MeterWorkerRequest) -> AsyncIterator[pb.MeterWorkerResponse]:
+        """The early STOPs (if any), then the answer to `batch`."""
+        check_batch(batch, self.worker_id)
+        now = self.s.clock()
+        results: list[pb.SessionResult | None] = [None] * (
+            len(batch.opens) + len(batch.resume_session_ids))
+        ops: list[tuple[int, Callable[[Tx], Any], Callable[[Any], pb.SessionResult]]] = []
+        if batch.opens:
+            self.s.refuse_when_draining()
+        for i, item in enumerate(batch.opens):
+            self._open(i, item, results, ops)
+        known = self._sessions(batch)
+        for i, session_id in enumerate(batch.resume_session_ids, len(batch.opens)):
+            results[i] = self._resume(session_id, known)
+        early = self._reports(batch, known, now, results, ops)
+        if early:
+            yield pb.MeterWorkerResponse(batch_id=batch.batch_id, results=early, early=True)
+        for item in batch.finishes:
+            self._finish(item, known, results, ops)
+        if ops:
+            outcomes = await self.s.store.submit(independently([op for _, op, _ in ops]))
+            for (index, _, to_result), outcome in zip(ops, outcomes, strict=True):
+                results[index] = to_result(outcome)
+        self._opened_grants(results)
+        for result in results:
+            kind = result.WhichOneof("kind")
+            if kind in ("grant", "ack"):
+                self.active.add(result.session_id)
+            elif kind == "settled":
+                self.active.discard(result.session_id)
+        yield pb.MeterWorkerResponse(batch_id=batch.batch_id, results=results)
+
+    def _sessions(self, batch: pb.MeterWorkerRequest) -> dict[str, Record | BrokerError]:
+        """The sessions the batch names, as of now, or why they are not this worker's."""
+        names = [*batch.resume_session_ids, *(r.session_id for r in batch.reports),
+                 *(f.session_id for f in batch.finishes)]
+
+        def read(tx: Tx) -> dict[str, Record | BrokerError]:
+            found: dict[str, Record | BrokerError] = {}
+            for name in names:
+                try:
+                    found[name] = metering.get_own_session(tx, self.p, name, self.worker_id)
+                except BrokerError as error:
+                    found[name] = error
+            return found
+
+        return self.s.store.read(read) if names else {}
+
+    def _open(self, index: int, item: pb.WorkerOpen, results: list, ops: list) -> None:
+        request = pb.OpenSession()
+        request.CopyFrom(item.open)
+        try:
+            if request.worker_id not in ("", self.worker_id):
+                raise invalid(f"opens[{index}].open.worker_id",
+                              "must be empty or the stream's worker")
+            request.worker_id = self.worker_id  # the same fingerprint as on `Meter`
+            claims = vouchers.verify(request.voucher, self.s.keyring.verify_keys(),
+                                     self.s.clock(), check_expiry=False)
+        except BrokerError as error:
+            results[index] = pb.SessionResult(ref=item.ref, error=_error(error))
+            return
+        op = self.s.mutation(self.p, "Meter.Open", request, lambda tx, now: metering.redeem(
+            tx, self.p, claims, request.worker_id, request.resource_class, request.model, now,
+            self.s.config))
+
+        def to_result(outcome: Any) -> pb.SessionResult:
+            if isinstance(outcome, Exception):
+                return pb.SessionResult(ref=item.ref, error=_error(outcome))
+            # The grant is filled in after the commit (_opened_grants): a retried open
+            # gets the session as it is now.
+            return pb.SessionResult(ref=item.ref, session_id=outcome["session_id"])
+
+        ops.append((index, op, to_result))
+
+    def _opened_grants(self, results: list[pb.SessionResult | None]) -> None:
+        opened = [r for r in results if r is not None and r.ref and r.session_id and
+                  r.WhichOneof("kind") is None]
+        if not opened:
+            return
+        current = self.s.store.read(lambda tx: {
+            r.session_id: tx.get("sessions", r.session_id) for r in opened})
+        for result in opened:
+            ses = current[result.session_id]
+            try:
+                session.require_open(ses)
+            except BrokerError as error:
+                result.error.CopyFrom(_error(error))
+                continue
+            result.grant.CopyFrom(per_session.grant(ses).grant)
+
+    @staticmethod
+    def _resume(session_id: str, known: dict[str, Record | BrokerError]) -> pb.SessionResult:
+        ses = known[session_id]
+        try:
+            if isinstance(ses, BrokerError):
+                raise ses
+            session.require_open(ses)
+        except BrokerError as error:
+            return pb.SessionResult(session_id=session_id, error=_error(error))
+        return pb.SessionResult(session_id=session_id, grant=per_session.grant(ses).grant)
+
+    def _reports(self, batch: pb.MeterWorkerRequest, known: dict[str, Record | BrokerError],
+                 now: int, results: list, ops: list) -> list[pb.SessionResult]:
+        """Queue the reports' ops; the STOPs foreseen from the sessions as they are."""
+        usages = [convert.usage_from_proto(r.usage) for r in batch.reports]
+        messages = [usage_signing.payload(r.session_id, usage, seq=r.seq)
+                    for r, usage in zip(batch.reports, usages, strict=True)]
+        signed = usage_signing.batch_payload([usage_signing.digest(m) for m in messages])
+        keys: dict[str, usage_signing.Verified | None] = {}  # checked once per key
+        early: list[pb.SessionResult] = []
+        for report, usage, message in zip(batch.reports, usages, messages, strict=True):
+            index = len(results)
+            results.append(None)
+            ses = known[report.session_id]
+            if isinstance(ses, BrokerError):
+                results[index] = pb.SessionResult(session_id=report.session_id,
+                                                  error=_error(ses))
+                continue
+            key = ses["usage_public_key"]
+            if key not in keys:
+                keys[key] = usage_signing.verify_ahead(key, signed, batch.signature)
+            verified = keys[key]
+            stop = _foreseen(ses, report.seq, usage, now) if verified else None
+            if stop is not None:
+                early.append(pb.SessionResult(session_id=report.session_id, stop=stop))
+            ops.append((index, self._report_op(report, usage, now, message, verified, signed,
+                                               batch.signature), _ack(report)))
+        return early
+
+    def _report_op(self, report: pb.SessionUsageReport, usage: Record, now: int,
+                   message: bytes, verified: usage_signing.Verified | None, signed: bytes,
+                   signature: bytes) -> Callable[[Tx], session.UsageDecision]:
+        # The writer trusts the check above only for the key it was made with, and only
+        # for this report's own payload (listed in the signed batch bytes).
+        ahead = usage_signing.Verified(verified.public_key_hex, message) if verified else None
+        return lambda tx: metering.record_usage(
+            tx, self.p, report.session_id, report.seq, usage, now, signature, ahead,
+            worker_id=self.worker_id, batch=signed)
+
+    def _finish(self, item: pb.SessionFinish, known: dict[str, Record | BrokerError],
+                results: list, ops: list) -> None:
+        index = len(results)
+        results.append(None)
+        if isinstance(known[item.session_id], BrokerError):
+            results[index] = pb.SessionResult(session_id=item.session_id,
+                                              error=_error(known[item.session_id]))
+            return
+        usage = convert.usage_from_proto(item.finish.usage)
+        signer = self.s.receipt_keyring.signer
+
+        def op(tx: Tx) -> Record:
+            return metering.finish(tx, self.p, item.session_id, usage, self.s.clock(),
+                                   self.s.config, signer, item.finish.signature)
+
+        def to_result(outcome: Any) -> pb.SessionResult:
+            if isinstance(outcome, Exception):
+                return pb.SessionResult(session_id=item.session_id, error=_error(outcome))
+            return pb.SessionResult(session_id=item.session_id, settled=pb.SessionSettled(
+                receipt=convert.receipt(outcome),
+                settle_time=convert.timestamp(outcome["settle_ms"])))
+
+        ops.append((index, op, to_result))
+
+
+def _ack(report: pb.SessionUsageReport) -> Callable[[Any], pb.SessionResult]:
+    def to_result(outcome: Any) -> pb.SessionResult:
+        if isinstance(outcome, Exception):
+            return pb.SessionResult(session_id=report.session_id, error=_error(outcome))
+        result = pb.SessionResult(session_id=report.session_id, ack=pb.UsageAck(
+            seq=report.seq, charged=outcome.charged, remaining=outcome.remaining))
+        if outcome.stop_reason:
+            result.stop.CopyFrom(_stop(outcome))
+        return result
+
+    return to_result
+
+
+def _foreseen(ses: Record, seq: int, usage: Record, now: int) -> pb.StopCommand | None:
+    """STOP before the batch is durable, as `Meter` sends it (metering._early_stop): the
+    writer's decision, same rule and same `now`, is the one recorded and acknowledged."""
+    try:
+        decision = session.on_usage(ses, seq, usage, now)
+    except BrokerError:
+        return None
+    return _stop(decision) if decision.stop_reason else None
+
+
+async def serve(services: Services, principal: Principal,
+                first: pb.MeterWorkerRequest | None,
+                requests: AsyncIterator[pb.MeterWorkerRequest], context: Any,
+                next_message: Callable[[Any], Awaitable[Any]]
+                ) -> AsyncIterator[pb.MeterWorkerResponse]:
+    """The MeterWorker call of `principal` (authenticated on the call's metadata): answer
+    batch after batch, `first` first."""
+    if first is None:
+        return
+    worker_id = validate.ident(first.worker_id, "worker_id")
+    services.store.read(lambda tx: get_own_worker(tx, principal, worker_id))
+    stream = WorkerStream(services, principal, worker_id)
+    batch: pb.MeterWorkerRequest | None = first
+    while batch is not None:
+        # Checked again on every batch: a key revoked while its stream is open must stop
+        # metering at once, not when the stream ends.
+        services.reauthenticate(principal)
+        async for response in WorkerStream.answer(stream, batch):
+            yield response
+        # A draining broker ends a stream once none of its sessions is in progress (the
+        # worker opens a new one, elsewhere or later), so that it need not wait out its
+        # grace period for a stream that a worker keeps open between jobs.
+        if not stream.active and services.streams.draining.is_set():
+            return
+        batch = await _next_unless_drained(services, stream, requests, next_message)
+
+
+async def _next_unless_drained(services: Services, stream: WorkerStream, requests: Any,
+                               next_message: Callable[[Any], Awaitable[Any]]) -> Any:
+    message = asyncio.ensure_future(next_message(requests))
+    if stream.active:
+        return await message
+    drained = asyncio.ensure_future(services.streams.draining.wait())
+    try:
+        await asyncio.wait((message, drained), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        drained.cancel()
+        if not message.done():
+            message.cancel()
+    return message.result() if not message.cancelled() else None
+
