@@ -100,6 +100,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_LEASE_ENDED: _ClassVar[ErrorReason]
     ERROR_REASON_LEASE_ALREADY_SETTLED: _ClassVar[ErrorReason]
     ERROR_REASON_LEASE_NEEDS_APPROVAL: _ClassVar[ErrorReason]
+    ERROR_REASON_STORE_UNAVAILABLE: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason
 ERROR_REASON_INVALID_AMOUNT: ErrorReason
@@ -189,6 +190,7 @@ ERROR_REASON_WORKER_LEASED: ErrorReason
 ERROR_REASON_LEASE_ENDED: ErrorReason
 ERROR_REASON_LEASE_ALREADY_SETTLED: ErrorReason
 ERROR_REASON_LEASE_NEEDS_APPROVAL: ErrorReason
+ERROR_REASON_STORE_UNAVAILABLE: ErrorReason
 REASON_INFO_FIELD_NUMBER: _ClassVar[int]
 reason_info: _descriptor.FieldDescriptor
 
