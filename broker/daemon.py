@@ -39,7 +39,6 @@ from .core import (
     alerts,
     audit,
     idempotency,
-    journal,
     ledger,
     metering,
     periodic,
@@ -52,7 +51,7 @@ from .datadir import DataDir
 from .keyring import Keyring, retire_voucher_keys
 from .metrics import BrokerMetrics
 from .store.base import Store
-from .store.lmdb_store import LmdbStore, RuntimeTables, lock_dir, unlock_dir
+from .store.lmdb_store import RuntimeTables, lock_dir, unlock_dir
 from .v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -263,9 +262,10 @@ class Broker:
                 await s.store.submit(lambda tx: idempotency.prune(tx, s.clock()))
                 while await s.store.submit(ledger.roll_up) == ledger.ROLL_UP_BATCH:
                     pass  # more entries than one step folds: keep going
-                if self.prefork is not None:  # a sibling may have rotated or retired keys
-                    s.keyring.reload()
-                    s.receipt_keyring.reload()
+                # A sibling process, or another broker on the same database (the key
+                # directory is shared), may have rotated or retired keys.
+                s.keyring.reload()
+                s.receipt_keyring.reload()
                 if (self.prefork is None or self.prefork.primary) and s.keyring.due(s.clock()):
                     await s.store.submit(lambda tx: retire_voucher_keys(
                         tx, s.keyring, s.clock()))
@@ -338,8 +338,7 @@ async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
                 prefork: Prefork | None = None) -> None:
     """Run one broker server until SIGTERM/SIGINT. prefork: one of the server
     processes of `serve_processes` (the parent holds the data directory lock)."""
-    store = LmdbStore(data_dir.ledger, durable=settings.durable, lock=prefork is None,
-                      sealer=journal.seal)
+    store = data_dir.open_store(durable=settings.durable, lock=prefork is None)
     metrics = BrokerMetrics()
     store.commit_observer = metrics.observe_commit
     try:

@@ -16,6 +16,11 @@ MASK = "***"
 _USERINFO = re.compile(r"^(?P<user>[^:@]*):(?P<password>.*)@(?P<host>[^@]*)$")
 
 
+class StoreOpenError(RuntimeError):
+    """The store of `store.url` cannot be used at start (unreachable, not initialised,
+    another layout, support not installed): one line for people, the password masked."""
+
+
 def is_postgres(url: str) -> bool:
     return url.split("://", 1)[0].lower() in SCHEMES and "://" in url
 

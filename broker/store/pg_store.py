@@ -62,7 +62,7 @@ from .buffered import (
     encode,
     key_range,
 )
-from .dsn import masked
+from .dsn import StoreOpenError, masked
 
 T = TypeVar("T")
 
@@ -82,6 +82,10 @@ BACKOFF_BASE_S = 0.002
 BACKOFF_MAX_S = 0.2
 RETRY_AFTER_MS = 1000
 CONNECT_TIMEOUT_S = 5
+# After the database was lost, calls fail at once for this long instead of each waiting
+# for a connection (reads run on the event loop: they must not wait there).
+DOWN_HOLD_S = 0.5
+GETCONN_TIMEOUT_S = 2.0  # the longest an op waits for a free connection
 SEAL_POLL_S = 0.25  # the sealer also looks this often (other brokers' entries)
 PAGE = 256  # rows fetched per round trip while a scan is consumed
 
@@ -102,11 +106,6 @@ def layout_ddl() -> list[str]:
         "CREATE TABLE IF NOT EXISTS broker_layout (version integer NOT NULL)",
     ]
     return out
-
-
-class StoreOpenError(RuntimeError):
-    """The database cannot be used at start (unreachable, not initialised, another
-    layout): one line for people, the DSN's password masked."""
 
 
 class StoreUnavailable(BrokerError):
@@ -237,14 +236,16 @@ class _PgTx:
 class PgStore:
     """`Store` on a PostgreSQL database (`url`, a postgresql:// DSN).
 
-    create=True (`broker init`): create the layout if it is missing. Otherwise the
-    layout must be there, at this release's LAYOUT_VERSION (StoreOpenError if not).
+    create=True (`broker init`): create the layout when the database has none.
+    migrate=True (`broker migrate`): bring an older layout up to date. Then the layout
+    must be this release's LAYOUT_VERSION (StoreOpenError if not).
     `sealer` (core/journal.py `seal`): run after commits by whichever broker holds the
     sealer lock. `isolation`: "serializable" (the default, see docs/scale-out.md) or
     "repeatable read" (row locks: point reads take FOR UPDATE; measured, not used).
     """
 
-    def __init__(self, url: str, *, create: bool = False, pool_size: int = 16,
+    def __init__(self, url: str, *, create: bool = False, migrate: bool = False,
+                 pool_size: int = 16,
                  sealer: Callable[[Tx], object] | None = None,
                  isolation: str = "serializable",
                  connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
@@ -257,13 +258,13 @@ class PgStore:
         self._begin = f"BEGIN ISOLATION LEVEL {isolation.upper()}"
         self._sealer = sealer
         self._timeout = connect_timeout_s
-        self._check_database(create)
+        self._check_database(create, migrate)
         self.stats: dict[str, float] = {"commits": 0, "failed_commits": 0, "ops": 0,
                                         "retries": 0, "commit_seconds": 0.0}
         # Told about every op like LmdbStore's batches: (1, seconds of COMMIT, committed?).
         self.commit_observer: Callable[[int, float, bool], None] | None = None
         self._pool = psycopg_pool.ConnectionPool(
-            url, min_size=2, max_size=pool_size, open=False, timeout=self._timeout,
+            url, min_size=2, max_size=pool_size, open=False, timeout=GETCONN_TIMEOUT_S,
             connection_class=_Conn, configure=self._configure,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(self._timeout))},
             name="broker-store")
@@ -276,6 +277,7 @@ class PgStore:
             max_workers=pool_size, thread_name_prefix="pg-op")
         self._lock = threading.Lock()
         self._closed = False
+        self._down_until = 0.0
         self._seal_wanted = threading.Event()
         self._stopping = threading.Event()
         self._sealer_thread: threading.Thread | None = None
@@ -294,16 +296,21 @@ class PgStore:
             raise StoreOpenError(f"cannot connect to PostgreSQL at {self.name}: "
                                  f"{_first_line(error)}") from None
 
-    def _check_database(self, create: bool) -> None:
+    def _check_database(self, create: bool, migrate: bool) -> None:
         """Reachable, and the layout there (created when `create`) is this release's."""
         with self._connect() as conn:
             try:
-                if create:
+                if create or migrate:
                     with conn.transaction():
                         conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_SINGLE,))
-                        for statement in layout_ddl():
-                            conn.execute(statement)
-                        if conn.execute("SELECT count(*) FROM broker_layout").fetchone()[0] == 0:
+                        found = stored_layout(conn)
+                        # Layouts only grow (CREATE ... IF NOT EXISTS): an older one
+                        # becomes this one by running the DDL again.
+                        if (found is None and create) or (
+                                found is not None and found < LAYOUT_VERSION and migrate):
+                            for statement in layout_ddl():
+                                conn.execute(statement)
+                            conn.execute("DELETE FROM broker_layout")
                             conn.execute("INSERT INTO broker_layout VALUES (%s)",
                                          (LAYOUT_VERSION,))
                 version = stored_layout(conn)
@@ -443,6 +450,7 @@ class PgStore:
                 log.exception("commit observer failed")
 
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
+        self._down_until = time.monotonic() + DOWN_HOLD_S
         log.warning("PostgreSQL at %s: %s", self.name, _first_line(error))
         return StoreUnavailable("the broker's database cannot be reached; retry with the "
                                 "same request_id")
@@ -450,6 +458,9 @@ class PgStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed(f"store {self.name} is closed")
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable("the broker's database cannot be reached; retry with the "
+                                   "same request_id")
 
     # -- single-runner work ----------------------------------------------------
 

@@ -13,7 +13,8 @@ import pytest
 
 from broker.core import journal
 from broker.store import Tx
-from broker.store.pg_store import LAYOUT_VERSION, PgStore, StoreOpenError, StoreUnavailable
+from broker.store.dsn import StoreOpenError
+from broker.store.pg_store import LAYOUT_VERSION, PgStore, StoreUnavailable
 from common.errors import Code
 
 from .test_memory_store import StoreContract, put
