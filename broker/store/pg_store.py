@@ -41,7 +41,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -183,8 +183,8 @@ class _PgTx:
                           "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v")
                 for params in puts:
                     cur.execute(upsert, params, prepare=False)
-                for params in deletes:
-                    cur.execute(f"DELETE FROM {name} WHERE k = %s", params, prepare=False)
+                for key in deletes:
+                    cur.execute(f"DELETE FROM {name} WHERE k = %s", key, prepare=False)
 
     def scan(
         self,
@@ -479,8 +479,8 @@ class PgStore:
                 if conn is None or conn.closed:
                     conn, held = self._connect(), False
                 if not held:
-                    held = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                        (LOCK_SINGLE, SEALER)).fetchone()[0]
+                    held = _one(conn, "SELECT pg_try_advisory_lock(%s, %s)",
+                                (LOCK_SINGLE, SEALER))
                 if held:
                     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
                     tx = BufferedTx(_PgTx(conn, writable=True))
@@ -505,10 +505,16 @@ class PgStore:
 
 def stored_layout(conn: psycopg.Connection) -> int | None:
     """The layout version in the database, or None when it has no broker tables."""
-    if conn.execute("SELECT to_regclass('broker_layout')").fetchone()[0] is None:
+    if _one(conn, "SELECT to_regclass('broker_layout')") is None:
         return None
-    row = conn.execute("SELECT max(version) FROM broker_layout").fetchone()
-    return None if row is None or row[0] is None else row[0]
+    return _one(conn, "SELECT max(version) FROM broker_layout")
+
+
+def _one(conn: psycopg.Connection, query: str, params: tuple = ()) -> Any:
+    """The first column of the one row `query` returns."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, query
+    return row[0]
 
 
 def _rollback(conn: psycopg.Connection) -> None:
