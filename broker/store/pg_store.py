@@ -27,7 +27,7 @@ The journal's sealer runs in one broker at a time: a background thread holds a s
 advisory lock on its own connection while it seals (a broker that loses that connection
 loses the lock), at REPEATABLE READ, so ops never conflict with it.
 
-A lost database gives `StoreUnavailable` (UNAVAILABLE, STORE_UNAVAILABLE, RetryInfo):
+A lost database gives `store_unavailable` (UNAVAILABLE, STORE_UNAVAILABLE, RetryInfo):
 the caller retries with the same request_id and gets the one true answer, through the
 idempotency table.
 """
@@ -108,12 +108,11 @@ def layout_ddl() -> list[str]:
     return out
 
 
-class StoreUnavailable(BrokerError):
-    """The database was lost during an operation (or it kept conflicting)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(Code.UNAVAILABLE, "STORE_UNAVAILABLE", message,
-                         retry_after_ms=RETRY_AFTER_MS)
+def store_unavailable(message: str) -> BrokerError:
+    """The database was lost during an operation (or it kept conflicting): UNAVAILABLE
+    with RetryInfo, which every RPC maps like any BrokerError."""
+    return BrokerError(Code.UNAVAILABLE, "STORE_UNAVAILABLE", message,
+                       retry_after_ms=RETRY_AFTER_MS)
 
 
 class _Conn(psycopg.Connection):
@@ -402,7 +401,7 @@ class PgStore:
                 self._count(0.0, committed=False)
                 raise self._unavailable(error) from None
         self._count(0.0, committed=False)
-        raise StoreUnavailable(f"the operation conflicted with others {MAX_ATTEMPTS} times; "
+        raise store_unavailable(f"the operation conflicted with others {MAX_ATTEMPTS} times; "
                                "retry with the same request_id")
 
     def _attempt(self, conn: psycopg.Connection, op: Callable[[Tx], T]) -> T:
@@ -449,17 +448,17 @@ class PgStore:
             except Exception:  # a broken metrics hook must not fail the op
                 log.exception("commit observer failed")
 
-    def _unavailable(self, error: BaseException) -> StoreUnavailable:
+    def _unavailable(self, error: BaseException) -> BrokerError:
         self._down_until = time.monotonic() + DOWN_HOLD_S
         log.warning("PostgreSQL at %s: %s", self.name, _first_line(error))
-        return StoreUnavailable("the broker's database cannot be reached; retry with the "
+        return store_unavailable("the broker's database cannot be reached; retry with the "
                                 "same request_id")
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed(f"store {self.name} is closed")
         if time.monotonic() < self._down_until:
-            raise StoreUnavailable("the broker's database cannot be reached; retry with the "
+            raise store_unavailable("the broker's database cannot be reached; retry with the "
                                    "same request_id")
 
     # -- single-runner work ----------------------------------------------------
