@@ -11,12 +11,10 @@ rather than skip.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -109,10 +107,6 @@ class PgCluster:
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def destroy(self) -> None:
         self.stop("immediate")
         if self._own_root:
@@ -126,15 +120,6 @@ class PgCluster:
                 query += f' TEMPLATE "{template}" STRATEGY FILE_COPY'
             conn.execute(query)
         return self.url(name)
-
-
-@contextlib.contextmanager
-def running(**kwargs) -> Iterator[PgCluster]:
-    cluster = PgCluster(**kwargs).start()
-    try:
-        yield cluster
-    finally:
-        cluster.destroy()
 
 
 # -- one cluster per test session ------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Every Store implementation, by name, for the tests that run against all of them."""
+"""The stores the core tests run on: memory, LMDB and PostgreSQL, by name."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from broker.core import journal
 from broker.store import TABLES, LmdbStore, MemoryStore, Store
 from broker.store.lmdb_store import ID_CLOCK_KEY
 from tests import pg_cluster
-
-KINDS = ("memory", "lmdb", "postgresql")
 
 
 class SealedEachOp:
