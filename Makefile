@@ -15,6 +15,8 @@ WORKER_METRICS_LISTEN ?= 127.0.0.1:9465
 NODE_AGENT := examples/node-agent
 NODE_STAMP := $(NODE_AGENT)/node_modules/.installed-stamp
 CHROMIUM   := /usr/bin/chromium
+# Debian's PostgreSQL server: the store tests start a throwaway cluster with it.
+PG_SERVER  := /usr/bin/pg_ctlcluster
 
 .PHONY: run demo demo-node node-deps api-docs gpu-check console-screenshots test fuzz crash-test soak bench lint proto check-stubs breaking clean venv
 
@@ -59,8 +61,13 @@ $(CHROMIUM):
 console-screenshots: $(STAMP) $(CHROMIUM)
 	BROKER_CONSOLE_SCREENSHOTS=docs/console $(BIN)/python -m pytest -q tests/integration/test_console.py
 
+# The tests start their own PostgreSQL from Debian's server (these machines run as root;
+# elsewhere: sudo apt-get install postgresql, and the tests run it as you).
+$(PG_SERVER):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+
 ## test: stub freshness, then the whole suite
-test: $(STAMP) $(NODE_STAMP) $(CHROMIUM) check-stubs
+test: $(STAMP) $(NODE_STAMP) $(CHROMIUM) $(PG_SERVER) check-stubs
 	$(BIN)/python -m pytest -q
 
 ## crash-test: SIGKILL a loaded broker 30 times, then a prefork one (its whole process group) 30 times; every acknowledged operation must survive

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,7 +28,7 @@ log = logging.getLogger("broker")
 
 
 def _data_dir(settings: Settings) -> DataDir:
-    return DataDir(Path(settings.data_dir))
+    return DataDir(Path(settings.data_dir), settings.store_url)
 
 
 def announce(settings: Settings, text: str) -> None:
@@ -39,13 +40,20 @@ def announce(settings: Settings, text: str) -> None:
 
 
 def cmd_init(args, effective: Effective[Settings]) -> int:
+    from .store.dsn import StoreOpenError
+
     settings = effective.settings
+    data_dir = _data_dir(settings)
     try:
-        key_id, admin_key = init(_data_dir(settings))
+        key_id, admin_key = init(data_dir)
     except AlreadyInitialised as error:
         print(f"broker init: {error}", file=sys.stderr)
         return 1
-    print(f"initialised {settings.data_dir} (voucher signing key {key_id})")
+    except StoreOpenError as error:
+        print(f"broker init: {error}", file=sys.stderr)
+        return 2
+    where = f" (ledger in {data_dir.store_name})" if settings.store_url else ""
+    print(f"initialised {settings.data_dir}{where} (voucher signing key {key_id})")
     if args.admin_key_file:
         write_secret(Path(args.admin_key_file), admin_key.encode() + b"\n")
         print(f"admin API key written to {args.admin_key_file} (mode 0600)")
@@ -77,6 +85,7 @@ def cmd_serve(args, effective: Effective[Settings]) -> int:
     from . import demo
     from .daemon import PortInUse, serve, serve_processes
     from .store import DataDirLocked
+    from .store.dsn import StoreOpenError
     from .store.schema import SchemaError
 
     settings = effective.settings
@@ -89,14 +98,16 @@ def cmd_serve(args, effective: Effective[Settings]) -> int:
     data_dir = _data_dir(settings)
     config = settings.core_config()
     admin_key = ""
-    if not data_dir.is_initialised():
-        if not args.demo:
+    try:
+        if args.demo and (settings.store_url or not data_dir.is_initialised()):
+            # A database that another broker initialised already is fine.
+            with contextlib.suppress(AlreadyInitialised):
+                _, admin_key = init(data_dir)
+        elif not data_dir.is_initialised():
             log.error("%s is not initialised; run `broker init` first", data_dir.root)
             return 1
-        _, admin_key = init(data_dir)
-    try:
         _require_current_schema(data_dir)
-    except (DataDirLocked, SchemaError) as error:
+    except (DataDirLocked, SchemaError, StoreOpenError) as error:
         log.error("%s", error)
         return 2
 
@@ -115,7 +126,7 @@ def cmd_serve(args, effective: Effective[Settings]) -> int:
             return serve_processes(data_dir, config, daemon, settings.processes, on_ready,
                                    clock)
         return asyncio.run(serve(data_dir, config, daemon, on_ready, clock))
-    except (DataDirLocked, MetricsListenError) as error:
+    except (DataDirLocked, MetricsListenError, StoreOpenError) as error:
         log.error("%s", error)
         return 2
     except PortInUse as error:
@@ -128,33 +139,38 @@ def _require_current_schema(data_dir: DataDir) -> None:
 
     store = data_dir.open_store()
     try:
-        store.read(lambda tx: schema.require_current(tx, str(data_dir.root)))
+        store.read(lambda tx: schema.require_current(tx, data_dir.store_name))
     finally:
         store.close()
 
 
 def cmd_migrate(args, effective: Effective[Settings]) -> int:
     from .store import DataDirLocked, schema
+    from .store.dsn import StoreOpenError
 
     data_dir = _data_dir(effective.settings)
-    if not data_dir.is_initialised():
+    if not data_dir.store_url and not data_dir.is_initialised():
         print(f"broker migrate: {data_dir.root} is not a broker data directory",
               file=sys.stderr)
         return 1
-    try:
-        store = data_dir.open_store()
+    try:  # PostgreSQL: brings the table layout up to date first
+        store = data_dir.open_store(migrate=True)
     except DataDirLocked as error:
         print(f"broker migrate: {error}; stop it first", file=sys.stderr)
         return 2
+    except StoreOpenError as error:
+        print(f"broker migrate: {error}", file=sys.stderr)
+        return 2
+    name = data_dir.store_name
     try:
-        found, now = store.submit_sync(lambda tx: schema.migrate(tx, str(data_dir.root)))
+        found, now = store.submit_sync(lambda tx: schema.migrate(tx, name))
     except schema.SchemaError as error:
         print(f"broker migrate: {error}", file=sys.stderr)
         return 1
     finally:
         store.close()
-    print(f"{data_dir.root}: already at schema version {now}" if found == now else
-          f"{data_dir.root}: migrated from schema version {found} to {now}")
+    print(f"{name}: already at schema version {now}" if found == now else
+          f"{name}: migrated from schema version {found} to {now}")
     return 0
 
 
@@ -214,9 +230,13 @@ def _read_key(path: str, what: str) -> str:
 def cmd_audit(args, effective: Effective[Settings]) -> int:
     from .core import audit
     from .store import DataDirLocked
+    from .store.dsn import StoreOpenError
 
     try:
         store = _data_dir(effective.settings).open_store()
+    except StoreOpenError as error:
+        print(f"broker audit: {error}", file=sys.stderr)
+        return 2
     except DataDirLocked as error:
         print(f"broker audit: {error}; use the GetLedgerSummary RPC on a running broker",
               file=sys.stderr)
@@ -466,8 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     logging_flags = ("log_format", "log_level")
 
-    p = sub.add_parser("init", help="create a data directory, signing key and admin key")
-    SCHEMA.add_flags(p, "data_dir", *logging_flags)
+    p = sub.add_parser("init", help="create a data directory, signing key and admin key "
+                                    "(and, with --store, the PostgreSQL tables)")
+    SCHEMA.add_flags(p, "data_dir", "store_url", *logging_flags)
     p.add_argument("--admin-key-file", help="write the admin key here (mode 0600)")
     p.set_defaults(func=cmd_init)
 
@@ -487,11 +508,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("migrate", help="bring a data directory written by an older release "
                                        "up to this release's schema (the broker stopped)")
-    SCHEMA.add_flags(p, "data_dir", *logging_flags)
+    SCHEMA.add_flags(p, "data_dir", "store_url", *logging_flags)
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("audit", help="check every ledger invariant of a stopped broker's data")
-    SCHEMA.add_flags(p, "data_dir", *logging_flags)
+    SCHEMA.add_flags(p, "data_dir", "store_url", *logging_flags)
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("console", help="the web console for owners and auditors")

@@ -41,7 +41,6 @@ from .core import (
     alerts,
     audit,
     idempotency,
-    journal,
     ledger,
     metering,
     periodic,
@@ -54,7 +53,7 @@ from .datadir import DataDir
 from .keyring import Keyring, retire_voucher_keys
 from .metrics import BrokerMetrics
 from .store.base import StorageFull, Store
-from .store.lmdb_store import LmdbStore, RuntimeTables, lock_dir, unlock_dir
+from .store.lmdb_store import RuntimeTables, lock_dir, unlock_dir
 from .v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -281,9 +280,10 @@ class Broker:
                 s.changes.notify()
 
         async def keys() -> None:
-            if self.prefork is not None:  # a sibling may have rotated or retired keys
-                s.keyring.reload()
-                s.receipt_keyring.reload()
+            # A sibling process, or another broker on the same database (the key
+            # directory is shared), may have rotated or retired keys.
+            s.keyring.reload()
+            s.receipt_keyring.reload()
             if (self.prefork is None or self.prefork.primary) and s.keyring.due(s.clock()):
                 await s.store.submit(lambda tx: retire_voucher_keys(tx, s.keyring, s.clock()))
 
@@ -410,8 +410,7 @@ async def serve(data_dir: DataDir, config: CoreConfig, settings: BrokerSettings,
     """Run one broker server until SIGTERM/SIGINT (exit status 0), or until a
     background task cannot go on (1). prefork: one of the server processes of
     `serve_processes` (the parent holds the data directory lock)."""
-    store = LmdbStore(data_dir.ledger, durable=settings.durable, lock=prefork is None,
-                      sealer=journal.seal)
+    store = data_dir.open_store(durable=settings.durable, lock=prefork is None)
     metrics = BrokerMetrics()
     store.commit_observer = metrics.observe_commit
     try:

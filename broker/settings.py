@@ -17,6 +17,7 @@ from common.settings import (
 )
 
 from .core.config import CoreConfig
+from .store import dsn
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class Settings:
     data_dir: str = setting(
         "var", "Data directory: LMDB ledger, voucher signing keys (created by `broker init`).",
         path=True, check=not_empty)
+    store_url: str = setting(
+        "", "Where the ledger lives: empty for LMDB in the data directory, or a "
+        "postgresql:// URL shared by several brokers (docs/scale-out.md); the data "
+        "directory then holds only the signing keys. A password in it is shown as ***.",
+        key="store.url", flag="--store", check=dsn.check, shown=dsn.masked)
     fee_bps: int = setting(
         CoreConfig.fee_bps, "Platform fee in basis points of each charge (rounded down; the "
         "worker gets the rest).", minimum=0, maximum=10_000)

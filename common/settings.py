@@ -53,6 +53,10 @@ class Spec:
     secret: bool = False  # no flag (ps shows flags); `config show` masks it; errors hide it
     path: bool = False  # a file or directory name (not itself a secret)
     file_only: bool = False  # a free-form table: no variable, no flag
+    flag: str = ""  # the flag's name when not --<field name> (e.g. --store)
+    # How `config show` and errors show the value when part of it is secret (a DSN's
+    # password); None: as it is (or *** when `secret`).
+    shown: Callable[[Any], str] | None = None
 
 
 def setting(default: Any, help: str, **spec: Any) -> Any:
@@ -151,7 +155,8 @@ class Schema(Generic[T]):
             self.options.append(Option(
                 name=f.name, key=spec.key or f.name, kind=kind, item=item, default=default,
                 spec=spec, env="" if spec.file_only else env_prefix + f.name.upper(),
-                flag="" if spec.file_only or spec.secret else "--" + f.name.replace("_", "-")))
+                flag="" if spec.file_only or spec.secret else
+                spec.flag or "--" + f.name.replace("_", "-")))
         self.by_key = {o.key: o for o in self.options}
 
     @property
@@ -276,7 +281,7 @@ class Schema(Generic[T]):
 
     @staticmethod
     def _error(option: Option, value: Any, where: str, why: str) -> SettingsError:
-        shown = MASK if option.spec.secret else repr(value)
+        shown = MASK if option.spec.secret else repr(_shown(option, value))
         return SettingsError(f"{where}: {option.key} = {shown}: {why}")
 
     # -- command line -----------------------------------------------------------
@@ -349,7 +354,7 @@ class Schema(Generic[T]):
                 lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
                 continue
             section, _, leaf = o.key.rpartition(".")
-            shown = MASK if o.spec.secret and value else value
+            shown = MASK if o.spec.secret and value else _shown(o, value)
             sections.setdefault(section, []).append(
                 f"{leaf} = {_toml_value(shown)}  # {source}")
         out = [f"# effective settings: defaults < config file < {self.env_prefix}* "
@@ -372,6 +377,10 @@ class Schema(Generic[T]):
             default = _toml_value(o.default).replace("|", "\\|")
             rows.append(f"| `{o.key}` | {env} | {flag} | `{default}` | {meaning} |")
         return "\n".join(rows) + "\n"
+
+
+def _shown(option: Option, value: Any) -> Any:
+    return option.spec.shown(value) if option.spec.shown and isinstance(value, str) else value
 
 
 def _is(value: Any, item: type | None) -> bool:

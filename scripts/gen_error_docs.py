@@ -265,6 +265,9 @@ class CallGraph:
 MUTATE = "broker.api.base:Services.mutate"
 # Run on every call before its handler: a request that does not decode (both servers).
 BEFORE_HANDLER = "common.undecodable:_undecodable"
+# What the store itself may answer (broker/store/pg_store.py: the database lost), out of
+# reach of the call graph (the store is called through its interface).
+STORE_REASONS = ("STORE_UNAVAILABLE",)
 # The worker's Execute passes the broker's refusal of a redemption through unchanged.
 PASSED_THROUGH = {"worker.v1.WorkerService.Execute": "broker.v1.MeteringService.Meter"}
 
@@ -295,6 +298,8 @@ def rpcs(graph: CallGraph | None = None) -> list[Rpc]:
                 request_id = "request_id" in fields
                 found = list(graph.reasons(BEFORE_HANDLER))
                 found += [r for r in graph.reasons(key) if r not in found]
+                if file.package == "broker.v1":  # every broker call reads the store
+                    found += [r for r in STORE_REASONS if r not in found]
                 out.append(Rpc(f"{full}.{method.name}", found, request_id,
                                request_id and graph.calls(key, MUTATE),
                                method.client_streaming or method.server_streaming))

@@ -22,6 +22,7 @@ from broker.core import (
 from common import vouchers
 from common.errors import BrokerError
 from common.money import charge_for, split_fee
+from tests.stores import model_store, snapshot
 
 from .world import World
 
@@ -36,9 +37,12 @@ class BrokerModel(RuleBasedStateMachine):
     auths = Bundle("auths")
     sessions = Bundle("sessions")
 
+    store_kind = "memory"  # the subclasses at the end run it on LMDB and PostgreSQL
+
     def __init__(self):
         super().__init__()
-        self.w = World()
+        store, self.dispose = model_store(self.store_kind)
+        self.w = World(store=store)
         self.owner, self.wallet, self.agent, self.owner_p = self.w.tenant(
             treasury=TREASURY, cap=CAP, refill_target=TARGET, funded=TARGET)
         self.provider, self.worker_p = self.w.provider()
@@ -66,15 +70,18 @@ class BrokerModel(RuleBasedStateMachine):
             tx, self.owner["owner_id"], plan["plan_id"], self.wallet["wallet_id"], self.w.now))
         self.grant_in_model(0)
 
+    def teardown(self):
+        self.dispose()
+
     # -- helpers ------------------------------------------------------------------------
 
     def attempt(self, op):
         """Run op; on a BrokerError assert the store is unchanged and return None."""
-        before = self.w.store.snapshot()
+        before = snapshot(self.w.store)
         try:
             return self.w.run(op)
         except BrokerError:
-            assert self.w.store.snapshot() == before, "a rejected operation changed state"
+            assert snapshot(self.w.store) == before, "a rejected operation changed state"
             return None
 
     def credits(self) -> int:
@@ -315,3 +322,20 @@ class BrokerModel(RuleBasedStateMachine):
 BrokerModel.TestCase.settings = settings(max_examples=80, stateful_step_count=50,
                                          deadline=None)
 TestBrokerModel = BrokerModel.TestCase
+
+
+# The same machine on the durable stores: fewer, shorter runs (each step reads every
+# table back for the invariants), enough to show they behave as the memory store does.
+class LmdbBrokerModel(BrokerModel):
+    store_kind = "lmdb"
+
+
+class PgBrokerModel(BrokerModel):
+    store_kind = "postgresql"
+
+
+for _model in (LmdbBrokerModel, PgBrokerModel):
+    _model.TestCase.settings = settings(max_examples=6, stateful_step_count=25,
+                                        deadline=None)
+TestLmdbBrokerModel = LmdbBrokerModel.TestCase
+TestPgBrokerModel = PgBrokerModel.TestCase

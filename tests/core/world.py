@@ -17,6 +17,7 @@ T0 = 1_800_000_000_000
 
 @dataclass
 class World:
+    # Any Store (tests/stores.py model_store); the memory store unless a test says.
     store: MemoryStore = field(default_factory=lambda: MemoryStore(sealer=journal.seal))
     config: CoreConfig = field(default_factory=lambda: CoreConfig(fee_bps=250,
                                                                   report_interval_ms=1000))

@@ -1,0 +1,213 @@
+"""PgStore: the Store contract on a real PostgreSQL, and what several brokers on one
+database rely on (ids, serialisability, the sealer, losing the database)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from broker.core import journal
+from broker.store import Tx
+from broker.store.dsn import StoreOpenError
+from broker.store.pg_store import LAYOUT_VERSION, PgStore
+from common.errors import BrokerError, Code
+
+from .test_memory_store import StoreContract, put
+
+WAIT = 10  # seconds; generous, only reached when something is broken
+
+
+@pytest.fixture
+def store(pg_url: str) -> Iterator[PgStore]:
+    with PgStore(pg_url, pool_size=4) as s:
+        yield s
+
+
+class TestPgContract(StoreContract):
+    pass
+
+
+def in_threads(count: int, work) -> list:
+    results: list = [None] * count
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = work(i)
+        except BaseException as error:  # noqa: BLE001 -- reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 3)
+    assert not errors, errors
+    return results
+
+
+def test_ids_are_unique_across_brokers_and_restarts(pg_url: str) -> None:
+    a, b = PgStore(pg_url, pool_size=3), PgStore(pg_url, pool_size=3)
+    try:
+        got = in_threads(8, lambda i: (a if i % 2 else b).submit_sync(
+            lambda tx: [tx.next_id() for _ in range(200)]))
+    finally:
+        a.close()
+        b.close()
+    ids = [i for batch in got for i in batch]
+    assert len(set(ids)) == len(ids) == 1600
+    for batch in got:  # each op's ids increase
+        assert batch == sorted(batch)
+    # A store opened later continues above every id of the slots it takes over.
+    with PgStore(pg_url, pool_size=3) as c:
+        later = in_threads(3, lambda i: c.submit_sync(lambda tx: tx.next_id()))
+    assert not set(later) & set(ids)
+    assert min(later) >> 10 > max(ids) >> 10 - 0  # the time part moved on
+
+
+@pytest.mark.parametrize("isolation", ["serializable", "repeatable read"])
+def test_concurrent_read_modify_write_loses_nothing(pg_url: str, isolation: str) -> None:
+    a = PgStore(pg_url, pool_size=4, isolation=isolation)
+    b = PgStore(pg_url, pool_size=4, isolation=isolation)
+    a.submit_sync(put("meta", "counter", {"n": 0}))
+
+    def increment(tx: Tx) -> None:
+        record = tx.get("meta", "counter")
+        time.sleep(0.002)  # widen the window between read and write
+        tx.put("meta", "counter", {"n": record["n"] + 1})
+
+    try:
+        in_threads(8, lambda i: [(a if i % 2 else b).submit_sync(increment) for _ in range(10)])
+        assert a.read(lambda tx: tx.get("meta", "counter")) == {"n": 80}
+        assert a.stats["retries"] + b.stats["retries"] > 0  # the conflicts were real
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("isolation", ["serializable", "repeatable read"])
+def test_no_write_skew(pg_url: str, isolation: str) -> None:
+    """Two ops each read both rows and take one from a different row while the sum
+    allows it: run one at a time, only one can take. Snapshot isolation alone lets both."""
+    a = PgStore(pg_url, pool_size=2, isolation=isolation)
+    a.submit_sync(lambda tx: (tx.put("meta", "x", {"n": 1}), tx.put("meta", "y", {"n": 0})))
+    both_read = threading.Barrier(2)
+
+    def take(key: str):
+        first = [True]
+
+        def op(tx: Tx) -> bool:
+            total = tx.get("meta", "x")["n"] + tx.get("meta", "y")["n"]
+            if first[0]:  # only the first attempts meet: retries run alone
+                first[0] = False
+                # With row locks (repeatable read) the second waits for the first's
+                # COMMIT before it reads: they cannot meet here.
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    both_read.wait(1)
+            if total < 1:
+                return False
+            tx.put("meta", key, {"n": tx.get("meta", key)["n"] - 1})
+            return True
+
+        return op
+
+    try:
+        took = in_threads(2, lambda i: a.submit_sync(take("x" if i else "y")))
+        final = a.read(lambda tx: tx.get("meta", "x")["n"] + tx.get("meta", "y")["n"])
+    finally:
+        a.close()
+    assert sorted(took) == [False, True]
+    assert final == 0
+
+
+def test_journal_is_sealed_once_by_one_of_several_brokers(pg_url: str) -> None:
+    stores = [PgStore(pg_url, pool_size=3, sealer=journal.seal) for _ in range(3)]
+    try:
+        in_threads(6, lambda i: [stores[i % 3].submit_sync(
+            lambda tx, i=i, n=n: journal.append(tx, "test", {"i": i, "n": n}, 1))
+            for n in range(20)])
+        deadline = time.monotonic() + WAIT
+        while stores[0].read(lambda tx: list(tx.scan("journal_unsealed", limit=1))):
+            assert time.monotonic() < deadline, "entries left unsealed"
+            time.sleep(0.05)
+        entries = stores[0].read(lambda tx: [e for _, e in tx.scan("journal")])
+        assert stores[0].read(journal.verify_tx) == []
+    finally:
+        for s in stores:
+            s.close()
+    assert len(entries) == 120
+    assert sorted((e["data"]["i"], e["data"]["n"]) for e in entries) == sorted(
+        (i, n) for i in range(6) for n in range(20))
+
+
+def test_an_op_error_is_reported_and_changes_nothing(store: PgStore) -> None:
+    def op(tx: Tx) -> None:
+        tx.put("meta", "a", {"v": 1})
+        raise KeyError("no")
+
+    with pytest.raises(KeyError):
+        store.submit_sync(op)
+    assert store.read(lambda tx: tx.get("meta", "a")) is None
+
+
+def test_connection_lost_mid_op_is_unavailable_with_retry_info(store: PgStore,
+                                                              pg_url: str) -> None:
+    store.submit_sync(put("meta", "a", {"v": 1}))
+
+    def op(tx: Tx) -> None:
+        tx.get("meta", "a")
+        pid = tx._base._conn.info.backend_pid  # type: ignore[attr-defined]
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        tx.put("meta", "a", {"v": 2})
+        tx.get("meta", "b")  # the connection is gone
+
+    with pytest.raises(BrokerError) as caught:
+        store.submit_sync(op)
+    assert caught.value.code is Code.UNAVAILABLE
+    assert caught.value.reason == "STORE_UNAVAILABLE"
+    assert caught.value.retry_after_ms and caught.value.retry_after_ms > 0
+    # For a moment calls fail at once (nobody waits on a database that just went away)
+    # ...
+    started = time.monotonic()
+    with pytest.raises(BrokerError):
+        store.read(lambda tx: None)
+    assert time.monotonic() - started < 0.2
+    # ... then nothing of the op committed, and the store carries on with new connections.
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            found = store.read(lambda tx: tx.get("meta", "a"))
+            break
+        except BrokerError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert found == {"v": 1}
+    store.submit_sync(put("meta", "a", {"v": 3}))
+    assert store.read(lambda tx: tx.get("meta", "a")) == {"v": 3}
+
+
+def test_unreachable_database_is_one_line_with_the_password_masked(tmp_path) -> None:
+    url = f"postgresql://broker:s3cret@/broker?host={tmp_path}&port=5999"
+    with pytest.raises(StoreOpenError) as caught:
+        PgStore(url, connect_timeout_s=2)
+    text = str(caught.value)
+    assert "cannot connect to PostgreSQL" in text and "\n" not in text
+    assert "s3cret" not in text and "broker:***@" in text
+
+
+def test_a_database_without_the_tables_or_of_another_layout_is_refused(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE broker_layout")
+    with pytest.raises(StoreOpenError, match="has no broker tables; run `broker init"):
+        PgStore(pg_url)
+    PgStore(pg_url, create=True).close()  # init creates what is missing
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE broker_layout SET version = %s", (LAYOUT_VERSION + 1,))
+    with pytest.raises(StoreOpenError, match="written by a newer release"):
+        PgStore(pg_url)
