@@ -23,9 +23,6 @@ from ..store.base import Record, Tx, must_get
 from . import budgets, journal, pages, policy, spend, validate
 from .access import Principal
 
-KEY_FIELDS = ("key_id", "public_key", "revoked", "create_ms", "revoke_ms")
-
-
 # -- owners' mandate keys --------------------------------------------------------------
 
 
@@ -80,10 +77,10 @@ def revoke_key(tx: Tx, principal: Principal, key_id: str, now: int) -> Record:
 
 def required(tx: Tx, wallet: Record) -> bool:
     """Whether the wallet's policy, or the policy of any wallet above it, requires one."""
-    wallet_ids = [wallet["wallet_id"], *(level["parent_wallet_id"]
-                                         for level in budgets.chain(tx, wallet["wallet_id"]))]
-    for wallet_id in wallet_ids:
-        pol, _ = policy.effective(tx, must_get(tx, "wallets", wallet_id))
+    above = (must_get(tx, "wallets", level["parent_wallet_id"])
+             for level in budgets.chain(tx, wallet["wallet_id"]))
+    for each in (wallet, *above):
+        pol, _ = policy.effective(tx, each)
         if pol is not None and pol.get("require_mandate"):
             return True
     return False
