@@ -228,7 +228,7 @@ def _read_key(path: str, what: str) -> str:
 
 
 def cmd_audit(args, effective: Effective[Settings]) -> int:
-    from .core import audit
+    from .core import audit, mandates
     from .store import DataDirLocked
     from .store.dsn import StoreOpenError
 
@@ -242,13 +242,84 @@ def cmd_audit(args, effective: Effective[Settings]) -> int:
               file=sys.stderr)
         return 2
     try:
-        problems = store.read(audit.check)
+        if args.mandates:
+            report = store.read(lambda tx: mandates.audit(
+                tx, _ms(args.from_time, 0), _ms(args.to_time, 2**62), args.owner))
+        else:
+            problems = store.read(audit.check)
     finally:
         store.close()
+    if args.mandates:
+        for what, why in report["uncovered"]:
+            print(f"not covered: {what}: {why}")
+        n, bad = report["charges"], len(report["uncovered"])
+        print(f"{n} charge(s); all covered by a valid mandate" if not bad else
+              f"{n} charge(s); {bad} not covered by a valid mandate")
+        return 1 if bad else 0
     for problem in problems:
         print(problem)
     print("ledger OK" if not problems else f"{len(problems)} problem(s) found")
     return 1 if problems else 0
+
+
+def _ms(text: str, default: int) -> int:
+    """An RFC 3339 time (or a date, UTC) as epoch milliseconds; `default` when empty."""
+    from datetime import UTC, datetime
+
+    if not text:
+        return default
+    parsed = datetime.fromisoformat(text)
+    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def _signing_key(path: str):
+    from nacl.signing import SigningKey
+
+    return SigningKey(bytes.fromhex(Path(path).read_text().strip()))
+
+
+def cmd_mandates_keygen(args, effective: Effective[Settings]) -> int:
+    """A fresh Ed25519 mandate key: the private key to a 0600 file (it stays with the
+    owner), the public key printed for DelegationService.RegisterMandateKey."""
+    from nacl.signing import SigningKey
+
+    from common.mandates import key_id
+
+    out = Path(args.out)
+    if out.exists():
+        print(f"broker mandates keygen: {out} exists; not overwriting a key", file=sys.stderr)
+        return 1
+    key = SigningKey.generate()
+    write_secret(out, bytes(key).hex().encode() + b"\n")
+    public = bytes(key.verify_key)
+    print(f"private key written to {out} (mode 0600)")
+    print(f"key id: {key_id(public)}")
+    print("public key (base64, for RegisterMandateKey): "
+          f"{base64.b64encode(public).decode()}")
+    return 0
+
+
+def cmd_mandates_public_key(args, effective: Effective[Settings]) -> int:
+    print(base64.b64encode(bytes(_signing_key(args.key).verify_key)).decode())
+    return 0
+
+
+def cmd_mandates_sign(args, effective: Effective[Settings]) -> int:
+    """Sign a mandate offline with the owner's mandate key (docs/delegation.md)."""
+    from common.clock import now_ms
+    from common.errors import BrokerError
+    from common.mandates import sign
+
+    now = now_ms()
+    try:
+        token = sign(_signing_key(args.key), wallet_id=args.wallet, agent_key_id=args.agent,
+                     per_job=args.per_job, total=args.total, models=args.model,
+                     issued_ms=now, expire_ms=_ms(args.until, now + args.ttl_seconds * 1000))
+    except (OSError, ValueError, BrokerError) as error:
+        print(f"broker mandates sign: {error}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
 
 
 def cmd_receipts_keygen(args, effective: Effective[Settings]) -> int:
@@ -513,6 +584,14 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("audit", help="check every ledger invariant of a stopped broker's data")
     SCHEMA.add_flags(p, "data_dir", "store_url", *logging_flags)
+    p.add_argument("--mandates", action="store_true",
+                   help="instead: show that every charge of a period was covered by a valid "
+                        "mandate, or name those that were not (exit 1)")
+    p.add_argument("--from", dest="from_time", default="", metavar="TIME",
+                   help="with --mandates: from this time (RFC 3339 or a date, UTC)")
+    p.add_argument("--to", dest="to_time", default="", metavar="TIME",
+                   help="with --mandates: until this time, exclusive")
+    p.add_argument("--owner", default="", help="with --mandates: only this owner's charges")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("console", help="the web console for owners and auditors")
@@ -561,6 +640,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--next-key-out", default="",
                    help="write a fresh key that may narrow the result again (mode 0600)")
     p.set_defaults(func=cmd_vouchers_narrow)
+
+    mandates = sub.add_parser("mandates", help="an owner's signed mandates").add_subparsers(
+        dest="mandates_command", required=True)
+    p = mandates.add_parser("keygen", help="make an Ed25519 key for signing mandates")
+    SCHEMA.add_flags(p, *logging_flags)
+    p.add_argument("--out", required=True, help="file for the private key (mode 0600)")
+    p.set_defaults(func=cmd_mandates_keygen)
+    p = mandates.add_parser("public-key", help="print the base64 public key of a key file")
+    SCHEMA.add_flags(p, *logging_flags)
+    p.add_argument("--key", required=True, help="the private key file from `keygen`")
+    p.set_defaults(func=cmd_mandates_public_key)
+    p = mandates.add_parser("sign", help="sign a mandate offline, print it")
+    SCHEMA.add_flags(p, *logging_flags)
+    p.add_argument("--key", required=True, help="the private key file from `keygen`")
+    p.add_argument("--wallet", required=True, help="the wallet (with its sub-budgets) covered")
+    p.add_argument("--agent", default="", help="only this agent key id (default: any)")
+    p.add_argument("--per-job", type=int, required=True, help="most micro-credits per job")
+    p.add_argument("--total", type=int, required=True, help="most micro-credits in all")
+    p.add_argument("--model", action="append", default=[],
+                   help="a model it allows (repeatable; default: any)")
+    p.add_argument("--ttl-seconds", type=int, default=86_400,
+                   help="valid this long (default a day)")
+    p.add_argument("--until", default="", help="valid until this time instead (RFC 3339)")
+    p.set_defaults(func=cmd_mandates_sign)
 
     keys = sub.add_parser("keys", help="the broker's signing keys").add_subparsers(
         dest="keys_command", required=True)

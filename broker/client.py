@@ -37,7 +37,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
-from common import narrowing, sealing
+from common import mandates, narrowing, sealing
 from common import tls as tls_files
 from common.status import error_info
 from worker.v1 import worker_service_pb2 as worker_pb
@@ -156,13 +156,14 @@ class BrokerClient:
                   cache_results: bool = False, quote_id: str = "",
                   select_best_offer: bool = False,
                   labels: dict[str, str] | None = None,
-                  holder_public_key: bytes = b"") -> auth_pb.Authorization:
+                  holder_public_key: bytes = b"", mandate: str = "") -> auth_pb.Authorization:
         """A hold and its voucher. With a quote id the voucher is charged the quote's
         locked prices; with select_best_offer the broker picks the offer (and the
         voucher is valid at every eligible offer of that model: see execute).
         `labels` (job names, purposes) stay inside the broker, for the owner's books.
         With `holder_public_key` (a fresh Ed25519 key's public half) the voucher can be
-        narrowed offline with `narrow_voucher` and that key's private half."""
+        narrowed offline with `narrow_voucher` and that key's private half. `mandate` is
+        one the owner signed (`sign_mandate`), where the wallet's policy requires one."""
         scope = res_pb.Scope(resource_class=resource_class, model=model, worker_id=worker_id,
                              max_prices=res_pb.PriceSheet(**(max_prices or {})))
         request = auth_pb.AuthorizeRequest(request_id=request_id or self._request_id(),
@@ -170,7 +171,8 @@ class BrokerClient:
                                            cache_results=cache_results, quote_id=quote_id,
                                            select_best_offer=select_best_offer,
                                            labels=labels or {},
-                                           holder_public_key=holder_public_key)
+                                           holder_public_key=holder_public_key,
+                                           mandate=mandate)
         return self._call(self._auths.Authorize, request).authorization
 
     def quote(self, kind: str, *, models: tuple[str, ...] | list[str] = (),
@@ -423,6 +425,17 @@ def narrow_voucher(voucher: str, holder_key: SigningKey, *, amount: int, expire_
                             scope=narrowing.inherit(voucher, scope),
                             next_public_key=narrowing.public_key_text(next_key)
                             if next_key else "")
+
+
+def sign_mandate(owner_key: SigningKey, *, wallet_id: str, per_job: int, total: int,
+                 expire_ms: int, agent_key_id: str = "", models: tuple[str, ...] = ()) -> str:
+    """A mandate signed offline with the owner's mandate key (registered with
+    DelegationService.RegisterMandateKey): `wallet_id` (and its sub-budgets) or only
+    `agent_key_id` may spend at most `per_job` per authorization and `total` in all,
+    on `models` (empty: any), until `expire_ms`. Give it to the agent for Authorize."""
+    return mandates.sign(owner_key, wallet_id=wallet_id, per_job=per_job, total=total,
+                         expire_ms=expire_ms, issued_ms=int(time.time() * 1000),
+                         agent_key_id=agent_key_id, models=models)
 
 
 def _timestamp(ms: int) -> Timestamp:

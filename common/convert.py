@@ -105,7 +105,7 @@ def authorization(a: Record, *, voucher: str = "",
         charged=a["charged"], receipt_id=a["receipt_id"], labels=labels or {},
         quote_id=a.get("binding", {}).get("quote_id", ""),
         offers=[bound_offer(o) for o in a.get("binding", {}).get("offers", [])],
-        lease_id=a.get("lease_id", ""))
+        lease_id=a.get("lease_id", ""), mandate_hash=a.get("mandate_hash", ""))
 
 
 def bound_offer(o: Record) -> pricing_pb2.BoundOffer:
@@ -124,7 +124,8 @@ def receipt(r: Record) -> res_pb.Receipt:
         signature=base64.b64decode(r["signature"]),
         signed_payload=base64.b64decode(r["signed_payload"]),
         period_start=timestamp(r["period_start_ms"]), period_end=timestamp(r["period_end_ms"]),
-        sealed_itemised=base64.b64decode(r["sealed"]), receipt_key_id=r["receipt_key_id"])
+        sealed_itemised=base64.b64decode(r["sealed"]), receipt_key_id=r["receipt_key_id"],
+        mandate_hash=r.get("mandate_hash", ""))
     if "usage" in r:  # the itemised part in clear
         msg.session_id = r["session_id"]
         msg.usage.CopyFrom(usage_to_proto(r["usage"]))

@@ -1,4 +1,5 @@
-"""Print one field of the JSON document on stdin: `json_field.py authorization.voucher`.
+"""Print one field of the JSON document on stdin: `json_field.py authorization.voucher`
+(a number picks from a list: `receipts.0.receipt_id`).
 
 The guides' shell blocks use it (as `field`, like `jq -r .authorization.voucher`) to
 carry ids from one answer to the next call. When the previous call failed and left
@@ -23,6 +24,9 @@ def main() -> int:
     except ValueError as error:
         sys.exit(f"field {path}: the answer is not JSON ({error})")
     for key in path.split("."):
+        if isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]  # receipts.0.receipt_id: the first of a list
+            continue
         if not isinstance(value, dict) or key not in value:
             sys.exit(f"field {path}: not in the answer (no {key!r})")
         value = value[key]

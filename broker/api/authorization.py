@@ -34,7 +34,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
                     lambda scope: authorizations.authorize(
                         tx, p, request.amount, scope, request.ttl_seconds, now, self.s.config,
                         key_id, cache_secret=cache_secret, job_labels=job_labels,
-                        holder_key=request.holder_public_key))))
+                        holder_key=request.holder_public_key, mandate=request.mandate))))
         except BrokerError as error:
             reason = error.reason
             if reason in policy.COUNTED_DENIALS:  # runs of denials raise alerts

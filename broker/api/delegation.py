@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+
 from common import convert
 
-from ..core import agent_keys, delegation
+from ..core import agent_keys, delegation, mandates
 from ..store.base import Record
 from ..v1 import delegation_service_pb2 as pb
 from ..v1 import delegation_service_pb2_grpc as pb_grpc
@@ -37,6 +39,22 @@ def sub_budget(b: Record) -> pb.SubBudget:
         spent=b["spent"], available=b["available"],
         expire_time=convert.timestamp(b["expire_ms"]), scope=scope_to_proto(b["scope"]),
         revoked=b["revoked"], stopped=b["stopped"], create_time=convert.timestamp(b["create_ms"]))
+
+
+def mandate_key(k: Record) -> pb.MandateKey:
+    msg = pb.MandateKey(key_id=k["key_id"], public_key=base64.b64decode(k["public_key"]),
+                        revoked=k["revoked"], create_time=convert.timestamp(k["create_ms"]))
+    if k["revoke_ms"]:
+        msg.revoke_time.CopyFrom(convert.timestamp(k["revoke_ms"]))
+    return msg
+
+
+def mandate(m: Record) -> pb.Mandate:
+    return pb.Mandate(mandate_hash=m["mandate_hash"], key_id=m["key_id"],
+                      wallet_id=m["wallet_id"], agent_key_id=m["agent_key_id"],
+                      max_per_job=m["per_job"], max_total=m["total"], used=m["used"],
+                      models=m["models"], expire_time=convert.timestamp(m["expire_ms"]),
+                      token=m["token"])
 
 
 class DelegationServicer(pb_grpc.DelegationServiceServicer):
@@ -101,6 +119,34 @@ class DelegationServicer(pb_grpc.DelegationServiceServicer):
         result = await self.s.mutate(p, "RevokeSubBudget", request, lambda tx, now: (
             delegation.revoke(tx, p, request.wallet_id, now)))
         return pb.RevokeSubBudgetResponse(sub_budget=sub_budget(result))
+
+    @unary
+    async def RegisterMandateKey(self, request, context):
+        p = self.s.authenticate(context, "owner")
+        result = await self.s.mutate(p, "RegisterMandateKey", request, lambda tx, now: (
+            mandates.register_key(tx, p, request.public_key, now)))
+        return pb.RegisterMandateKeyResponse(key=mandate_key(result))
+
+    @unary
+    async def ListMandateKeys(self, request, context):
+        p = self.s.authenticate(context, "owner")
+        page = self.s.store.read(lambda tx: mandates.list_keys(
+            tx, p, request.page_size, request.page_token))
+        return pb.ListMandateKeysResponse(keys=[mandate_key(k) for k in page["keys"]],
+                                          next_page_token=page["next_page_token"])
+
+    @unary
+    async def RevokeMandateKey(self, request, context):
+        p = self.s.authenticate(context, "owner")
+        result = await self.s.mutate(p, "RevokeMandateKey", request, lambda tx, now: (
+            mandates.revoke_key(tx, p, request.key_id, now)))
+        return pb.RevokeMandateKeyResponse(key=mandate_key(result))
+
+    @unary
+    async def GetMandate(self, request, context):
+        p = self.s.authenticate(context, "owner", "agent")
+        found = self.s.store.read(lambda tx: mandates.get(tx, p, request.mandate_hash))
+        return pb.GetMandateResponse(mandate=mandate(found))
 
 
 def convert_ms(ts) -> int:

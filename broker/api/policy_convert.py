@@ -39,6 +39,7 @@ def policy_from_proto(msg: pb.SpendPolicy) -> Record:
             raise invalid(f"policy.alerts.freeze_on[{i}]", "is not an alert kind")
         kinds.append(ALERT_KIND_NAMES[number])
     raw["alerts"]["freeze_on"] = kinds
+    raw["require_mandate"] = msg.require_mandate
     return raw
 
 
@@ -55,6 +56,7 @@ def policy_to_proto(p: Record) -> pb.SpendPolicy:
         for name in names:
             setattr(getattr(msg, part), name, p[part][name])
     msg.alerts.freeze_on.extend(ALERT_KINDS[k] for k in p["alerts"]["freeze_on"])
+    msg.require_mandate = p.get("require_mandate", False)
     return msg
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from common.errors import invalid, not_found, precondition
 
 from ..store.base import Record, Tx, must_get
-from . import alerts, authorizations, journal, ledger, pages, policy, spend, validate
+from . import alerts, authorizations, journal, ledger, mandates, pages, policy, spend, validate
 from .access import Principal, listed_owner
 from .wallets import require_spendable
 
@@ -102,7 +102,7 @@ def approve(tx: Tx, principal: Principal, authorization_id: str, reason: str,
                            authorization_id=auth["authorization_id"], state=auth["state"])
     require_spendable(must_get(tx, "wallets", auth["wallet_id"]))
     _release_reservation(tx, auth, now)
-    auth["expire_ms"] = now + approval["ttl_ms"]
+    auth["expire_ms"] = mandates.expiry_within(tx, auth, now + approval["ttl_ms"], now)
     authorizations.activate(tx, auth, now)
     _close(tx, approval, APPROVED, reason, principal.key_id, now)
     return approval, auth

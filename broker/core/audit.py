@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..store.base import Record, Tx
-from . import budgets, grants, journal, ledger, pages, spend, validate
+from . import budgets, grants, journal, ledger, mandates, pages, spend, validate
 from .authorizations import SETTLED, has_voucher
 
 BALANCE_FIELDS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
@@ -206,7 +206,7 @@ def check(tx: Tx) -> list[str]:
     """Every invariant violation found; empty when the ledger is consistent."""
     problems = [problem for invariant in INVARIANTS for problem in invariant(tx)]
     return problems + _refund_problems(tx) + check_journal(tx) + grants.check(tx) + \
-        budgets.check(tx)
+        budgets.check(tx) + mandates.check_use(tx)
 
 
 def _refund_problems(tx: Tx) -> list[str]:

@@ -11,7 +11,7 @@ from common.errors import BrokerError, Code, invalid, not_found, precondition
 from common.money import check_amount, check_prices
 
 from ..store.base import Record, Tx, must_get
-from . import delegation, holds, journal, labels, ledger, pages, policy, spend, validate
+from . import delegation, holds, journal, labels, ledger, mandates, pages, policy, spend, validate
 from .access import Principal, can_see_wallet_record
 from .config import CoreConfig
 from .policy import DENIED, PENDING_APPROVAL
@@ -49,13 +49,15 @@ def cache_scope_for(secret: bytes, owner_id: str) -> str:
 def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seconds: int,
               now: int, config: CoreConfig, key_id: str, *,
               cache_secret: bytes = b"", job_labels: dict[str, str] | None = None,
-              holder_key: bytes = b"") -> Record:
+              holder_key: bytes = b"", mandate: str = "") -> Record:
     """Hold `amount` on the agent's wallet. The voucher is not stored: Ed25519 is
     deterministic, so `voucher_token` re-creates the same token from the record
     (a retried request gets its voucher back without the broker keeping it).
     `cache_secret` is given when the agent opted into result caching. `job_labels`
     are kept apart from the record (see labels.py). `holder_key` (a raw Ed25519 public
-    key) lets its holder narrow the voucher offline (common/narrowing.py)."""
+    key) lets its holder narrow the voucher offline (common/narrowing.py). `mandate` is
+    the owner's signed mandate (mandates.py), checked when given, refused when missing
+    where the policy requires one."""
     check_amount(amount, "amount")
     scope = check_scope(scope)
     job_labels = labels.check(job_labels or {})
@@ -74,6 +76,8 @@ def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seco
         raise not_found("worker", scope["worker_id"])
     # Spend controls (broker/core/policy.py): scope rules, limits, velocity, approvals.
     verdict = policy.check_authorization(tx, principal, wallet, amount, scope, now)
+    signed, expire_ms = mandates.check(tx, principal, wallet, mandate, amount, scope,
+                                       expire_ms, now)
     authorization_id = "auth_" + secrets.token_hex(12)
     # The voucher id is independent of the authorization id: workers cannot link them.
     voucher_id = "vch_" + secrets.token_hex(12)
@@ -87,6 +91,7 @@ def authorize(tx: Tx, principal: Principal, amount: int, scope: Record, ttl_seco
     tx.put("wallet_authorizations", f"{wallet['wallet_id']}/{seq:020d}",
            {"authorization_id": authorization_id})
     labels.store(tx, authorization_id, wallet["owner_id"], job_labels)
+    mandates.bind(tx, auth, signed)
     if verdict.needs_approval:
         policy.request_approval(tx, auth, ttl_ms, verdict, now)
     else:

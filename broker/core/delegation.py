@@ -108,6 +108,8 @@ def check_policy_not_looser(parent: Record | None, child: Record) -> None:
             raise _wider(f"policy.scope_rules.{allowed}", "allows more than the parent's")
         if set(parent["scope_rules"][blocked]) - set(child["scope_rules"][blocked]):
             raise _wider(f"policy.scope_rules.{blocked}", "blocks less than the parent's")
+    if parent.get("require_mandate") and not child["require_mandate"]:
+        raise _wider("policy.require_mandate", "is off where the parent's is on")
 
 
 # -- the authorization check --------------------------------------------------------------
@@ -206,7 +208,8 @@ def create(tx: Tx, principal: Principal, parent_wallet_id: str, display_name: st
     rules = child_policy if child_policy is not None else parent_policy
     if rules is not None:
         tx.put("policies", f"wallet/{wallet_id}", {
-            **{k: rules[k] for k in policy.EMPTY}, "owner_id": parent["owner_id"],
+            **{k: rules.get(k, policy.EMPTY[k]) for k in policy.EMPTY},
+            "owner_id": parent["owner_id"],
             "wallet_id": wallet_id, "version": 1, "update_ms": now})
     key = tenancy.create_api_key(tx, "agent", now, owner_id=parent["owner_id"],
                                  wallet_id=wallet_id, description=key_description)

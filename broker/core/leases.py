@@ -17,11 +17,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection
 
-from common.errors import invalid, not_found, precondition
+from common.errors import BrokerError, Code, invalid, not_found, precondition
 from common.money import MAX_BPS, PRICE_FIELDS, check_amount, lease_charge
 
 from ..store.base import Record, Tx, must_get
-from . import budgets, journal, ledger, pages, policy, quotes, spend, validate
+from . import budgets, journal, ledger, mandates, pages, policy, quotes, spend, validate
 from .access import Principal, can_see_wallet_record
 from .authorizations import HELD, REDEEMED
 from .registry import inactive
@@ -57,6 +57,10 @@ def create(tx: Tx, principal: Principal, worker_id: str, duration_seconds: int, 
     if budgets.get(tx, wallet["wallet_id"]) is not None:  # (a lease pins the root's money)
         raise precondition("SUB_BUDGET_LEASE_NOT_ALLOWED", "a sub-budget cannot lease a "
                            "worker; authorize jobs instead", wallet=wallet["wallet_id"])
+    if mandates.required(tx, wallet):
+        raise BrokerError(Code.PERMISSION_DENIED, "MANDATE_REQUIRED", "the wallet's spend "
+                          "policy requires a mandate for every authorization, and a lease "
+                          "cannot carry one", {"wallet": wallet["wallet_id"]})
     if not 0 < duration_seconds <= MAX_LEASE_S:
         raise invalid("duration_seconds", f"must be between 1 and {MAX_LEASE_S}")
     worker = tx.get("workers", validate.ident(worker_id, "worker_id"))

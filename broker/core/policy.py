@@ -46,6 +46,7 @@ EMPTY: Record = {
     "refills": {"daily_cap": 0, "pause_after_failures": 0},
     "alerts": {"burst_factor": 0, "min_authorizations_per_minute": 0, "min_spend_per_hour": 0,
                "denial_run": 0, "warmup_authorizations": 0, "freeze_on": []},
+    "require_mandate": False,  # every authorization carries an owner's mandate (mandates.py)
 }
 
 
@@ -103,6 +104,7 @@ def check_policy(raw: Record) -> Record:
         "pause_after_failures": _count(f.get("pause_after_failures", 0),
                                        "policy.refills.pause_after_failures", 1_000)}
     out["alerts"] = alerts.check_rules(raw.get("alerts", {}), "policy.alerts")
+    out["require_mandate"] = bool(raw.get("require_mandate", False))
     return out
 
 

@@ -105,7 +105,7 @@ def issue(tx: Tx, auth: Record, ses: Record, outcome: str, now: int, config: Cor
               "wallet_id": auth["wallet_id"], "provider_id": ses["provider_id"],
               "payment_model": model, "key_id": signed["key_id"],
               "signed_payload": signed["payload"], "signature": signed["signature"],
-              "sealed": "", "receipt_key_id": ""}
+              "sealed": "", "receipt_key_id": "", "mandate_hash": auth.get("mandate_hash", "")}
     itemised = {"type": "receipt.itemised", "receipt_id": receipt_id,
                 "authorization_id": auth["authorization_id"], "wallet_id": auth["wallet_id"],
                 "session_id": ses["session_id"], "worker_id": ses["worker_id"],
@@ -115,6 +115,8 @@ def issue(tx: Tx, auth: Record, ses: Record, outcome: str, now: int, config: Cor
                 "authorize_ms": auth["create_ms"], "open_ms": ses["open_ms"],
                 "settle_ms": now,
                 "worker_usage": ses.get("signed_usage") or {"payload": "", "signature": ""}}
+    if record["mandate_hash"]:  # (also beside the seal: the mandate audit reads it)
+        itemised["mandate_hash"] = record["mandate_hash"]
     if sealed_labels := labels.sealed_of(tx, auth["authorization_id"]):
         itemised["sealed_labels"] = sealed_labels  # (sealed at Authorize: labels.py)
     key = tx.get("receipt_keys", auth["owner_id"])

@@ -66,12 +66,23 @@ def add(tx: Tx, wallet_id: str, create_ms: int, amount: int) -> None:
 def count(tx: Tx, auth: Record) -> None:
     """A new authorization (held or waiting for approval) counts in full."""
     add(tx, auth["wallet_id"], auth["create_ms"], auth["amount"])
+    _use_mandate(tx, auth, auth["amount"])
 
 
 def release(tx: Tx, auth: Record, amount: int) -> None:
     """Part (settlement) or all (cancel, expiry, denial) of an authorization no longer
     counts."""
     add(tx, auth["wallet_id"], auth["create_ms"], -amount)
+    _use_mandate(tx, auth, -amount)
+
+
+def _use_mandate(tx: Tx, auth: Record, amount: int) -> None:
+    """A mandate's total counts as a spend limit does: what its authorizations hold and
+    were charged (mandates.py)."""
+    if amount and auth.get("mandate_hash"):
+        row = must_get(tx, "mandates", auth["mandate_hash"])
+        row["used"] += amount
+        tx.put("mandates", auth["mandate_hash"], row)
 
 
 def totals(tx: Tx, wallet_id: str, now: int) -> dict[str, int]:

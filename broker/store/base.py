@@ -87,6 +87,8 @@ TABLES = (
     "wallet_children",  # index: "<parent wallet_id>/<child wallet_id>" -> {"wallet_id": ...}
     "voucher_families",  # "<original voucher id>" -> {"carved": {voucher id: amount}}
     "budget_holds",  # "<hold id>" -> {"wallet_id", "amount"} (pending holds of sub-budgets)
+    "mandate_keys",  # "<owner_id>/<key_id>" -> an owner's Ed25519 mandate key (mandates.py)
+    "mandates",      # "<mandate hash>" -> a mandate as first used, and what it has used
 )
 
 

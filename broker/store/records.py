@@ -166,6 +166,7 @@ class Authorization(_Record):
     # A voucher narrowed offline and redeemed: the authorization it was split from.
     derived_from: str = ""
     holder_key: str = ""  # the key a holder narrows the voucher with (base64url; may be empty)
+    mandate_hash: str = ""  # the owner's mandate it was made under (mandates.py)
 
 
 class AuthorizationRef(_Record):
@@ -245,6 +246,7 @@ class Receipt(_Record):
     # The worker's signed final usage: beside the seal too, so the agent can check its
     # charge (receipts.CHARGE_CHECK_FIELDS).
     worker_usage: Signed | None = None
+    mandate_hash: str = ""  # beside the seal too: the audit reads it
 
 
 class Worker(_Record):
@@ -272,6 +274,7 @@ class Policy(_Record):
     wallet_id: str
     version: int
     update_ms: int
+    require_mandate: bool = False
 
 
 class Amount(_Record):
@@ -544,6 +547,32 @@ class BudgetHold(_Record):
     amount: int
 
 
+class MandateKey(_Record):
+    """An owner's Ed25519 key for signing mandates (broker/core/mandates.py)."""
+    key_id: str
+    owner_id: str
+    public_key: str  # base64 of the raw 32 bytes
+    revoked: bool
+    create_ms: int
+    revoke_ms: int
+
+
+class Mandate(_Record):
+    """A mandate as first used, with what its authorizations hold and were charged."""
+    mandate_hash: str
+    owner_id: str
+    key_id: str
+    token: str
+    wallet_id: str
+    agent_key_id: str
+    per_job: int
+    total: int
+    models: list[str]
+    expire_ms: int
+    used: int
+    create_ms: int
+
+
 TYPES: dict[str, Any] = {
     "meta": Meta,
     "accounts": Account,
@@ -612,6 +641,8 @@ TYPES: dict[str, Any] = {
     "wallet_children": WalletRef,
     "voucher_families": VoucherFamily,
     "budget_holds": BudgetHold,
+    "mandate_keys": MandateKey,
+    "mandates": Mandate,
 }
 
 

@@ -27,7 +27,7 @@ from broker.v1 import resources_pb2 as broker_dot_v1_dot_resources__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%broker/v1/authorization_service.proto\x12\tbroker.v1\x1a\x17\x62roker/v1/pricing.proto\x1a\x19\x62roker/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x03\n\rAuthorization\x12\x18\n\x10\x61uthorization_id\x18\x01 \x01(\t\x12\x11\n\twallet_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x1f\n\x05scope\x18\x04 \x01(\x0b\x32\x10.broker.v1.Scope\x12,\n\x05state\x18\x05 \x01(\x0e\x32\x1d.broker.v1.AuthorizationState\x12\x0f\n\x07voucher\x18\x06 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63harged\x18\t \x01(\x03\x12\x12\n\nreceipt_id\x18\n \x01(\t\x12\x34\n\x06labels\x18\x0b \x03(\x0b\x32$.broker.v1.Authorization.LabelsEntry\x12\x10\n\x08quote_id\x18\x14 \x01(\t\x12%\n\x06offers\x18\x15 \x03(\x0b\x32\x15.broker.v1.BoundOffer\x12\x10\n\x08lease_id\x18\x16 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x02\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x1f\n\x05scope\x18\x03 \x01(\x0b\x32\x10.broker.v1.Scope\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x05\x12\x15\n\rcache_results\x18\x05 \x01(\x08\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.broker.v1.AuthorizeRequest.LabelsEntry\x12\x10\n\x08quote_id\x18\x14 \x01(\t\x12\x19\n\x11select_best_offer\x18\x15 \x01(\x08\x12\x19\n\x11holder_public_key\x18\x16 \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x11\x41uthorizeResponse\x12/\n\rauthorization\x18\x01 \x01(\x0b\x32\x18.broker.v1.Authorization\"3\n\x17GetAuthorizationRequest\x12\x18\n\x10\x61uthorization_id\x18\x01 \x01(\t\"K\n\x18GetAuthorizationResponse\x12/\n\rauthorization\x18\x01 \x01(\x0b\x32\x18.broker.v1.Authorization\"U\n\x19ListAuthorizationsRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x1aListAuthorizationsResponse\x12\x30\n\x0e\x61uthorizations\x18\x01 \x03(\x0b\x32\x18.broker.v1.Authorization\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x1a\x43\x61ncelAuthorizationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10\x61uthorization_id\x18\x02 \x01(\t\"N\n\x1b\x43\x61ncelAuthorizationResponse\x12/\n\rauthorization\x18\x01 \x01(\x0b\x32\x18.broker.v1.Authorization\"-\n\x11GetReceiptRequest\x12\x18\n\x10\x61uthorization_id\x18\x01 \x01(\t\"9\n\x12GetReceiptResponse\x12#\n\x07receipt\x18\x01 \x01(\x0b\x32\x12.broker.v1.Receipt*\xa8\x02\n\x12\x41uthorizationState\x12#\n\x1f\x41UTHORIZATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UTHORIZATION_STATE_HELD\x10\x01\x12 \n\x1c\x41UTHORIZATION_STATE_REDEEMED\x10\x02\x12\x1f\n\x1b\x41UTHORIZATION_STATE_SETTLED\x10\x03\x12!\n\x1d\x41UTHORIZATION_STATE_CANCELLED\x10\x04\x12\x1f\n\x1b\x41UTHORIZATION_STATE_EXPIRED\x10\x05\x12(\n$AUTHORIZATION_STATE_PENDING_APPROVAL\x10\x06\x12\x1e\n\x1a\x41UTHORIZATION_STATE_DENIED\x10\x07\x32\xcf\x03\n\x14\x41uthorizationService\x12\x46\n\tAuthorize\x12\x1b.broker.v1.AuthorizeRequest\x1a\x1c.broker.v1.AuthorizeResponse\x12[\n\x10GetAuthorization\x12\".broker.v1.GetAuthorizationRequest\x1a#.broker.v1.GetAuthorizationResponse\x12\x61\n\x12ListAuthorizations\x12$.broker.v1.ListAuthorizationsRequest\x1a%.broker.v1.ListAuthorizationsResponse\x12\x64\n\x13\x43\x61ncelAuthorization\x12%.broker.v1.CancelAuthorizationRequest\x1a&.broker.v1.CancelAuthorizationResponse\x12I\n\nGetReceipt\x12\x1c.broker.v1.GetReceiptRequest\x1a\x1d.broker.v1.GetReceiptResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%broker/v1/authorization_service.proto\x12\tbroker.v1\x1a\x17\x62roker/v1/pricing.proto\x1a\x19\x62roker/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x03\n\rAuthorization\x12\x18\n\x10\x61uthorization_id\x18\x01 \x01(\t\x12\x11\n\twallet_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x1f\n\x05scope\x18\x04 \x01(\x0b\x32\x10.broker.v1.Scope\x12,\n\x05state\x18\x05 \x01(\x0e\x32\x1d.broker.v1.AuthorizationState\x12\x0f\n\x07voucher\x18\x06 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63harged\x18\t \x01(\x03\x12\x12\n\nreceipt_id\x18\n \x01(\t\x12\x34\n\x06labels\x18\x0b \x03(\x0b\x32$.broker.v1.Authorization.LabelsEntry\x12\x10\n\x08quote_id\x18\x14 \x01(\t\x12%\n\x06offers\x18\x15 \x03(\x0b\x32\x15.broker.v1.BoundOffer\x12\x10\n\x08lease_id\x18\x16 \x01(\t\x12\x14\n\x0cmandate_hash\x18\x17 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc4\x02\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x1f\n\x05scope\x18\x03 \x01(\x0b\x32\x10.broker.v1.Scope\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x05\x12\x15\n\rcache_results\x18\x05 \x01(\x08\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.broker.v1.AuthorizeRequest.LabelsEntry\x12\x10\n\x08quote_id\x18\x14 \x01(\t\x12\x19\n\x11select_best_offer\x18\x15 \x01(\x08\x12\x19\n\x11holder_public_key\x18\x16 \x01(\x0c\x12\x0f\n\x07mandate\x18\x17 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x11\x41uthorizeResponse\x12/\n\rauthorization\x18\x01 \x01(\x0b\x32\x18.broker.v1.Authorization\"3\n\x17GetAuthorizationRequest\x12\x18\n\x10\x61uthorization_id\x18\x01 \x01(\t\"K\n\x18GetAuthorizationResponse\x12/\n\rauthorization\x18\x01 \x01(\x0b\x32\x18.broker.v1.Authorization\"U\n\x19ListAuthorizationsRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x1aListAuthorizationsResponse\x12\x30\n\x0e\x61uthorizations\x18\x01 \x03(\x0b\x32\x18.broker.v1.Authorization\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x1a\x43\x61ncelAuthorizationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10\x61uthorization_id\x18\x02 \x01(\t\"N\n\x1b\x43\x61ncelAuthorizationResponse\x12/\n\rauthorization\x18\x01 \x01(\x0b\x32\x18.broker.v1.Authorization\"-\n\x11GetReceiptRequest\x12\x18\n\x10\x61uthorization_id\x18\x01 \x01(\t\"9\n\x12GetReceiptResponse\x12#\n\x07receipt\x18\x01 \x01(\x0b\x32\x12.broker.v1.Receipt*\xa8\x02\n\x12\x41uthorizationState\x12#\n\x1f\x41UTHORIZATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UTHORIZATION_STATE_HELD\x10\x01\x12 \n\x1c\x41UTHORIZATION_STATE_REDEEMED\x10\x02\x12\x1f\n\x1b\x41UTHORIZATION_STATE_SETTLED\x10\x03\x12!\n\x1d\x41UTHORIZATION_STATE_CANCELLED\x10\x04\x12\x1f\n\x1b\x41UTHORIZATION_STATE_EXPIRED\x10\x05\x12(\n$AUTHORIZATION_STATE_PENDING_APPROVAL\x10\x06\x12\x1e\n\x1a\x41UTHORIZATION_STATE_DENIED\x10\x07\x32\xcf\x03\n\x14\x41uthorizationService\x12\x46\n\tAuthorize\x12\x1b.broker.v1.AuthorizeRequest\x1a\x1c.broker.v1.AuthorizeResponse\x12[\n\x10GetAuthorization\x12\".broker.v1.GetAuthorizationRequest\x1a#.broker.v1.GetAuthorizationResponse\x12\x61\n\x12ListAuthorizations\x12$.broker.v1.ListAuthorizationsRequest\x1a%.broker.v1.ListAuthorizationsResponse\x12\x64\n\x13\x43\x61ncelAuthorization\x12%.broker.v1.CancelAuthorizationRequest\x1a&.broker.v1.CancelAuthorizationResponse\x12I\n\nGetReceipt\x12\x1c.broker.v1.GetReceiptRequest\x1a\x1d.broker.v1.GetReceiptResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,34 +38,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHORIZATION_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_AUTHORIZEREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_AUTHORIZEREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_AUTHORIZATIONSTATE']._serialized_start=1588
-  _globals['_AUTHORIZATIONSTATE']._serialized_end=1884
+  _globals['_AUTHORIZATIONSTATE']._serialized_start=1627
+  _globals['_AUTHORIZATIONSTATE']._serialized_end=1923
   _globals['_AUTHORIZATION']._serialized_start=138
-  _globals['_AUTHORIZATION']._serialized_end=621
-  _globals['_AUTHORIZATION_LABELSENTRY']._serialized_start=576
-  _globals['_AUTHORIZATION_LABELSENTRY']._serialized_end=621
-  _globals['_AUTHORIZEREQUEST']._serialized_start=624
-  _globals['_AUTHORIZEREQUEST']._serialized_end=931
-  _globals['_AUTHORIZEREQUEST_LABELSENTRY']._serialized_start=576
-  _globals['_AUTHORIZEREQUEST_LABELSENTRY']._serialized_end=621
-  _globals['_AUTHORIZERESPONSE']._serialized_start=933
-  _globals['_AUTHORIZERESPONSE']._serialized_end=1001
-  _globals['_GETAUTHORIZATIONREQUEST']._serialized_start=1003
-  _globals['_GETAUTHORIZATIONREQUEST']._serialized_end=1054
-  _globals['_GETAUTHORIZATIONRESPONSE']._serialized_start=1056
-  _globals['_GETAUTHORIZATIONRESPONSE']._serialized_end=1131
-  _globals['_LISTAUTHORIZATIONSREQUEST']._serialized_start=1133
-  _globals['_LISTAUTHORIZATIONSREQUEST']._serialized_end=1218
-  _globals['_LISTAUTHORIZATIONSRESPONSE']._serialized_start=1220
-  _globals['_LISTAUTHORIZATIONSRESPONSE']._serialized_end=1323
-  _globals['_CANCELAUTHORIZATIONREQUEST']._serialized_start=1325
-  _globals['_CANCELAUTHORIZATIONREQUEST']._serialized_end=1399
-  _globals['_CANCELAUTHORIZATIONRESPONSE']._serialized_start=1401
-  _globals['_CANCELAUTHORIZATIONRESPONSE']._serialized_end=1479
-  _globals['_GETRECEIPTREQUEST']._serialized_start=1481
-  _globals['_GETRECEIPTREQUEST']._serialized_end=1526
-  _globals['_GETRECEIPTRESPONSE']._serialized_start=1528
-  _globals['_GETRECEIPTRESPONSE']._serialized_end=1585
-  _globals['_AUTHORIZATIONSERVICE']._serialized_start=1887
-  _globals['_AUTHORIZATIONSERVICE']._serialized_end=2350
+  _globals['_AUTHORIZATION']._serialized_end=643
+  _globals['_AUTHORIZATION_LABELSENTRY']._serialized_start=598
+  _globals['_AUTHORIZATION_LABELSENTRY']._serialized_end=643
+  _globals['_AUTHORIZEREQUEST']._serialized_start=646
+  _globals['_AUTHORIZEREQUEST']._serialized_end=970
+  _globals['_AUTHORIZEREQUEST_LABELSENTRY']._serialized_start=598
+  _globals['_AUTHORIZEREQUEST_LABELSENTRY']._serialized_end=643
+  _globals['_AUTHORIZERESPONSE']._serialized_start=972
+  _globals['_AUTHORIZERESPONSE']._serialized_end=1040
+  _globals['_GETAUTHORIZATIONREQUEST']._serialized_start=1042
+  _globals['_GETAUTHORIZATIONREQUEST']._serialized_end=1093
+  _globals['_GETAUTHORIZATIONRESPONSE']._serialized_start=1095
+  _globals['_GETAUTHORIZATIONRESPONSE']._serialized_end=1170
+  _globals['_LISTAUTHORIZATIONSREQUEST']._serialized_start=1172
+  _globals['_LISTAUTHORIZATIONSREQUEST']._serialized_end=1257
+  _globals['_LISTAUTHORIZATIONSRESPONSE']._serialized_start=1259
+  _globals['_LISTAUTHORIZATIONSRESPONSE']._serialized_end=1362
+  _globals['_CANCELAUTHORIZATIONREQUEST']._serialized_start=1364
+  _globals['_CANCELAUTHORIZATIONREQUEST']._serialized_end=1438
+  _globals['_CANCELAUTHORIZATIONRESPONSE']._serialized_start=1440
+  _globals['_CANCELAUTHORIZATIONRESPONSE']._serialized_end=1518
+  _globals['_GETRECEIPTREQUEST']._serialized_start=1520
+  _globals['_GETRECEIPTREQUEST']._serialized_end=1565
+  _globals['_GETRECEIPTRESPONSE']._serialized_start=1567
+  _globals['_GETRECEIPTRESPONSE']._serialized_end=1624
+  _globals['_AUTHORIZATIONSERVICE']._serialized_start=1926
+  _globals['_AUTHORIZATIONSERVICE']._serialized_end=2389
 # @@protoc_insertion_point(module_scope)

@@ -32,7 +32,7 @@ AUTHORIZATION_STATE_PENDING_APPROVAL: AuthorizationState
 AUTHORIZATION_STATE_DENIED: AuthorizationState
 
 class Authorization(_message.Message):
-    __slots__ = ("authorization_id", "wallet_id", "amount", "scope", "state", "voucher", "expire_time", "create_time", "charged", "receipt_id", "labels", "quote_id", "offers", "lease_id")
+    __slots__ = ("authorization_id", "wallet_id", "amount", "scope", "state", "voucher", "expire_time", "create_time", "charged", "receipt_id", "labels", "quote_id", "offers", "lease_id", "mandate_hash")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class Authorization(_message.Message):
     QUOTE_ID_FIELD_NUMBER: _ClassVar[int]
     OFFERS_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    MANDATE_HASH_FIELD_NUMBER: _ClassVar[int]
     authorization_id: str
     wallet_id: str
     amount: int
@@ -68,10 +69,11 @@ class Authorization(_message.Message):
     quote_id: str
     offers: _containers.RepeatedCompositeFieldContainer[_pricing_pb2.BoundOffer]
     lease_id: str
-    def __init__(self, authorization_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., state: _Optional[_Union[AuthorizationState, str]] = ..., voucher: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., charged: _Optional[int] = ..., receipt_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., quote_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[_pricing_pb2.BoundOffer, _Mapping]]] = ..., lease_id: _Optional[str] = ...) -> None: ...
+    mandate_hash: str
+    def __init__(self, authorization_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., state: _Optional[_Union[AuthorizationState, str]] = ..., voucher: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., charged: _Optional[int] = ..., receipt_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., quote_id: _Optional[str] = ..., offers: _Optional[_Iterable[_Union[_pricing_pb2.BoundOffer, _Mapping]]] = ..., lease_id: _Optional[str] = ..., mandate_hash: _Optional[str] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("request_id", "amount", "scope", "ttl_seconds", "cache_results", "labels", "quote_id", "select_best_offer", "holder_public_key")
+    __slots__ = ("request_id", "amount", "scope", "ttl_seconds", "cache_results", "labels", "quote_id", "select_best_offer", "holder_public_key", "mandate")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +90,7 @@ class AuthorizeRequest(_message.Message):
     QUOTE_ID_FIELD_NUMBER: _ClassVar[int]
     SELECT_BEST_OFFER_FIELD_NUMBER: _ClassVar[int]
     HOLDER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    MANDATE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     amount: int
     scope: _resources_pb2.Scope
@@ -97,7 +100,8 @@ class AuthorizeRequest(_message.Message):
     quote_id: str
     select_best_offer: bool
     holder_public_key: bytes
-    def __init__(self, request_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., cache_results: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., quote_id: _Optional[str] = ..., select_best_offer: _Optional[bool] = ..., holder_public_key: _Optional[bytes] = ...) -> None: ...
+    mandate: str
+    def __init__(self, request_id: _Optional[str] = ..., amount: _Optional[int] = ..., scope: _Optional[_Union[_resources_pb2.Scope, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., cache_results: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., quote_id: _Optional[str] = ..., select_best_offer: _Optional[bool] = ..., holder_public_key: _Optional[bytes] = ..., mandate: _Optional[str] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
     __slots__ = ("authorization",)

@@ -193,3 +193,97 @@ class RevokeSubBudgetResponse(_message.Message):
     SUB_BUDGET_FIELD_NUMBER: _ClassVar[int]
     sub_budget: SubBudget
     def __init__(self, sub_budget: _Optional[_Union[SubBudget, _Mapping]] = ...) -> None: ...
+
+class MandateKey(_message.Message):
+    __slots__ = ("key_id", "public_key", "revoked", "create_time", "revoke_time")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    public_key: bytes
+    revoked: bool
+    create_time: _timestamp_pb2.Timestamp
+    revoke_time: _timestamp_pb2.Timestamp
+    def __init__(self, key_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., revoked: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RegisterMandateKeyRequest(_message.Message):
+    __slots__ = ("request_id", "public_key")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    public_key: bytes
+    def __init__(self, request_id: _Optional[str] = ..., public_key: _Optional[bytes] = ...) -> None: ...
+
+class RegisterMandateKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: MandateKey
+    def __init__(self, key: _Optional[_Union[MandateKey, _Mapping]] = ...) -> None: ...
+
+class ListMandateKeysRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListMandateKeysResponse(_message.Message):
+    __slots__ = ("keys", "next_page_token")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[MandateKey]
+    next_page_token: str
+    def __init__(self, keys: _Optional[_Iterable[_Union[MandateKey, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RevokeMandateKeyRequest(_message.Message):
+    __slots__ = ("request_id", "key_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    key_id: str
+    def __init__(self, request_id: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class RevokeMandateKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: MandateKey
+    def __init__(self, key: _Optional[_Union[MandateKey, _Mapping]] = ...) -> None: ...
+
+class Mandate(_message.Message):
+    __slots__ = ("mandate_hash", "key_id", "wallet_id", "agent_key_id", "max_per_job", "max_total", "used", "models", "expire_time", "token")
+    MANDATE_HASH_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    WALLET_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_JOB_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    mandate_hash: str
+    key_id: str
+    wallet_id: str
+    agent_key_id: str
+    max_per_job: int
+    max_total: int
+    used: int
+    models: _containers.RepeatedScalarFieldContainer[str]
+    expire_time: _timestamp_pb2.Timestamp
+    token: str
+    def __init__(self, mandate_hash: _Optional[str] = ..., key_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., agent_key_id: _Optional[str] = ..., max_per_job: _Optional[int] = ..., max_total: _Optional[int] = ..., used: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class GetMandateRequest(_message.Message):
+    __slots__ = ("mandate_hash",)
+    MANDATE_HASH_FIELD_NUMBER: _ClassVar[int]
+    mandate_hash: str
+    def __init__(self, mandate_hash: _Optional[str] = ...) -> None: ...
+
+class GetMandateResponse(_message.Message):
+    __slots__ = ("mandate",)
+    MANDATE_FIELD_NUMBER: _ClassVar[int]
+    mandate: Mandate
+    def __init__(self, mandate: _Optional[_Union[Mandate, _Mapping]] = ...) -> None: ...

@@ -71,6 +71,26 @@ class DelegationServiceStub:
                 request_serializer=broker_dot_v1_dot_delegation__service__pb2.RevokeSubBudgetRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_delegation__service__pb2.RevokeSubBudgetResponse.FromString,
                 _registered_method=True)
+        self.RegisterMandateKey = channel.unary_unary(
+                '/broker.v1.DelegationService/RegisterMandateKey',
+                request_serializer=broker_dot_v1_dot_delegation__service__pb2.RegisterMandateKeyRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_delegation__service__pb2.RegisterMandateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListMandateKeys = channel.unary_unary(
+                '/broker.v1.DelegationService/ListMandateKeys',
+                request_serializer=broker_dot_v1_dot_delegation__service__pb2.ListMandateKeysRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_delegation__service__pb2.ListMandateKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeMandateKey = channel.unary_unary(
+                '/broker.v1.DelegationService/RevokeMandateKey',
+                request_serializer=broker_dot_v1_dot_delegation__service__pb2.RevokeMandateKeyRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_delegation__service__pb2.RevokeMandateKeyResponse.FromString,
+                _registered_method=True)
+        self.GetMandate = channel.unary_unary(
+                '/broker.v1.DelegationService/GetMandate',
+                request_serializer=broker_dot_v1_dot_delegation__service__pb2.GetMandateRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_delegation__service__pb2.GetMandateResponse.FromString,
+                _registered_method=True)
 
 
 class DelegationServiceServicer:
@@ -130,6 +150,36 @@ class DelegationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterMandateKey(self, request, context):
+        """Registers an Ed25519 public key the owner signs mandates with (the private key stays
+        with the owner: `broker mandates keygen`). Registering the same key again returns it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMandateKeys(self, request, context):
+        """Lists the owner's mandate keys, revoked ones too (AIP-158 pagination).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeMandateKey(self, request, context):
+        """Revokes a mandate key: mandates it signed are refused from then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMandate(self, request, context):
+        """Returns a mandate that authorizations were made under, with what they use of its
+        total. Owner key, or an agent key of a wallet the mandate covers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DelegationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +217,26 @@ def add_DelegationServiceServicer_to_server(servicer, server):
                     servicer.RevokeSubBudget,
                     request_deserializer=broker_dot_v1_dot_delegation__service__pb2.RevokeSubBudgetRequest.FromString,
                     response_serializer=broker_dot_v1_dot_delegation__service__pb2.RevokeSubBudgetResponse.SerializeToString,
+            ),
+            'RegisterMandateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterMandateKey,
+                    request_deserializer=broker_dot_v1_dot_delegation__service__pb2.RegisterMandateKeyRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_delegation__service__pb2.RegisterMandateKeyResponse.SerializeToString,
+            ),
+            'ListMandateKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMandateKeys,
+                    request_deserializer=broker_dot_v1_dot_delegation__service__pb2.ListMandateKeysRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_delegation__service__pb2.ListMandateKeysResponse.SerializeToString,
+            ),
+            'RevokeMandateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeMandateKey,
+                    request_deserializer=broker_dot_v1_dot_delegation__service__pb2.RevokeMandateKeyRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_delegation__service__pb2.RevokeMandateKeyResponse.SerializeToString,
+            ),
+            'GetMandate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMandate,
+                    request_deserializer=broker_dot_v1_dot_delegation__service__pb2.GetMandateRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_delegation__service__pb2.GetMandateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +430,114 @@ class DelegationService:
             '/broker.v1.DelegationService/RevokeSubBudget',
             broker_dot_v1_dot_delegation__service__pb2.RevokeSubBudgetRequest.SerializeToString,
             broker_dot_v1_dot_delegation__service__pb2.RevokeSubBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterMandateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.DelegationService/RegisterMandateKey',
+            broker_dot_v1_dot_delegation__service__pb2.RegisterMandateKeyRequest.SerializeToString,
+            broker_dot_v1_dot_delegation__service__pb2.RegisterMandateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMandateKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.DelegationService/ListMandateKeys',
+            broker_dot_v1_dot_delegation__service__pb2.ListMandateKeysRequest.SerializeToString,
+            broker_dot_v1_dot_delegation__service__pb2.ListMandateKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeMandateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.DelegationService/RevokeMandateKey',
+            broker_dot_v1_dot_delegation__service__pb2.RevokeMandateKeyRequest.SerializeToString,
+            broker_dot_v1_dot_delegation__service__pb2.RevokeMandateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMandate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.DelegationService/GetMandate',
+            broker_dot_v1_dot_delegation__service__pb2.GetMandateRequest.SerializeToString,
+            broker_dot_v1_dot_delegation__service__pb2.GetMandateResponse.FromString,
             options,
             channel_credentials,
             insecure,

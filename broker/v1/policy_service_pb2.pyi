@@ -141,7 +141,7 @@ class AlertRules(_message.Message):
     def __init__(self, burst_factor: _Optional[int] = ..., min_authorizations_per_minute: _Optional[int] = ..., min_spend_per_hour: _Optional[int] = ..., denial_run: _Optional[int] = ..., warmup_authorizations: _Optional[int] = ..., freeze_on: _Optional[_Iterable[_Union[AlertKind, str]]] = ...) -> None: ...
 
 class SpendPolicy(_message.Message):
-    __slots__ = ("owner_id", "wallet_id", "max_per_authorization", "limits", "scope_rules", "max_prices", "approvals", "rate_limits", "refills", "alerts", "version", "update_time")
+    __slots__ = ("owner_id", "wallet_id", "max_per_authorization", "limits", "scope_rules", "max_prices", "approvals", "rate_limits", "refills", "alerts", "version", "update_time", "require_mandate")
     OWNER_ID_FIELD_NUMBER: _ClassVar[int]
     WALLET_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,7 @@ class SpendPolicy(_message.Message):
     ALERTS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_MANDATE_FIELD_NUMBER: _ClassVar[int]
     owner_id: str
     wallet_id: str
     max_per_authorization: int
@@ -166,7 +167,8 @@ class SpendPolicy(_message.Message):
     alerts: AlertRules
     version: int
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, owner_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., max_per_authorization: _Optional[int] = ..., limits: _Optional[_Union[SpendLimits, _Mapping]] = ..., scope_rules: _Optional[_Union[ScopeRules, _Mapping]] = ..., max_prices: _Optional[_Union[_resources_pb2.PriceSheet, _Mapping]] = ..., approvals: _Optional[_Union[ApprovalRules, _Mapping]] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ..., refills: _Optional[_Union[RefillRules, _Mapping]] = ..., alerts: _Optional[_Union[AlertRules, _Mapping]] = ..., version: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    require_mandate: bool
+    def __init__(self, owner_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., max_per_authorization: _Optional[int] = ..., limits: _Optional[_Union[SpendLimits, _Mapping]] = ..., scope_rules: _Optional[_Union[ScopeRules, _Mapping]] = ..., max_prices: _Optional[_Union[_resources_pb2.PriceSheet, _Mapping]] = ..., approvals: _Optional[_Union[ApprovalRules, _Mapping]] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ..., refills: _Optional[_Union[RefillRules, _Mapping]] = ..., alerts: _Optional[_Union[AlertRules, _Mapping]] = ..., version: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., require_mandate: _Optional[bool] = ...) -> None: ...
 
 class SetSpendPolicyRequest(_message.Message):
     __slots__ = ("request_id", "wallet_id", "policy", "clear")

@@ -4,6 +4,9 @@ refused with its status and reason, and nothing held or spent."""
 
 from __future__ import annotations
 
+import random
+import threading
+
 import grpc
 from nacl.signing import SigningKey, VerifyKey
 
@@ -11,13 +14,16 @@ from broker.client import narrow_voucher
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import delegation_service_pb2 as pb
 from broker.v1 import delegation_service_pb2_grpc as pb_grpc
+from broker.v1 import policy_service_pb2 as pol_pb
 from broker.v1 import resources_pb2 as res_pb
 from broker.v1 import voucher_key_service_pb2 as keys_pb
 from broker.v1 import wallet_service_pb2 as wallet_pb
-from common import vouchers
+from common import mandates, vouchers
 from common.clock import now_ms
+from common.status import error_info
 
 from .conftest import Client, _Bound, bearer, rid, rpc_error, unchanged
+from .spend_helpers import policy, set_policy
 
 OK = grpc.StatusCode
 
@@ -98,3 +104,146 @@ def test_owner_agent_keys_and_a_sub_budget_end_to_end(h):
     with rpc_error(OK.UNAUTHENTICATED, "API_KEY_REVOKED"):
         planner.balance()
     assert list(h.summary().violations) == []
+
+
+# -- mandates ---------------------------------------------------------------------------
+
+
+def test_mandates_against_a_real_broker(h):
+    owner = delegation(h, h.owner.key)
+    key = SigningKey.generate()
+    with unchanged(h, OK.INVALID_ARGUMENT, "INVALID_ARGUMENT"):
+        owner.RegisterMandateKey(pb.RegisterMandateKeyRequest(request_id=rid(),
+                                                              public_key=b"short"))
+    registered = owner.RegisterMandateKey(pb.RegisterMandateKeyRequest(
+        request_id=rid(), public_key=bytes(key.verify_key))).key
+    assert registered.key_id == mandates.key_id(bytes(key.verify_key))
+    assert [k.key_id for k in owner.ListMandateKeys(pb.ListMandateKeysRequest()).keys] == [
+        registered.key_id]
+    set_policy(h, h.owner, h.wallet_id, require_mandate=True)
+    assert policy(h, h.agent).GetSpendPolicy(pol_pb.GetSpendPolicyRequest()).policy \
+        .require_mandate
+
+    def authorize(amount: int, mandate: str = ""):
+        return h.agent.auths.Authorize(auth_pb.AuthorizeRequest(
+            request_id=rid(), amount=amount, scope=res_pb.Scope(model="tiny-lm"),
+            mandate=mandate)).authorization
+
+    def sign(signer=key, **kw):
+        return mandates.sign(signer, wallet_id=kw.pop("wallet_id", h.wallet_id),
+                             per_job=kw.pop("per_job", 100_000),
+                             total=kw.pop("total", 150_000),
+                             expire_ms=kw.pop("expire_ms", now_ms() + 600_000),
+                             issued_ms=now_ms(), **kw)
+
+    good = sign(models=["tiny-lm"])
+    head = good.rsplit(".", 1)[0]
+    forged = head + "." + vouchers.b64e(SigningKey.generate().sign(head.encode()).signature)
+    other = h.new_tenant()
+    for mandate, code, reason in [
+        ("", OK.PERMISSION_DENIED, "MANDATE_REQUIRED"),
+        ("m1.x", OK.INVALID_ARGUMENT, "MANDATE_MALFORMED"),
+        (forged, OK.PERMISSION_DENIED, "MANDATE_SIGNATURE_INVALID"),
+        (sign(SigningKey.generate()), OK.PERMISSION_DENIED, "MANDATE_KEY_UNKNOWN"),
+        (sign(expire_ms=now_ms() - 1), OK.FAILED_PRECONDITION, "MANDATE_EXPIRED"),
+        (sign(wallet_id=other.wallet_id), OK.PERMISSION_DENIED, "MANDATE_WALLET_MISMATCH"),
+        (sign(agent_key_id="key_0123456789abcdef"), OK.PERMISSION_DENIED,
+         "MANDATE_AGENT_MISMATCH"),
+        (sign(models=["big-lm"]), OK.PERMISSION_DENIED, "MANDATE_MODEL_NOT_ALLOWED"),
+        (sign(per_job=99_999), OK.PERMISSION_DENIED, "MANDATE_PER_JOB_EXCEEDED"),
+        (sign(total=99_999), OK.RESOURCE_EXHAUSTED, "MANDATE_TOTAL_EXCEEDED"),
+    ]:
+        with unchanged(h, code, reason):
+            authorize(100_000, mandate)
+
+    first = authorize(100_000, good)
+    mandate_hash = mandates.parse(good).mandate_hash
+    assert first.mandate_hash == mandate_hash
+    got = delegation(h, h.agent.key).GetMandate(pb.GetMandateRequest(
+        mandate_hash=mandate_hash)).mandate
+    assert (got.used, got.max_total, got.wallet_id, list(got.models)) == (
+        100_000, 150_000, h.wallet_id, ["tiny-lm"])
+    with unchanged(h, OK.RESOURCE_EXHAUSTED, "MANDATE_TOTAL_EXCEEDED"):
+        authorize(60_000, good)  # beyond its total: 100,000 held, 150,000 in all
+    with unchanged(h, OK.NOT_FOUND, "MANDATE_NOT_FOUND"):  # another tenant sees nothing
+        delegation(h, other.owner.key).GetMandate(pb.GetMandateRequest(
+            mandate_hash=mandate_hash))
+    h.agent.auths.CancelAuthorization(auth_pb.CancelAuthorizationRequest(
+        request_id=rid(), authorization_id=first.authorization_id))
+    assert authorize(60_000, good).mandate_hash == mandate_hash  # the cancel freed it
+    owner.RevokeMandateKey(pb.RevokeMandateKeyRequest(request_id=rid(),
+                                                      key_id=registered.key_id))
+    with unchanged(h, OK.PERMISSION_DENIED, "MANDATE_KEY_REVOKED"):
+        authorize(1_000, good)
+    assert list(h.summary().violations) == []
+
+
+# -- a three-level tree under concurrent load ---------------------------------------------
+
+
+def test_a_three_level_tree_under_concurrent_load(h):
+    """Agents at every level of root -> a -> a1 -> a11 (and a sibling b) authorize and
+    cancel at once, many times over the caps: no level is ever overdrawn, each holds
+    exactly what its subtree's open authorizations hold, and the audit is clean."""
+    caps = {"a": 900_000, "a1": 600_000, "a11": 400_000, "b": 500_000}
+    parents = {"a": "root", "a1": "a", "a11": "a1", "b": "root"}
+    keys, wallets = {"root": h.agent.key}, {"root": h.wallet_id}
+    for name in ("a", "a1", "a11", "b"):
+        made = delegation(h, keys[parents[name]]).CreateSubBudget(pb.CreateSubBudgetRequest(
+            request_id=rid(), display_name=name, cap=caps[name]))
+        keys[name], wallets[name] = made.api_key, made.wallet.wallet_id
+        assert made.sub_budget.depth == {"a": 1, "a1": 2, "a11": 3, "b": 1}[name]
+    open_auths: dict[str, tuple[str, int]] = {}  # authorization id -> (level, amount)
+    refusals: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def agent(name: str, seed: int) -> None:
+        rng = random.Random(seed)
+        client = Client(h.channel, keys[name])
+        mine = []
+        for _ in range(14):
+            amount = rng.randrange(20_000, 70_000)
+            try:
+                auth = client.authorize(amount, scope=res_pb.Scope(model="tiny-lm"))
+            except grpc.RpcError as error:
+                with lock:
+                    refusals.append((name, error_info(error).reason))
+                continue
+            with lock:
+                open_auths[auth.authorization_id] = (name, amount)
+            mine.append(auth.authorization_id)
+            if rng.random() < 0.3:  # give some back, for others to take
+                auth_id = mine.pop(rng.randrange(len(mine)))
+                client.auths.CancelAuthorization(auth_pb.CancelAuthorizationRequest(
+                    request_id=rid(), authorization_id=auth_id))
+                with lock:
+                    del open_auths[auth_id]
+
+    threads = [threading.Thread(target=agent, args=(name, i * 10 + n))
+               for i, name in enumerate(("root", "a", "a1", "a11", "b")) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+
+    # Every level was pushed past its cap, and refused only for that.
+    assert {name for name, _ in refusals} >= {"a1", "a11", "b"}
+    assert {reason for _, reason in refusals} <= {"SUB_BUDGET_EXCEEDED", "INSUFFICIENT_FUNDS"}
+    owner = delegation(h, h.owner.key)
+    for name, cap in caps.items():
+        level = owner.GetSubBudget(pb.GetSubBudgetRequest(wallet_id=wallets[name])).sub_budget
+        subtree = {name} | {n for n in caps if name in _ancestors(n, parents)}
+        expected = sum(a for lv, a in open_auths.values() if lv in subtree)
+        assert (level.held, level.spent) == (expected, 0), name
+        assert level.held + level.spent <= cap, f"{name} is overdrawn"
+    assert h.wallet().pending == sum(a for _, a in open_auths.values())
+    assert list(h.summary().violations) == []
+
+
+def _ancestors(name: str, parents: dict[str, str]) -> set[str]:
+    out = set()
+    while name in parents:
+        name = parents[name]
+        out.add(name)
+    return out

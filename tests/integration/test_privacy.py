@@ -22,15 +22,25 @@ import pytest
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
-from broker.client import BrokerClient, BrokerClientError, open_sealed
+from broker.client import (
+    BrokerClient,
+    BrokerClientError,
+    narrow_voucher,
+    open_sealed,
+    sign_mandate,
+)
 from broker.core.labels import WORKER_SCOPE_FIELDS
 from broker.datadir import DataDir
 from broker.v1 import admin_service_pb2 as admin_pb
+from broker.v1 import delegation_service_pb2 as delegation_pb
+from broker.v1 import delegation_service_pb2_grpc as delegation_grpc
 from broker.v1 import metering_service_pb2 as meter_pb
+from broker.v1 import policy_service_pb2 as policy_pb
+from broker.v1 import policy_service_pb2_grpc as policy_grpc
 from broker.v1 import statement_service_pb2 as statement_pb
 from broker.v1 import voucher_key_service_pb2 as keys_pb
 from broker.v1 import worker_registry_service_pb2 as registry_pb
-from common import sealing, vouchers
+from common import mandates, sealing, vouchers
 from common.files import write_secret
 from common.money import charge_for
 from worker.v1 import worker_service_pb2 as worker_pb
@@ -39,6 +49,8 @@ from .broker_process import ROOT, BrokerProcess
 from .capture_proxy import CapturingProxy
 from .conftest import (
     WorkerWorld,
+    _Bound,
+    bearer,
     burn_job,
     check_worker_error,
     generate_job,
@@ -541,6 +553,89 @@ def encodings(raw: bytes) -> list[str]:
     return [raw.hex(), raw.hex().upper(), base64.b64encode(raw).decode(),
             base64.b64encode(raw).decode().rstrip("="),
             base64.urlsafe_b64encode(raw).decode().rstrip("=")]
+
+
+# -- 5. delegation: a worker learns nothing about the tree ----------------------------------
+
+
+def test_a_derived_voucher_shows_the_worker_nothing_of_the_tree(p):
+    """Another tenant's owner signs a mandate; its agent makes a sub-budget, whose
+    sub-agent makes another; the deepest authorizes under the mandate with a holder key
+    and narrows the voucher twice offline; the worker runs that job over gRPC end to end.
+    Nothing the worker sees or is sent names the owner, a wallet, an agent key, a parent,
+    the mandate or an authorization."""
+    w = p.world
+    directory = p.directory / "tree"
+    directory.mkdir()
+    t = make_tenant(p.h, directory)
+    w.api_keys += [t.agent_key, t.owner_key]
+    owner = _Bound(delegation_grpc.DelegationServiceStub(w.channel), bearer(t.owner_key))
+    mandate_key = SigningKey.generate()
+    owner.RegisterMandateKey(delegation_pb.RegisterMandateKeyRequest(
+        request_id=rid(), public_key=bytes(mandate_key.verify_key)))
+    _Bound(policy_grpc.PolicyServiceStub(w.channel), bearer(t.owner_key)).SetSpendPolicy(
+        policy_pb.SetSpendPolicyRequest(request_id=rid(), wallet_id=t.wallet_id,
+                                        policy=policy_pb.SpendPolicy(require_mandate=True)))
+    mandate = sign_mandate(mandate_key, wallet_id=t.wallet_id, per_job=300_000,
+                           total=1_000_000, expire_ms=int(time.time() * 1000) + 600_000)
+    levels, key = [], t.agent_key
+    for name in ("nightjar-sub-budget-one", "nightjar-sub-budget-two"):
+        made = _Bound(delegation_grpc.DelegationServiceStub(w.channel), bearer(key)) \
+            .CreateSubBudget(delegation_pb.CreateSubBudgetRequest(
+                request_id=rid(), display_name=name, cap=500_000, key_description=name))
+        levels.append(made)
+        key = made.api_key
+        w.api_keys.append(key)
+    deepest = BrokerClient(p.h.target, key)
+    holder, next_holder = SigningKey.generate(), SigningKey.generate()
+    auth = deepest.authorize(300_000, worker_id=w.worker_id, mandate=mandate,
+                             holder_public_key=bytes(holder.verify_key))
+    expire_ms = auth.expire_time.ToMilliseconds()
+    once = narrow_voucher(auth.voucher, holder, amount=200_000, expire_ms=expire_ms,
+                          scope={}, next_key=next_holder)
+    twice = narrow_voucher(once, next_holder, amount=150_000, expire_ms=expire_ms, scope={})
+    w.vouchers += [auth.voucher, once, twice, mandate]
+    first_captured = len(p.proxy.of({w.creds["worker_api_key"], ""}))
+
+    job = burn_job(200)
+    run = w.execute(twice, job)
+    assert run.result.status == worker_pb.JOB_STATUS_COMPLETED, run.result.error
+    worker_copy = run.result.receipt
+    assert (worker_copy.authorization_id, worker_copy.mandate_hash) == ("", "")
+    # The owner's books: the carved authorization, its receipt naming the mandate.
+    carved = settled_receipt(deepest, deepest.list_receipts()[0].authorization_id)
+    assert carved.receipt_id == worker_copy.receipt_id and carved.held == 150_000
+    assert carved.mandate_hash == mandates.parse(mandate).mandate_hash
+    assert deepest.get_authorization(auth.authorization_id).amount == 150_000  # what is left
+
+    captured = p.proxy.of({w.creds["worker_api_key"], ""})[first_captured:]
+    received = [c for c in captured if c.direction in ("received", "status")]
+    assert any(c.method.endswith("/Meter") for c in received)
+    sent = worker_pb.ExecuteRequest(voucher=twice, job=job).SerializeToString()
+    everything = [v for data in [c.data for c in received] + [sent] for v in views(data)]
+    identifying = {
+        "owner id": t.owner_id, "owner id (hex)": hex_part(t.owner_id),
+        "root wallet id": t.wallet_id, "root agent key id": t.agent_key_id,
+        "mandate hash": carved.mandate_hash, "mandate key id": mandates.parse(mandate).key_id,
+        "mandate": mandate, "original authorization": auth.authorization_id,
+        "carved authorization": carved.authorization_id,
+        **{f"level {i} wallet": m.wallet.wallet_id for i, m in enumerate(levels)},
+        **{f"level {i} agent key id": m.key_id for i, m in enumerate(levels)},
+        **{f"level {i} name": m.wallet.display_name for i, m in enumerate(levels)},
+        **{f"level {i} parent": m.sub_budget.parent_wallet_id for i, m in enumerate(levels)},
+    }
+    for what, value in identifying.items():
+        leaks = [v for v in everything if value.encode() in v]
+        assert not leaks, f"the worker received the {what}"
+    # What the voucher's parts say: amounts, scope, expiry, random ids and holder keys.
+    root_claims = json.loads(vouchers.b64d(twice.split("~")[0].split(".")[2]))
+    assert set(root_claims) == {"vid", "amt", "scope", "iat", "exp", "nk"}
+    for block in twice.split("~")[1:]:
+        assert set(json.loads(vouchers.b64d(block.split(".")[0]))) <= {
+            "vid", "amt", "exp", "scope", "nk"}
+    deepest.close()
+    t.owner.close()
+    t.agent.close()
 
 
 def test_broker_keeps_only_sealed_itemised_parts_and_no_log_holds_a_secret(p):

@@ -5,7 +5,9 @@ WORKER_LISTEN and DATA set, and the Python agent block; each answer is checked."
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -279,6 +281,28 @@ def test_every_readme_block_runs_as_written(tmp_path):
     payouts = only("GetPayoutStatement").json()[0]["statement"]
     assert sum(int(p["payout"]) for p in payouts["periods"]) > 0
     assert re.match(r"voucher key \S+ is active", only("keys rotate voucher").output)
+
+    # delegation: an agent key, a sub-budget, a narrowed voucher's job, the mandate named
+    assert (tmp_path / "data dir" / "owner-mandate.key").stat().st_mode & 0o777 == 0o600
+    assert only("RegisterMandateKey").json()[0]["key"]["key_id"].startswith("mk_")
+    assert only("SetSpendPolicy").json()[0]["policy"]["require_mandate"] is True
+    sub_budget = only('echo "$SUB" | field sub_budget').json()[0]
+    assert (sub_budget["depth"], sub_budget["cap"]) == (1, "400000")
+    summarised = only("-H \"$SUMMARISER\"").json()[0]["authorization"]
+    assert summarised["wallet_id"] == sub_budget["wallet_id"]
+    narrowed_job = only('{"voucher": "$NARROWED"').json()[-1]["result"]
+    assert narrowed_job["status"] == "JOB_STATUS_COMPLETED"
+    assert "mandate_hash" not in narrowed_job["receipt"]  # the worker's copy
+    planner_receipt = only('echo "$RECEIPTS"').json()[0]["receipts"][0]
+    assert planner_receipt["receipt_id"] == narrowed_job["receipt"]["receipt_id"]
+    assert planner_receipt["held"] == "100000"
+    mandate = only("GetMandate").json()[0]["mandate"]
+    payload = base64.urlsafe_b64decode(mandate["token"].split(".")[2] + "==")
+    assert planner_receipt["mandate_hash"] == summarised["mandate_hash"] == \
+        mandate["mandate_hash"] == hashlib.sha256(payload).hexdigest()
+    # held under it now: the summariser's 50,000 and the planner's 300,000, less what the
+    # narrowed job did not use
+    assert int(mandate["used"]) == 350_000 - int(planner_receipt["released"])
 
     # the Python agent
     assert agent_py.returncode == 0, agent_py.stdout + agent_py.stderr
