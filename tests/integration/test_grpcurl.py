@@ -16,7 +16,8 @@ from broker.v1 import authorization_service_pb2 as auth_pb
 SERVICES = {
     "broker.v1.AdminService", "broker.v1.AuthorizationService", "broker.v1.MeteringService",
     "broker.v1.VoucherKeyService", "broker.v1.WalletService", "broker.v1.WorkerRegistryService",
-    "broker.v1.StatementService",
+    "broker.v1.StatementService", "broker.v1.PolicyService", "broker.v1.PricingService",
+    "broker.v1.DelegationService",
 }
 
 
@@ -53,7 +54,7 @@ def test_list_shows_every_service(broker, grpcurl):
     assert listed & {"grpc.reflection.v1alpha.ServerReflection",
                      "grpc.reflection.v1.ServerReflection"}
     methods = grpcurl(broker.target, "list", "broker.v1.MeteringService").stdout.split()
-    assert methods == ["broker.v1.MeteringService.Meter"]
+    assert methods == ["broker.v1.MeteringService.Meter", "broker.v1.MeteringService.MeterWorker"]
 
 
 def test_describe(broker, grpcurl):

@@ -16,6 +16,9 @@ from .capture_proxy import CapturingProxy
 from .conftest import WorkerWorld, burn_job, check_worker_error, generate_job, usage_dict
 from .worker_process import WorkerProcess
 
+# The per-session stream: these faults are armed per call, and a worker's one
+# MeterWorker stream outlives its jobs (test_meter_worker_jobs.py kills the broker under
+# it instead).
 METER = "/broker.v1.MeteringService/Meter"
 LIST_KEYS = "/broker.v1.VoucherKeyService/ListVoucherKeys"
 
@@ -27,7 +30,7 @@ def p(tmp_path_factory):
     proxy = CapturingProxy(broker.target).start()
     creds = broker.credentials
     worker = WorkerProcess(proxy.target, directory / "worker", creds["worker_api_key"],
-                           creds["agent_api_key"])
+                           creds["agent_api_key"], config={"batched_metering": False})
     try:
         worker.start()
         world = WorkerWorld(broker, worker)
