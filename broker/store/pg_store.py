@@ -243,6 +243,10 @@ class PgStore:
     "repeatable read" (row locks: point reads take FOR UPDATE; measured, not used).
     """
 
+    # The database server's disk is its operator's to watch: a full one fails our
+    # commits, which callers see as STORE_UNAVAILABLE (not the LMDB map-full path).
+    storage_full = False
+
     def __init__(self, url: str, *, create: bool = False, migrate: bool = False,
                  pool_size: int = 16,
                  sealer: Callable[[Tx], object] | None = None,

@@ -1,0 +1,189 @@
+"""Several brokers on one PostgreSQL database, as real processes: `make cluster`'s
+script, and clients and a worker that know every broker and fail over when one dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from broker.client import BrokerClient
+from broker.v1 import authorization_service_pb2 as auth_pb
+from worker.v1 import worker_service_pb2 as worker_pb
+from worker.v1 import worker_service_pb2_grpc as worker_grpc
+
+from .broker_process import ROOT, BrokerProcess, free_port
+from .conftest import Harness, burn_job
+from .worker_process import WorkerProcess
+
+SETTLED = auth_pb.AUTHORIZATION_STATE_SETTLED
+
+
+def _pids_listening_with(argument: str) -> list[int]:
+    """The processes whose command line holds `argument` (a broker's --listen)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argument.encode() in argv and any(b"broker" in a for a in argv[:3]):
+            found.append(int(proc.name))
+    return found
+
+
+def _port_open(address: str) -> bool:
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, int(port))) == 0
+
+
+def test_make_cluster_serves_through_any_broker_and_stops_in_order(tmp_path: Path):
+    listens = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    metrics = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    worker_listen = f"127.0.0.1:{free_port()}"
+    data = tmp_path / "var"
+    log = open(tmp_path / "cluster.log", "w+")  # noqa: SIM115 - closed below
+    script = subprocess.Popen(
+        [sys.executable, "scripts/run_cluster.py", "--data-dir", str(data),
+         "--listen", ",".join(listens), "--metrics-listen", ",".join(metrics),
+         "--worker-listen", worker_listen,
+         "--worker-metrics-listen", f"127.0.0.1:{free_port()}"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 180
+        while "brokers: " not in (tmp_path / "cluster.log").read_text():
+            assert script.poll() is None, (tmp_path / "cluster.log").read_text()
+            assert time.monotonic() < deadline, "the cluster did not start"
+            time.sleep(0.5)
+        text = (tmp_path / "cluster.log").read_text()
+        pg_root = re.search(r"PostgreSQL: on a Unix socket in (\S+)", text).group(1)
+        assert Path(pg_root).is_dir()
+        credentials = json.loads((data / "demo-credentials.json").read_text())
+        assert {"owner_id", "wallet_id", "provider_id", "admin_api_key", "owner_api_key",
+                "agent_api_key", "worker_api_key"} <= set(credentials)
+
+        def buy(target: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "examples/demo_agent.py", "--broker", target,
+                 "--credentials", str(data / "demo-credentials.json")],
+                cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+        def buy_when_offered(target: str) -> str:
+            """Buy once the worker's heartbeat has reached the broker the agent is on."""
+            deadline = time.monotonic() + 60
+            while (done := buy(target)).returncode != 0:
+                assert "no live worker" in done.stderr, done.stdout + done.stderr
+                assert time.monotonic() < deadline, done.stdout + done.stderr
+                time.sleep(1)
+            return done.stdout
+
+        assert "JOB_STATUS_COMPLETED" in buy_when_offered(",".join(listens))
+        # Every broker reads the same ledger (worker liveness is still per broker, so
+        # only the one the worker heartbeats to lists its offer: docs/scale-out.md).
+        balances = set()
+        for listen in listens:
+            with BrokerClient(listen, credentials["owner_api_key"]) as owner:
+                balances.add(owner.balance(credentials["wallet_id"]).posted)
+        assert len(balances) == 1
+        # kill -9 the broker everyone holds to (the first): the others keep serving,
+        # the worker and the agent move to them, the ledger is whole.
+        (victim,) = _pids_listening_with(listens[0])
+        os.kill(victim, signal.SIGKILL)
+        assert "JOB_STATUS_COMPLETED" in buy_when_offered(",".join(listens))
+        with grpc.insecure_channel(listens[1]) as channel:
+            summary = Harness(_Known(data), channel).summary()
+        assert list(summary.violations) == []
+        # Ctrl-C: everything stops, the worker first, the database last (its files gone).
+        script.send_signal(signal.SIGINT)
+        assert script.wait(90) == 0
+        for address in (*listens, worker_listen):
+            assert not _port_open(address), address
+        assert not Path(pg_root).exists()
+        assert _pids_listening_with(listens[1]) == []
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait(10)
+        log.close()
+
+
+class _Known:
+    """What Harness needs of a broker it did not start: the demo credentials."""
+
+    def __init__(self, data: Path):
+        self.credentials = json.loads((data / "demo-credentials.json").read_text())
+        self.target = ""
+
+
+def test_worker_and_client_fail_over_when_a_broker_dies_mid_job(tmp_path: Path, pg_url: str):
+    keys = tmp_path / "keys"  # the key directory every broker mounts
+    brokers = []
+    for name in ("a", "b", "c"):
+        broker = BrokerProcess(keys, extra_args=("--store", pg_url))
+        broker.log_path = tmp_path / f"{name}.log"
+        brokers.append(broker.start())
+    everyone = ",".join(b.target for b in brokers)
+    creds = brokers[0].credentials
+    worker = WorkerProcess(everyone, tmp_path / "worker", creds["worker_api_key"],
+                           creds["agent_api_key"])
+    agent = BrokerClient(everyone, creds["agent_api_key"])
+    try:
+        worker.start()
+        held = 1_000_000
+        auth = agent.authorize(held, worker_id=worker.worker_id, ttl_seconds=120)
+        outcome: dict = {}
+
+        def run_job():
+            try:
+                with grpc.insecure_channel(worker.target) as channel:
+                    outcome["events"] = list(worker_grpc.WorkerServiceStub(channel).Execute(
+                        worker_pb.ExecuteRequest(voucher=auth.voucher, job=burn_job(6_000)),
+                        timeout=90))
+            except grpc.RpcError as error:
+                outcome["error"] = error
+
+        thread = threading.Thread(target=run_job)
+        thread.start()
+        time.sleep(2)
+        # The worker's channel holds to the first broker in its list: that one dies.
+        brokers[0].kill()
+        thread.join(90)
+        assert not thread.is_alive()
+        assert "error" not in outcome, outcome.get("error")
+        result = outcome["events"][-1].result
+        # It resumed its metering session on another broker and settled it there.
+        assert result.status == worker_pb.JOB_STATUS_COMPLETED, result.error
+        assert result.usage.gpu_ms >= 3_000  # the work after the failover (at 2 s) counts
+        assert brokers[0].proc.poll() is not None  # so the settlement was elsewhere
+        # The agent's client fails over too; the job settled exactly once.
+        state = agent.get_authorization(auth.authorization_id)
+        assert state.state == SETTLED
+        assert state.receipt_id == result.receipt.receipt_id
+        receipt = agent.get_receipt(auth.authorization_id)
+        assert receipt.receipt_id == result.receipt.receipt_id
+        assert receipt.charged == result.receipt.charged > 0
+        assert receipt.charged + receipt.released == held
+        with grpc.insecure_channel(brokers[1].target) as channel:
+            h = Harness(brokers[1], channel)
+            assert h.wallet().pending == 0
+            assert list(h.summary().violations) == []
+    finally:
+        agent.close()
+        worker.stop()
+        for broker in brokers:
+            broker.stop()
