@@ -39,12 +39,22 @@ def _resolve(host: str, port: int) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
     return ipaddress.ip_address(found[0][4][0])
 
 
+def check(addresses: str) -> str | None:
+    """A settings check: None when `addresses` makes a target, else why not."""
+    if not addresses.strip():
+        return "must not be empty"
+    try:
+        grpc_target(addresses)
+    except TargetError as error:
+        return str(error)
+    return None
+
+
 def grpc_target(addresses: str) -> str:
     """`addresses` (one host:port, or several comma-separated) as a gRPC target."""
     if "," not in addresses:
         return addresses
-    resolved = [(_resolve(*hp), hp[1]) for hp in map(_split, addresses.split(",")
-                                                      if addresses else [])]
+    resolved = [(_resolve(*hp), hp[1]) for hp in map(_split, addresses.split(","))]
     if all(ip.version == 4 for ip, _ in resolved):
         return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in resolved)
     if all(ip.version == 6 for ip, _ in resolved):
