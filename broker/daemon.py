@@ -52,7 +52,7 @@ from .core.registry import Liveness
 from .datadir import DataDir
 from .keyring import Keyring, retire_voucher_keys
 from .metrics import BrokerMetrics
-from .store.base import StorageFull, Store
+from .store.base import StorageFull, Store, submit_single
 from .store.lmdb_store import RuntimeTables, lock_dir, unlock_dir
 from .v1 import (
     admin_service_pb2,
@@ -285,13 +285,15 @@ class Broker:
             s.keyring.reload()
             s.receipt_keyring.reload()
             if (self.prefork is None or self.prefork.primary) and s.keyring.due(s.clock()):
-                await s.store.submit(lambda tx: retire_voucher_keys(tx, s.keyring, s.clock()))
+                await submit_single(s.store, "voucher_keys",
+                                    lambda tx: retire_voucher_keys(tx, s.keyring, s.clock()))
 
         async def alert_counts() -> None:
             self._count_alerts()
 
         async def roll_up() -> None:
-            while await s.store.submit(ledger.roll_up) == ledger.ROLL_UP_BATCH:
+            while await submit_single(s.store, "roll_up", ledger.roll_up) == \
+                    ledger.ROLL_UP_BATCH:
                 pass  # more entries than one step folds: keep going
 
         return [("storage", self._check_storage),

@@ -77,6 +77,11 @@ ID_SLOTS = 1 << ID_SLOT_BITS
 LOCK_ID_SLOT = 0x62726B01   # (class, slot): the id slot a connection holds
 LOCK_SINGLE = 0x62726B02    # (class, n): work that one broker does at a time
 SEALER = 1
+# Sweep work that one broker does at a time (`submit_single`), by name: the roll-up
+# rewrites every platform account's row, key retirement renames files in the shared
+# key directory. SERIALIZABLE alone keeps them correct; the lock saves the others the
+# work and the retries.
+SINGLE_RUNNERS = {"roll_up": 2, "voucher_keys": 3}
 MAX_ATTEMPTS = 12
 BACKOFF_BASE_S = 0.002
 BACKOFF_MAX_S = 0.2
@@ -358,6 +363,16 @@ class PgStore:
         self._check_open()
         return self._run_op(op)
 
+    async def submit_single(self, name: str, op: Callable[[Tx], T]) -> T | None:
+        """`submit`, by one broker at a time: the transaction first takes the advisory
+        lock `name` (SINGLE_RUNNERS) on its connection, and when another broker holds
+        it, ends at once and returns None without running `op`. The lock goes with
+        the transaction, so a broker that dies or loses its connection lets go."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run_op, op,
+                                          SINGLE_RUNNERS[name])
+
     def read(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` on a REPEATABLE READ, READ ONLY snapshot. Consume scans inside `fn`."""
         self._check_open()
@@ -393,11 +408,11 @@ class PgStore:
 
     # -- running an op ---------------------------------------------------------
 
-    def _run_op(self, op: Callable[[Tx], T]) -> T:
+    def _run_op(self, op: Callable[[Tx], T], single: int | None = None) -> T | None:
         for attempt in range(MAX_ATTEMPTS):
             try:
                 with self._pool.connection() as conn:
-                    return self._attempt(conn, op)
+                    return self._attempt(conn, op, single)
             except _RETRY:
                 self.stats["retries"] += 1
                 time.sleep(random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** attempt)))
@@ -408,10 +423,16 @@ class PgStore:
         raise store_unavailable(f"the operation conflicted with others {MAX_ATTEMPTS} times; "
                                "retry with the same request_id")
 
-    def _attempt(self, conn: psycopg.Connection, op: Callable[[Tx], T]) -> T:
+    def _attempt(self, conn: psycopg.Connection, op: Callable[[Tx], T],
+                 single: int | None = None) -> T | None:
         """One try in one transaction: COMMIT, or raise (the op's error once COMMIT has
-        shown that what it read was consistent; a retryable conflict; a lost database)."""
+        shown that what it read was consistent; a retryable conflict; a lost database).
+        With `single`, None when another broker holds that single-runner lock."""
         conn.execute(self._begin)
+        if single is not None and not _one(
+                conn, "SELECT pg_try_advisory_xact_lock(%s, %s)", (LOCK_SINGLE, single)):
+            conn.execute("ROLLBACK")
+            return None
         base = _PgTx(conn, writable=True, lock_reads=self._isolation != "serializable")
         tx = BufferedTx(base)
         try:
