@@ -187,3 +187,53 @@ def test_worker_and_client_fail_over_when_a_broker_dies_mid_job(tmp_path: Path, 
         worker.stop()
         for broker in brokers:
             broker.stop()
+
+
+def test_two_brokers_sweeping_the_same_due_holds_resolve_each_once(tmp_path: Path,
+                                                                    pg_url: str):
+    """Both brokers sweep every 20 ms; the holds fall due together, so both find the
+    same ones due. Each expires exactly once: one journal entry per authorization,
+    the wallet whole again, the audit clean."""
+    from broker.store.pg_store import PgStore
+
+    keys = tmp_path / "keys"
+    brokers = []
+    for name in ("a", "b"):
+        broker = BrokerProcess(keys, extra_args=("--store", pg_url,
+                                                 "--sweep-interval-ms", "20"))
+        broker.log_path = tmp_path / f"{name}.log"
+        brokers.append(broker.start())
+    creds = brokers[0].credentials
+    agent = BrokerClient(brokers[0].target, creds["agent_api_key"])
+    try:
+        with grpc.insecure_channel(brokers[1].target) as channel:
+            h = Harness(brokers[1], channel)
+            before = h.wallet()
+            made = [agent.authorize(10_000, ttl_seconds=1) for _ in range(40)]
+            assert h.wallet().pending == 40 * 10_000
+            deadline = time.monotonic() + 30
+            while h.wallet().pending:
+                assert time.monotonic() < deadline, "the holds did not expire"
+                time.sleep(0.2)
+            after = h.wallet()
+            assert (after.posted, after.available) == (before.posted, before.available)
+            expired = auth_pb.AUTHORIZATION_STATE_EXPIRED
+            assert all(agent.get_authorization(a.authorization_id).state == expired
+                       for a in made)
+            assert list(h.summary().violations) == []
+        ids = {a.authorization_id for a in made}
+        store = PgStore(pg_url, pool_size=2)
+        try:
+            entries = store.read(lambda tx: [
+                *(e for _, e in tx.scan("journal")),
+                *(e for _, e in tx.scan("journal_unsealed"))])
+        finally:
+            store.close()
+        resolved = [e["data"]["authorization_id"] for e in entries
+                    if e["kind"] == "authorization_expired"
+                    and e["data"]["authorization_id"] in ids]
+        assert sorted(resolved) == sorted(ids)  # each once, none twice
+    finally:
+        agent.close()
+        for broker in brokers:
+            broker.stop()
