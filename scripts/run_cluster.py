@@ -79,6 +79,10 @@ def main() -> int:
     if len(metrics) != len(listens):
         sys.exit("--metrics-listen needs one address per broker in --listen")
     data = Path(args.data_dir)
+    if (data / "ledger").exists():
+        # `make run`'s: its admin key and demo credentials must not be replaced.
+        sys.exit(f"{data} holds an LMDB ledger (`make run`'s); move it aside or give "
+                 f"`make cluster` another directory (DATA=var-cluster)")
     data.mkdir(parents=True, exist_ok=True)
     # The database is new on every run: credentials from an earlier one name nothing.
     for stale in (data / "demo-credentials.json", data / "admin.key"):

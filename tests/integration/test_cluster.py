@@ -237,3 +237,15 @@ def test_two_brokers_sweeping_the_same_due_holds_resolve_each_once(tmp_path: Pat
         agent.close()
         for broker in brokers:
             broker.stop()
+
+
+def test_make_cluster_leaves_make_runs_data_directory_alone(tmp_path: Path):
+    (tmp_path / "ledger").mkdir()
+    (tmp_path / "admin.key").write_text("make run's\n")
+    done = subprocess.run([sys.executable, "scripts/run_cluster.py", "--data-dir",
+                           str(tmp_path), "--listen", f"127.0.0.1:{free_port()}",
+                           "--metrics-listen", ""], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert "holds an LMDB ledger" in done.stderr
+    assert (tmp_path / "admin.key").read_text() == "make run's\n"
