@@ -181,9 +181,14 @@ class Broker:
                  metrics: BrokerMetrics | None = None, *, receipt_keyring: Keyring,
                  clock: Callable[[], int] = now_ms, prefork: Prefork | None = None):
         shared = prefork.runtime if prefork else None
+        # Worker leases: in the database when several brokers share one (PgStore), else
+        # in the prefork processes' shared table, else in this process.
+        shared_table = getattr(store, "shared_table", None)
+        leases = shared_table("worker_leases") if shared_table is not None else \
+            shared.leases if shared else {}
         self.services = Services(
             store=store, keyring=keyring, config=config,
-            liveness=Liveness(config.worker_lease_ms, shared.leases if shared else {}),
+            liveness=Liveness(config.worker_lease_ms, leases),
             cache_secret=cache_secret, receipt_keyring=receipt_keyring, clock=clock,
             limits=settings.limits,
             limiter=rate_limits.RequestLimiter(shared.rate_buckets if shared else None))

@@ -258,3 +258,22 @@ def test_single_runner_work_runs_on_one_broker_at_a_time(pg_url: str) -> None:
         release.set()
         a.close()
         b.close()
+
+
+def test_worker_leases_are_shared_by_every_broker_on_the_database(pg_url: str) -> None:
+    from broker.core.registry import Liveness
+
+    a, b = PgStore(pg_url, pool_size=2), PgStore(pg_url, pool_size=2)
+    try:
+        on_a = Liveness(1_000, a.shared_table("worker_leases"))
+        on_b = Liveness(1_000, b.shared_table("worker_leases"))
+        on_a.beat("wrk_1", now=10_000)
+        on_a.beat("wrk_2", now=10_000)
+        assert sorted(on_b.live_ids(now=10_500)) == ["wrk_1", "wrk_2"]
+        on_b.drop("wrk_2")
+        on_b.drop("wrk_2")  # twice (two brokers): no error
+        assert on_a.live_ids(now=10_500) == ["wrk_1"]
+        assert on_a.live_ids(now=11_000) == [] and on_b.size == 0  # expired and dropped
+    finally:
+        a.close()
+        b.close()
