@@ -88,12 +88,6 @@ def main() -> int:
     for stale in (data / "demo-credentials.json", data / "admin.key"):
         stale.unlink(missing_ok=True)
     bin_dir = Path(sys.executable).parent
-    try:
-        database = PgCluster().start()
-    except PgClusterError as error:
-        sys.exit(f"PostgreSQL: {error}")
-    print(f"PostgreSQL: on a Unix socket in {database.root} (removed at exit)", flush=True)
-    url = database.create_database("broker")
     brokers: list[subprocess.Popen] = []
     worker = None
     stopping = False
@@ -102,11 +96,20 @@ def main() -> int:
         nonlocal stopping
         stopping = True
 
+    # Before anything starts: Ctrl-C during start-up still stops what started.
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
+        database = PgCluster().start()
+    except PgClusterError as error:
+        sys.exit(f"PostgreSQL: {error}")
+    print(f"PostgreSQL: on a Unix socket in {database.root} (removed at exit)", flush=True)
+    try:
+        url = database.create_database("broker")
         # One at a time: the first initialises the database and writes the demo tenant.
         for listen, metrics_listen in zip(listens, metrics, strict=True):
+            if stopping:
+                return 0
             broker = subprocess.Popen(
                 [bin_dir / "broker", "serve", "--data-dir", str(data), "--store", url,
                  "--listen", listen, "--metrics-listen", metrics_listen, "--demo"],
