@@ -12,13 +12,16 @@ CONSOLE ?= 127.0.0.1:8080
 WORKER_LISTEN ?= 127.0.0.1:50052
 METRICS_LISTEN ?= 127.0.0.1:9464
 WORKER_METRICS_LISTEN ?= 127.0.0.1:9465
+# `make cluster`'s second and third brokers (the first is on $(LISTEN)).
+CLUSTER_LISTEN ?= 127.0.0.1:50061,127.0.0.1:50071
+CLUSTER_METRICS_LISTEN ?= 127.0.0.1:9474,127.0.0.1:9484
 NODE_AGENT := examples/node-agent
 NODE_STAMP := $(NODE_AGENT)/node_modules/.installed-stamp
 CHROMIUM   := /usr/bin/chromium
 # Debian's PostgreSQL server: the store tests start a throwaway cluster with it.
 PG_SERVER  := /usr/bin/pg_ctlcluster
 
-.PHONY: run demo demo-node node-deps api-docs gpu-check console-screenshots test fuzz crash-test soak bench lint proto check-stubs breaking clean venv
+.PHONY: run cluster demo demo-node node-deps api-docs gpu-check console-screenshots test fuzz crash-test soak bench lint proto check-stubs breaking clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +43,13 @@ run: $(STAMP)
 	$(BIN)/python scripts/run_local.py --data-dir '$(DATA)' --listen '$(LISTEN)' \
 	    --worker-listen '$(WORKER_LISTEN)' --metrics-listen '$(METRICS_LISTEN)' \
 	    --worker-metrics-listen '$(WORKER_METRICS_LISTEN)' --console-listen '$(CONSOLE)'
+
+## cluster: a throwaway PostgreSQL, three brokers sharing it on $(LISTEN), :50061 and :50071, and a local worker on $(WORKER_LISTEN) that knows all three (docs/scale-out.md)
+cluster: $(STAMP) $(PG_SERVER)
+	$(BIN)/python scripts/run_cluster.py --data-dir '$(DATA)' \
+	    --listen '$(LISTEN),$(CLUSTER_LISTEN)' --worker-listen '$(WORKER_LISTEN)' \
+	    --metrics-listen '$(METRICS_LISTEN),$(CLUSTER_METRICS_LISTEN)' \
+	    --worker-metrics-listen '$(WORKER_METRICS_LISTEN)'
 
 ## demo: an example agent buys a generate job from `make run` (start that first)
 demo: $(STAMP)

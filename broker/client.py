@@ -16,6 +16,11 @@ Or let the broker choose, and fail over between workers with the same voucher:
 Every mutating call carries a fresh request_id; a call that fails with
 UNAVAILABLE is retried with the same request_id, so it happens at most once.
 
+Several brokers on one database (docs/scale-out.md): give them all, comma-separated,
+`BrokerClient("10.0.0.1:50051,10.0.0.2:50051", api_key)`. The channel keeps to one
+until it fails, then moves to the next that answers (common/targets.py); the retry
+with the same request_id runs there and gets the one answer.
+
 Owners open the sealed itemised part of their receipts (and a statement's annex)
 with `open_sealed`, on their own side, with the private key they registered.
 

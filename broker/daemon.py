@@ -52,7 +52,7 @@ from .core.registry import Liveness
 from .datadir import DataDir
 from .keyring import Keyring, retire_voucher_keys
 from .metrics import BrokerMetrics
-from .store.base import StorageFull, Store
+from .store.base import StorageFull, Store, submit_single
 from .store.lmdb_store import RuntimeTables, lock_dir, unlock_dir
 from .v1 import (
     admin_service_pb2,
@@ -181,9 +181,14 @@ class Broker:
                  metrics: BrokerMetrics | None = None, *, receipt_keyring: Keyring,
                  clock: Callable[[], int] = now_ms, prefork: Prefork | None = None):
         shared = prefork.runtime if prefork else None
+        # Worker leases: in the database when several brokers share one (PgStore), else
+        # in the prefork processes' shared table, else in this process.
+        shared_table = getattr(store, "shared_table", None)
+        leases = shared_table("worker_leases") if shared_table is not None else \
+            shared.leases if shared else {}
         self.services = Services(
             store=store, keyring=keyring, config=config,
-            liveness=Liveness(config.worker_lease_ms, shared.leases if shared else {}),
+            liveness=Liveness(config.worker_lease_ms, leases),
             cache_secret=cache_secret, receipt_keyring=receipt_keyring, clock=clock,
             limits=settings.limits,
             limiter=rate_limits.RequestLimiter(shared.rate_buckets if shared else None))
@@ -285,13 +290,15 @@ class Broker:
             s.keyring.reload()
             s.receipt_keyring.reload()
             if (self.prefork is None or self.prefork.primary) and s.keyring.due(s.clock()):
-                await s.store.submit(lambda tx: retire_voucher_keys(tx, s.keyring, s.clock()))
+                await submit_single(s.store, "voucher_keys",
+                                    lambda tx: retire_voucher_keys(tx, s.keyring, s.clock()))
 
         async def alert_counts() -> None:
             self._count_alerts()
 
         async def roll_up() -> None:
-            while await s.store.submit(ledger.roll_up) == ledger.ROLL_UP_BATCH:
+            while await submit_single(s.store, "roll_up", ledger.roll_up) == \
+                    ledger.ROLL_UP_BATCH:
                 pass  # more entries than one step folds: keep going
 
         return [("storage", self._check_storage),

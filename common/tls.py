@@ -23,6 +23,8 @@ from pathlib import Path
 
 import grpc
 
+from .targets import grpc_target
+
 
 class TlsError(Exception):
     pass
@@ -85,12 +87,15 @@ def add_port(server: grpc.aio.Server, address: str, server_tls: ServerTls | None
 
 
 def channel(target: str, client_tls: ClientTls | None, options=None) -> grpc.Channel:
+    """`target`: one address, or several comma-separated to fail over (common/targets.py)."""
+    target = grpc_target(target)
     if client_tls is None:
         return grpc.insecure_channel(target, options=options)
     return grpc.secure_channel(target, client_tls.credentials(), options=options)
 
 
 def aio_channel(target: str, client_tls: ClientTls | None, options=None) -> grpc.aio.Channel:
+    target = grpc_target(target)
     if client_tls is None:
         return grpc.aio.insecure_channel(target, options=options)
     return grpc.aio.secure_channel(target, client_tls.credentials(), options=options)

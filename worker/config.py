@@ -47,7 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import tls
+from common import targets, tls
 from common.errors import BrokerError
 from common.money import SHEET_FIELDS, check_price_sheet
 from common.settings import (
@@ -80,7 +80,9 @@ def _check_prices(prices: dict[str, int]) -> str | None:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    broker: str = setting("127.0.0.1:50051", "The broker's gRPC address.", check=not_empty)
+    broker: str = setting("127.0.0.1:50051", "The broker's gRPC address; several brokers "
+                          "on one database comma-separated (it fails over between them).",
+                          check=targets.check)
     listen: str = setting("127.0.0.1:50052", "Address agents' Execute calls are served on.",
                           check=grpc_listen)
     advertise: str = setting("", "Endpoint announced to agents in the offers; empty: "

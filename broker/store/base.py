@@ -161,6 +161,15 @@ class Store(Protocol):
         """Drain pending operations, commit, and release the data directory."""
 
 
+async def submit_single(store: Store, name: str, op: Callable[[Tx], T]) -> T | None:
+    """Sweep work that one broker at a time does (`name`: "roll_up", "voucher_keys").
+    On a store several brokers share (PgStore), under its single-runner lock: None,
+    without running `op`, while another broker holds it. Elsewhere a plain `submit`:
+    one broker, one writer."""
+    single = getattr(store, "submit_single", None)
+    return await (single(name, op) if single is not None else store.submit(op))
+
+
 class StorageFull(RuntimeError):
     """A commit failed for lack of room (a full disk, or LMDB's map full): nothing of
     it was written, and writes keep failing until space is freed; reads still work."""

@@ -40,7 +40,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, TypeVar
 
 import psycopg
@@ -70,13 +70,18 @@ log = logging.getLogger("broker.store")
 
 # The SQL layout (tables and columns) this module reads and writes; `meta/schema_version`
 # is the records' version. Stored in `broker_layout`; `broker migrate` moves it forward.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: worker_leases
 ID_SLOT_BITS = 10
 ID_SLOTS = 1 << ID_SLOT_BITS
 # Advisory lock keys (two int4): the class says what, the second number which one.
 LOCK_ID_SLOT = 0x62726B01   # (class, slot): the id slot a connection holds
 LOCK_SINGLE = 0x62726B02    # (class, n): work that one broker does at a time
 SEALER = 1
+# Sweep work that one broker does at a time (`submit_single`), by name: the roll-up
+# rewrites every platform account's row, key retirement renames files in the shared
+# key directory. SERIALIZABLE alone keeps them correct; the lock saves the others the
+# work and the retries.
+SINGLE_RUNNERS = {"roll_up": 2, "voucher_keys": 3}
 MAX_ATTEMPTS = 12
 BACKOFF_BASE_S = 0.002
 BACKOFF_MAX_S = 0.2
@@ -104,6 +109,10 @@ def layout_ddl() -> list[str]:
     out += [
         "CREATE TABLE IF NOT EXISTS id_slots (slot integer PRIMARY KEY, last bigint NOT NULL)",
         "CREATE TABLE IF NOT EXISTS broker_layout (version integer NOT NULL)",
+        # Worker liveness (`PgSharedTable`): what one broker's memory held, shared by
+        # all; UNLOGGED (no WAL, emptied by a database crash: workers beat again).
+        "CREATE UNLOGGED TABLE IF NOT EXISTS worker_leases "
+        "(k text PRIMARY KEY, v bigint NOT NULL)",
     ]
     return out
 
@@ -243,6 +252,10 @@ class PgStore:
     "repeatable read" (row locks: point reads take FOR UPDATE; measured, not used).
     """
 
+    # The database server's disk is its operator's to watch: a full one fails our
+    # commits, which callers see as STORE_UNAVAILABLE (not the LMDB map-full path).
+    storage_full = False
+
     def __init__(self, url: str, *, create: bool = False, migrate: bool = False,
                  pool_size: int = 16,
                  sealer: Callable[[Tx], object] | None = None,
@@ -354,6 +367,16 @@ class PgStore:
         self._check_open()
         return self._run_op(op)
 
+    async def submit_single(self, name: str, op: Callable[[Tx], T]) -> T | None:
+        """`submit`, by one broker at a time: the transaction first takes the advisory
+        lock `name` (SINGLE_RUNNERS) on its connection, and when another broker holds
+        it, ends at once and returns None without running `op`. The lock goes with
+        the transaction, so a broker that dies or loses its connection lets go."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run_op, op,
+                                          SINGLE_RUNNERS[name])
+
     def read(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` on a REPEATABLE READ, READ ONLY snapshot. Consume scans inside `fn`."""
         self._check_open()
@@ -389,11 +412,11 @@ class PgStore:
 
     # -- running an op ---------------------------------------------------------
 
-    def _run_op(self, op: Callable[[Tx], T]) -> T:
+    def _run_op(self, op: Callable[[Tx], T], single: int | None = None) -> T | None:
         for attempt in range(MAX_ATTEMPTS):
             try:
                 with self._pool.connection() as conn:
-                    return self._attempt(conn, op)
+                    return self._attempt(conn, op, single)
             except _RETRY:
                 self.stats["retries"] += 1
                 time.sleep(random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** attempt)))
@@ -404,10 +427,16 @@ class PgStore:
         raise store_unavailable(f"the operation conflicted with others {MAX_ATTEMPTS} times; "
                                "retry with the same request_id")
 
-    def _attempt(self, conn: psycopg.Connection, op: Callable[[Tx], T]) -> T:
+    def _attempt(self, conn: psycopg.Connection, op: Callable[[Tx], T],
+                 single: int | None = None) -> T | None:
         """One try in one transaction: COMMIT, or raise (the op's error once COMMIT has
-        shown that what it read was consistent; a retryable conflict; a lost database)."""
+        shown that what it read was consistent; a retryable conflict; a lost database).
+        With `single`, None when another broker holds that single-runner lock."""
         conn.execute(self._begin)
+        if single is not None and not _one(
+                conn, "SELECT pg_try_advisory_xact_lock(%s, %s)", (LOCK_SINGLE, single)):
+            conn.execute("ROLLBACK")
+            return None
         base = _PgTx(conn, writable=True, lock_reads=self._isolation != "serializable")
         tx = BufferedTx(base)
         try:
@@ -461,6 +490,10 @@ class PgStore:
             raise store_unavailable("the broker's database cannot be reached; retry with the "
                                    "same request_id")
 
+    def shared_table(self, name: str) -> PgSharedTable:
+        """A runtime table every broker on this database shares (`worker_leases`)."""
+        return PgSharedTable(self, name)
+
     # -- single-runner work ----------------------------------------------------
 
     def _run_sealer(self) -> None:
@@ -500,6 +533,59 @@ class PgStore:
                 if conn is not None:
                     conn.close()
                 return
+
+
+class PgSharedTable(MutableMapping[str, int]):
+    """str -> int in an UNLOGGED table of the layout, one autocommit statement per call,
+    like LMDB's SharedTable for the processes of one broker: worker liveness, so that a
+    heartbeat to one broker counts in the offers of every other. A lost database is
+    STORE_UNAVAILABLE, as for any operation."""
+
+    def __init__(self, store: PgStore, table: str) -> None:
+        assert table in ("worker_leases",), table  # names from the layout only
+        self._store, self._table = store, table
+
+    def _rows(self, query: str, params: tuple = ()) -> list[tuple]:
+        store = self._store
+        store._check_open()
+        try:
+            with store._pool.connection() as conn:
+                cursor = conn.execute(query.format(t=self._table), params)
+                return cursor.fetchall() if cursor.description else []
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
+            raise store._unavailable(error) from None
+
+    def __getitem__(self, key: str) -> int:
+        rows = self._rows("SELECT v FROM {t} WHERE k = %s", (key,))
+        if not rows:
+            raise KeyError(key)
+        return rows[0][0]
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self._rows("INSERT INTO {t} VALUES (%s, %s) ON CONFLICT (k) DO UPDATE "
+                   "SET v = EXCLUDED.v", (key, value))
+
+    def __delitem__(self, key: str) -> None:
+        if not self._rows("DELETE FROM {t} WHERE k = %s RETURNING k", (key,)):
+            raise KeyError(key)
+
+    def pop(self, key: str, *default: Any) -> Any:  # one statement: no race between two
+        rows = self._rows("DELETE FROM {t} WHERE k = %s RETURNING v", (key,))
+        if rows:
+            return rows[0][0]
+        if default:
+            return default[0]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([key for key, _ in self.items()])
+
+    def __len__(self) -> int:
+        return self._rows("SELECT count(*) FROM {t}")[0][0]
+
+    def items(self) -> list[tuple[str, int]]:  # type: ignore[override]
+        """One snapshot (the mixin would read each key separately)."""
+        return [(k, v) for k, v in self._rows("SELECT k, v FROM {t}")]
 
 
 def stored_layout(conn: psycopg.Connection) -> int | None:

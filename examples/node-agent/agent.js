@@ -8,6 +8,7 @@
 // code and the ErrorInfo reason.
 //
 //   node agent.js [--broker 127.0.0.1:50051] [--credentials var/demo-credentials.json]
+//   (--broker takes several brokers on one database, comma-separated: see brokerTarget)
 //                 [--amount 200000] [--tokens 24] [--prompt TEXT] [--timeout 60]
 
 const crypto = require('node:crypto');
@@ -129,6 +130,19 @@ function execute(worker, request, deadline) {
   });
 }
 
+/**
+ * Several brokers on one database ("10.0.0.1:50051,10.0.0.2:50051", IP addresses) as
+ * one target: grpc-js's pick_first policy connects to the first that answers and, when
+ * its connection breaks, to the next one; Authorize's retry with the same request_id
+ * then runs there. One address passes through unchanged (a host name is fine there).
+ */
+function brokerTarget(list) {
+  const addresses = list.split(',').map((address) => address.trim());
+  if (addresses.length === 1) return addresses[0];
+  const family = addresses.every((address) => address.startsWith('[')) ? 'ipv6' : 'ipv4';
+  return `${family}:${addresses.join(',')}`;
+}
+
 async function run(opts) {
   const credentials = JSON.parse(fs.readFileSync(opts.credentials, 'utf8'));
   if (!credentials.agent_api_key) {
@@ -139,12 +153,13 @@ async function run(opts) {
   const metadata = new grpc.Metadata();
   metadata.add('authorization', `Bearer ${credentials.agent_api_key}`);
   const insecure = grpc.credentials.createInsecure();
+  const target = brokerTarget(opts.broker);
   const broker = {
-    registry: new api.broker.v1.WorkerRegistryService(opts.broker, insecure),
-    auths: new api.broker.v1.AuthorizationService(opts.broker, insecure),
-    wallets: new api.broker.v1.WalletService(opts.broker, insecure),
-    statements: new api.broker.v1.StatementService(opts.broker, insecure),
-    voucherKeys: new api.broker.v1.VoucherKeyService(opts.broker, insecure),
+    registry: new api.broker.v1.WorkerRegistryService(target, insecure),
+    auths: new api.broker.v1.AuthorizationService(target, insecure),
+    wallets: new api.broker.v1.WalletService(target, insecure),
+    statements: new api.broker.v1.StatementService(target, insecure),
+    voucherKeys: new api.broker.v1.VoucherKeyService(target, insecure),
   };
   let worker = null;
   try {

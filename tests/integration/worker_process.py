@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from broker.v1 import worker_registry_service_pb2 as registry_pb
 from broker.v1 import worker_registry_service_pb2_grpc as registry_grpc
 from common.files import write_secret
+from common.targets import grpc_target
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
@@ -129,7 +130,7 @@ class WorkerProcess:
     def offered_ids(self) -> set[str]:
         """Worker ids in the broker's ListOffers (empty when the broker is away)."""
         try:
-            with grpc.insecure_channel(self.broker_target) as channel:
+            with grpc.insecure_channel(grpc_target(self.broker_target)) as channel:
                 reply = registry_grpc.WorkerRegistryServiceStub(channel).ListOffers(
                     registry_pb.ListOffersRequest(), timeout=2,
                     metadata=(("authorization", f"Bearer {self.offers_key}"),))

@@ -3,6 +3,7 @@ database rely on (ids, serialisability, the sealer, losing the database)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 from broker.core import journal
 from broker.store import Tx
 from broker.store.dsn import StoreOpenError
-from broker.store.pg_store import LAYOUT_VERSION, PgStore
+from broker.store.pg_store import LAYOUT_VERSION, LOCK_SINGLE, SINGLE_RUNNERS, PgStore
 from common.errors import BrokerError, Code
 
 from .test_memory_store import StoreContract, put
@@ -211,3 +212,68 @@ def test_a_database_without_the_tables_or_of_another_layout_is_refused(pg_url: s
         conn.execute("UPDATE broker_layout SET version = %s", (LAYOUT_VERSION + 1,))
     with pytest.raises(StoreOpenError, match="written by a newer release"):
         PgStore(pg_url)
+
+
+def test_single_runner_work_runs_on_one_broker_at_a_time(pg_url: str) -> None:
+    """`submit_single`: while one broker's roll-up transaction holds the lock, another
+    broker's is skipped (None, its op not run); once the first commits, it runs; a
+    lock holder whose connection dies lets go."""
+    a, b = PgStore(pg_url, pool_size=2), PgStore(pg_url, pool_size=2)
+    inside, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def slow(tx):
+        ran.append("a")
+        inside.set()
+        assert release.wait(WAIT)
+        tx.put("meta", "rolled", {"by": "a"})
+        return "a"
+
+    def quick(tx):
+        ran.append("b")
+        return "b"
+
+    try:
+        first = threading.Thread(target=lambda: ran.append(
+            asyncio.run(a.submit_single("roll_up", slow))))
+        first.start()
+        assert inside.wait(WAIT)
+        assert asyncio.run(b.submit_single("roll_up", quick)) is None
+        assert asyncio.run(b.submit_single("voucher_keys", quick)) == "b"  # another lock
+        release.set()
+        first.join(WAIT)
+        assert ran == ["a", "b", "a"]
+        assert asyncio.run(b.submit_single("roll_up", quick)) == "b"
+        assert b.read(lambda tx: tx.get("meta", "rolled")) == {"by": "a"}
+        # A holder that loses its connection (killed) loses the lock with it.
+        holder = psycopg.connect(pg_url, autocommit=False)
+        holder.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                       (LOCK_SINGLE, SINGLE_RUNNERS["roll_up"]))
+        assert asyncio.run(b.submit_single("roll_up", quick)) is None
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (holder.info.backend_pid,))
+        holder.close()
+        assert asyncio.run(b.submit_single("roll_up", quick)) == "b"
+    finally:
+        release.set()
+        a.close()
+        b.close()
+
+
+def test_worker_leases_are_shared_by_every_broker_on_the_database(pg_url: str) -> None:
+    from broker.core.registry import Liveness
+
+    a, b = PgStore(pg_url, pool_size=2), PgStore(pg_url, pool_size=2)
+    try:
+        on_a = Liveness(1_000, a.shared_table("worker_leases"))
+        on_b = Liveness(1_000, b.shared_table("worker_leases"))
+        on_a.beat("wrk_1", now=10_000)
+        on_a.beat("wrk_2", now=10_000)
+        assert sorted(on_b.live_ids(now=10_500)) == ["wrk_1", "wrk_2"]
+        on_b.drop("wrk_2")
+        on_b.drop("wrk_2")  # twice (two brokers): no error
+        assert on_a.live_ids(now=10_500) == ["wrk_1"]
+        assert on_a.live_ids(now=11_000) == [] and on_b.size == 0  # expired and dropped
+    finally:
+        a.close()
+        b.close()

@@ -1,0 +1,62 @@
+"""Several broker addresses as one gRPC target, so that a channel fails over by itself.
+
+    channel = grpc.insecure_channel(targets.grpc_target("10.0.0.1:50051,10.0.0.2:50051"))
+
+A comma-separated list becomes an `ipv4:`/`ipv6:` target with every address: gRPC's
+default `pick_first` policy connects to the first that answers and, when that
+connection breaks, to the next one that does. Calls in flight on the broken connection
+fail with UNAVAILABLE; the caller's own retry (or the worker's session resume) then
+runs on the broker the channel moved to. Host names are resolved once, here. One
+address passes through unchanged (its DNS name stays for TLS and for re-resolution).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+
+class TargetError(ValueError):
+    pass
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise TargetError(f"broker address {address.strip()!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _resolve(host: str, port: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise TargetError(f"cannot resolve broker host {host!r}: {error.strerror}") from None
+    return ipaddress.ip_address(found[0][4][0])
+
+
+def check(addresses: str) -> str | None:
+    """A settings check: None when `addresses` makes a target, else why not."""
+    if not addresses.strip():
+        return "must not be empty"
+    try:
+        grpc_target(addresses)
+    except TargetError as error:
+        return str(error)
+    return None
+
+
+def grpc_target(addresses: str) -> str:
+    """`addresses` (one host:port, or several comma-separated) as a gRPC target."""
+    if "," not in addresses:
+        return addresses
+    resolved = [(_resolve(*hp), hp[1]) for hp in map(_split, addresses.split(","))]
+    if all(ip.version == 4 for ip, _ in resolved):
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in resolved)
+    if all(ip.version == 6 for ip, _ in resolved):
+        return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in resolved)
+    raise TargetError("broker addresses mix IPv4 and IPv6; list one family only")
