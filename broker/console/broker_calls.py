@@ -1,6 +1,6 @@
 """The broker calls the console makes, with the signed-in key: BrokerClient plus the
-owner's PolicyService and listing calls. Nothing here has powers of its own: every
-call carries the session's API key and the broker decides."""
+owner's approvals, alerts, statements and receipt key. Nothing here has powers of its
+own: every call carries the session's API key and the broker decides."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import grpc
 
 from ..client import BrokerClient, BrokerClientError
 from ..v1 import policy_service_pb2 as policy_pb
-from ..v1 import policy_service_pb2_grpc as policy_grpc
 from ..v1 import statement_service_pb2 as statement_pb
-from ..v1 import wallet_service_pb2 as wallet_pb
 
 
 class ConsoleClient(BrokerClient):
@@ -18,45 +16,32 @@ class ConsoleClient(BrokerClient):
 
     def __init__(self, channel: grpc.Channel, api_key: str, timeout: float = 10.0):
         super().__init__("", api_key, channel=channel, timeout=timeout, retries=1)
-        self._policy = policy_grpc.PolicyServiceStub(channel)
 
     def close(self) -> None:
         """The channel is the console's, shared by every session: leave it open."""
 
-    def list_wallets(self) -> list:
-        return self._every_page(self._wallets.ListWallets, wallet_pb.ListWalletsRequest,
-                                "wallets", page_size=1000)
-
-    def spend_status(self, wallet_id: str) -> policy_pb.SpendStatus:
-        return self._call(self._policy.GetSpendStatus,
-                          policy_pb.GetSpendStatusRequest(wallet_id=wallet_id)).status
-
-    def spend_policy(self, wallet_id: str) -> policy_pb.GetSpendPolicyResponse:
-        return self._call(self._policy.GetSpendPolicy,
-                          policy_pb.GetSpendPolicyRequest(wallet_id=wallet_id))
-
     def list_approvals(self) -> list:
-        return self._every_page(self._policy.ListApprovals, policy_pb.ListApprovalsRequest,
+        return self._every_page(self._policies.ListApprovals, policy_pb.ListApprovalsRequest,
                                 "approvals", page_size=1000)
 
     def approve(self, authorization_id: str, reason: str) -> policy_pb.Approval:
         request = policy_pb.ApproveAuthorizationRequest(
             request_id=self._request_id(), authorization_id=authorization_id, reason=reason)
-        return self._call(self._policy.ApproveAuthorization, request).approval
+        return self._call(self._policies.ApproveAuthorization, request).approval
 
     def deny(self, authorization_id: str, reason: str) -> policy_pb.Approval:
         request = policy_pb.DenyAuthorizationRequest(
             request_id=self._request_id(), authorization_id=authorization_id, reason=reason)
-        return self._call(self._policy.DenyAuthorization, request).approval
+        return self._call(self._policies.DenyAuthorization, request).approval
 
     def list_alerts(self, page_size: int = 100) -> list:
         """The newest alerts (one page)."""
-        return list(self._call(self._policy.ListAlerts,
+        return list(self._call(self._policies.ListAlerts,
                                policy_pb.ListAlertsRequest(page_size=page_size)).alerts)
 
     def watch_alerts(self, after_alert_id: str = ""):
         """The WatchAlerts stream (iterate it; cancel() ends it)."""
-        return self._policy.WatchAlerts(
+        return self._policies.WatchAlerts(
             policy_pb.WatchAlertsRequest(after_alert_id=after_alert_id),
             metadata=self._metadata)
 
