@@ -262,6 +262,11 @@ class UsageBatched(Caller):
         self.batches = [self.batch(sessions, seq, {"gpu_ms": seq * step_ms})
                         for seq in range(1, self.params.get("reports", 1) + 1)]
         self.sent = 0
+        # `in_flight` > 1: that many batches outstanding (as the worker daemon may have
+        # when a commit takes longer than its tick); each step sends one and reads one.
+        for _ in range(self.params.get("in_flight", 1) - 1):
+            self.sent += 1
+            await self.call.write(self.batches[self.sent - 1])
 
     def batch(self, sessions: list[str], seq: int, usage: dict[str, int]) -> bytes:
         digests = [usage_signing.digest(usage_signing.payload(s, usage, seq=seq))
