@@ -311,7 +311,7 @@ async def serve(services: Services, principal: Principal,
     in_flight: deque[Answer] = deque()
     batch: pb.MeterWorkerRequest | None = first
     reading: asyncio.Future | None = None
-    refused: BrokerError | None = None
+    refused: BaseException | None = None
     ended = False
     try:
         while True:
@@ -350,8 +350,12 @@ async def serve(services: Services, principal: Principal,
             if head is None or head.done():
                 yield await stream.finish(in_flight.popleft())
             elif reading is not None and reading.done():
-                batch, reading = reading.result(), None
-                ended = batch is None
+                read, reading = reading, None
+                if read.cancelled() or read.exception() is None:
+                    batch = None if read.cancelled() else read.result()
+                    ended = batch is None
+                else:  # e.g. SHUTTING_DOWN: raised after the answers already due
+                    refused, ended = read.exception(), True
     finally:
         if reading is not None and not reading.done():
             reading.cancel()
