@@ -313,7 +313,7 @@ class FleetWorker(Caller):
         self.slots: dict[str, dict[str, Any]] = {}  # session id -> its job
         self.batch_id = 0
         self.pending_opens = [await self._voucher() for _ in range(self.params["sessions"])]
-        await self._exchange(self._batch([], [], time.perf_counter()))
+        await self._exchange(self._batch([], []))
         self.next_tick = None
 
     async def _voucher(self) -> tuple[str, int]:
@@ -321,8 +321,8 @@ class FleetWorker(Caller):
         budget = int(self.rng.uniform(low, high) * self.price)
         return await self.authorize(budget), budget
 
-    def _batch(self, reports: list[tuple[str, int, dict]], finishes: list[tuple[str, dict]],
-               now: float) -> bytes:
+    def _batch(self, reports: list[tuple[str, int, dict]],
+               finishes: list[tuple[str, dict]]) -> bytes:
         self.batch_id += 1
         self.opening = [budget for _, budget in self.pending_opens]
         opens = [meter_pb.WorkerOpen(ref=str(i), open=meter_pb.OpenSession(voucher=v))
@@ -385,7 +385,7 @@ class FleetWorker(Caller):
                 job["seq"] += 1
                 job["usage"] = {"gpu_ms": int((now - job["opened"]) * 1000)}
                 reports.append((session_id, job["seq"], job["usage"]))
-        ack_s, stops, answer = await self._exchange(self._batch(reports, finishes, now))
+        ack_s, stops, answer = await self._exchange(self._batch(reports, finishes))
         for session_id, latency in stops.items():
             job = self.slots[session_id]
             job["stopped"] = latency
