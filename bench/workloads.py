@@ -262,6 +262,11 @@ class UsageBatched(Caller):
         self.batches = [self.batch(sessions, seq, {"gpu_ms": seq * step_ms})
                         for seq in range(1, self.params.get("reports", 1) + 1)]
         self.sent = 0
+        # `in_flight` > 1: that many batches outstanding (as the worker daemon may have
+        # when a commit takes longer than its tick); each step sends one and reads one.
+        for _ in range(self.params.get("in_flight", 1) - 1):
+            self.sent += 1
+            await self.call.write(self.batches[self.sent - 1])
 
     def batch(self, sessions: list[str], seq: int, usage: dict[str, int]) -> bytes:
         digests = [usage_signing.digest(usage_signing.payload(s, usage, seq=seq))
@@ -286,5 +291,123 @@ class UsageBatched(Caller):
         self.call.cancel()
 
 
+
+class FleetWorker(Caller):
+    """fleet: one simulated worker with `sessions` running jobs on one MeterWorker
+    stream, reporting all of them in one batch every `interval_s` (on a fixed schedule,
+    each worker at its own phase), each job's usage its real elapsed GPU time. A job's
+    hold lasts `hold_s` (a range) of GPU time; when STOP comes the job stops at once (its
+    usage is the elapsed time when STOP arrived), is finished in the next batch, and a
+    new job is opened in its place. One step is one tick; it returns a sample: the
+    reports acknowledged and their batch's ack latency, the STOP latencies (from
+    sending the report that triggered STOP to its arrival) and the settled jobs."""
+
+    async def setup(self) -> None:
+        import random
+
+        self.rng = random.Random(self.index)
+        self.interval = self.params.get("interval_s", 1.0)
+        self.price = self.params["gpu_second_price"]
+        self.call = self.channel.stream_stream(METER_WORKER)(metadata=self.worker_md,
+                                                              timeout=3600)
+        self.slots: dict[str, dict[str, Any]] = {}  # session id -> its job
+        self.batch_id = 0
+        self.pending_opens = [await self._voucher() for _ in range(self.params["sessions"])]
+        await self._exchange(self._batch([], []))
+        self.next_tick = None
+
+    async def _voucher(self) -> tuple[str, int]:
+        low, high = self.params.get("hold_s", (5, 15))
+        budget = int(self.rng.uniform(low, high) * self.price)
+        return await self.authorize(budget), budget
+
+    def _batch(self, reports: list[tuple[str, int, dict]],
+               finishes: list[tuple[str, dict]]) -> bytes:
+        self.batch_id += 1
+        self.opening = [budget for _, budget in self.pending_opens]
+        opens = [meter_pb.WorkerOpen(ref=str(i), open=meter_pb.OpenSession(voucher=v))
+                 for i, (v, _) in enumerate(self.pending_opens)]
+        self.pending_opens = []
+        digests = [usage_signing.digest(usage_signing.payload(s, u, seq=q))
+                   for s, q, u in reports]
+        request = meter_pb.MeterWorkerRequest(
+            worker_id=self.worker_id, batch_id=self.batch_id, opens=opens,
+            reports=[meter_pb.SessionUsageReport(session_id=s, seq=q, usage=res_pb.Usage(**u))
+                     for s, q, u in reports],
+            finishes=[meter_pb.SessionFinish(session_id=s, finish=meter_pb.FinishSession(
+                usage=res_pb.Usage(**u), signature=usage_signing.sign(
+                    self.usage_key, usage_signing.payload(s, u, final=True))))
+                for s, u in finishes])
+        if reports:
+            request.signature = usage_signing.sign(self.usage_key,
+                                                   usage_signing.batch_payload(digests))
+        return request.SerializeToString()
+
+    async def _exchange(self, message: bytes) -> tuple[float, dict[str, float], Any]:
+        """Send a batch; (ack latency, STOP latency per session, the answer)."""
+        sent = time.perf_counter()
+        await self.call.write(message)
+        stops: dict[str, float] = {}
+        while True:
+            reply = await asyncio.wait_for(self.call.read(), TIMEOUT_S)
+            at = time.perf_counter()
+            if reply is grpc.aio.EOF:
+                raise RuntimeError("the stream ended")
+            answer = meter_pb.MeterWorkerResponse.FromString(reply)
+            for result in answer.results:
+                if result.HasField("stop"):
+                    stops.setdefault(result.session_id, at)
+            if not answer.early:
+                break
+        refs = iter(self.opening)
+        for result in answer.results:
+            kind = result.WhichOneof("kind")
+            if kind == "error":
+                raise RuntimeError(f"refused: {result}")
+            if kind == "grant":
+                self.slots[result.session_id] = {"budget": next(refs), "opened": at, "seq": 0,
+                                                 "stopped": None, "usage": {"gpu_ms": 0}}
+        return at - sent, {s: t - sent for s, t in stops.items()}, answer
+
+    async def step(self) -> dict[str, Any]:
+        now = time.perf_counter()
+        if self.next_tick is None:  # each worker at its own phase of the interval
+            self.next_tick = now + self.rng.uniform(0, self.interval)
+        await asyncio.sleep(max(0.0, self.next_tick - now))
+        now = time.perf_counter()
+        late_ms = (now - self.next_tick) * 1000  # the worker (or its stream) fell behind
+        self.next_tick += self.interval
+        reports, finishes = [], []
+        for session_id, job in self.slots.items():
+            if job["stopped"] is not None:
+                finishes.append((session_id, job["usage"]))
+            else:
+                job["seq"] += 1
+                job["usage"] = {"gpu_ms": int((now - job["opened"]) * 1000)}
+                reports.append((session_id, job["seq"], job["usage"]))
+        ack_s, stops, answer = await self._exchange(self._batch(reports, finishes))
+        for session_id, latency in stops.items():
+            job = self.slots[session_id]
+            job["stopped"] = latency
+            # The job stops when STOP arrives: its final usage is the GPU time until then.
+            job["usage"] = {"gpu_ms": job["usage"]["gpu_ms"] + int(latency * 1000)}
+        settled = []
+        for result in answer.results:
+            if result.WhichOneof("kind") == "settled":
+                job = self.slots.pop(result.session_id)
+                receipt = result.settled.receipt
+                used = charge_for(job["usage"], {"gpu_second_price": self.price})
+                settled.append({"overspend": max(0, used - job["budget"]),
+                                "charged": receipt.charged, "held": receipt.held,
+                                "owed": min(used, job["budget"])})
+                self.pending_opens.append(await self._voucher())
+        return {"reports": len(reports), "ack_ms": ack_s * 1000, "late_ms": late_ms,
+                "stop_ms": [s * 1000 for s in stops.values()], "settled": settled}
+
+    async def close(self) -> None:
+        self.call.cancel()
+
+
 WORKLOADS = {"authorize": Authorize, "usage": Usage, "job_cycle": JobCycle,
-             "stop_trial": StopTrial, "echo_paced": EchoPaced, "usage_batched": UsageBatched}
+             "stop_trial": StopTrial, "echo_paced": EchoPaced, "usage_batched": UsageBatched,
+             "fleet": FleetWorker}

@@ -51,12 +51,25 @@ class Settings:
     idle_sessions: int
     ledger_entries: int
     stop_duration_s: float
+    fleet: Fleet
+
+
+@dataclass
+class Fleet:
+    """The fleet simulation's size: workers (split over client processes, each worker
+    its own MeterWorker stream and usage key), running sessions per worker, seconds."""
+    workers: int
+    sessions: int
+    seconds: float
+    processes: int = 4
 
 
 FULL = Settings(warmup_s=2, duration_s=8, rounds=2, idle_sessions=10_000,
-                ledger_entries=5_000_000, stop_duration_s=12)
+                ledger_entries=5_000_000, stop_duration_s=12,
+                fleet=Fleet(workers=1_000, sessions=4, seconds=60))
 QUICK = Settings(warmup_s=0.5, duration_s=2, rounds=1, idle_sessions=1_000,
-                 ledger_entries=200_000, stop_duration_s=3)
+                 ledger_entries=200_000, stop_duration_s=3,
+                 fleet=Fleet(workers=100, sessions=4, seconds=15, processes=2))
 
 
 @dataclass
@@ -163,10 +176,19 @@ def fig_usage_batched(b: Bench) -> None:
     batches = reports_for(b, 60_000 / per, callers)
     with EchoServer(b.workdir, "echo-batched") as echo, b.broker("batched") as broker:
         world = make_world(broker.target, broker.admin_key, agents=CALLERS, workers=4)
-        base, batched = b.best_of(
+        params = {**world, "reports": batches, "per_message": per}
+        base, batched, pipelined = b.best_of(
             b.load(echo.target, "usage", {"echo": True, "reports": reports}),
-            b.load(broker.target, "usage_batched",
-                   {**world, "reports": batches, "per_message": per}, callers=callers))
+            b.load(broker.target, "usage_batched", params, callers=callers),
+            b.load(broker.target, "usage_batched", {**params, "in_flight": 2},
+                   callers=callers))
+    rate = pipelined.rate * per
+    b.emit("usage_reports_per_s_batched_2_in_flight", rate, "reports/s", base.rate,
+           rate / base.rate, p99_ms=_round(pipelined.percentile(99)),
+           note="as usage_reports_per_s_batched with 2 batches outstanding per stream (the "
+                "worker daemon does not wait for an answer before its next tick's batch; "
+                "the broker starts a stream's next batch while one waits for its fsync); "
+                "p99: between one answer and the next")
     rate = batched.rate * per
     b.emit("usage_reports_per_s_batched", rate, "reports/s", base.rate, rate / base.rate,
            target=">= 1.0", p99_ms=_round(batched.percentile(99)),
@@ -273,8 +295,63 @@ def fig_ledger_growth(b: Bench) -> None:
                 f"written in {fill_s:.0f} s by bench/ledger_fill.py) / on an empty ledger")
 
 
+def fig_fleet(b: Bench) -> None:
+    """fleet: many workers, several running sessions each, one report per session per
+    second, against one broker process (issue 21)."""
+    f = b.settings.fleet
+    offered = f.workers * f.sessions  # reports/s asked for (one per session per second)
+    with b.broker("fleet") as broker:
+        world = make_world(broker.target, broker.admin_key, agents=CALLERS,
+                           workers=f.workers, gpu_second_price=1_000)
+        load = b.load(broker.target, "fleet", {**world, "sessions": f.sessions,
+                                               "hold_s": (10, 40), "interval_s": 1.0},
+                      callers=f.workers, processes=f.processes,
+                      channels_per_process=max(1, min(50, f.workers // f.processes)),
+                      warmup_s=2, duration_s=f.seconds)
+        with harness.started(load) as clients:
+            load_before = os.getloadavg()
+            cpu_before = broker.cpu_seconds()
+            outcome = clients.go()
+            cpu = broker.cpu_seconds() - cpu_before  # warm-up and wind-down included
+            load_after = os.getloadavg()
+    if outcome.errors:
+        raise RuntimeError(f"fleet: {len(outcome.errors)} errors, e.g. {outcome.errors[:3]}")
+    reports = sum(s["reports"] for s in outcome.samples)
+    acks = [s["ack_ms"] for s in outcome.samples for _ in range(s["reports"])]
+    stops = [ms for s in outcome.samples for ms in s["stop_ms"]]
+    settled = [j for s in outcome.samples for j in s["settled"]]
+    over_hold = [j for j in settled if j["charged"] > j["held"] or j["charged"] != j["owed"]]
+    if over_hold:
+        raise RuntimeError(f"fleet: receipts not as the usage and hold say: {over_hold[:3]}")
+    rate = reports / outcome.seconds
+    ran = (f"{f.workers} workers x {f.sessions} sessions in {f.processes} client processes, "
+           f"{f.seconds:.0f} s; load average {load_before[0]:.1f} -> {load_after[0]:.1f} "
+           f"on {len(os.sched_getaffinity(0))} CPUs")
+    p99 = outcome.percentile(99, acks)
+    late = outcome.percentile(99, [s["late_ms"] for s in outcome.samples])
+    b.emit("fleet_reports_per_s", rate, "reports/s", offered, rate / offered,
+           target=">= 1.0 of offered", ack_p99_ms=_round(p99), ack_p50_ms=_round(
+               outcome.percentile(50, acks)), tick_late_p99_ms=_round(late),
+           note=f"acknowledged reports/s against one per session per second (a session "
+           f"being replaced after STOP skips a tick: finish and open share it); every "
+           f"report sent was acknowledged; tick_late: how far a worker's tick started "
+           f"after its schedule (behind when the broker does not keep up); {ran}")
+    b.emit("fleet_ack_p99_ms", p99, "ms", target="< 100", note=ran)
+    b.emit("fleet_stop_p99_ms", outcome.percentile(99, stops), "ms", target="< 10",
+           stop_p50_ms=_round(outcome.percentile(50, stops)),
+           note=f"{len(stops)} holds run out to STOP: from sending the report that "
+                "triggered it to its arrival at the worker")
+    b.emit("fleet_overspend", sum(j["overspend"] for j in settled), "micro-credits",
+           target="== 0", sessions_settled=len(settled),
+           note="GPU time run until STOP arrived, priced, above the hold, summed over the "
+                "settled sessions; every receipt checked: charged == min(usage, hold)")
+    b.emit("fleet_broker_cpu_us_per_report", cpu / max(1, reports) * 1e6, "us/report",
+           note=f"broker process CPU (utime + stime, /proc/<pid>/stat) over the run, "
+                f"warm-up included, per acknowledged report; {ran}")
+
+
 FIGURES = {"authorize": fig_authorize, "usage": fig_usage, "usage_batched": fig_usage_batched,
-           "job_cycles": fig_job_cycles,
+           "fleet": fig_fleet, "job_cycles": fig_job_cycles,
            "stop_latency": fig_stop_latency, "sessions_open": fig_sessions_open,
            "ledger_growth": fig_ledger_growth}
 
@@ -338,8 +415,14 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(FIGURES))
     parser.add_argument("--profile", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--fleet", metavar="WORKERSxSESSIONSxSECONDS[xPROCESSES]",
+                        help="the fleet figure's size (default 1000x4x60x4; --quick "
+                             "100x4x15x2)")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
+    if args.fleet:
+        workers, sessions, seconds, *procs = (int(n) for n in args.fleet.split("x"))
+        settings.fleet = Fleet(workers, sessions, seconds, *procs)
     workdir = Path(tempfile.mkdtemp(prefix="broker-bench-"))
     b = Bench(settings, workdir)
     started = time.perf_counter()

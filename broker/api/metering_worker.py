@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from google.rpc import code_pb2, status_pb2
@@ -34,6 +36,9 @@ from .base import Services
 # More items than this in one batch: BATCH_TOO_LARGE (the 64 KiB message limit of
 # broker/daemon.py is usually reached first: a report takes about 60 bytes).
 MAX_BATCH_ITEMS = 512
+# Batches of one stream started (checked, handed to the writer) before the first of
+# them is answered; more wait in the stream's flow control.
+PIPELINE_DEPTH = 4
 
 log = logging.getLogger("broker.api")
 
@@ -74,6 +79,16 @@ def check_batch(batch: pb.MeterWorkerRequest, worker_id: str) -> None:
         validate.ident(ref, f"opens[{i}].ref", required=False)
 
 
+@dataclass
+class Answer:
+    """A batch started (its checks done, its op with the writer) and not yet answered."""
+    batch_id: int
+    results: list[pb.SessionResult | None]
+    ops: list[tuple[int, Callable[[Tx], Any], Callable[[Any], pb.SessionResult]]]
+    committed: asyncio.Future | None  # the outcomes of `ops`, once durable
+    early: pb.MeterWorkerResponse | None  # the STOPs foreseen, sent before the commit
+
+
 class WorkerStream:
     """One MeterWorker call: its caller and worker, and the batches it carries."""
 
@@ -83,8 +98,8 @@ class WorkerStream:
         self.worker_id = worker_id
         self.active: set[str] = set()  # sessions granted or reported here, not settled
 
-    async def answer(self, batch: pb.MeterWorkerRequest) -> AsyncIterator[pb.MeterWorkerResponse]:
-        """The early STOPs (if any), then the answer to `batch`."""
+    def start(self, batch: pb.MeterWorkerRequest) -> Answer:
+        """Everything before the commit, done now; the batch's op handed to the writer."""
         check_batch(batch, self.worker_id)
         now = self.s.clock()
         results: list[pb.SessionResult | None] = [None] * (
@@ -98,13 +113,20 @@ class WorkerStream:
         for i, session_id in enumerate(batch.resume_session_ids, len(batch.opens)):
             results[i] = self._resume(session_id, known)
         early = self._reports(batch, known, now, results, ops)
-        if early:
-            yield pb.MeterWorkerResponse(batch_id=batch.batch_id, results=early, early=True)
         for item in batch.finishes:
             self._finish(item, known, results, ops)
-        if ops:
-            outcomes = await self.s.store.submit(independently([op for _, op, _ in ops]))
-            for (index, _, to_result), outcome in zip(ops, outcomes, strict=True):
+        committed = asyncio.ensure_future(self.s.store.submit(
+            independently([op for _, op, _ in ops]))) if ops else None
+        return Answer(batch.batch_id, results, ops, committed,
+                      pb.MeterWorkerResponse(batch_id=batch.batch_id, results=early,
+                                             early=True) if early else None)
+
+    async def finish(self, answer: Answer) -> pb.MeterWorkerResponse:
+        """The answer to a started batch, once its commit is durable."""
+        results = answer.results
+        if answer.committed is not None:
+            outcomes = await answer.committed
+            for (index, _, to_result), outcome in zip(answer.ops, outcomes, strict=True):
                 results[index] = to_result(outcome)
         self._opened_grants(results)
         for result in results:
@@ -113,7 +135,7 @@ class WorkerStream:
                 self.active.add(result.session_id)
             elif kind == "settled":
                 self.active.discard(result.session_id)
-        yield pb.MeterWorkerResponse(batch_id=batch.batch_id, results=results)
+        return pb.MeterWorkerResponse(batch_id=answer.batch_id, results=results)
 
     def _sessions(self, batch: pb.MeterWorkerRequest) -> dict[str, Record | BrokerError]:
         """The sessions the batch names, as of now, or why they are not this worker's."""
@@ -276,30 +298,79 @@ async def serve(services: Services, principal: Principal,
                 next_message: Callable[[Any], Awaitable[Any]]
                 ) -> AsyncIterator[pb.MeterWorkerResponse]:
     """The MeterWorker call of `principal` (authenticated on the call's metadata): answer
-    batch after batch, `first` first."""
+    batch after batch, `first` first. Up to PIPELINE_DEPTH batches are in flight: the
+    next batch is read, checked and handed to the writer while the one before waits for
+    its commit (so a worker's batches can share group commits); answers go out in
+    order, each after its own batch is durable. The STOPs a batch foresees go out as
+    soon as it is started."""
     if first is None:
         return
     worker_id = validate.ident(first.worker_id, "worker_id")
     services.store.read(lambda tx: get_own_worker(tx, principal, worker_id))
     stream = WorkerStream(services, principal, worker_id)
+    in_flight: deque[Answer] = deque()
     batch: pb.MeterWorkerRequest | None = first
-    while batch is not None:
-        # Checked again on every batch: a key revoked while its stream is open must stop
-        # metering at once, not when the stream ends.
-        services.reauthenticate(principal)
-        async for response in WorkerStream.answer(stream, batch):
-            yield response
-        # A draining broker ends a stream once none of its sessions is in progress (the
-        # worker opens a new one, elsewhere or later), so that it need not wait out its
-        # grace period for a stream that a worker keeps open between jobs.
-        if not stream.active and services.streams.draining.is_set():
-            return
-        batch = await _next_unless_drained(services, stream, requests, next_message)
+    reading: asyncio.Future | None = None
+    refused: BaseException | None = None
+    ended = False
+    try:
+        while True:
+            if batch is not None:
+                # Checked again on every batch: a key revoked while its stream is open
+                # must stop metering at once, not when the stream ends.
+                try:
+                    services.reauthenticate(principal)
+                    answer = stream.start(batch)
+                except BrokerError as error:  # ends the stream, after the batches before
+                    refused, ended = error, True
+                else:
+                    in_flight.append(answer)
+                    if answer.early is not None:
+                        yield answer.early
+                batch = None
+            if not in_flight:
+                if refused is not None:
+                    raise refused
+                # A draining broker ends a stream once none of its sessions is in
+                # progress (the worker opens a new one, elsewhere or later), so that it
+                # need not wait out its grace period for a stream kept open between jobs.
+                if ended or (not stream.active and services.streams.draining.is_set()):
+                    return
+                batch = await _next_unless_drained(services, stream, reading or
+                                                   asyncio.ensure_future(next_message(requests)))
+                reading = None
+                ended = batch is None
+                continue
+            if reading is None and not ended and len(in_flight) < PIPELINE_DEPTH:
+                reading = asyncio.ensure_future(next_message(requests))
+            head = in_flight[0].committed
+            waits = [w for w in (head, reading) if w is not None]
+            if head is not None:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if head is None or head.done():
+                yield await stream.finish(in_flight.popleft())
+            elif reading is not None and reading.done():
+                read, reading = reading, None
+                if read.cancelled() or read.exception() is None:
+                    batch = None if read.cancelled() else read.result()
+                    ended = batch is None
+                else:  # e.g. SHUTTING_DOWN: raised after the answers already due
+                    refused, ended = read.exception(), True
+    finally:
+        if reading is not None and not reading.done():
+            reading.cancel()
+        for answer in in_flight:  # the stream ended under them: the writer still commits
+            if answer.committed is not None:
+                answer.committed.add_done_callback(_consume)
 
 
-async def _next_unless_drained(services: Services, stream: WorkerStream, requests: Any,
-                               next_message: Callable[[Any], Awaitable[Any]]) -> Any:
-    message = asyncio.ensure_future(next_message(requests))
+def _consume(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _next_unless_drained(services: Services, stream: WorkerStream,
+                               message: asyncio.Future) -> Any:
     if stream.active:
         return await message
     drained = asyncio.ensure_future(services.streams.draining.wait())
@@ -310,4 +381,3 @@ async def _next_unless_drained(services: Services, stream: WorkerStream, request
         if not message.done():
             message.cancel()
     return message.result() if not message.cancelled() else None
-

@@ -318,3 +318,44 @@ def test_revoked_key_and_unauthenticated_callers(h):
                 await raw.send()
 
     run(go())
+
+
+def test_batches_sent_ahead_are_answered_in_order_each_after_its_commit(h):
+    """A worker may send batches without waiting for answers (the broker starts the next
+    while one waits for its fsync): each is answered, in order, with its own acks; a
+    refused batch among them ends the stream only after the answers to those before it,
+    and nothing after it is applied."""
+    worker_id, key = register_signing_worker(h)
+    auths = vouchers(h, 2)
+
+    async def go():
+        async with aio_channel(h.target) as ch:
+            raw = RawStream(ch, h.creds["worker_api_key"], worker_id, key)
+            opened = await raw.send(opens=[pb.WorkerOpen(ref=str(i), open=pb.OpenSession(
+                voucher=a.voucher)) for i, a in enumerate(auths)])
+            sids = [r.session_id for r in opened.results]
+            requests = []
+            for seq in range(1, 7):
+                reports = [report(s, seq, 10 * seq) for s in sids]
+                requests.append(pb.MeterWorkerRequest(
+                    worker_id=worker_id if seq != 5 else "wrk_other", batch_id=100 + seq,
+                    reports=reports, signature=sign_batch(key, reports)))
+            for request in requests:  # all at once, before any answer is read
+                await raw.call.write(request)
+            answers = []
+            async with stream_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"):
+                while True:
+                    response = await raw.call.read()
+                    assert response is not grpc.aio.EOF
+                    if not response.early:
+                        answers.append(response)
+            assert [a.batch_id for a in answers] == [101, 102, 103, 104]
+            for seq, answer in enumerate(answers, 1):
+                assert [(r.session_id, r.ack.seq, r.ack.charged) for r in answer.results] == \
+                    [(s, seq, 10 * seq) for s in sids]
+            session = await MeteringSession.resume(ch, h.creds["worker_api_key"], sids[0],
+                                                   worker_id, usage_key=key)
+            assert session.grant.last_seq == 4 and session.grant.charged == 40
+            await session.abandon()
+
+    run(go())
