@@ -9,8 +9,8 @@ import time
 from common import convert, usage_signing, vouchers
 from common.errors import BrokerError, Code, invalid
 
-from ..core import killswitch, metering, session, validate
-from ..store.base import Record
+from ..core import access, killswitch, metering, session, validate
+from ..store.base import Record, Tx
 from ..v1 import metering_service_pb2 as pb
 from ..v1 import metering_service_pb2_grpc as pb_grpc
 from .base import Services, streaming
@@ -127,9 +127,11 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         yield grant(ses)
         while (message := await self._next(requests)) is not None:
             # Checked again on every message: a key revoked while its stream is open
-            # must stop metering at once, not when the stream ends.
-            self.s.reauthenticate(p)
+            # must stop metering at once, not when the stream ends. (A usage report's
+            # op checks it, in the write transaction: no read transaction of its own.)
             kind = message.WhichOneof("kind")
+            if kind != "usage":
+                self.s.reauthenticate(p)
             if kind == "usage":
                 report = message.usage
                 usage = convert.usage_from_proto(report.usage)
@@ -166,9 +168,13 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         message = usage_signing.payload(ses["session_id"], usage, seq=report.seq)
         verified = await self.s.crypto.run(lambda: usage_signing.verify_ahead(
             ses["usage_public_key"], message, report.signature))
-        return await self.s.store.submit(lambda tx: metering.record_usage(
-            tx, p, ses["session_id"], report.seq, usage, now, report.signature, verified,
-            elapsed_ms))
+
+        def record(tx: Tx) -> session.UsageDecision:
+            access.require_active(tx, p)
+            return metering.record_usage(tx, p, ses["session_id"], report.seq, usage, now,
+                                         report.signature, verified, elapsed_ms)
+
+        return await self.s.store.submit(record)
 
     async def _finish(self, p, session_id: str, finish: pb.FinishSession) -> pb.MeterResponse:
         usage = convert.usage_from_proto(finish.usage)
