@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from broker.api.base import Limits
 from broker.api.crypto_thread import CryptoThread
 from broker.core.config import CoreConfig
 from broker.daemon import BrokerSettings, serve, serve_processes
@@ -81,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         _, admin_key = init(data_dir)
         write_secret(args.data_dir / "admin.key", admin_key.encode())
     config = CoreConfig()
-    settings = BrokerSettings(listen=args.listen, durable=not args.no_sync)
+    # sessions_open holds 10,000 idle streams and 64 busy ones: above the default cap
+    # on open streams (limits.meter_streams_total), which is a setting for this reason.
+    settings = BrokerSettings(listen=args.listen, durable=not args.no_sync,
+                              limits=Limits(meter_streams_total=20_000))
     if args.processes > 1:
         return serve_processes(data_dir, config, settings, args.processes)
     if args.profile is None:
