@@ -38,4 +38,4 @@ def test_results_errors_and_the_thread_they_ran_on():
     assert {t.name for t in threads} == {"crypto"}
     assert threading.main_thread() not in threads
     crypto.close()
-    assert not any(t.name == "crypto" and t.is_alive() for t in threading.enumerate())
+    assert not threads[0].is_alive()
