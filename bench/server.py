@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from broker.api.base import Limits
+from broker.api.crypto_thread import CryptoThread
 from broker.core.config import CoreConfig
 from broker.daemon import BrokerSettings, serve, serve_processes
 from broker.datadir import DataDir, init
@@ -31,17 +33,21 @@ from broker.store import lmdb_store
 from common.files import write_secret
 
 
-def _name_writer_thread() -> None:
-    """Give the store's writer thread its name at the OS level too (Linux), so that
-    per-thread CPU in /proc (scripts/bench.py --profile, top -H) can tell it apart."""
-    run_writer = lmdb_store.LmdbStore._run_writer
+def _name_threads() -> None:
+    """Give the store's writer thread and the crypto thread their names at the OS level
+    too (Linux), so that per-thread CPU in /proc (scripts/bench.py --profile, top -H)
+    can tell them apart."""
 
-    def named(store: lmdb_store.LmdbStore) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).prctl(15, b"lmdb-writer")  # PR_SET_NAME
-        run_writer(store)
+    def named(run, name: bytes):
+        def run_named(self) -> None:
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None).prctl(15, name)  # PR_SET_NAME
+            run(self)
+        return run_named
 
-    lmdb_store.LmdbStore._run_writer = named  # type: ignore[method-assign]
+    lmdb_store.LmdbStore._run_writer = named(  # type: ignore[method-assign]
+        lmdb_store.LmdbStore._run_writer, b"lmdb-writer")
+    CryptoThread._serve = named(CryptoThread._serve, b"crypto")  # type: ignore[method-assign]
 
 
 def _profile_writer(directory: Path) -> None:
@@ -70,13 +76,16 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # At info the broker logs one line per call (broker.rpc): not what is measured here.
     logging.getLogger("broker.rpc").setLevel(logging.WARNING)
-    _name_writer_thread()
+    _name_threads()
     data_dir = DataDir(args.data_dir)
     if not data_dir.is_initialised():
         _, admin_key = init(data_dir)
         write_secret(args.data_dir / "admin.key", admin_key.encode())
     config = CoreConfig()
-    settings = BrokerSettings(listen=args.listen, durable=not args.no_sync)
+    # sessions_open holds 10,000 idle streams and 64 busy ones: above the default cap
+    # on open streams (limits.meter_streams_total), which is a setting for this reason.
+    settings = BrokerSettings(listen=args.listen, durable=not args.no_sync,
+                              limits=Limits(meter_streams_total=20_000))
     if args.processes > 1:
         return serve_processes(data_dir, config, settings, args.processes)
     if args.profile is None:

@@ -46,7 +46,8 @@ class Caller:
         self.echo = bool(params.get("echo"))
         agents = params.get("agent_keys") or ["-"]
         self.agent_md = _metadata(agents[index % len(agents)])
-        self.worker_md = _metadata(params.get("worker_key", "-"))
+        worker_keys = params.get("worker_keys") or ["-"]
+        self.worker_md = _metadata(worker_keys[index % len(worker_keys)])
         workers = params.get("workers") or [("wrk_echo", "00" * 32)]
         self.worker_id, seed = workers[index % len(workers)]
         self.usage_key = SigningKey(bytes.fromhex(seed))

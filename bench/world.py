@@ -189,7 +189,7 @@ def _rid() -> str:
 def make_world(target: str, admin_key: str, *, agents: int = 64, workers: int = 4,
                gpu_second_price: int = 1) -> dict[str, Any]:
     """An owner with `agents` funded wallets and agent keys, and a provider with
-    `workers` registered workers, each with its own usage signing key. The result is
+    `workers` registered workers, each with its own API key and usage signing key. The result is
     the `params` the workloads take."""
     with grpc.insecure_channel(target) as channel:
         admin = admin_grpc.AdminServiceStub(channel)
@@ -218,10 +218,13 @@ def make_world(target: str, admin_key: str, *, agents: int = 64, workers: int = 
                                   wallet_id=wallet.wallet_id))
         provider = admin.CreateProvider(admin_pb.CreateProviderRequest(
             request_id=_rid(), display_name="bench provider"), metadata=md)
-        worker_key = key(role=admin_pb.ROLE_WORKER, provider_id=provider.provider_id)
-        worker_md = (("authorization", f"Bearer {worker_key}"),)
+        # A worker API key each: the broker caps the streams of one key
+        # (limits.meter_key_streams), and sessions_open holds thousands.
+        worker_keys = []
         registered = []
         for _ in range(workers):
+            worker_keys.append(key(role=admin_pb.ROLE_WORKER, provider_id=provider.provider_id))
+            worker_md = (("authorization", f"Bearer {worker_keys[-1]}"),)
             signing = SigningKey.generate()
             reply = registry.RegisterWorker(registry_pb.RegisterWorkerRequest(
                 request_id=_rid(), endpoint="127.0.0.1:7001",
@@ -230,5 +233,5 @@ def make_world(target: str, admin_key: str, *, agents: int = 64, workers: int = 
                 prices=res_pb.PriceSheet(gpu_second_price=gpu_second_price),
                 usage_public_key=bytes(signing.verify_key)), metadata=worker_md)
             registered.append((reply.worker_id, bytes(signing).hex()))
-    return {"agent_keys": agent_keys, "worker_key": worker_key, "workers": registered,
+    return {"agent_keys": agent_keys, "worker_keys": worker_keys, "workers": registered,
             "gpu_second_price": gpu_second_price}

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from common.clock import now_ms
-from common.interceptors import ObservingInterceptor
+from common.interceptors import ObservingInterceptor, WrappedHandlers, WrappingInterceptor
 from common.metrics import MetricsServer
 from common.supervision import Supervisor, wait_for_stop
 from common.tls import ServerTls, add_port
@@ -163,16 +163,22 @@ class _GenericHandlersOnly:
     `add_registered_method_handlers`. Why: grpc.aio keeps one pending request per
     registered method and, for every call, waits on all of them (asyncio.wait over
     30 futures: a third of the event loop's time per call in the profile, see
-    docs/performance.md). Generic handlers route the same methods with one lookup."""
+    docs/performance.md). Generic handlers route the same methods with one lookup.
+    `install` gives the server all of them as one, with the interceptors applied once
+    per method (common.interceptors.WrappedHandlers), not awaited on every call."""
 
     def __init__(self, server: grpc.aio.Server):
         self._server = server
+        self._handlers: list[grpc.GenericRpcHandler] = []
 
     def add_generic_rpc_handlers(self, handlers) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
+        self._handlers.extend(handlers)
 
     def add_registered_method_handlers(self, service: str, handlers) -> None:
         pass
+
+    def install(self, interceptors: list[WrappingInterceptor]) -> None:
+        self._server.add_generic_rpc_handlers((WrappedHandlers(self._handlers, interceptors),))
 
 
 class Broker:
@@ -218,7 +224,7 @@ class Broker:
         # The observer first: it sees the final status of every call, refused ones too.
         observer = ObservingInterceptor(self.metrics.rpc, logging.getLogger("broker.rpc"))
         interceptors = [observer, UndecodableRequestInterceptor()]
-        self.server = grpc.aio.server(interceptors=interceptors, options=[
+        self.server = grpc.aio.server(options=[
             # A second broker on the same port must fail to bind; the server processes of
             # one prefork broker share it (serve_processes checked that it was free).
             ("grpc.so_reuseport", int(self.prefork is not None)),
@@ -247,6 +253,7 @@ class Broker:
         # enable_server_reflection(names, server), spelled out for the wrapped server.
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer(names), server)
+        server.install(interceptors)
         try:
             self.port = add_port(self.server, self.settings.listen, self.settings.tls)
         except RuntimeError as error:
@@ -399,7 +406,7 @@ class Broker:
         if not await s.streams.wait_idle(grace):
             log.info("grace period over: ending %d metering stream(s); their sessions stay "
                      "open, to be resumed", s.streams.count)
-            s.streams.ended.set()
+            s.streams.end()
             await s.streams.wait_idle(STOP_GRACE_S)
         if self.supervisor is not None:
             await self.supervisor.stop()
@@ -408,6 +415,7 @@ class Broker:
         if self.metrics_server is not None:
             self.metrics_server.close()
         s.store.close()  # runs every operation already queued, then closes the env
+        s.crypto.close()
         log.info("stopped")
 
 

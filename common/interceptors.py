@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -80,31 +80,51 @@ def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grp
 
 
 class _Call:
-    """One RPC in flight: its ids, start time and kind."""
+    """One RPC in flight: its first request and response (whose ids the log line
+    carries, read only when it is written), start time and kind."""
 
-    def __init__(self, interceptor: ObservingInterceptor, method: str, kind: str):
-        self.i = interceptor
-        self.method = method
-        self.kind = kind
-        self.service, _, self.name = method.lstrip("/").rpartition("/")
-        self.ids: dict[str, str] = {}
+    __slots__ = ("m", "first_request", "first_response", "start")
+
+    def __init__(self, method: _Method):
+        self.m = method
+        self.first_request: Any = None
+        self.first_response: Any = None
         self.start = time.perf_counter()
-        self.i.observer.started(kind, self.service, self.name)
+        method.observer.started(method.kind, method.service, method.name)
 
     def done(self, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
         seconds = time.perf_counter() - self.start
+        m = self.m
         status = _code(context, error)
         code = status.name
-        self.i.observer.handled(self.kind, self.service, self.name, code, seconds)
-        if self.method in self.i.quiet:
+        m.observer.handled(m.kind, m.service, m.name, code, seconds)
+        if m.quiet:
             level = logging.DEBUG
         elif status in SERVER_FAULTS:
             level = logging.WARNING
         else:
             level = logging.INFO
-        self.i.log.log(level, "rpc", extra={"method": self.method, "code": code,
-                                            "duration_ms": round(seconds * 1000, 3),
-                                            **self.ids})
+        if not m.log.isEnabledFor(level):  # (the ids are read only for a line written)
+            return
+        ids: dict[str, str] = {}
+        message_ids(self.first_request, ids)
+        message_ids(self.first_response, ids)
+        m.log.log(level, "rpc", extra={"method": m.method, "code": code,
+                                       "duration_ms": round(seconds * 1000, 3), **ids})
+
+
+class _Method:
+    """What every call of one method shares: its names, kind, observer and logger."""
+
+    __slots__ = ("method", "kind", "service", "name", "observer", "log", "quiet")
+
+    def __init__(self, interceptor: ObservingInterceptor, method: str, kind: str):
+        self.method = method
+        self.kind = kind
+        self.service, _, self.name = method.lstrip("/").rpartition("/")
+        self.observer = interceptor.observer
+        self.log = interceptor.log
+        self.quiet = method in interceptor.quiet
 
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
@@ -122,7 +142,9 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
+        return self.wrap(handler_call_details.method, handler)
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         wrapped = self._handlers.get(method)
         if wrapped is None:
             wrapped = self._handlers[method] = self._wrap(method, handler)
@@ -130,6 +152,34 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         raise NotImplementedError
+
+
+class WrappedHandlers(grpc.GenericRpcHandler):
+    """Generic handlers with `interceptors` applied at the lookup, once per method,
+    instead of through grpc.aio's interceptor chain, which awaits every interceptor's
+    `intercept_service` on every call. Same order as `grpc.aio.server(interceptors=...)`:
+    the first one sees the call first. Give the server this and no interceptors."""
+
+    def __init__(self, handlers: Sequence[grpc.GenericRpcHandler],
+                 interceptors: Sequence[WrappingInterceptor]) -> None:
+        self._handlers = list(handlers)
+        self._interceptors = list(reversed(interceptors))  # the innermost wraps first
+        self._methods: dict[str, grpc.RpcMethodHandler] = {}  # only methods served
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        wrapped = self._methods.get(method)
+        if wrapped is None:
+            for generic in self._handlers:
+                wrapped = generic.service(handler_call_details)
+                if wrapped is not None:
+                    break
+            else:
+                return None  # unknown method: UNIMPLEMENTED, as without interceptors
+            for interceptor in self._interceptors:
+                wrapped = interceptor.wrap(method, wrapped)
+            self._methods[method] = wrapped
+        return wrapped
 
 
 class ObservingInterceptor(WrappingInterceptor):
@@ -145,22 +195,23 @@ class ObservingInterceptor(WrappingInterceptor):
     def _wrap(self, method: str, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         original = h.unary_unary or h.unary_stream or h.stream_unary or h.stream_stream
         kind = _kind(h)
+        m = _Method(self, method, kind)
 
         def first_request(call: _Call, request: Any) -> Any:
             if h.request_streaming:
-                return _peek_requests(call, request)
-            message_ids(request, call.ids)
+                return _FirstRequest(call, request)
+            call.first_request = request
             return request
 
         if inspect.isasyncgenfunction(original):
             async def behavior(request, context):
-                call = _Call(self, method, kind)
+                call = _Call(m)
                 error = None
                 first = True
                 try:
                     async for response in original(first_request(call, request), context):
                         if first:
-                            message_ids(response, call.ids)
+                            call.first_response = response
                             first = False
                         yield response
                 except BaseException as caught:
@@ -170,13 +221,13 @@ class ObservingInterceptor(WrappingInterceptor):
                     call.done(context, error)
         else:
             async def behavior(request, context):  # type: ignore[misc]  # stream or unary
-                call = _Call(self, method, kind)
+                call = _Call(m)
                 error = None
                 try:
                     result = original(first_request(call, request), context)
                     if inspect.isawaitable(result):
                         result = await result
-                    message_ids(result, call.ids)
+                    call.first_response = result
                     return result
                 except BaseException as caught:
                     error = caught
@@ -192,10 +243,27 @@ class ObservingInterceptor(WrappingInterceptor):
                     response_serializer=h.response_serializer)
 
 
-async def _peek_requests(call: _Call, requests: AsyncIterator) -> AsyncIterator:
-    first = True
-    async for request in requests:
-        if first:
-            message_ids(request, call.ids)
-            first = False
-        yield request
+class _FirstRequest:
+    """A request stream that notes its first message on the call, then hands each
+    message straight through (no generator frame per message)."""
+
+    __slots__ = ("_requests", "_call")
+
+    def __init__(self, call: _Call, requests: AsyncIterator) -> None:
+        self._requests = aiter(requests)
+        self._call: _Call | None = call
+
+    def __aiter__(self) -> _FirstRequest:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        if self._call is None:
+            return self._requests.__anext__()
+        return self._first()
+
+    async def _first(self) -> Any:
+        request = await self._requests.__anext__()
+        if self._call is not None:
+            self._call.first_request = request
+            self._call = None
+        return request

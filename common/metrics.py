@@ -28,6 +28,8 @@ class RpcMetrics:
                                   registry=registry)
         self._in_flight = Gauge("grpc_server_in_flight", "RPCs running now.", labels,
                                 registry=registry)
+        self._by_method: dict[tuple[str, str, str], tuple] = {}
+        self._by_code: dict[tuple[str, str, str, str], Counter] = {}
 
     @property
     def label_sets(self) -> int:
@@ -35,13 +37,30 @@ class RpcMetrics:
         return len(self._handled._metrics)  # noqa: SLF001 - prometheus_client keeps no count
 
     def started(self, kind: str, service: str, method: str) -> None:
-        self._started.labels(kind, service, method).inc()
-        self._in_flight.labels(kind, service, method).inc()
+        started, in_flight, _ = self._children(kind, service, method)
+        started.inc()
+        in_flight.inc()
 
     def handled(self, kind: str, service: str, method: str, code: str, seconds: float) -> None:
-        self._in_flight.labels(kind, service, method).dec()
-        self._handled.labels(kind, service, method, code).inc()
-        self._seconds.labels(kind, service, method).observe(seconds)
+        _, in_flight, timed = self._children(kind, service, method)
+        in_flight.dec()
+        handled = self._by_code.get((kind, service, method, code))
+        if handled is None:
+            handled = self._by_code[kind, service, method, code] = self._handled.labels(
+                kind, service, method, code)
+        handled.inc()
+        timed.observe(seconds)
+
+    def _children(self, kind: str, service: str, method: str) -> tuple:
+        """The labelled children of one method, looked up once (`labels` costs a few
+        microseconds a call; these are bounded by the methods served)."""
+        key = (kind, service, method)
+        children = self._by_method.get(key)
+        if children is None:
+            children = self._by_method[key] = (self._started.labels(*key),
+                                               self._in_flight.labels(*key),
+                                               self._seconds.labels(*key))
+        return children
 
 
 class MetricsServer:

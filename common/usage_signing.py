@@ -4,6 +4,7 @@ dispute can be settled from what the worker itself attested."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ def verify(public_key_hex: str, message: bytes, signature: bytes) -> None:
     if not public_key_hex:
         return  # the worker registered no usage key: reports are unsigned
     try:
-        VerifyKey(bytes.fromhex(public_key_hex)).verify(message, signature)
+        _verify_key(public_key_hex).verify(message, signature)
     except (BadSignatureError, ValueError, TypeError):
         raise not_signed() from None
 
@@ -57,6 +58,12 @@ def verify(public_key_hex: str, message: bytes, signature: bytes) -> None:
 def not_signed() -> BrokerError:
     return BrokerError(Code.PERMISSION_DENIED, "USAGE_SIGNATURE_INVALID",
                        "the usage report is not signed by the worker's usage key")
+
+
+@functools.lru_cache(maxsize=1024)
+def _verify_key(public_key_hex: str) -> VerifyKey:
+    # A worker's key checks every report of its sessions: parsed once, not per report.
+    return VerifyKey(bytes.fromhex(public_key_hex))
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ RESULTS = ROOT / "bench" / "results.json"
 CALLERS = 64
 CLIENT_PROCESSES = 2
 BUSY_PACE_S = 0.1  # sessions_open: how often each busy stream reports
+SESSIONS_PER_WORKER = 500  # sessions_open: idle streams per worker key
 
 
 @dataclass
@@ -244,7 +245,10 @@ def fig_sessions_open(b: Bench) -> None:
     """Thousands of idle metering sessions on one broker process."""
     n = b.settings.idle_sessions
     with b.broker("sessions") as broker:
-        world = make_world(broker.target, broker.admin_key, agents=CALLERS, workers=4)
+        # Enough workers (each with its own key) to stay under the broker's cap of
+        # streams per key (limits.meter_key_streams, 1,000): SESSIONS_PER_WORKER each.
+        world = make_world(broker.target, broker.admin_key, agents=CALLERS,
+                           workers=max(4, -(-n // SESSIONS_PER_WORKER)))
         reports = reports_for(b, 30_000, CALLERS)
         # Warm the code paths first, so that the memory difference is the sessions'.
         checked(harness.run(b.load(broker.target, "usage", {**world, "reports": reports},

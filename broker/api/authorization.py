@@ -51,7 +51,8 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         token = ""
         if authorizations.has_voucher(result):
             signer = self.s.keyring.signer_for(result["voucher_key_id"])
-            token = authorizations.voucher_token(result, signer)
+            token = await self.s.crypto.run(lambda: authorizations.voucher_token(
+                result, signer))
         return pb.AuthorizeResponse(authorization=convert.authorization(
             result, voucher=token, labels=job_labels))
 

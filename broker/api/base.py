@@ -9,7 +9,7 @@ import hashlib
 import ipaddress
 import logging
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from ..core.config import CoreConfig
 from ..core.registry import Liveness
 from ..keyring import Keyring
 from ..store.base import Record, StorageFull, Store, Tx
+from .crypto_thread import CryptoThread
 from .watch import Changes
 
 log = logging.getLogger("broker.api")
@@ -82,6 +83,7 @@ class MeteringStreams:
         self.draining = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._reading: set[asyncio.Task] = set()  # streams waiting for their next message
 
     def open_stream(self, key_id: str) -> None:
         """One more stream of `key_id` (TOO_MANY_STREAMS beyond the caps); `release` it."""
@@ -102,6 +104,32 @@ class MeteringStreams:
             self._by_key[key_id] -= 1
         if not self.count:
             self._idle.set()
+
+    def end(self) -> None:
+        """The grace period is over: streams waiting for their next message end now with
+        SHUTTING_DOWN, the others when they next wait for one."""
+        self.ended.set()
+        for task in self._reading:
+            task.cancel()
+
+    async def read(self, requests: AsyncIterator[Any]) -> Any:
+        """A stream's next message (None at its end), or SHUTTING_DOWN once `end` was
+        called. Why not race each read against `ended`: that costs two tasks and an
+        asyncio.wait per message; this costs a set insertion."""
+        if self.ended.is_set():
+            raise shutting_down()
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading.add(task)
+        try:
+            return await anext(requests, None)
+        except asyncio.CancelledError:
+            if not self.ended.is_set():
+                raise
+            task.uncancel()  # cancelled by `end`: the stream ends with a status instead
+            raise shutting_down() from None
+        finally:
+            self._reading.discard(task)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """True once no stream is open; False if some still are after `timeout_s`."""
@@ -133,6 +161,9 @@ class Services:
     # Spend controls: request rate per agent key (in memory), and watch stream wake-ups.
     limiter: rate_limits.RequestLimiter = field(default_factory=rate_limits.RequestLimiter)
     changes: Changes = field(default_factory=Changes)
+    # Voucher signatures and usage-report checks, outside the GIL the loop and the
+    # writer share (crypto_thread.py).
+    crypto: CryptoThread = field(default_factory=CryptoThread)
 
     def __post_init__(self) -> None:
         limits = self.limits

@@ -9,12 +9,12 @@ import time
 from common import convert, usage_signing, vouchers
 from common.errors import BrokerError, Code, invalid
 
-from ..core import killswitch, metering, session, validate
-from ..store.base import Record
+from ..core import access, killswitch, metering, session, validate
+from ..store.base import Record, Tx
 from ..v1 import metering_service_pb2 as pb
 from ..v1 import metering_service_pb2_grpc as pb_grpc
 from . import metering_worker
-from .base import Services, shutting_down, streaming
+from .base import Services, streaming
 
 STOP_REASONS = {session.BUDGET_EXHAUSTED: pb.STOP_REASON_BUDGET_EXHAUSTED,
                 session.HOLD_EXPIRING: pb.STOP_REASON_HOLD_EXPIRING,
@@ -144,9 +144,11 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         yield grant(ses)
         while (message := await self._next(requests)) is not None:
             # Checked again on every message: a key revoked while its stream is open
-            # must stop metering at once, not when the stream ends.
-            self.s.reauthenticate(p)
+            # must stop metering at once, not when the stream ends. (A usage report's
+            # op checks it, in the write transaction: no read transaction of its own.)
             kind = message.WhichOneof("kind")
+            if kind != "usage":
+                self.s.reauthenticate(p)
             if kind == "usage":
                 report = message.usage
                 usage = convert.usage_from_proto(report.usage)
@@ -174,26 +176,22 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         """The stream's next message (None at its end). Once the broker's shutdown grace
         period is over, SHUTTING_DOWN instead: the session stays open with everything
         acknowledged so far, for the worker to resume on a broker that is up."""
-        message = asyncio.ensure_future(anext(requests, None))
-        ended = asyncio.ensure_future(self.s.streams.ended.wait())
-        try:
-            done, _ = await asyncio.wait((message, ended), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ended.cancel()
-            if not message.done():
-                message.cancel()
-        if message not in done:
-            raise shutting_down()
-        return message.result()
+        return await self.s.streams.read(requests)
 
     async def _report(self, p, ses: Record, report: pb.UsageReport, usage: Record,
                       now: int, elapsed_ms: int | None) -> session.UsageDecision:
-        # The signature check needs no ordering: done here, not in the single writer.
-        verified = usage_signing.verify_ahead(ses["usage_public_key"], usage_signing.payload(
-            ses["session_id"], usage, seq=report.seq), report.signature)
-        return await self.s.store.submit(lambda tx: metering.record_usage(
-            tx, p, ses["session_id"], report.seq, usage, now, report.signature, verified,
-            elapsed_ms))
+        # The signature check needs no ordering: done on the crypto thread, not in the
+        # single writer (nor on the event loop).
+        message = usage_signing.payload(ses["session_id"], usage, seq=report.seq)
+        verified = await self.s.crypto.run(lambda: usage_signing.verify_ahead(
+            ses["usage_public_key"], message, report.signature))
+
+        def record(tx: Tx) -> session.UsageDecision:
+            access.require_active(tx, p)
+            return metering.record_usage(tx, p, ses["session_id"], report.seq, usage, now,
+                                         report.signature, verified, elapsed_ms)
+
+        return await self.s.store.submit(record)
 
     async def _finish(self, p, session_id: str, finish: pb.FinishSession) -> pb.MeterResponse:
         usage = convert.usage_from_proto(finish.usage)

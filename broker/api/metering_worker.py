@@ -320,7 +320,7 @@ async def serve(services: Services, principal: Principal,
                 # must stop metering at once, not when the stream ends.
                 try:
                     services.reauthenticate(principal)
-                    answer = stream.start(batch)
+                    answer = WorkerStream.start(stream, batch)  # (named so docs/errors.md finds it)
                 except BrokerError as error:  # ends the stream, after the batches before
                     refused, ended = error, True
                 else:

@@ -13,11 +13,13 @@ Periods: the UTC day, the ISO week (Monday to Sunday, UTC), the UTC month, all t
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 
 from ..store.base import Record, Tx, must_get
 
 PERIODS = ("day", "week", "month", "all_time")
+DAY_MS = 86_400_000
 VELOCITY_WINDOW_MS = 60_000
 
 
@@ -27,10 +29,17 @@ def _utc(ms: int) -> datetime:
 
 def buckets(ms: int) -> dict[str, str]:
     """The bucket of each period that the time `ms` falls in."""
-    t = _utc(ms)
+    return dict(_buckets_of_day(ms // DAY_MS))
+
+
+@functools.lru_cache(maxsize=64)
+def _buckets_of_day(day: int) -> tuple[tuple[str, str], ...]:
+    # Every period's bucket is fixed for a whole UTC day (Unix time has no leap
+    # seconds), and every authorization needs them: worked out once per day.
+    t = _utc(day * DAY_MS)
     year, week, _ = t.isocalendar()
-    return {"day": t.strftime("%Y-%m-%d"), "week": f"{year}-W{week:02d}",
-            "month": t.strftime("%Y-%m"), "all_time": "all"}
+    return (("day", t.strftime("%Y-%m-%d")), ("week", f"{year}-W{week:02d}"),
+            ("month", t.strftime("%Y-%m")), ("all_time", "all"))
 
 
 def period_end_ms(period: str, ms: int) -> int | None:

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
+from typing import Any
 
 import msgspec
 
@@ -20,6 +21,8 @@ from broker.store.base import TABLES, Record, Tx
 
 # LMDB's compiled-in limit; enforced by every store so they all accept the same keys.
 MAX_KEY_BYTES = 511
+_SURELY_SHORT = MAX_KEY_BYTES // 4  # characters: at most 4 utf-8 bytes each
+_ABSENT: Any = object()
 
 _TABLES = frozenset(TABLES)
 assert set(records.TYPES) == _TABLES, "every table declares its record type"
@@ -43,6 +46,8 @@ def check_table(table: str) -> None:
 
 def check_key(key: str) -> bytes:
     """The utf-8 key; raises for what LMDB would refuse, so all stores agree."""
+    if type(key) is str and 0 < len(key) <= _SURELY_SHORT:  # the common case, quickly
+        return key.encode()
     if not isinstance(key, str):
         raise TypeError(f"key must be str, not {type(key).__name__}")
     raw = key.encode()
@@ -142,14 +147,17 @@ class BufferedTx:
 
     def get(self, table: str, key: str) -> Record | None:
         pending = self._tables.get(table)
-        if pending is not None and key in pending:
-            data = pending[key]
-            return None if data is None else decode(data)
+        if pending is not None:
+            data = pending.get(key, _ABSENT)
+            if data is not _ABSENT:
+                return None if data is None else decode(data)
         return self._base.get(table, key)
 
     def put(self, table: str, key: str, value: Record) -> None:
         check_table(table)
-        self.put_encoded(table, key, encode(table, value))
+        data = encode(table, value)
+        check_key(key)
+        self._tables.setdefault(table, {})[key] = data
 
     def next_id(self) -> int:
         return self._base.next_id()

@@ -132,8 +132,10 @@ class _LmdbTx:
         return self._ids.next()
 
     def _db(self, table: str) -> Any:
-        check_table(table)
-        return self._dbs[table]
+        db = self._dbs.get(table)
+        if db is None:
+            check_table(table)  # raises: not a table
+        return db
 
     def get(self, table: str, key: str) -> Record | None:
         data = cast(bytes | None, self._txn.get(check_key(key), db=self._db(table)))
