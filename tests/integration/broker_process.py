@@ -71,6 +71,12 @@ class BrokerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                taken = f"cannot serve metrics on 127.0.0.1:{self.metrics_port}: Address " \
+                    "already in use"
+                if taken in self.log():  # free_port() raced another process: another port
+                    self.metrics_port = free_port()
+                    self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+                    return self.start(deadline - time.monotonic())
                 raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
             if self._serving() and self.credentials_path.exists():
                 return self
