@@ -278,6 +278,17 @@ def _signing_key(path: str):
     return SigningKey(bytes.fromhex(Path(path).read_text().strip()))
 
 
+def _write_new_key(command: str, path: str, private: bytes) -> bool:
+    """Write a fresh private key (hex, mode 0600) for `broker <command>`; refuse, with
+    one line, to overwrite a key file already there."""
+    out = Path(path)
+    if out.exists():
+        print(f"broker {command}: {out} exists; not overwriting a key", file=sys.stderr)
+        return False
+    write_secret(out, private.hex().encode() + b"\n")
+    return True
+
+
 def cmd_mandates_keygen(args, effective: Effective[Settings]) -> int:
     """A fresh Ed25519 mandate key: the private key to a 0600 file (it stays with the
     owner), the public key printed for DelegationService.RegisterMandateKey."""
@@ -285,14 +296,11 @@ def cmd_mandates_keygen(args, effective: Effective[Settings]) -> int:
 
     from common.mandates import key_id
 
-    out = Path(args.out)
-    if out.exists():
-        print(f"broker mandates keygen: {out} exists; not overwriting a key", file=sys.stderr)
-        return 1
     key = SigningKey.generate()
-    write_secret(out, bytes(key).hex().encode() + b"\n")
+    if not _write_new_key("mandates keygen", args.out, bytes(key)):
+        return 1
     public = bytes(key.verify_key)
-    print(f"private key written to {out} (mode 0600)")
+    print(f"private key written to {args.out} (mode 0600)")
     print(f"key id: {key_id(public)}")
     print("public key (base64, for RegisterMandateKey): "
           f"{base64.b64encode(public).decode()}")
@@ -329,14 +337,12 @@ def cmd_receipts_keygen(args, effective: Effective[Settings]) -> int:
 
     from common.sealing import receipt_key_id
 
-    out = Path(args.out)
-    if out.exists():
-        print(f"broker receipts keygen: {out} exists; not overwriting a key", file=sys.stderr)
-        return 1
     key = PrivateKey.generate()
-    write_secret(out, bytes(key).hex().encode() + b"\n")
+    if not _write_new_key("receipts keygen", args.out, bytes(key)):
+        return 1
     public = bytes(key.public_key)
-    print(f"private key written to {out} (mode 0600); keep it, it alone opens your receipts")
+    print(f"private key written to {args.out} (mode 0600); keep it, it alone opens your "
+          "receipts")
     print(f"receipt key id: {receipt_key_id(public)}")
     print(f"public key (base64, for StatementService/RegisterReceiptKey): "
           f"{base64.b64encode(public).decode()}")
@@ -427,13 +433,10 @@ def cmd_vouchers_keygen(args, effective: Effective[Settings]) -> int:
     for AuthorizeRequest.holder_public_key."""
     from nacl.signing import SigningKey
 
-    out = Path(args.out)
-    if out.exists():
-        print(f"broker vouchers keygen: {out} exists; not overwriting a key", file=sys.stderr)
-        return 1
     key = SigningKey.generate()
-    write_secret(out, bytes(key).hex().encode() + b"\n")
-    print(f"private key written to {out} (mode 0600)")
+    if not _write_new_key("vouchers keygen", args.out, bytes(key)):
+        return 1
+    print(f"private key written to {args.out} (mode 0600)")
     print("public key (base64, for AuthorizeRequest.holder_public_key): "
           f"{base64.b64encode(bytes(key.verify_key)).decode()}")
     return 0

@@ -161,7 +161,9 @@ class CallGraph:
             return key if key in self.functions else None
         if isinstance(expr, ast.Attribute) and getattr(expr.value, "id", "") == "self" and \
                 "." in fn.qualname:
-            return INJECTED.get(f"{fn.module}:{fn.qualname.split('.')[0]}.{expr.attr}")
+            own = f"{fn.module}:{fn.qualname.split('.')[0]}.{expr.attr}"
+            # `self.method` handed over (a method of this class), or a function injected
+            return own if own in self.functions else INJECTED.get(own)
         return None
 
     def resolve(self, fn: Function, call: ast.Call) -> str | None:

@@ -78,36 +78,36 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
 
     @streaming
     async def Meter(self, request_iterator, context):
+        async for response in self._worker_stream(request_iterator, context, self._meter):
+            yield response
+
+    @streaming
+    async def MeterWorker(self, request_iterator, context):
+        async for response in self._worker_stream(request_iterator, context,
+                                                  self._meter_worker):
+            yield response
+
+    async def _worker_stream(self, request_iterator, context, serve):
+        """A worker's metering stream, served by `serve(principal, requests, context)`.
+        Authenticated on the call's metadata, before any message: a stream without a
+        valid worker key (or over the stream caps) is refused, not held open waiting."""
         requests = aiter(request_iterator)
         try:
-            # On the call's metadata, before any message: a stream without a valid worker
-            # key (or over the stream caps) is refused, not held open waiting for one.
             p = self.s.authenticate(context, "worker")
             self.s.streams.open_stream(p.key_id)
         except BrokerError:
             await _let_the_first_message_land(requests)
             raise
         try:
-            async for response in self._meter(p, requests, context):
+            async for response in serve(p, requests, context):
                 yield response
         finally:
             self.s.streams.release(p.key_id)
 
-    @streaming
-    async def MeterWorker(self, request_iterator, context):
-        requests = aiter(request_iterator)
-        try:  # as on `Meter`: on the call's metadata, before any message
-            p = self.s.authenticate(context, "worker")
-            self.s.streams.open_stream(p.key_id)
-        except BrokerError:
-            await _let_the_first_message_land(requests)
-            raise
-        try:
-            async for response in metering_worker.serve(
-                    self.s, p, await self._first(requests), requests, context, self._next):
-                yield response
-        finally:
-            self.s.streams.release(p.key_id)
+    async def _meter_worker(self, p, requests, context):
+        async for response in metering_worker.serve(
+                self.s, p, await self._first(requests), requests, context, self._next):
+            yield response
 
     async def _first(self, requests) -> pb.MeterRequest | None:
         """The stream's first message, which must come within the first-message deadline."""

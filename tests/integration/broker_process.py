@@ -18,6 +18,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def metrics_port_taken(log: str, port: int) -> bool:
+    """Whether a broker or worker exited because free_port() raced another process for
+    its metrics port (then start it again on another)."""
+    return f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in log
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,9 +77,7 @@ class BrokerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                taken = f"cannot serve metrics on 127.0.0.1:{self.metrics_port}: Address " \
-                    "already in use"
-                if taken in self.log():  # free_port() raced another process: another port
+                if metrics_port_taken(self.log(), self.metrics_port):  # another port
                     self.metrics_port = free_port()
                     self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
                     return self.start(deadline - time.monotonic())

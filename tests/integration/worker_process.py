@@ -20,7 +20,7 @@ from common.targets import grpc_target
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
-from .broker_process import ROOT, free_port
+from .broker_process import ROOT, free_port, metrics_port_taken
 
 SERVICE = "worker.v1.WorkerService"
 
@@ -72,10 +72,6 @@ class WorkerProcess:
             self.config_file = self.state_dir.with_name(self.state_dir.name + ".toml")
             self.config_file.write_text(to_toml(config))
 
-    def _metrics_port_taken(self) -> bool:
-        return f"cannot serve metrics on 127.0.0.1:{self.metrics_port}: Address already in use" \
-            in self.log()
-
     @property
     def usage_key_path(self) -> Path:
         return self.state_dir / "usage-key"
@@ -97,7 +93,7 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                if self._metrics_port_taken():  # free_port() raced another process
+                if metrics_port_taken(self.log(), self.metrics_port):  # another port
                     self.metrics_port = free_port()
                     self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
                     return self.start(deadline - time.monotonic())
