@@ -143,7 +143,7 @@ def test_generate_end_to_end(w):
     assert 0 < receipt.charged < held
     check_worker_signature(w, receipt, final)
     assert w.agent.get_receipt(auth.authorization_id) == agents_copy(receipt,
-                                                                      auth.authorization_id)
+                                                                      auth)
     settled = w.state(auth.authorization_id)
     assert settled.state == auth_pb.AUTHORIZATION_STATE_SETTLED
     assert (settled.charged, settled.receipt_id) == (receipt.charged, receipt.receipt_id)
