@@ -124,9 +124,13 @@ class WorkerStream:
             self.marks.pop(session_id, None)
             results[i] = self._resume(session_id, known)
         reported: dict[str, int | None] = {}
-        early = self._reports(batch, known, now, at, reported, results, ops)
+        finals = _batched_finals(batch)
+        checked: dict[str, usage_signing.Verified | None] = {}  # batch signature, per key
+        early, signed = self._reports(batch, known, now, at, reported, finals, checked,
+                                      results, ops)
         for item in batch.finishes:
-            self._finish(item, known, results, ops)
+            self._finish(item, known, finals.get(item.session_id), signed, batch.signature,
+                         checked, results, ops)
         committed = asyncio.ensure_future(self.s.store.submit(
             independently([op for _, op, _ in ops]))) if ops else None
         return Answer(batch.batch_id, results, ops, committed,
@@ -230,16 +234,18 @@ class WorkerStream:
         return pb.SessionResult(session_id=session_id, grant=per_session.grant(ses).grant)
 
     def _reports(self, batch: pb.MeterWorkerRequest, known: dict[str, Record | BrokerError],
-                 now: int, at: int, reported: dict[str, int | None], results: list,
-                 ops: list) -> list[pb.SessionResult]:
-        """Queue the reports' ops; the STOPs foreseen from the sessions as they are.
+                 now: int, at: int, reported: dict[str, int | None], finals: dict[str, bytes],
+                 keys: dict[str, usage_signing.Verified | None], results: list,
+                 ops: list) -> tuple[list[pb.SessionResult], bytes]:
+        """Queue the reports' ops; the STOPs foreseen from the sessions as they are, and
+        the batch's signed bytes (its reports', then `finals`' digests: docs/wire.md).
         Each report's time since the session's last one is on the monotonic clock where
         this stream saw both (`marks`), as on `Meter`."""
         usages = [convert.usage_from_proto(r.usage) for r in batch.reports]
         messages = [usage_signing.payload(r.session_id, usage, seq=r.seq)
                     for r, usage in zip(batch.reports, usages, strict=True)]
-        signed = usage_signing.batch_payload([usage_signing.digest(m) for m in messages])
-        keys: dict[str, usage_signing.Verified | None] = {}  # checked once per key
+        signed = usage_signing.batch_payload([usage_signing.digest(m) for m in
+                                              [*messages, *finals.values()]])
         early: list[pb.SessionResult] = []
         for report, usage, message in zip(batch.reports, usages, messages, strict=True):
             index = len(results)
@@ -262,7 +268,7 @@ class WorkerStream:
             ops.append((index, self._report_op(report, usage, now, elapsed_ms, message,
                                                verified, signed, batch.signature),
                         _ack(report)))
-        return early
+        return early, signed
 
     def _report_op(self, report: pb.SessionUsageReport, usage: Record, now: int,
                    elapsed_ms: int | None, message: bytes,
@@ -276,19 +282,35 @@ class WorkerStream:
             elapsed_ms, worker_id=self.worker_id, batch=signed)
 
     def _finish(self, item: pb.SessionFinish, known: dict[str, Record | BrokerError],
-                results: list, ops: list) -> None:
+                final: bytes | None, signed: bytes, signature: bytes,
+                keys: dict[str, usage_signing.Verified | None], results: list,
+                ops: list) -> None:
+        """Queue a finish's op. `final`: its payload, when it is signed with the batch
+        (it carries no signature of its own); else it is checked on its own, as on
+        `Meter`."""
         index = len(results)
         results.append(None)
-        if isinstance(known[item.session_id], BrokerError):
-            results[index] = pb.SessionResult(session_id=item.session_id,
-                                              error=_error(known[item.session_id]))
+        ses = known[item.session_id]
+        if isinstance(ses, BrokerError):
+            results[index] = pb.SessionResult(session_id=item.session_id, error=_error(ses))
             return
         usage = convert.usage_from_proto(item.finish.usage)
         signer = self.s.receipt_keyring.signer
+        ahead, batch = None, b""
+        if final is None:  # signed on its own, as on `Meter`
+            signature = item.finish.signature
+        else:
+            batch, key = signed, ses["usage_public_key"]
+            if key not in keys:
+                keys[key] = usage_signing.verify_ahead(key, signed, signature)
+            verified = keys[key]
+            # (trusted by the writer for this key and this finish's own payload only)
+            ahead = usage_signing.Verified(verified.public_key_hex, final) if verified else None
 
         def op(tx: Tx) -> Record:
             return metering.finish(tx, self.p, item.session_id, usage, self.s.clock(),
-                                   self.s.config, signer, item.finish.signature)
+                                   self.s.config, signer, signature, ahead,
+                                   worker_id=self.worker_id, batch=batch)
 
         def to_result(outcome: Any) -> pb.SessionResult:
             if isinstance(outcome, Exception):
@@ -298,6 +320,14 @@ class WorkerStream:
                 settle_time=convert.timestamp(outcome["settle_ms"])))
 
         ops.append((index, op, to_result))
+
+
+def _batched_finals(batch: pb.MeterWorkerRequest) -> dict[str, bytes]:
+    """The final payloads of the batch's finishes that are signed with it (those with no
+    signature of their own), by session, in the batch's order."""
+    return {f.session_id: usage_signing.payload(
+        f.session_id, convert.usage_from_proto(f.finish.usage), final=True)
+        for f in batch.finishes if not f.finish.signature}
 
 
 def _ack(report: pb.SessionUsageReport) -> Callable[[Any], pb.SessionResult]:
