@@ -259,18 +259,20 @@ def _ancestors(name: str, parents: dict[str, str]) -> set[str]:
 
 
 def test_receipts_and_statements_roll_up_a_three_level_tree(h):
-    """root -> a -> a1 -> a11, and a sibling b of a, with jobs run (redeemed, metered,
-    finished) at every level: the owner's statement subtotals each level's subtree, and
-    the totals are the receipts' charges; an ancestor's key lists and gets its
-    descendants' receipts, a sibling's or a descendant's key neither."""
+    """root -> a -> a1 -> a11 -> a111 (the deepest a tree may go), and a sibling b of a,
+    with jobs run (redeemed, metered, finished) at every level: the owner's statement
+    subtotals each level's subtree, and the totals are the receipts' charges; an
+    ancestor's key lists and gets its descendants' receipts, a sibling's or a
+    descendant's key neither."""
     worker_id, usage_key = register_signing_worker(h)  # the charge is the GPU-ms
-    parents = {"a": "root", "a1": "a", "a11": "a1", "b": "root"}
+    parents = {"a": "root", "a1": "a", "a11": "a1", "a111": "a11", "b": "root"}
     clients, wallets = {"root": h.agent}, {"root": h.wallet_id}
-    for name in ("a", "a1", "a11", "b"):
+    for name in ("a", "a1", "a11", "a111", "b"):
         made = delegation(h, clients[parents[name]].key).CreateSubBudget(
             pb.CreateSubBudgetRequest(request_id=rid(), display_name=name, cap=200_000))
         clients[name], wallets[name] = Client(h.channel, made.api_key), made.wallet.wallet_id
-    jobs = {"root": [1_000], "a": [2_000], "a1": [3_000, 300], "a11": [4_000], "b": [5_000]}
+    jobs = {"root": [1_000], "a": [2_000], "a1": [3_000, 300], "a11": [4_000],
+            "a111": [700], "b": [5_000]}
     auths: dict[str, list[auth_pb.Authorization]] = {name: [] for name in jobs}
     receipts = {}  # receipt id -> level
     for name, runs in jobs.items():
@@ -304,7 +306,8 @@ def test_receipts_and_statements_roll_up_a_three_level_tree(h):
         lines[h.wallet_id].rollup_charged
     # The roll-up is in the signed payload too.
     signed = {w["wallet_id"]: w for w in json.loads(statement.signed_payload)["wallets"]}
-    assert signed[wallets["a"]]["rollup_charged"] == 2_000 + 3_300 + 4_000
+    assert signed[wallets["a"]]["rollup_charged"] == 2_000 + 3_300 + 4_000 + 700
+    assert lines[wallets["a111"]].depth == 4
 
     # Receipts: each key lists exactly its subtree's, each naming the wallet it was
     # spent from; an ancestor may also name a descendant's wallet, and get its receipts.
@@ -315,12 +318,13 @@ def test_receipts_and_statements_roll_up_a_three_level_tree(h):
         assert {r.wallet_id for r in listed} == {wallets[n] for n in below(name)}
     deep = clients["a"].statements.ListReceipts(st_pb.ListReceiptsRequest(
         wallet_id=wallets["a11"])).receipts
-    assert [r.wallet_id for r in deep] == [wallets["a11"]]
+    assert {r.wallet_id for r in deep} == {wallets["a11"], wallets["a111"]}
     for ancestor in ("root", "a", "a1"):
         got = clients[ancestor].receipt(auths["a11"][0].authorization_id)
         assert (got.charged, got.wallet_id) == (4_000, wallets["a11"])
     # A sibling, or a descendant looking up, sees nothing: as if it did not exist.
-    for name, other in [("b", "a"), ("b", "a11"), ("a", "b"), ("a11", "a"), ("a1", "root")]:
+    for name, other in [("b", "a"), ("b", "a111"), ("a", "b"), ("a111", "a11"),
+                        ("a11", "a"), ("a1", "root")]:
         with rpc_error(OK.NOT_FOUND, "WALLET_NOT_FOUND"):
             clients[name].statements.ListReceipts(st_pb.ListReceiptsRequest(
                 wallet_id=wallets[other]))
