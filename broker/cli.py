@@ -79,7 +79,7 @@ def daemon_settings(settings: Settings, server_tls=None):
 
 def cmd_serve(args, effective: Effective[Settings]) -> int:
     from common import tls
-    from common.clock import offset_clock
+    from common.clock import file_offset_clock, offset_clock
     from common.metrics import MetricsListenError
 
     from . import demo
@@ -121,7 +121,8 @@ def cmd_serve(args, effective: Effective[Settings]) -> int:
 
     daemon = daemon_settings(settings, server_tls)
     try:
-        clock = offset_clock(args.clock_offset_ms)
+        clock = file_offset_clock(args.clock_offset_file, args.clock_offset_ms) \
+            if args.clock_offset_file else offset_clock(args.clock_offset_ms)
         if settings.processes > 1:
             return serve_processes(data_dir, config, daemon, settings.processes, on_ready,
                                    clock)
@@ -572,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="initialise if needed and create demo owner, wallet and keys")
     p.add_argument("--clock-offset-ms", type=int, default=0,
                    help="run the broker's clock this far ahead (tests and drills only)")
+    p.add_argument("--clock-offset-file", default="",
+                   help="also add the milliseconds written in this file, read at every "
+                        "reading of the clock: a wall-clock step while the broker runs "
+                        "(tests only)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("credentials", help="print a demo credential (for grpcurl)")

@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def now_ms() -> int:
@@ -15,3 +16,19 @@ def offset_clock(offset_ms: int) -> Callable[[], int]:
     if not offset_ms:
         return now_ms
     return lambda: now_ms() + offset_ms
+
+
+def file_offset_clock(path: str, offset_ms: int = 0) -> Callable[[], int]:
+    """The real clock shifted by `offset_ms` plus the milliseconds written in the file at
+    `path`, read again at every reading (`broker serve --clock-offset-file`): for tests
+    that step the wall clock while the broker runs (its monotonic clock does not step).
+    A missing, empty or unreadable file adds nothing."""
+
+    def clock() -> int:
+        try:
+            step = int(Path(path).read_text().strip() or 0)
+        except (OSError, ValueError):
+            step = 0
+        return now_ms() + offset_ms + step
+
+    return clock

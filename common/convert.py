@@ -125,7 +125,7 @@ def receipt(r: Record) -> res_pb.Receipt:
         signed_payload=base64.b64decode(r["signed_payload"]),
         period_start=timestamp(r["period_start_ms"]), period_end=timestamp(r["period_end_ms"]),
         sealed_itemised=base64.b64decode(r["sealed"]), receipt_key_id=r["receipt_key_id"],
-        mandate_hash=r.get("mandate_hash", ""))
+        mandate_hash=r.get("mandate_hash", ""), wallet_id=r.get("wallet_id", ""))
     if "usage" in r:  # the itemised part in clear
         msg.session_id = r["session_id"]
         msg.usage.CopyFrom(usage_to_proto(r["usage"]))

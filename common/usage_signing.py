@@ -96,9 +96,21 @@ def digest(message: bytes) -> str:
 
 def batch_payload(digests: list[str]) -> bytes:
     """The bytes a worker signs once for a whole MeterWorker batch: the digests of its
-    reports' payloads, in order. A session's proof is then its own payload, these bytes
-    and the signature, and reveals nothing of the batch's other sessions but their count."""
+    reports' payloads, in order, then those of the final payloads of its finishes that
+    carry no signature of their own (docs/wire.md). A session's proof is then its own
+    payload, these bytes and the signature, and reveals nothing of the batch's other
+    sessions but their count."""
     return canonical({"reports": digests})
+
+
+def verify_proof(public_key_hex: str, message: bytes, signature: bytes,
+                 batch: bytes = b"") -> None:
+    """Check a receipt's (or refund's) worker usage: `signature` over `message` itself,
+    or, when `batch` is given (it came in a MeterWorker batch), over `batch`, which must
+    list `message`'s digest. Raises USAGE_SIGNATURE_INVALID (also without a key)."""
+    if not public_key_hex or (batch and not in_batch(message, batch)):
+        raise not_signed()
+    verify(public_key_hex, batch or message, signature)
 
 
 def in_batch(message: bytes, batch: bytes) -> bool:

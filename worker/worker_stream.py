@@ -8,11 +8,12 @@
 Every job's opens, reports and finishes go into the next batch: the sender waits a
 moment (LINGER_S) after the first item so that the jobs reporting on the same tick
 (MeteredJob aligns their timers with `next_report_at`) share one message, signs its
-reports once, and sends it; the reader routes the answer's per-session results (and
-the early STOPs) to their sessions. A broken stream fails what was in flight with
-SessionClosed (UNAVAILABLE), as a per-session stream does; the next item opens a new
-stream, and the jobs resume their sessions on it. A broker without MeterWorker answers
-UNIMPLEMENTED: `open` then raises Unsupported and the worker uses per-session streams.
+reports and finishes once (docs/wire.md), and sends it; the reader routes the
+answer's per-session results (and the early STOPs) to their sessions. A broken stream
+fails what was in flight with SessionClosed (UNAVAILABLE), as a per-session stream does;
+the next item opens a new stream, and the jobs resume their sessions on it. A broker
+without MeterWorker answers UNIMPLEMENTED: `open` then raises Unsupported and the
+worker uses per-session streams.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ class WorkerStream:
     async def _send(self, items: list[_Item]) -> None:
         self._batch_id += 1
         request = pb.MeterWorkerRequest(worker_id=self.worker_id, batch_id=self._batch_id)
-        digests = []
+        reports, finals = [], []  # the signed payloads' digests
         for item in items:
             if item.kind == "open":
                 request.opens.append(item.message)
@@ -175,13 +176,15 @@ class WorkerStream:
                 request.resume_session_ids.append(item.message)
             elif item.kind == "report":
                 request.reports.append(item.message)
-                digests.append(usage_signing.digest(usage_signing.payload(
+                reports.append(usage_signing.digest(usage_signing.payload(
                     item.session_id, _usage(item.message.usage), seq=item.message.seq)))
-            else:
+            else:  # its final usage is signed with the batch: no signature of its own
                 request.finishes.append(item.message)
-        if digests and self._usage_key is not None:
+                finals.append(usage_signing.digest(usage_signing.payload(
+                    item.session_id, _usage(item.message.finish.usage), final=True)))
+        if (reports or finals) and self._usage_key is not None:
             request.signature = usage_signing.sign(
-                self._usage_key, usage_signing.batch_payload(digests))
+                self._usage_key, usage_signing.batch_payload(reports + finals))
         if self._call is None:
             self._call = pb_grpc.MeteringServiceStub(self._channel).MeterWorker(
                 metadata=self._metadata)
@@ -275,14 +278,13 @@ class BatchedSession:
             raise SessionClosed(refused) from None
 
     async def finish(self, usage: dict[str, Any]) -> res_pb.Receipt:
-        key = self._stream._usage_key
-        signature = usage_signing.sign(key, usage_signing.payload(
-            self.session_id, usage, final=True)) if key is not None else b""
+        """Settle with the final usage, signed with the next batch; returns the receipt
+        (its worker usage proof is then the batch's, docs/wire.md)."""
         try:
             settled = await self._stream._submit(_Item("finish", self.session_id,
                                                         pb.SessionFinish(
                 session_id=self.session_id,
-                finish=pb.FinishSession(usage=res_pb.Usage(**usage), signature=signature))))
+                finish=pb.FinishSession(usage=res_pb.Usage(**usage)))))
         except ItemRefused as refused:
             raise SessionClosed(refused) from None
         self._stream._detach(self)

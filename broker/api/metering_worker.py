@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.rpc import code_pb2, status_pb2
@@ -87,6 +88,10 @@ class Answer:
     ops: list[tuple[int, Callable[[Tx], Any], Callable[[Any], pb.SessionResult]]]
     committed: asyncio.Future | None  # the outcomes of `ops`, once durable
     early: pb.MeterWorkerResponse | None  # the STOPs foreseen, sent before the commit
+    at: int = 0  # when it was started, time.monotonic_ns()
+    # The sessions reported in it, with their mark before this batch (restored if the
+    # report is refused).
+    reported: dict[str, int | None] = field(default_factory=dict)
 
 
 class WorkerStream:
@@ -97,11 +102,16 @@ class WorkerStream:
         self.p = principal
         self.worker_id = worker_id
         self.active: set[str] = set()  # sessions granted or reported here, not settled
+        # When each session's last report (or its open) on this stream was started, on
+        # a monotonic clock: the time between reports for the STOP projection, as on
+        # `Meter`, whatever the wall clock does. None (absent) for a session resumed
+        # here: its last report may have come over another stream.
+        self.marks: dict[str, int] = {}
 
     def start(self, batch: pb.MeterWorkerRequest) -> Answer:
         """Everything before the commit, done now; the batch's op handed to the writer."""
         check_batch(batch, self.worker_id)
-        now = self.s.clock()
+        now, at = self.s.clock(), time.monotonic_ns()
         results: list[pb.SessionResult | None] = [None] * (
             len(batch.opens) + len(batch.resume_session_ids))
         ops: list[tuple[int, Callable[[Tx], Any], Callable[[Any], pb.SessionResult]]] = []
@@ -111,15 +121,21 @@ class WorkerStream:
             self._open(i, item, results, ops)
         known = self._sessions(batch)
         for i, session_id in enumerate(batch.resume_session_ids, len(batch.opens)):
+            self.marks.pop(session_id, None)
             results[i] = self._resume(session_id, known)
-        early = self._reports(batch, known, now, results, ops)
+        reported: dict[str, int | None] = {}
+        finals = _batched_finals(batch)
+        checked: dict[str, usage_signing.Verified | None] = {}  # batch signature, per key
+        early, signed = self._reports(batch, known, now, at, reported, finals, checked,
+                                      results, ops)
         for item in batch.finishes:
-            self._finish(item, known, results, ops)
+            self._finish(item, known, finals.get(item.session_id), signed, batch.signature,
+                         checked, results, ops)
         committed = asyncio.ensure_future(self.s.store.submit(
             independently([op for _, op, _ in ops]))) if ops else None
         return Answer(batch.batch_id, results, ops, committed,
                       pb.MeterWorkerResponse(batch_id=batch.batch_id, results=early,
-                                             early=True) if early else None)
+                                             early=True) if early else None, at, reported)
 
     async def finish(self, answer: Answer) -> pb.MeterWorkerResponse:
         """The answer to a started batch, once its commit is durable."""
@@ -133,8 +149,19 @@ class WorkerStream:
             kind = result.WhichOneof("kind")
             if kind in ("grant", "ack"):
                 self.active.add(result.session_id)
+                if kind == "grant" and result.ref:  # opened in this batch
+                    self.marks[result.session_id] = answer.at
             elif kind == "settled":
                 self.active.discard(result.session_id)
+                self.marks.pop(result.session_id, None)
+            elif result.session_id in answer.reported and \
+                    self.marks.get(result.session_id) == answer.at:
+                # Refused: the session's last acknowledged report is the one before.
+                previous = answer.reported[result.session_id]
+                if previous is None:
+                    self.marks.pop(result.session_id, None)
+                else:
+                    self.marks[result.session_id] = previous
         return pb.MeterWorkerResponse(batch_id=answer.batch_id, results=results)
 
     def _sessions(self, batch: pb.MeterWorkerRequest) -> dict[str, Record | BrokerError]:
@@ -207,13 +234,18 @@ class WorkerStream:
         return pb.SessionResult(session_id=session_id, grant=per_session.grant(ses).grant)
 
     def _reports(self, batch: pb.MeterWorkerRequest, known: dict[str, Record | BrokerError],
-                 now: int, results: list, ops: list) -> list[pb.SessionResult]:
-        """Queue the reports' ops; the STOPs foreseen from the sessions as they are."""
+                 now: int, at: int, reported: dict[str, int | None], finals: dict[str, bytes],
+                 keys: dict[str, usage_signing.Verified | None], results: list,
+                 ops: list) -> tuple[list[pb.SessionResult], bytes]:
+        """Queue the reports' ops; the STOPs foreseen from the sessions as they are, and
+        the batch's signed bytes (its reports', then `finals`' digests: docs/wire.md).
+        Each report's time since the session's last one is on the monotonic clock where
+        this stream saw both (`marks`), as on `Meter`."""
         usages = [convert.usage_from_proto(r.usage) for r in batch.reports]
         messages = [usage_signing.payload(r.session_id, usage, seq=r.seq)
                     for r, usage in zip(batch.reports, usages, strict=True)]
-        signed = usage_signing.batch_payload([usage_signing.digest(m) for m in messages])
-        keys: dict[str, usage_signing.Verified | None] = {}  # checked once per key
+        signed = usage_signing.batch_payload([usage_signing.digest(m) for m in
+                                              [*messages, *finals.values()]])
         early: list[pb.SessionResult] = []
         for report, usage, message in zip(batch.reports, usages, messages, strict=True):
             index = len(results)
@@ -227,37 +259,58 @@ class WorkerStream:
             if key not in keys:
                 keys[key] = usage_signing.verify_ahead(key, signed, batch.signature)
             verified = keys[key]
-            stop = _foreseen(ses, report.seq, usage, now) if verified else None
+            mark = reported[report.session_id] = self.marks.get(report.session_id)
+            elapsed_ms = None if mark is None else (at - mark) // 1_000_000
+            self.marks[report.session_id] = at  # (a later batch may start before the ack)
+            stop = _foreseen(ses, report.seq, usage, now, elapsed_ms) if verified else None
             if stop is not None:
                 early.append(pb.SessionResult(session_id=report.session_id, stop=stop))
-            ops.append((index, self._report_op(report, usage, now, message, verified, signed,
-                                               batch.signature), _ack(report)))
-        return early
+            ops.append((index, self._report_op(report, usage, now, elapsed_ms, message,
+                                               verified, signed, batch.signature),
+                        _ack(report)))
+        return early, signed
 
     def _report_op(self, report: pb.SessionUsageReport, usage: Record, now: int,
-                   message: bytes, verified: usage_signing.Verified | None, signed: bytes,
+                   elapsed_ms: int | None, message: bytes,
+                   verified: usage_signing.Verified | None, signed: bytes,
                    signature: bytes) -> Callable[[Tx], session.UsageDecision]:
         # The writer trusts the check above only for the key it was made with, and only
         # for this report's own payload (listed in the signed batch bytes).
         ahead = usage_signing.Verified(verified.public_key_hex, message) if verified else None
         return lambda tx: metering.record_usage(
             tx, self.p, report.session_id, report.seq, usage, now, signature, ahead,
-            worker_id=self.worker_id, batch=signed)
+            elapsed_ms, worker_id=self.worker_id, batch=signed)
 
     def _finish(self, item: pb.SessionFinish, known: dict[str, Record | BrokerError],
-                results: list, ops: list) -> None:
+                final: bytes | None, signed: bytes, signature: bytes,
+                keys: dict[str, usage_signing.Verified | None], results: list,
+                ops: list) -> None:
+        """Queue a finish's op. `final`: its payload, when it is signed with the batch
+        (it carries no signature of its own); else it is checked on its own, as on
+        `Meter`."""
         index = len(results)
         results.append(None)
-        if isinstance(known[item.session_id], BrokerError):
-            results[index] = pb.SessionResult(session_id=item.session_id,
-                                              error=_error(known[item.session_id]))
+        ses = known[item.session_id]
+        if isinstance(ses, BrokerError):
+            results[index] = pb.SessionResult(session_id=item.session_id, error=_error(ses))
             return
         usage = convert.usage_from_proto(item.finish.usage)
         signer = self.s.receipt_keyring.signer
+        ahead, batch = None, b""
+        if final is None:  # signed on its own, as on `Meter`
+            signature = item.finish.signature
+        else:
+            batch, key = signed, ses["usage_public_key"]
+            if key not in keys:
+                keys[key] = usage_signing.verify_ahead(key, signed, signature)
+            verified = keys[key]
+            # (trusted by the writer for this key and this finish's own payload only)
+            ahead = usage_signing.Verified(verified.public_key_hex, final) if verified else None
 
         def op(tx: Tx) -> Record:
             return metering.finish(tx, self.p, item.session_id, usage, self.s.clock(),
-                                   self.s.config, signer, item.finish.signature)
+                                   self.s.config, signer, signature, ahead,
+                                   worker_id=self.worker_id, batch=batch)
 
         def to_result(outcome: Any) -> pb.SessionResult:
             if isinstance(outcome, Exception):
@@ -267,6 +320,14 @@ class WorkerStream:
                 settle_time=convert.timestamp(outcome["settle_ms"])))
 
         ops.append((index, op, to_result))
+
+
+def _batched_finals(batch: pb.MeterWorkerRequest) -> dict[str, bytes]:
+    """The final payloads of the batch's finishes that are signed with it (those with no
+    signature of their own), by session, in the batch's order."""
+    return {f.session_id: usage_signing.payload(
+        f.session_id, convert.usage_from_proto(f.finish.usage), final=True)
+        for f in batch.finishes if not f.finish.signature}
 
 
 def _ack(report: pb.SessionUsageReport) -> Callable[[Any], pb.SessionResult]:
@@ -282,11 +343,13 @@ def _ack(report: pb.SessionUsageReport) -> Callable[[Any], pb.SessionResult]:
     return to_result
 
 
-def _foreseen(ses: Record, seq: int, usage: Record, now: int) -> pb.StopCommand | None:
+def _foreseen(ses: Record, seq: int, usage: Record, now: int,
+              elapsed_ms: int | None) -> pb.StopCommand | None:
     """STOP before the batch is durable, as `Meter` sends it (metering._early_stop): the
-    writer's decision, same rule and same `now`, is the one recorded and acknowledged."""
+    writer's decision, same rule, same `now` and elapsed time, is the one recorded and
+    acknowledged."""
     try:
-        decision = session.on_usage(ses, seq, usage, now)
+        decision = session.on_usage(ses, seq, usage, now, elapsed_ms)
     except BrokerError:
         return None
     return _stop(decision) if decision.stop_reason else None

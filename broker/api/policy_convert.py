@@ -119,6 +119,7 @@ def refund(r: Record) -> pb.Refund:
         reason=r["reason"], dispute_id=r["dispute_id"],
         worker_usage_payload=base64.b64decode(r["worker_usage"]["payload"]),
         worker_usage_signature=base64.b64decode(r["worker_usage"]["signature"]),
+        worker_usage_batch=base64.b64decode(r["worker_usage"].get("batch", "")),
         refund_time=convert.timestamp(r["refund_ms"]), key_id=r["key_id"],
         signature=base64.b64decode(r["signature"]),
         signed_payload=base64.b64decode(r["signed_payload"]))

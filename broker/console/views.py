@@ -22,6 +22,11 @@ GRANULARITIES = {"hour": (HOUR_MS, statement_pb.STATEMENT_GRANULARITY_HOUR),
                  "day": (DAY_MS, statement_pb.STATEMENT_GRANULARITY_DAY)}
 CHART_BUCKETS = {"hour": 24, "day": 30}
 MAX_STATEMENT_BUCKETS = 400  # one GetStatement per row period
+# A wallet row's place in its delegation tree and its subtree's totals (docs/delegation.md);
+# empty on the other rows.
+ROLL_UP_COLUMNS = ["parent_wallet_id", "depth", "rollup_charged", "rollup_released",
+                   "rollup_job_count"]
+NO_ROLL_UP = [""] * len(ROLL_UP_COLUMNS)
 
 
 def as_json(message) -> dict:
@@ -87,11 +92,15 @@ def approvals(client: ConsoleClient) -> list[dict]:
 
 def receipts(client: ConsoleClient) -> list[dict]:
     """Every wallet's receipts, newest first, with the wallet's name."""
-    out = []
-    for wallet in client.list_wallets():
-        for receipt in client.list_receipts(wallet.wallet_id):
-            out.append({**as_json(receipt), "wallet_id": wallet.wallet_id,
-                        "wallet_name": wallet.display_name})
+    names = {w.wallet_id: w.display_name for w in client.list_wallets()}
+    found = {}
+    for wallet_id in names:
+        # A sub-budget's receipts are listed under every wallet above it too: each
+        # once, under the wallet it was spent from.
+        for receipt in client.list_receipts(wallet_id):
+            found[receipt.receipt_id] = receipt
+    out = [{**as_json(r), "wallet_id": r.wallet_id,
+            "wallet_name": names.get(r.wallet_id, "")} for r in found.values()]
     out.sort(key=lambda r: (r["period_start"], r["receipt_id"]), reverse=True)
     return out
 
@@ -113,14 +122,14 @@ def statement_rows(client: ConsoleClient, start_ms: int, end_ms: int,
     and the period's total; then the whole range's totals (one signed statement)."""
     names = {w.wallet_id: w.display_name for w in client.list_wallets()}
     rows = [["period_start", "period_end", "kind", "id", "name", "charged", "released",
-             "job_count"]]
+             "job_count", *ROLL_UP_COLUMNS]]
     for s in _statements(client, start_ms, end_ms, granularity):
         rows += _statement_rows(s, names)
     _, enum = GRANULARITIES[granularity]
     whole = client.get_statement(start_ms, end_ms, granularity=enum)
     rows.append([_time(whole.period_start), _time(whole.period_end), "range_total",
                  whole.key_id, "", str(whole.total_charged), str(whole.total_released),
-                 str(whole.job_count)])
+                 str(whole.job_count), *NO_ROLL_UP])
     return rows
 
 
@@ -159,12 +168,14 @@ def _period(s: statement_pb.Statement) -> dict:
 def _statement_rows(s: statement_pb.Statement, names: dict[str, str]) -> list[list[str]]:
     start, end = _time(s.period_start), _time(s.period_end)
     rows = [[start, end, "wallet", w.wallet_id, names.get(w.wallet_id, ""), str(w.charged),
-             str(w.released), str(w.job_count)] for w in s.wallets]
+             str(w.released), str(w.job_count), w.parent_wallet_id, str(w.depth),
+             str(w.rollup_charged), str(w.rollup_released), str(w.rollup_job_count)]
+            for w in s.wallets]
     rows += [[start, end, "payment_model", m.payment_model, "", str(m.charged), "",
-              str(m.job_count)] for m in s.payment_models]
+              str(m.job_count), *NO_ROLL_UP] for m in s.payment_models]
     if s.job_count:
         rows.append([start, end, "period_total", "", "", str(s.total_charged),
-                     str(s.total_released), str(s.job_count)])
+                     str(s.total_released), str(s.job_count), *NO_ROLL_UP])
     return rows
 
 

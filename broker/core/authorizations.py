@@ -11,7 +11,19 @@ from common.errors import BrokerError, Code, invalid, not_found, precondition
 from common.money import check_amount, check_prices
 
 from ..store.base import Record, Tx, must_get
-from . import delegation, holds, journal, labels, ledger, mandates, pages, policy, spend, validate
+from . import (
+    budgets,
+    delegation,
+    holds,
+    journal,
+    labels,
+    ledger,
+    mandates,
+    pages,
+    policy,
+    spend,
+    validate,
+)
 from .access import Principal, can_see_wallet_record
 from .config import CoreConfig
 from .policy import DENIED, PENDING_APPROVAL
@@ -166,7 +178,14 @@ def cancel(tx: Tx, principal: Principal, authorization_id: str, now: int) -> Rec
 
 
 def get_receipt(tx: Tx, principal: Principal, authorization_id: str) -> Record:
-    auth = get_authorization(tx, principal, authorization_id)
+    """The receipt of a settled authorization: the caller's, or for an agent key also
+    one of a sub-budget below its wallet (receipts roll up to the parents; the
+    authorization itself, e.g. to cancel it, stays its own wallet's)."""
+    auth = tx.get("authorizations", validate.ident(authorization_id, "authorization_id"))
+    if auth is None or not (can_see_wallet_record(principal, auth) or (
+            principal.role == "agent" and
+            budgets.is_below(tx, auth["wallet_id"], principal.wallet_id))):
+        raise not_found("authorization", authorization_id)
     if not auth["receipt_id"]:
         raise BrokerError(Code.FAILED_PRECONDITION, "RECEIPT_NOT_READY",
                           f"authorization is {auth['state']}; receipts exist once settled",

@@ -35,6 +35,11 @@ def chain(tx: Tx, wallet_id: str) -> list[Record]:
     return levels
 
 
+def is_below(tx: Tx, wallet_id: str, ancestor_id: str) -> bool:
+    """Whether `wallet_id` is a sub-budget somewhere below `ancestor_id` (not itself)."""
+    return any(level["parent_wallet_id"] == ancestor_id for level in chain(tx, wallet_id))
+
+
 def funding_wallet(tx: Tx, wallet_id: str) -> str:
     """The wallet whose ledger account pays for `wallet_id`'s holds (its root)."""
     level = get(tx, wallet_id)

@@ -126,15 +126,25 @@ def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage:
 
 
 def finish(tx: Tx, principal: Principal, session_id: str, usage: Record, now: int,
-           config: CoreConfig, signer: vouchers.Signer, signature: bytes = b"") -> Record:
-    current = get_own_session(tx, principal, session_id, "")
+           config: CoreConfig, signer: vouchers.Signer, signature: bytes = b"",
+           verified: usage_signing.Verified | None = None, *, worker_id: str = "",
+           batch: bytes = b"") -> Record:
+    """`verified` and `batch` (of `worker_id`) as for record_usage: a finish in a
+    MeterWorker batch is signed with the batch, which lists its final payload."""
+    current = get_own_session(tx, principal, session_id, worker_id)
     session.require_open(current)
     message = usage_signing.payload(session_id, usage, final=True)
-    usage_signing.verify(current["usage_public_key"], message, signature)
+    if verified is None or verified.public_key_hex != current["usage_public_key"] or \
+            verified.message != message:
+        if batch and current["usage_public_key"] and \
+                not usage_signing.in_batch(message, batch):
+            raise usage_signing.not_signed()
+        usage_signing.verify(current["usage_public_key"], batch or message, signature)
     if now >= current["expire_ms"]:
         # Too late: the hold timed out, so only acknowledged usage counts.
         return settle(tx, current, HOLD_EXPIRED, now, config, signer)
-    final = {**session.on_finish(current, usage), "signed_usage": _signed(message, signature)}
+    final = {**session.on_finish(current, usage),
+             "signed_usage": _signed(message, signature, batch)}
     return settle(tx, final, STOPPED if current["stop_reason"] else FINISHED, now, config,
                   signer)
 

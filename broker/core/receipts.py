@@ -30,7 +30,7 @@ from . import budgets, journal, labels, ledger, pages
 from .access import Principal
 from .config import CoreConfig
 from .session import SETTLED
-from .wallets import get_wallet
+from .wallets import get_wallet_or_below
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -166,7 +166,9 @@ def worker_view(receipt: Record, ses: Record, outcome: str, now: int) -> Record:
 
 def list_receipts(tx: Tx, principal: Principal, wallet_id: str, page_size: int,
                   page_token: str) -> Record:
-    wallet = get_wallet(tx, principal, wallet_id)
+    # A wallet's receipts include those of every sub-budget below it (issue()), and an
+    # agent key may also list one of its descendants' on its own.
+    wallet = get_wallet_or_below(tx, principal, wallet_id)
     found, token = pages.index_page(tx, "wallet_receipts", f"{wallet['wallet_id']}/",
                                     "receipts", "receipt_id", page_size, page_token,
                                     newest_first=True)

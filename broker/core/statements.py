@@ -17,13 +17,15 @@ from common.errors import denied, invalid, not_found, precondition
 from common.vouchers import Signer
 
 from ..store.base import Record, Tx, must_get
-from . import validate
+from . import budgets, validate
 from .access import Principal, listed_owner
 from .config import CoreConfig
 from .receipts import DAY_MS, HOUR_MS, ITEMISED_FIELDS
 from .tenancy import get_owner, get_provider
 
 MAX_SPAN_MS = 366 * DAY_MS
+# A wallet line's roll-up: its own totals plus its sub-budgets' (_rolled_up).
+ROLLED = ("rollup_charged", "rollup_released", "rollup_job_count")
 # Timestamps beyond year 9999 are not valid google.protobuf.Timestamps.
 MAX_TIME_MS = 253_402_300_799_999
 
@@ -84,7 +86,7 @@ def owner_statement(tx: Tx, principal: Principal, owner_id: str, start_ms: int, 
     statement = {
         "type": "statement", "owner_id": owner_id, "period_start_ms": start,
         "period_end_ms": end, "granularity_ms": granularity,
-        "wallets": [{"wallet_id": w, **t} for w, t in sorted(wallets.items())],
+        "wallets": _rolled_up(tx, wallets),
         "payment_models": [{"payment_model": m, **t} for m, t in sorted(models.items())],
         "total_charged": sum(t["charged"] for t in wallets.values()),
         "total_released": sum(t["released"] for t in wallets.values()),
@@ -99,6 +101,26 @@ def owner_statement(tx: Tx, principal: Principal, owner_id: str, start_ms: int, 
         statement.update(annex_sha256=hashlib.sha256(annex).hexdigest(),
                          receipt_key_id=key["key_id"])
     return {**_signed(signer, statement), "annex": base64.b64encode(annex).decode()}
+
+
+def _rolled_up(tx: Tx, wallets: dict[str, Record]) -> list[Record]:
+    """The statement's wallet lines, each with its place in its delegation tree and its
+    roll-up: its own totals plus those of every sub-budget below it (budgets.py), so a
+    parent's line subtotals its subtree at every level. A parent whose subtree spent
+    in the period has a line even if it spent nothing itself. Sorted by wallet id."""
+    rolled: dict[str, Record] = defaultdict(lambda: dict.fromkeys(ROLLED, 0))
+    place: dict[str, tuple[str, int]] = {}  # wallet -> (parent wallet, depth)
+    for wallet_id, totals in wallets.items():
+        levels = budgets.chain(tx, wallet_id)  # nearest first; [] for a root wallet
+        for level in levels:
+            place[level["wallet_id"]] = (level["parent_wallet_id"], level["depth"])
+        for at in [wallet_id, *(level["parent_wallet_id"] for level in levels)]:
+            place.setdefault(at, ("", 0))  # (a root wallet)
+            for name in ROLLED:
+                rolled[at][name] += totals[name.removeprefix("rollup_")]
+    nothing = {"charged": 0, "released": 0, "job_count": 0}
+    return [{"wallet_id": w, **wallets.get(w, nothing), "parent_wallet_id": place[w][0],
+             "depth": place[w][1], **rolled[w]} for w in sorted(rolled)]
 
 
 def _line_item(tx: Tx, receipt_id: str) -> Record:

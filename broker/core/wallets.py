@@ -58,6 +58,18 @@ def get_wallet(tx: Tx, principal: Principal, wallet_id: str) -> Record:
     return wallet
 
 
+def get_wallet_or_below(tx: Tx, principal: Principal, wallet_id: str) -> Record:
+    """As get_wallet, and for an agent key also a sub-budget anywhere below its own
+    wallet (reads that roll up to a parent: receipts). A sibling's or any other wallet
+    is NOT_FOUND, as if it did not exist."""
+    if principal.role == "agent" and wallet_id and wallet_id != principal.wallet_id:
+        wallet = tx.get("wallets", validate.ident(wallet_id, "wallet_id"))
+        if wallet is None or not budgets.is_below(tx, wallet_id, principal.wallet_id):
+            raise not_found("wallet", wallet_id)
+        return wallet
+    return get_wallet(tx, principal, wallet_id)
+
+
 def list_wallets(tx: Tx, owner_id: str, page_size: int, page_token: str) -> Record:
     size = validate.page_size(page_size)
     after = pages.decode(page_token)

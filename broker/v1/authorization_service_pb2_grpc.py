@@ -100,7 +100,7 @@ class AuthorizationServiceServicer:
 
     def GetReceipt(self, request, context):
         """Returns the signed receipt of a settled authorization. Owner, agent (its own
-        wallet's), auditor or admin key.
+        wallet's, or a sub-budget's below it), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -523,7 +523,7 @@ class ListDisputesResponse(_message.Message):
     def __init__(self, disputes: _Optional[_Iterable[_Union[Dispute, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Refund(_message.Message):
-    __slots__ = ("refund_id", "receipt_id", "authorization_id", "session_id", "wallet_id", "amount", "provider_refund", "fee_refund", "credited_account_id", "reason", "dispute_id", "worker_usage_payload", "worker_usage_signature", "refund_time", "key_id", "signature", "signed_payload")
+    __slots__ = ("refund_id", "receipt_id", "authorization_id", "session_id", "wallet_id", "amount", "provider_refund", "fee_refund", "credited_account_id", "reason", "dispute_id", "worker_usage_payload", "worker_usage_signature", "refund_time", "key_id", "signature", "signed_payload", "worker_usage_batch")
     REFUND_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_ID_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -541,6 +541,7 @@ class Refund(_message.Message):
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     SIGNED_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    WORKER_USAGE_BATCH_FIELD_NUMBER: _ClassVar[int]
     refund_id: str
     receipt_id: str
     authorization_id: str
@@ -558,7 +559,8 @@ class Refund(_message.Message):
     key_id: str
     signature: bytes
     signed_payload: bytes
-    def __init__(self, refund_id: _Optional[str] = ..., receipt_id: _Optional[str] = ..., authorization_id: _Optional[str] = ..., session_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., amount: _Optional[int] = ..., provider_refund: _Optional[int] = ..., fee_refund: _Optional[int] = ..., credited_account_id: _Optional[str] = ..., reason: _Optional[str] = ..., dispute_id: _Optional[str] = ..., worker_usage_payload: _Optional[bytes] = ..., worker_usage_signature: _Optional[bytes] = ..., refund_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ...) -> None: ...
+    worker_usage_batch: bytes
+    def __init__(self, refund_id: _Optional[str] = ..., receipt_id: _Optional[str] = ..., authorization_id: _Optional[str] = ..., session_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., amount: _Optional[int] = ..., provider_refund: _Optional[int] = ..., fee_refund: _Optional[int] = ..., credited_account_id: _Optional[str] = ..., reason: _Optional[str] = ..., dispute_id: _Optional[str] = ..., worker_usage_payload: _Optional[bytes] = ..., worker_usage_signature: _Optional[bytes] = ..., refund_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ..., worker_usage_batch: _Optional[bytes] = ...) -> None: ...
 
 class RefundReceiptRequest(_message.Message):
     __slots__ = ("request_id", "receipt_id", "amount", "reason")

@@ -68,7 +68,7 @@ class Scope(_message.Message):
     def __init__(self, resource_class: _Optional[str] = ..., model: _Optional[str] = ..., max_prices: _Optional[_Union[PriceSheet, _Mapping]] = ..., worker_id: _Optional[str] = ..., cache_scope: _Optional[str] = ..., worker_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Receipt(_message.Message):
-    __slots__ = ("receipt_id", "authorization_id", "session_id", "held", "charged", "worker_payout", "platform_fee", "released", "usage", "prices", "outcome", "settle_time", "key_id", "signature", "signed_payload", "worker_usage_payload", "worker_usage_signature", "period_start", "period_end", "sealed_itemised", "receipt_key_id", "worker_usage_batch", "mandate_hash")
+    __slots__ = ("receipt_id", "authorization_id", "session_id", "held", "charged", "worker_payout", "platform_fee", "released", "usage", "prices", "outcome", "settle_time", "key_id", "signature", "signed_payload", "worker_usage_payload", "worker_usage_signature", "period_start", "period_end", "sealed_itemised", "receipt_key_id", "worker_usage_batch", "mandate_hash", "wallet_id")
     RECEIPT_ID_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class Receipt(_message.Message):
     RECEIPT_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_USAGE_BATCH_FIELD_NUMBER: _ClassVar[int]
     MANDATE_HASH_FIELD_NUMBER: _ClassVar[int]
+    WALLET_ID_FIELD_NUMBER: _ClassVar[int]
     receipt_id: str
     authorization_id: str
     session_id: str
@@ -115,4 +116,5 @@ class Receipt(_message.Message):
     receipt_key_id: str
     worker_usage_batch: bytes
     mandate_hash: str
-    def __init__(self, receipt_id: _Optional[str] = ..., authorization_id: _Optional[str] = ..., session_id: _Optional[str] = ..., held: _Optional[int] = ..., charged: _Optional[int] = ..., worker_payout: _Optional[int] = ..., platform_fee: _Optional[int] = ..., released: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., prices: _Optional[_Union[PriceSheet, _Mapping]] = ..., outcome: _Optional[str] = ..., settle_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ..., worker_usage_payload: _Optional[bytes] = ..., worker_usage_signature: _Optional[bytes] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sealed_itemised: _Optional[bytes] = ..., receipt_key_id: _Optional[str] = ..., worker_usage_batch: _Optional[bytes] = ..., mandate_hash: _Optional[str] = ...) -> None: ...
+    wallet_id: str
+    def __init__(self, receipt_id: _Optional[str] = ..., authorization_id: _Optional[str] = ..., session_id: _Optional[str] = ..., held: _Optional[int] = ..., charged: _Optional[int] = ..., worker_payout: _Optional[int] = ..., platform_fee: _Optional[int] = ..., released: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., prices: _Optional[_Union[PriceSheet, _Mapping]] = ..., outcome: _Optional[str] = ..., settle_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ..., worker_usage_payload: _Optional[bytes] = ..., worker_usage_signature: _Optional[bytes] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sealed_itemised: _Optional[bytes] = ..., receipt_key_id: _Optional[str] = ..., worker_usage_batch: _Optional[bytes] = ..., mandate_hash: _Optional[str] = ..., wallet_id: _Optional[str] = ...) -> None: ...

@@ -95,16 +95,26 @@ class GetStatementResponse(_message.Message):
     def __init__(self, statement: _Optional[_Union[Statement, _Mapping]] = ...) -> None: ...
 
 class WalletTotal(_message.Message):
-    __slots__ = ("wallet_id", "charged", "released", "job_count")
+    __slots__ = ("wallet_id", "charged", "released", "job_count", "parent_wallet_id", "depth", "rollup_charged", "rollup_released", "rollup_job_count")
     WALLET_ID_FIELD_NUMBER: _ClassVar[int]
     CHARGED_FIELD_NUMBER: _ClassVar[int]
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     JOB_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_WALLET_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    ROLLUP_CHARGED_FIELD_NUMBER: _ClassVar[int]
+    ROLLUP_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    ROLLUP_JOB_COUNT_FIELD_NUMBER: _ClassVar[int]
     wallet_id: str
     charged: int
     released: int
     job_count: int
-    def __init__(self, wallet_id: _Optional[str] = ..., charged: _Optional[int] = ..., released: _Optional[int] = ..., job_count: _Optional[int] = ...) -> None: ...
+    parent_wallet_id: str
+    depth: int
+    rollup_charged: int
+    rollup_released: int
+    rollup_job_count: int
+    def __init__(self, wallet_id: _Optional[str] = ..., charged: _Optional[int] = ..., released: _Optional[int] = ..., job_count: _Optional[int] = ..., parent_wallet_id: _Optional[str] = ..., depth: _Optional[int] = ..., rollup_charged: _Optional[int] = ..., rollup_released: _Optional[int] = ..., rollup_job_count: _Optional[int] = ...) -> None: ...
 
 class PaymentModelTotal(_message.Message):
     __slots__ = ("payment_model", "charged", "job_count")

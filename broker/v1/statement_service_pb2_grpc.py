@@ -106,9 +106,9 @@ class StatementServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListReceipts(self, request, context):
-        """Lists the receipts of one wallet, newest first (AIP-158 pagination): the outward
-        part in clear, the itemised part sealed. Owner, agent (its own wallet), auditor or
-        admin key.
+        """Lists the receipts of one wallet and of every sub-budget below it, newest first
+        (AIP-158 pagination): the outward part in clear, the itemised part sealed. Owner,
+        agent (its own wallet, or a sub-budget below it), auditor or admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -230,7 +230,8 @@ async function run(opts) {
     // can do the same): the worker's signed final usage and the prices, which stay
     // readable beside the seal when the owner's itemised part is sealed (docs/wire.md).
     const report = verify.verifyWorkerUsage(receipt.worker_usage_payload,
-      receipt.worker_usage_signature, offer.usage_public_key, receipt.usage);
+      receipt.worker_usage_signature, offer.usage_public_key, receipt.usage,
+      receipt.worker_usage_batch);
     const charge = verify.chargeFor(report.usage, receipt.prices, receipt.held);
     if (charge !== BigInt(receipt.charged)) {
       throw new AgentError(`the signed usage costs ${charge}, not the charged ${receipt.charged}`);

@@ -110,11 +110,29 @@ function verifyFee(signedReceipt, feeBps) {
   return fee;
 }
 
-/** The worker's signed final usage: signature by its usage key, and the usage it states. */
-function verifyWorkerUsage(payload, signature, usagePublicKey, usage) {
+/**
+ * The worker's signed final usage: signature by its usage key, and the usage it states.
+ * `batch` (Receipt.worker_usage_batch), when not empty: the usage came in a MeterWorker
+ * batch signed as a whole; the signature is over the batch, which must list the hex
+ * SHA-256 of the payload (docs/wire.md).
+ */
+function verifyWorkerUsage(payload, signature, usagePublicKey, usage, batch) {
   if (!payload || payload.length === 0) throw new VerifyError('the usage is not signed');
-  if (!ed25519(payload, signature, usagePublicKey)) {
+  const batched = Buffer.isBuffer(batch) && batch.length > 0;
+  if (!ed25519(batched ? batch : payload, signature, usagePublicKey)) {
     throw new VerifyError("the worker's usage signature does not verify");
+  }
+  if (batched) {
+    let listed;
+    try {
+      listed = JSON.parse(batch.toString('utf8')).reports;
+    } catch {
+      listed = undefined;
+    }
+    const digest = crypto.createHash('sha256').update(payload).digest('hex');
+    if (!Array.isArray(listed) || !listed.includes(digest)) {
+      throw new VerifyError('the signed batch does not list the usage');
+    }
   }
   const report = JSON.parse(payload.toString('utf8'));
   if (report.final !== true) throw new VerifyError('the signed usage is not the final report');

@@ -17,8 +17,10 @@ from broker.core import (
     killswitch,
     metering,
     policy,
+    receipts,
     refunds,
     registry,
+    statements,
     wallets,
 )
 from broker.core.access import Principal
@@ -295,6 +297,8 @@ class TreeModel(RuleBasedStateMachine):
         self.held: dict[str, tuple[str, int]] = {}  # authorization -> (wallet, amount)
         self.spent = dict.fromkeys(self.caps, 0)
         self.root_posted = 30_000
+        self.receipts: dict[str, tuple[str, int]] = {}  # receipt -> (wallet, charged)
+        self.since = self.w.now
 
     def levels(self, wallet_id: str) -> list[str]:
         out = []
@@ -367,6 +371,7 @@ class TreeModel(RuleBasedStateMachine):
             tx, self.worker_p, session_id, usage, self.w.now, self.w.config, self.w.signer))
         if receipt is None:
             return None
+        self.receipts[receipt["receipt_id"]] = (self.held[auth_id][0], receipt["charged"])
         self.settled(auth_id, receipt["charged"])
         return (auth_id, receipt["receipt_id"], receipt["charged"])
 
@@ -399,6 +404,8 @@ class TreeModel(RuleBasedStateMachine):
         self.w.run(lambda tx: metering.expire_due(tx, self.w.now, self.w.config, self.w.signer))
         for auth_id in due:
             auth = self.w.read(lambda tx, a=auth_id: tx.get("authorizations", a))
+            if auth["receipt_id"]:  # (redeemed: settled on its acknowledged usage)
+                self.receipts[auth["receipt_id"]] = (auth["wallet_id"], auth["charged"])
             self.settled(auth_id, auth["charged"])
 
     @invariant()
@@ -410,6 +417,42 @@ class TreeModel(RuleBasedStateMachine):
             assert level["spent"] == self.spent[wallet_id]
         assert self.w.balance(self.root["wallet_id"])["available"] >= 0
         assert self.w.balance(self.root["wallet_id"])["posted"] == self.root_posted
+
+    @invariant()
+    def receipts_and_statements_roll_up(self):
+        """Each level's key lists exactly its subtree's receipts, and the owner's
+        statement subtotals each level's subtree: charged, released and job count."""
+        root_id = self.root["wallet_id"]
+
+        def subtree(wallet_id: str) -> set[str]:
+            return {r for r, (w, _) in self.receipts.items()
+                    if wallet_id in (root_id, w, *self.levels(w))}
+
+        for agent in self.agents:
+            listed = self.w.read(lambda tx, a=agent: receipts.list_receipts(
+                tx, a, "", 1000, ""))["receipts"]
+            assert {r["receipt_id"] for r in listed} == subtree(agent.wallet_id)
+        start = self.since - self.since % receipts.DAY_MS
+        found = self.w.read(lambda tx: statements.owner_statement(
+            tx, self.owner_p, "", start, self.w.now + 1, 0, False, self.w.config,
+            self.w.signer))
+        lines = {line["wallet_id"]: line for line in found["wallets"]}
+        for agent in self.agents:
+            mine = subtree(agent.wallet_id)
+            if not mine:
+                assert agent.wallet_id not in lines
+                continue
+            line = lines[agent.wallet_id]
+            charged = sum(self.receipts[r][1] for r in mine)
+            assert (line["rollup_charged"], line["rollup_job_count"]) == (charged, len(mine))
+            assert line["parent_wallet_id"] == self.parent.get(agent.wallet_id, "")
+            assert line["depth"] == len(self.levels(agent.wallet_id))
+            children = [c for c in lines.values() if c["parent_wallet_id"] == agent.wallet_id]
+            for name in ("charged", "released", "job_count"):
+                assert line[f"rollup_{name}"] == line[name] + sum(
+                    c[f"rollup_{name}"] for c in children)
+        assert found["total_charged"] == sum(c for _, c in self.receipts.values())
+        assert set(lines) <= {a.wallet_id for a in self.agents}
 
 
 TestTreeNeverOverdrawn = TreeModel.TestCase

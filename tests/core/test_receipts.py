@@ -203,11 +203,14 @@ def test_statement_totals_per_wallet_and_payment_model_without_line_items():
             tx, shop.owner_p, "", start, end, granularity, annex, w.config, w.signer))
 
     s = statement()
+    root = {"parent_wallet_id": "", "depth": 0}  # (roll-ups of trees: test_delegation.py)
     assert s["wallets"] == sorted([
         {"wallet_id": shop.wallet["wallet_id"], "charged": 4010,
-         "released": 200_000 - 4010, "job_count": 2},
+         "released": 200_000 - 4010, "job_count": 2, **root, "rollup_charged": 4010,
+         "rollup_released": 200_000 - 4010, "rollup_job_count": 2},
         {"wallet_id": second["wallet_id"], "charged": 1, "released": 99_999,
-         "job_count": 1}], key=lambda t: t["wallet_id"])
+         "job_count": 1, **root, "rollup_charged": 1, "rollup_released": 99_999,
+         "rollup_job_count": 1}], key=lambda t: t["wallet_id"])
     assert s["payment_models"] == [
         {"payment_model": "metered_time", "charged": 2001, "job_count": 2},
         {"payment_model": "per_inference", "charged": 2010, "job_count": 1}]

@@ -857,7 +857,7 @@ class Fuzzer:
     # -- the worker's batched metering stream (MeterWorker) --------------------------------
 
     def fuzz_meter_worker(self, rpc: Rpc) -> None:
-        """Up to four batches: opens, then reports (signed once per batch) and finishes of
+        """Up to four batches: opens, then reports and finishes (signed once per batch) of
         the sessions opened, each batch possibly mutated; or random batches. Every item's
         error must be a documented reason, and a batch whose items all failed must have
         changed nothing."""
@@ -940,12 +940,18 @@ class Fuzzer:
                 msg.resume_session_ids.append(rng.choice(sorted(self.open_sessions)))
         else:
             finishing = rng.random() < 0.4
+            # A finish is signed with the batch, or (as old workers do) on its own.
+            own = rng.random() < 0.3
             digests = []
             for session_id, (seq, usage) in sessions.items():
                 grown = _grow(rng, usage)
                 if finishing:
                     msg.finishes.add(session_id=session_id, finish=meter_pb.FinishSession(
-                        usage=grown, signature=self._sign(session_id, grown, final=True)))
+                        usage=grown,
+                        signature=self._sign(session_id, grown, final=True) if own else b""))
+                    if not own:
+                        digests.append(usage_signing.digest(usage_signing.payload(
+                            session_id, _usage_record(grown), final=True)))
                 else:
                     msg.reports.add(session_id=session_id, seq=seq + 1, usage=grown)
                     digests.append(usage_signing.digest(usage_signing.payload(

@@ -470,13 +470,15 @@ def unchanged(h, code, reason):
     return _Check()
 
 
-def agents_copy(receipt: res_pb.Receipt, authorization_id: str) -> res_pb.Receipt:
+def agents_copy(receipt: res_pb.Receipt, auth: auth_pb.Authorization) -> res_pb.Receipt:
     """The worker's copy of a receipt as GetReceipt gives it to the agent and owner (of
-    an owner without a receipt key): the same, plus the authorization id."""
+    an owner without a receipt key): the same, plus the authorization and wallet ids."""
     assert receipt.authorization_id == "", "the worker's copy never names the authorization"
+    assert receipt.wallet_id == "", "the worker's copy never names the wallet"
     copy = res_pb.Receipt()
     copy.CopyFrom(receipt)
-    copy.authorization_id = authorization_id
+    copy.authorization_id = auth.authorization_id
+    copy.wallet_id = auth.wallet_id
     return copy
 
 

@@ -125,8 +125,9 @@ def test_a_partial_refund_lands_once(hm):
     assert (first.receipt_id, first.authorization_id, first.dispute_id) == \
         (receipt.receipt_id, auth.authorization_id, dispute.dispute_id)
     # Linked to the worker's signed usage, and signed by the broker.
-    assert (first.worker_usage_payload, first.worker_usage_signature) == \
-        (receipt.worker_usage_payload, receipt.worker_usage_signature)
+    assert (first.worker_usage_payload, first.worker_usage_signature,
+            first.worker_usage_batch) == (receipt.worker_usage_payload,
+                                          receipt.worker_usage_signature, b"")
     usage_key.verify_key.verify(first.worker_usage_payload, first.worker_usage_signature)
     VerifyKey(hm.receipt_keys()[first.key_id]).verify(first.signed_payload, first.signature)
     assert json.loads(first.signed_payload)["amount"] == 30_000

@@ -4,6 +4,9 @@ refused with its status and reason, and nothing held or spent."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import random
 import threading
 
@@ -11,19 +14,22 @@ import grpc
 from nacl.signing import SigningKey, VerifyKey
 
 from broker.client import narrow_voucher
+from broker.console import views
+from broker.console.broker_calls import ConsoleClient
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import delegation_service_pb2 as pb
 from broker.v1 import delegation_service_pb2_grpc as pb_grpc
 from broker.v1 import policy_service_pb2 as pol_pb
 from broker.v1 import resources_pb2 as res_pb
+from broker.v1 import statement_service_pb2 as st_pb
 from broker.v1 import voucher_key_service_pb2 as keys_pb
 from broker.v1 import wallet_service_pb2 as wallet_pb
-from common import mandates, vouchers
+from common import convert, mandates, vouchers
 from common.clock import now_ms
 from common.status import error_info
 
 from .conftest import Client, _Bound, bearer, rid, rpc_error, unchanged
-from .spend_helpers import policy, set_policy
+from .spend_helpers import charge, policy, register_signing_worker, set_policy
 
 OK = grpc.StatusCode
 
@@ -247,3 +253,103 @@ def _ancestors(name: str, parents: dict[str, str]) -> set[str]:
         name = parents[name]
         out.add(name)
     return out
+
+
+# -- receipts and statements roll up to the parents ----------------------------------------
+
+
+def test_receipts_and_statements_roll_up_a_three_level_tree(h):
+    """root -> a -> a1 -> a11 -> a111 (the deepest a tree may go), and a sibling b of a,
+    with jobs run (redeemed, metered, finished) at every level: the owner's statement
+    subtotals each level's subtree, and the totals are the receipts' charges; an
+    ancestor's key lists and gets its descendants' receipts, a sibling's or a
+    descendant's key neither."""
+    worker_id, usage_key = register_signing_worker(h)  # the charge is the GPU-ms
+    parents = {"a": "root", "a1": "a", "a11": "a1", "a111": "a11", "b": "root"}
+    clients, wallets = {"root": h.agent}, {"root": h.wallet_id}
+    for name in ("a", "a1", "a11", "a111", "b"):
+        made = delegation(h, clients[parents[name]].key).CreateSubBudget(
+            pb.CreateSubBudgetRequest(request_id=rid(), display_name=name, cap=200_000))
+        clients[name], wallets[name] = Client(h.channel, made.api_key), made.wallet.wallet_id
+    jobs = {"root": [1_000], "a": [2_000], "a1": [3_000, 300], "a11": [4_000],
+            "a111": [700], "b": [5_000]}
+    auths: dict[str, list[auth_pb.Authorization]] = {name: [] for name in jobs}
+    receipts = {}  # receipt id -> level
+    for name, runs in jobs.items():
+        for gpu_ms in runs:
+            auth = clients[name].authorize(50_000, scope=res_pb.Scope(model="tiny-lm"))
+            receipt = charge(h, worker_id, auth.voucher, gpu_ms, usage_key)
+            assert receipt.charged == gpu_ms
+            auths[name].append(auth)
+            receipts[receipt.receipt_id] = name
+
+    def below(name: str) -> set[str]:  # the level and its descendants
+        return {n for n in jobs if n == name or name in _ancestors(n, parents)}
+
+    # The statement: each level's roll-up is its subtree's charges, at every level.
+    statement = h.owner.statements.GetStatement(st_pb.GetStatementRequest(
+        period_start=convert.timestamp(now_ms() - 86_400_000),
+        period_end=convert.timestamp(now_ms() + 60_000))).statement
+    lines = {w.wallet_id: w for w in statement.wallets}
+    for name, wallet_id in wallets.items():
+        line = lines[wallet_id]
+        own = sum(jobs[name])
+        subtree = sum(sum(jobs[n]) for n in below(name))
+        assert (line.charged, line.job_count) == (own, len(jobs[name])), name
+        assert (line.rollup_charged, line.rollup_job_count) == (
+            subtree, sum(len(jobs[n]) for n in below(name))), name
+        assert line.rollup_released == sum(50_000 * len(jobs[n]) for n in below(name)) - \
+            subtree, name
+        assert line.parent_wallet_id == wallets.get(parents.get(name, ""), "")
+        assert line.depth == len(_ancestors(name, parents))
+    assert statement.total_charged == sum(map(sum, jobs.values())) == \
+        lines[h.wallet_id].rollup_charged
+    # The roll-up is in the signed payload too.
+    signed = {w["wallet_id"]: w for w in json.loads(statement.signed_payload)["wallets"]}
+    assert signed[wallets["a"]]["rollup_charged"] == 2_000 + 3_300 + 4_000 + 700
+    assert lines[wallets["a111"]].depth == 4
+
+    # Receipts: each key lists exactly its subtree's, each naming the wallet it was
+    # spent from; an ancestor may also name a descendant's wallet, and get its receipts.
+    for name, client in clients.items():
+        listed = client.statements.ListReceipts(st_pb.ListReceiptsRequest()).receipts
+        assert {r.receipt_id for r in listed} == {
+            r for r, level in receipts.items() if level in below(name)}, name
+        assert {r.wallet_id for r in listed} == {wallets[n] for n in below(name)}
+    deep = clients["a"].statements.ListReceipts(st_pb.ListReceiptsRequest(
+        wallet_id=wallets["a11"])).receipts
+    assert {r.wallet_id for r in deep} == {wallets["a11"], wallets["a111"]}
+    for ancestor in ("root", "a", "a1"):
+        got = clients[ancestor].receipt(auths["a11"][0].authorization_id)
+        assert (got.charged, got.wallet_id) == (4_000, wallets["a11"])
+    # A sibling, or a descendant looking up, sees nothing: as if it did not exist.
+    for name, other in [("b", "a"), ("b", "a111"), ("a", "b"), ("a111", "a11"),
+                        ("a11", "a"), ("a1", "root")]:
+        with rpc_error(OK.NOT_FOUND, "WALLET_NOT_FOUND"):
+            clients[name].statements.ListReceipts(st_pb.ListReceiptsRequest(
+                wallet_id=wallets[other]))
+        with rpc_error(OK.NOT_FOUND, "AUTHORIZATION_NOT_FOUND"):
+            clients[name].receipt(auths[other][0].authorization_id)
+    # Reading a descendant's receipt gives no other power over its authorization.
+    with rpc_error(OK.NOT_FOUND, "AUTHORIZATION_NOT_FOUND"):
+        clients["a"].get_authorization(auths["a11"][0].authorization_id)
+
+    # The console (over the broker's API, as its pages call it): the statement CSV's
+    # wallet rows carry the roll-up, and each receipt is shown once, under its wallet.
+    console = ConsoleClient(h.channel, h.owner.key)
+    rows = views.statement_rows(console, now_ms() - 86_400_000, now_ms() + 60_000, "day")
+    table = list(csv.DictReader(io.StringIO(views.to_csv(rows))))
+    (whole,) = [r for r in table if r["kind"] == "range_total"]
+    assert int(whole["charged"]) == sum(map(sum, jobs.values()))
+    by_wallet = {r["id"]: r for r in table if r["kind"] == "wallet"}
+    for name, wallet_id in wallets.items():
+        row = by_wallet[wallet_id]
+        assert int(row["rollup_charged"]) == sum(sum(jobs[n]) for n in below(name))
+        assert row["parent_wallet_id"] == wallets.get(parents.get(name, ""), "")
+    shown = views.receipts(console)
+    assert sorted(r["receipt_id"] for r in shown) == sorted(receipts)
+    assert {r["receipt_id"]: r["wallet_name"] for r in shown} == {
+        r: ("demo agent wallet" if level == "root" else level)
+        for r, level in receipts.items()}
+    assert list(h.summary().violations) == []
+

@@ -133,8 +133,8 @@ def test_stop_before_hold_is_exceeded_then_settle(h):
     verify_receipt(h, receipt)
 
     # The agent (and the owner) can fetch the same receipt.
-    assert h.agent.receipt(auth.authorization_id) == agents_copy(receipt, auth.authorization_id)
-    assert h.owner.receipt(auth.authorization_id) == agents_copy(receipt, auth.authorization_id)
+    assert h.agent.receipt(auth.authorization_id) == agents_copy(receipt, auth)
+    assert h.owner.receipt(auth.authorization_id) == agents_copy(receipt, auth)
     settled = h.agent.get_authorization(auth.authorization_id)
     assert settled.state == auth_pb.AUTHORIZATION_STATE_SETTLED
     assert (settled.charged, settled.receipt_id) == (charged, receipt.receipt_id)

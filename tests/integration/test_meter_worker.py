@@ -14,8 +14,10 @@ from nacl.signing import SigningKey
 from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import metering_service_pb2 as pb
 from broker.v1 import metering_service_pb2_grpc as pb_grpc
+from broker.v1 import policy_service_pb2 as pol_pb
 from broker.v1 import resources_pb2 as res_pb
 from common import usage_signing
+from common.money import USAGE_FIELDS
 from worker.broker_link import MeteringSession
 from worker.worker_stream import ItemRefused, WorkerStream
 
@@ -24,10 +26,11 @@ from .conftest import (
     bearer,
     check_error,
     open_session,
+    rid,
     run,
     stream_rpc_error,
 )
-from .spend_helpers import register_signing_worker
+from .spend_helpers import policy, register_signing_worker
 
 
 def vouchers(h, n: int, amount: int = 1_000_000) -> list[auth_pb.Authorization]:
@@ -54,8 +57,8 @@ class RawStream:
             worker_id=self.worker_id if worker_id is None else worker_id,
             batch_id=self.batch_id, opens=opens, resume_session_ids=resumes, reports=reports,
             finishes=finishes)
-        if signature is None and self.key is not None and reports:
-            signature = sign_batch(self.key, request.reports)
+        if signature is None and self.key is not None and (reports or finishes):
+            signature = sign_batch(self.key, request.reports, request.finishes)
         request.signature = signature or b""
         await self.call.write(request)
         while True:
@@ -66,11 +69,30 @@ class RawStream:
                 return response
 
 
-def sign_batch(key: SigningKey, reports) -> bytes:
+def sign_batch(key: SigningKey, reports, finishes=()) -> bytes:
+    """The batch signature (docs/wire.md): over its reports' payloads, then the final
+    payloads of its finishes that have no signature of their own."""
     digests = [usage_signing.digest(usage_signing.payload(
         r.session_id, {"gpu_ms": r.usage.gpu_ms, "calls": r.usage.calls}, seq=r.seq))
         for r in reports]
+    digests += [usage_signing.digest(usage_signing.payload(
+        f.session_id, {"gpu_ms": f.finish.usage.gpu_ms, "calls": f.finish.usage.calls},
+        final=True)) for f in finishes if not f.finish.signature]
     return usage_signing.sign(key, usage_signing.batch_payload(digests))
+
+
+def finish(session_id: str, gpu_ms: int, signature: bytes = b"") -> pb.SessionFinish:
+    return pb.SessionFinish(session_id=session_id, finish=pb.FinishSession(
+        usage=res_pb.Usage(gpu_ms=gpu_ms), signature=signature))
+
+
+def check_proof(key: SigningKey, receipt: res_pb.Receipt, *, batched: bool) -> dict:
+    """The receipt's worker usage verifies with the worker's key alone: over the batch
+    that lists it (`batched`), or on its own. Returns the signed payload."""
+    assert bool(receipt.worker_usage_batch) == batched
+    usage_signing.verify_proof(bytes(key.verify_key).hex(), receipt.worker_usage_payload,
+                               receipt.worker_usage_signature, receipt.worker_usage_batch)
+    return json.loads(receipt.worker_usage_payload)
 
 
 def report(session_id: str, seq: int, gpu_ms: int) -> pb.SessionUsageReport:
@@ -81,8 +103,8 @@ def report(session_id: str, seq: int, gpu_ms: int) -> pb.SessionUsageReport:
 def test_batched_sessions_charge_stop_and_settle_like_per_session_streams(h):
     """Eight sessions on one stream: each charged on its own usage, capped at its hold
     and stopped one interval ahead; each settles with a receipt whose signed final usage
-    verifies with the worker's key alone, and its last batched report is kept with the
-    batch bytes that list it."""
+    verifies with the worker's key alone, over the batch that carried the finish (signed
+    once for all of them), which lists it."""
     worker_id, key = register_signing_worker(h)  # 1 micro-credit per GPU-ms
     auths = vouchers(h, 8, amount=500_000)
 
@@ -110,8 +132,8 @@ def test_batched_sessions_charge_stop_and_settle_like_per_session_streams(h):
     assert [r.charged for r in receipts] == [10 * (i + 1) for i in range(7)]
     assert last.charged == 500_000 and last.outcome == "STOPPED"
     for r in [*receipts, last]:
-        key.verify_key.verify(r.worker_usage_payload, r.worker_usage_signature)
-        assert json.loads(r.worker_usage_payload)["final"] is True
+        assert check_proof(key, r, batched=True)["final"] is True
+    assert len({r.worker_usage_batch for r in receipts}) == 1  # one batch: 7 finishes
     for a, r in zip(auths, [*receipts, last], strict=True):
         auth = h.owner.get_authorization(a.authorization_id)
         assert auth.state == auth_pb.AUTHORIZATION_STATE_SETTLED and auth.charged == r.charged
@@ -177,6 +199,68 @@ def test_forged_or_missing_batch_signature_refuses_every_report(h):
             raw.call.cancel()
 
     run(go())
+
+
+def test_finishes_are_signed_with_their_batch(h):
+    """A finish without a signature of its own is signed with the batch, reports and
+    finishes together: a forged, missing or stale batch signature, or a finish changed
+    in transit, refuses each item of the batch (nothing settled, the sessions stay
+    open); signed right, each settles with a receipt, and a refund of it, whose proof is
+    the batch. A finish signed on its own (as on `Meter`) is still checked on its own."""
+    worker_id, key = register_signing_worker(h)
+    auths = vouchers(h, 4, amount=100_000)
+
+    async def go():
+        async with aio_channel(h.target) as ch:
+            raw = RawStream(ch, h.creds["worker_api_key"], worker_id, key)
+            opened = await raw.send(opens=[pb.WorkerOpen(ref=str(i), open=pb.OpenSession(
+                voucher=a.voucher)) for i, a in enumerate(auths)])
+            ids = [r.session_id for r in opened.results]
+            reports, finishes = [report(ids[0], 1, 100)], [finish(ids[1], 200)]
+            bad = [
+                await raw.send(reports=reports, finishes=finishes,
+                               signature=sign_batch(SigningKey.generate(), reports, finishes)),
+                await raw.send(reports=reports, finishes=finishes, signature=b""),
+                # Signed over the reports only (the finish left out of the batch bytes).
+                await raw.send(reports=reports, finishes=finishes,
+                               signature=sign_batch(key, reports)),
+                # The finish's usage changed after signing.
+                await raw.send(reports=reports, finishes=[finish(ids[1], 20)],
+                               signature=sign_batch(key, reports, finishes))]
+            for answer in bad:
+                assert len(answer.results) == 2
+                for result in answer.results:
+                    item_error(result, grpc.StatusCode.PERMISSION_DENIED,
+                               "USAGE_SIGNATURE_INVALID")
+            # Signed right: the report acknowledged, the finishes settled, one of them
+            # (the old way) signed on its own.
+            own = usage_signing.sign(key, usage_signing.payload(ids[3], {"gpu_ms": 400},
+                                                                 final=True))
+            good = await raw.send(reports=reports, finishes=[
+                *finishes, finish(ids[2], 300), finish(ids[3], 400, own)])
+            assert good.results[0].ack.charged == 100
+            settled = [r.settled.receipt for r in good.results[1:]]
+            assert [r.charged for r in settled] == [200, 300, 400]
+            raw.call.cancel()
+            return ids, settled
+
+    ids, settled = run(go())
+    batch = settled[0].worker_usage_batch
+    assert settled[1].worker_usage_batch == batch  # both finishes in the one batch
+    assert len(json.loads(batch)["reports"]) == 3  # the report and the two finishes
+    for session_id, receipt, auth in zip(ids[1:3], settled[:2], auths[1:3], strict=True):
+        stored = h.owner.receipt(auth.authorization_id)  # the worker's usage, as kept
+        assert check_proof(key, stored, batched=True) == {
+            "final": True, "session_id": session_id,
+            "usage": {**dict.fromkeys(USAGE_FIELDS, 0), "gpu_ms": receipt.charged}}
+    assert check_proof(key, h.owner.receipt(auths[3].authorization_id), batched=False)[
+        "usage"]["gpu_ms"] == 400
+    refund = policy(h, h.admin).RefundReceipt(pol_pb.RefundReceiptRequest(
+        request_id=rid(), receipt_id=settled[0].receipt_id, amount=50, reason="x")).refund
+    assert (refund.worker_usage_payload, refund.worker_usage_signature,
+            refund.worker_usage_batch) == (settled[0].worker_usage_payload,
+                                           settled[0].worker_usage_signature, batch)
+    assert list(h.summary().violations) == []
 
 
 @pytest.mark.parametrize("case", ["repeated_session", "repeated_ref", "too_many",

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from broker.client import BrokerClient
+from common import usage_signing
 from worker.v1 import worker_service_pb2 as worker_pb
 
 from .broker_process import ROOT
@@ -163,11 +164,16 @@ attempt('fee', () => v.verifyFee(v.verifyReceipt(r, keys(d.receipt_keys)), d.fee
 attempt('fee_other_rate', () => v.verifyFee(v.verifyReceipt(r, keys(d.receipt_keys)),
   d.fee_bps + 100));
 attempt('usage', () => v.verifyWorkerUsage(b(d.usage_payload), b(d.usage_signature),
-  b(d.usage_key), d.usage));
+  b(d.usage_key), d.usage, b(d.usage_batch)));
 attempt('usage_other_worker', () => v.verifyWorkerUsage(b(d.usage_payload),
-  b(d.usage_signature), b(d.receipt_keys[0][1]), d.usage));
+  b(d.usage_signature), b(d.receipt_keys[0][1]), d.usage, b(d.usage_batch)));
 attempt('usage_other_tokens', () => v.verifyWorkerUsage(b(d.usage_payload),
-  b(d.usage_signature), b(d.usage_key), { ...d.usage, output_tokens: 1 }));
+  b(d.usage_signature), b(d.usage_key), { ...d.usage, output_tokens: 1 }, b(d.usage_batch)));
+attempt('usage_without_batch', () => v.verifyWorkerUsage(b(d.usage_payload),
+  b(d.usage_signature), b(d.usage_key), d.usage));
+attempt('usage_not_in_batch', () => v.verifyWorkerUsage(
+  Buffer.from(b(d.usage_payload).toString().replace('"final":true', '"final":true ')),
+  b(d.usage_signature), b(d.usage_key), d.usage, b(d.usage_batch)));
 console.log(JSON.stringify(out));
 """
 
@@ -191,6 +197,8 @@ def test_verify_js_accepts_what_the_broker_signs_and_refuses_any_change(world, n
         model="tiny-lm", prompt="Hi", max_new_tokens=4)))
     assert run.events[-1].result.status == worker_pb.JOB_STATUS_COMPLETED
     receipt = world.wait_settled(auth.authorization_id)
+    # The worker daemon meters on MeterWorker and signs the final usage with its batch.
+    assert usage_signing.in_batch(receipt.worker_usage_payload, receipt.worker_usage_batch)
     data = {"voucher": auth.voucher, "forged_voucher": forged,
             "voucher_keys": [[k, b64(v)] for k, v in world.agent.voucher_keys().items()],
             "receipt": {**MessageToDict(receipt, preserving_proto_field_name=True),
@@ -201,6 +209,7 @@ def test_verify_js_accepts_what_the_broker_signs_and_refuses_any_change(world, n
             "fee_bps": world.agent.platform_fee_bps(),
             "usage_payload": b64(receipt.worker_usage_payload),
             "usage_signature": b64(receipt.worker_usage_signature),
+            "usage_batch": b64(receipt.worker_usage_batch),
             "usage_key": b64(offer.usage_public_key),
             "usage": MessageToDict(receipt.usage, preserving_proto_field_name=True,
                                    always_print_fields_with_no_presence=True)}
@@ -212,7 +221,8 @@ def test_verify_js_accepts_what_the_broker_signs_and_refuses_any_change(world, n
         "voucher": "ok", "voucher_other_amount": "refused", "voucher_expired": "refused",
         "receipt": "ok", "receipt_other_charge": "refused",
         "fee": "ok", "fee_other_rate": "refused",
-        "usage": "ok", "usage_other_worker": "refused", "usage_other_tokens": "refused"}
+        "usage": "ok", "usage_other_worker": "refused", "usage_other_tokens": "refused",
+        "usage_without_batch": "refused", "usage_not_in_batch": "refused"}
 
 
 def test_checks_its_charge_from_a_receipt_sealed_to_the_owner(world, node_agent):

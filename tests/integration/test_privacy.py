@@ -40,7 +40,7 @@ from broker.v1 import policy_service_pb2_grpc as policy_grpc
 from broker.v1 import statement_service_pb2 as statement_pb
 from broker.v1 import voucher_key_service_pb2 as keys_pb
 from broker.v1 import worker_registry_service_pb2 as registry_pb
-from common import mandates, sealing, vouchers
+from common import mandates, sealing, usage_signing, vouchers
 from common.files import write_secret
 from common.money import charge_for
 from worker.v1 import worker_service_pb2 as worker_pb
@@ -343,11 +343,13 @@ def test_sealed_receipt_opens_with_the_right_key_and_is_refused_with_a_wrong_one
     assert receipt.period_start.ToMilliseconds() <= item["settle_ms"] \
         < receipt.period_end.ToMilliseconds()
     assert item["open_ms"] <= item["settle_ms"]
-    # The worker's own signed usage is in it, and verifies with the worker's key.
+    # The worker's own signed usage is in it, and verifies with the worker's key (over
+    # the MeterWorker batch that carried the finish, which lists it: docs/wire.md).
     signed_usage = base64.b64decode(item["worker_usage"]["payload"])
     usage_key = SigningKey(bytes.fromhex(p.world.worker.usage_key_path.read_text().strip()))
-    usage_key.verify_key.verify(signed_usage,
-                                base64.b64decode(item["worker_usage"]["signature"]))
+    usage_signing.verify_proof(bytes(usage_key.verify_key).hex(), signed_usage,
+                               base64.b64decode(item["worker_usage"]["signature"]),
+                               base64.b64decode(item["worker_usage"]["batch"]))
     assert json.loads(signed_usage)["usage"] == item["usage"]
     # Reading from stdin works the same; so does the library function.
     assert json.loads(cli("receipts", "open", "--key", str(t.key_file),

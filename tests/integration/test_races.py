@@ -115,7 +115,7 @@ def test_hundred_connections_race_to_redeem_one_voucher(h):
     assert (receipt.held, receipt.charged, receipt.outcome) == (held, 77, "FINISHED")
     settled = h.owner.get_authorization(auth.authorization_id)
     assert (settled.state, settled.receipt_id) == (SETTLED, receipt.receipt_id)
-    assert h.owner.receipt(auth.authorization_id) == agents_copy(receipt, auth.authorization_id)
+    assert h.owner.receipt(auth.authorization_id) == agents_copy(receipt, auth)
     holds_resolved_once(h, 1)
     no_violations(h)
 
@@ -190,7 +190,7 @@ def test_cancel_races_redeem_and_finish(h):
             assert (now.state, now.charged, now.receipt_id) == \
                 (SETTLED, settled.charged, settled.receipt_id)
             assert h.owner.receipt(auth.authorization_id) == agents_copy(
-                settled, auth.authorization_id)
+                settled, auth)
             charged_total += settled.charged
     assert seen["cancelled"] and seen["settled"], seen
     # The money: only the settled rounds were charged, every hold resolved exactly once.
@@ -249,7 +249,7 @@ def test_finish_races_the_hold_expiry(h):
             check_error(stream_error(result), PRECONDITION, "SESSION_ALREADY_SETTLED")
         else:
             branches.append("finish")
-            assert agents_copy(result, auth.authorization_id) == receipt, offset
+            assert agents_copy(result, auth) == receipt, offset
         if receipt.outcome == "STOPPED":
             assert not isinstance(result, BaseException)
             assert settle_ms < expire_ms and receipt.charged == held
@@ -354,7 +354,7 @@ def test_two_streams_race_on_one_session(h):
         # Settled on the winning finish's usage, once.
         assert (receipt.charged, receipt.usage.gpu_ms, receipt.outcome) == \
             (usage, usage, "FINISHED")
-        assert h.owner.receipt(auth.authorization_id) == agents_copy(receipt, auth.authorization_id)
+        assert h.owner.receipt(auth.authorization_id) == agents_copy(receipt, auth)
         now = h.owner.get_authorization(auth.authorization_id)
         assert (now.state, now.charged) == (SETTLED, usage)
         charged_total += usage
@@ -387,5 +387,5 @@ def test_cancel_of_a_redeemed_or_settled_authorization_changes_nothing(h):
         h.owner.auths.CancelAuthorization(auth_pb.CancelAuthorizationRequest(
             authorization_id=auth.authorization_id))
     assert h.snapshot() == before
-    assert h.owner.receipt(auth.authorization_id) == agents_copy(receipt, auth.authorization_id)
+    assert h.owner.receipt(auth.authorization_id) == agents_copy(receipt, auth)
     assert h.owner.get_authorization(auth.authorization_id).state == SETTLED

@@ -209,7 +209,7 @@ def test_sigint_lets_a_session_finish_within_the_grace_period(w):
     w.restart_broker()
     assert w.state(auth.authorization_id).state == SETTLED
     assert w.agent.get_receipt(auth.authorization_id) == agents_copy(result.receipt,
-                                                                      auth.authorization_id)
+                                                                      auth)
     check_balanced(w, result.receipt, pending)
 
 

@@ -216,7 +216,7 @@ def test_mtls_cycle_agent_broker_worker(tmp_path, pki):
             assert result.status == worker_pb.JOB_STATUS_COMPLETED, result.error
             assert result.receipt.outcome == "FINISHED" and result.receipt.charged > 0
             assert agent.get_receipt(auth.authorization_id) == agents_copy(
-                result.receipt, auth.authorization_id)
+                result.receipt, auth)
             assert agent.balance().pending == 0
 
             # Refused at the handshake: plaintext, no client certificate, a client

@@ -14,6 +14,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from broker.client import BrokerClient
 from broker.v1 import authorization_service_pb2 as auth_pb
+from common import usage_signing
 from common.money import charge_for, split_fee
 from worker.v1 import worker_service_pb2 as worker_pb
 
@@ -64,10 +65,12 @@ def check_receipt(w, receipt, held: int, usage: dict, outcome: str = "FINISHED")
 
 def check_worker_signature(w, receipt, usage: dict) -> None:
     """The receipt keeps the worker's own signed final usage; it verifies with the
-    worker's usage key (the seed in its state dir) and says exactly `usage`."""
+    worker's usage key (the seed in its state dir), on its own or with the MeterWorker
+    batch it was signed in (docs/wire.md), and says exactly `usage`."""
     seed = bytes.fromhex(w.worker.usage_key_path.read_text().strip())
     verify_key = SigningKey(seed).verify_key
-    verify_key.verify(receipt.worker_usage_payload, receipt.worker_usage_signature)
+    usage_signing.verify_proof(bytes(verify_key).hex(), receipt.worker_usage_payload,
+                               receipt.worker_usage_signature, receipt.worker_usage_batch)
     assert json.loads(receipt.worker_usage_payload) == {
         "final": True, "session_id": receipt.session_id, "usage": usage}
 
@@ -143,7 +146,7 @@ def test_generate_end_to_end(w):
     assert 0 < receipt.charged < held
     check_worker_signature(w, receipt, final)
     assert w.agent.get_receipt(auth.authorization_id) == agents_copy(receipt,
-                                                                      auth.authorization_id)
+                                                                      auth)
     settled = w.state(auth.authorization_id)
     assert settled.state == auth_pb.AUTHORIZATION_STATE_SETTLED
     assert (settled.charged, settled.receipt_id) == (receipt.charged, receipt.receipt_id)

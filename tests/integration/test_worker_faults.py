@@ -75,7 +75,7 @@ def check_settled_on_measured_usage(w, auth, receipt, result_usage=None) -> dict
     assert receipt.released == receipt.held - receipt.charged
     assert receipt.worker_payout + receipt.platform_fee == receipt.charged
     # The worker's copy does not name the authorization; GetReceipt's does.
-    mine = receipt if receipt.authorization_id else agents_copy(receipt, auth.authorization_id)
+    mine = receipt if receipt.authorization_id else agents_copy(receipt, auth)
     assert w.agent.get_receipt(auth.authorization_id) == mine
     return usage
 
@@ -167,7 +167,7 @@ def test_same_voucher_twice(w):
     refused(w, auth.voucher, generate_job(max_new_tokens=4),
             grpc.StatusCode.FAILED_PRECONDITION, "VOUCHER_ALREADY_REDEEMED", domain=DOMAIN)
     assert w.agent.get_receipt(auth.authorization_id) == agents_copy(receipt,
-                                                                      auth.authorization_id)
+                                                                      auth)
 
 
 def test_unknown_model_and_bad_jobs(w):
