@@ -50,7 +50,7 @@ from .core import (
 from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
-from .keyring import Keyring, retire_voucher_keys
+from .keyring import Keyring, finish_retirements, journal_retirements
 from .metrics import BrokerMetrics
 from .store.base import StorageFull, Store, submit_single
 from .store.lmdb_store import RuntimeTables, lock_dir, unlock_dir
@@ -297,8 +297,12 @@ class Broker:
             s.keyring.reload()
             s.receipt_keyring.reload()
             if (self.prefork is None or self.prefork.primary) and s.keyring.due(s.clock()):
-                await submit_single(s.store, "voucher_keys",
-                                    lambda tx: retire_voucher_keys(tx, s.keyring, s.clock()))
+                now = s.clock()
+                # The seeds go after the commit (keyring.journal_retirements says why).
+                due = await submit_single(s.store, "voucher_keys", lambda tx: (
+                    journal_retirements(tx, s.keyring, now)))
+                if due:
+                    finish_retirements(s.keyring, due)
 
         async def alert_counts() -> None:
             self._count_alerts()
