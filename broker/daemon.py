@@ -85,6 +85,8 @@ KEEPALIVE_MS = 60_000
 KEEPALIVE_TIMEOUT_MS = 20_000
 # At the end of a shutdown, what calls still running get to finish.
 STOP_GRACE_S = 2.0
+# How often the request-rate buckets shared in a database drop those that refilled.
+RATE_BUCKET_PRUNE_S = 30.0
 
 SERVICES = (
     (admin_service_pb2, "AdminService", admin_service_pb2_grpc, AdminServicer),
@@ -187,17 +189,20 @@ class Broker:
                  metrics: BrokerMetrics | None = None, *, receipt_keyring: Keyring,
                  clock: Callable[[], int] = now_ms, prefork: Prefork | None = None):
         shared = prefork.runtime if prefork else None
-        # Worker leases: in the database when several brokers share one (PgStore), else
-        # in the prefork processes' shared table, else in this process.
+        # Worker leases and request-rate buckets: in the database when several brokers
+        # share one (PgStore), else in the prefork processes' shared tables, else in
+        # this process.
         shared_table = getattr(store, "shared_table", None)
         leases = shared_table("worker_leases") if shared_table is not None else \
             shared.leases if shared else {}
+        db_buckets = getattr(store, "rate_buckets", None)
+        limiter = rate_limits.RequestLimiter(shared=db_buckets()) if db_buckets else \
+            rate_limits.RequestLimiter(shared.rate_buckets if shared else None)
         self.services = Services(
             store=store, keyring=keyring, config=config,
             liveness=Liveness(config.worker_lease_ms, leases),
             cache_secret=cache_secret, receipt_keyring=receipt_keyring, clock=clock,
-            limits=settings.limits,
-            limiter=rate_limits.RequestLimiter(shared.rate_buckets if shared else None))
+            limits=settings.limits, limiter=limiter)
         self.settings = settings
         self.prefork = prefork
         self.metrics = metrics or BrokerMetrics()
@@ -307,6 +312,15 @@ class Broker:
         async def alert_counts() -> None:
             self._count_alerts()
 
+        next_prune = [0.0]
+
+        async def rate_buckets() -> None:
+            # Shared buckets (PostgreSQL) that refilled are dropped now and then (those
+            # in memory are pruned as they grow).
+            if (now := asyncio.get_running_loop().time()) >= next_prune[0]:
+                next_prune[0] = now + RATE_BUCKET_PRUNE_S
+                await asyncio.to_thread(s.limiter.prune, s.clock())
+
         async def roll_up() -> None:
             while await submit_single(s.store, "roll_up", ledger.roll_up) == \
                     ledger.ROLL_UP_BATCH:
@@ -320,7 +334,8 @@ class Broker:
                     tx, s.clock()))),
                 ("roll_up", roll_up),
                 ("keys", keys),
-                ("alerts", alert_counts)]
+                ("alerts", alert_counts),
+                ("rate_buckets", rate_buckets)]
 
     async def _sweep(self) -> None:
         steps = self._sweep_steps()

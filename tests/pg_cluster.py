@@ -171,11 +171,12 @@ _recycled: list[str] = []
 
 
 def _empty(url: str) -> None:
-    from broker.store import TABLES
+    from broker.store import TABLES, pg_shared
     from broker.store.pg_store import LAYOUT_VERSION, layout_ddl, sql_table
 
     statements = [*layout_ddl(), "DELETE FROM id_slots", "DELETE FROM broker_layout",
                   f"INSERT INTO broker_layout VALUES ({LAYOUT_VERSION})",
-                  *(f"DELETE FROM {sql_table(t)}" for t in TABLES)]
+                  *(f"DELETE FROM {sql_table(t)}" for t in TABLES),
+                  *(f"DELETE FROM {t}" for t in pg_shared.TABLES)]
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(";".join(statements))

@@ -40,7 +40,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -49,6 +49,7 @@ from psycopg import errors as pg_errors
 
 from common.errors import BrokerError, Code
 
+from . import pg_shared
 from .base import TABLES, Record, Tx
 from .buffered import (
     BufferedTx,
@@ -70,7 +71,7 @@ log = logging.getLogger("broker.store")
 
 # The SQL layout (tables and columns) this module reads and writes; `meta/schema_version`
 # is the records' version. Stored in `broker_layout`; `broker migrate` moves it forward.
-LAYOUT_VERSION = 2  # 2: worker_leases
+LAYOUT_VERSION = 3  # 2: worker_leases; 3: rate_buckets
 ID_SLOT_BITS = 10
 ID_SLOTS = 1 << ID_SLOT_BITS
 # Advisory lock keys (two int4): the class says what, the second number which one.
@@ -109,10 +110,9 @@ def layout_ddl() -> list[str]:
     out += [
         "CREATE TABLE IF NOT EXISTS id_slots (slot integer PRIMARY KEY, last bigint NOT NULL)",
         "CREATE TABLE IF NOT EXISTS broker_layout (version integer NOT NULL)",
-        # Worker liveness (`PgSharedTable`): what one broker's memory held, shared by
-        # all; UNLOGGED (no WAL, emptied by a database crash: workers beat again).
-        "CREATE UNLOGGED TABLE IF NOT EXISTS worker_leases "
-        "(k text PRIMARY KEY, v bigint NOT NULL)",
+        # Worker liveness and request-rate buckets (pg_shared.py): what one broker's
+        # memory held, shared by all, UNLOGGED.
+        *pg_shared.DDL,
     ]
     return out
 
@@ -491,9 +491,13 @@ class PgStore:
             raise store_unavailable("the broker's database cannot be reached; retry with the "
                                    "same request_id")
 
-    def shared_table(self, name: str) -> PgSharedTable:
+    def shared_table(self, name: str) -> pg_shared.PgSharedTable:
         """A runtime table every broker on this database shares (`worker_leases`)."""
-        return PgSharedTable(self, name)
+        return pg_shared.PgSharedTable(self, name)
+
+    def rate_buckets(self) -> pg_shared.PgRateBuckets:
+        """The request-rate buckets every broker on this database shares."""
+        return pg_shared.PgRateBuckets(self)
 
     # -- single-runner work ----------------------------------------------------
 
@@ -534,59 +538,6 @@ class PgStore:
                 if conn is not None:
                     conn.close()
                 return
-
-
-class PgSharedTable(MutableMapping[str, int]):
-    """str -> int in an UNLOGGED table of the layout, one autocommit statement per call,
-    like LMDB's SharedTable for the processes of one broker: worker liveness, so that a
-    heartbeat to one broker counts in the offers of every other. A lost database is
-    STORE_UNAVAILABLE, as for any operation."""
-
-    def __init__(self, store: PgStore, table: str) -> None:
-        assert table in ("worker_leases",), table  # names from the layout only
-        self._store, self._table = store, table
-
-    def _rows(self, query: str, params: tuple = ()) -> list[tuple]:
-        store = self._store
-        store._check_open()
-        try:
-            with store._pool.connection() as conn:
-                cursor = conn.execute(query.format(t=self._table), params)
-                return cursor.fetchall() if cursor.description else []
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
-            raise store._unavailable(error) from None
-
-    def __getitem__(self, key: str) -> int:
-        rows = self._rows("SELECT v FROM {t} WHERE k = %s", (key,))
-        if not rows:
-            raise KeyError(key)
-        return rows[0][0]
-
-    def __setitem__(self, key: str, value: int) -> None:
-        self._rows("INSERT INTO {t} VALUES (%s, %s) ON CONFLICT (k) DO UPDATE "
-                   "SET v = EXCLUDED.v", (key, value))
-
-    def __delitem__(self, key: str) -> None:
-        if not self._rows("DELETE FROM {t} WHERE k = %s RETURNING k", (key,)):
-            raise KeyError(key)
-
-    def pop(self, key: str, *default: Any) -> Any:  # one statement: no race between two
-        rows = self._rows("DELETE FROM {t} WHERE k = %s RETURNING v", (key,))
-        if rows:
-            return rows[0][0]
-        if default:
-            return default[0]
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([key for key, _ in self.items()])
-
-    def __len__(self) -> int:
-        return self._rows("SELECT count(*) FROM {t}")[0][0]
-
-    def items(self) -> list[tuple[str, int]]:  # type: ignore[override]
-        """One snapshot (the mixin would read each key separately)."""
-        return [(k, v) for k, v in self._rows("SELECT k, v FROM {t}")]
 
 
 def stored_layout(conn: psycopg.Connection) -> int | None:

@@ -277,3 +277,75 @@ def test_worker_leases_are_shared_by_every_broker_on_the_database(pg_url: str) -
     finally:
         a.close()
         b.close()
+
+
+def test_rate_buckets_are_shared_and_count_like_the_ones_in_memory(pg_url: str) -> None:
+    """The database's buckets (one statement per request) decide as core/rate_limits.py
+    does in memory, request for request, and two brokers take from one bucket."""
+    import random
+
+    from broker.core.rate_limits import RequestLimiter, RequestRate
+    from common.errors import BrokerError
+
+    a, b = PgStore(pg_url, pool_size=2), PgStore(pg_url, pool_size=2)
+
+    def outcome(limiter: RequestLimiter, key: str, rate: RequestRate, now: int):
+        try:
+            limiter.admit(key, rate, now)
+            return None
+        except BrokerError as error:
+            assert error.reason == "RATE_LIMITED"
+            return error.retry_after_ms
+
+    try:
+        on_a = RequestLimiter(shared=a.rate_buckets())
+        on_b = RequestLimiter(shared=b.rate_buckets())
+        local = RequestLimiter()
+        rng = random.Random(7)
+        now = 1_800_000_000_000
+        rates = [RequestRate(60, 2), RequestRate(600, 5), RequestRate(1, 1),
+                 RequestRate(1_000_000, 1_000_000)]
+        refused = 0
+        for _ in range(400):
+            key = f"key_{rng.randrange(3)}"
+            rate = rates[rng.randrange(len(rates))]
+            now += rng.choice((0, 1, 7, 250, 1000, 90_000, -5))  # a clock step back too
+            shared = on_a if rng.random() < 0.5 else on_b  # either broker
+            expected = outcome(local, key, rate, now)
+            assert outcome(shared, key, rate, now) == expected, (key, rate, now)
+            refused += expected is not None
+        assert refused > 20  # the limits were reached, not only admitted
+        # A key's limit holds across brokers: a burst of 2, taken on A then B, then none.
+        rate = RequestRate(60, 2)
+        on_a.admit("key_burst", rate, now)
+        on_b.admit("key_burst", rate, now)
+        for limiter in (on_a, on_b):
+            with pytest.raises(BrokerError):
+                limiter.admit("key_burst", rate, now)
+        assert on_a.size == 0  # nothing kept in the broker's memory
+        # Buckets that refilled are dropped by the sweep; the others stay.
+        before = len(a.rate_buckets())
+        kept = before - on_b.prune(now)
+        assert 1 <= kept <= before  # key_burst is empty: kept
+        assert on_a.prune(now + 10**9) == kept  # all refilled by then
+        assert len(a.rate_buckets()) == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_migrate_adds_the_shared_tables_to_an_older_layout(pg_url: str) -> None:
+    """A layout-2 database (before rate_buckets): refused by serve, brought up to date by
+    `broker migrate` (PgStore(migrate=True)) without touching the ledger's rows."""
+    with PgStore(pg_url, pool_size=2) as s:
+        s.submit_sync(put("meta", "kept", {"v": 1}))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE rate_buckets")
+        conn.execute("UPDATE broker_layout SET version = 2")
+    with pytest.raises(StoreOpenError, match="has table layout 2.*run `broker migrate`"):
+        PgStore(pg_url)
+    PgStore(pg_url, migrate=True).close()
+    with PgStore(pg_url, pool_size=2) as s:
+        assert s.read(lambda tx: tx.get("meta", "kept")) == {"v": 1}
+        assert s.rate_buckets().take("key_1", 60, 1, 60_000, 1) is None
+        assert s.rate_buckets().take("key_1", 60, 1, 60_000, 1) == 1000
