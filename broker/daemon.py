@@ -26,6 +26,7 @@ from common.supervision import Supervisor, wait_for_stop
 from common.tls import ServerTls, add_port
 from common.undecodable import UndecodableRequestInterceptor
 
+from .api import watch
 from .api.admin import AdminServicer
 from .api.authorization import AuthorizationServicer
 from .api.base import Limits, Services
@@ -117,6 +118,8 @@ class BrokerSettings:
     # On SIGTERM/SIGINT, how long open metering sessions get to finish (see Broker.stop).
     shutdown_grace_s: float = 10.0
     sweep_interval_s: float = 0.5
+    # How often watch streams read the store again when nothing woke them (api/watch.py).
+    watch_poll_s: float = 1.0
     metrics_listen: str = ""  # host:port of GET /metrics; empty: no endpoint
     # How often the daemon audits the ledger and the journal (0: never).
     audit_interval_s: float = 300.0
@@ -203,6 +206,7 @@ class Broker:
             liveness=Liveness(config.worker_lease_ms, leases),
             cache_secret=cache_secret, receipt_keyring=receipt_keyring, clock=clock,
             limits=settings.limits, limiter=limiter)
+        self.services.changes.poll_s = settings.watch_poll_s
         self.settings = settings
         self.prefork = prefork
         self.metrics = metrics or BrokerMetrics()
@@ -274,6 +278,10 @@ class Broker:
         for name in self._health_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._alerts_counted = store.read(alerts.last_seq)
+        listen = getattr(store, "listen", None)
+        if listen is not None:  # PostgreSQL: changes made through other brokers wake ours
+            changes, loop = self.services.changes, asyncio.get_running_loop()
+            listen(watch.SIGNAL_TABLES, lambda: changes.notify_threadsafe(loop))
         self.supervisor = Supervisor(self.metrics.task_failed)
         self.supervisor.start("sweep", self._sweep)
         if self.settings.audit_interval_s and (self.prefork is None or self.prefork.primary):

@@ -227,6 +227,10 @@ class BufferedTx:
         """Drop every pending write."""
         self._tables = {}
 
+    def written_tables(self) -> frozenset[str]:
+        """The tables this overlay has pending writes to."""
+        return frozenset(table for table, pending in self._tables.items() if pending)
+
     def __len__(self) -> int:
         """How many keys have pending writes."""
         return sum(len(p) for p in self._tables.values())

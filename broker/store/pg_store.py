@@ -49,7 +49,7 @@ from psycopg import errors as pg_errors
 
 from common.errors import BrokerError, Code
 
-from . import pg_shared
+from . import pg_shared, pg_signals
 from .base import TABLES, Record, Tx
 from .buffered import (
     BufferedTx,
@@ -293,6 +293,9 @@ class PgStore:
         self._seal_wanted = threading.Event()
         self._stopping = threading.Event()
         self._sealer_thread: threading.Thread | None = None
+        # Tables whose writes send a change signal to every broker (`listen`).
+        self._signal_tables: frozenset[str] = frozenset()
+        self.listener: pg_signals.Listener | None = None
         if sealer is not None:
             self._sealer_thread = threading.Thread(target=self._run_sealer, name="pg-sealer",
                                                    daemon=True)
@@ -378,6 +381,17 @@ class PgStore:
         return await loop.run_in_executor(self._executor, self._run_op, op,
                                           SINGLE_RUNNERS[name])
 
+    def listen(self, tables: frozenset[str] | set[str] | tuple[str, ...],
+               on_change: Callable[[], None]) -> None:
+        """Change signals between brokers (pg_signals.py): from now on, a transaction
+        that writes one of `tables` sends NOTIFY with its COMMIT, and `on_change` is
+        called (on the listener's thread) for every such commit by any broker on this
+        database, this one included."""
+        self._check_open()
+        assert self.listener is None, "listen once"
+        self._signal_tables = frozenset(tables)
+        self.listener = pg_signals.Listener(self.url, self.name, on_change)
+
     def read(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` on a REPEATABLE READ, READ ONLY snapshot. Consume scans inside `fn`."""
         self._check_open()
@@ -399,6 +413,8 @@ class PgStore:
                 return
             self._closed = True
         self._executor.shutdown(wait=True)
+        if self.listener is not None:
+            self.listener.stop()
         self._stopping.set()
         self._seal_wanted.set()
         if self._sealer_thread is not None:
@@ -449,10 +465,14 @@ class PgStore:
             # Nothing was written; COMMIT checks the reads the error rests on.
             conn.execute("COMMIT")
             raise
+        # A change others wait for: NOTIFY, delivered by the COMMIT (pg_signals.py).
+        signal = not self._signal_tables.isdisjoint(tx.written_tables())
         try:
             started = time.perf_counter()
             with conn.pipeline():  # the writes and COMMIT go out together: one round trip
                 tx.flush()
+                if signal:
+                    conn.execute(pg_signals.NOTIFY, prepare=False)
                 if base.ids_taken:
                     assert isinstance(conn, _Conn)
                     conn.execute("INSERT INTO id_slots VALUES (%s, %s) ON CONFLICT (slot) "

@@ -349,3 +349,58 @@ def test_migrate_adds_the_shared_tables_to_an_older_layout(pg_url: str) -> None:
         assert s.read(lambda tx: tx.get("meta", "kept")) == {"v": 1}
         assert s.rate_buckets().take("key_1", 60, 1, 60_000, 1) is None
         assert s.rate_buckets().take("key_1", 60, 1, 60_000, 1) == 1000
+
+
+def test_a_commit_that_writes_a_signal_table_wakes_every_listening_broker(pg_url: str) -> None:
+    """LISTEN/NOTIFY (pg_signals.py): a commit that writes a watched table reaches the
+    other broker's listener within a second; other writes, and ops that fail, send
+    nothing; a listener whose connection is killed listens again by itself."""
+    a, b = PgStore(pg_url, pool_size=2), PgStore(pg_url, pool_size=2)
+    woke = {"a": threading.Event(), "b": threading.Event()}
+    try:
+        a.listen({"alerts"}, woke["a"].set)
+        b.listen({"alerts"}, woke["b"].set)
+        for store in (a, b):
+            assert store.listener is not None and store.listener.listening.wait(WAIT)
+        time.sleep(0.3)  # each fires once on (re)connecting: for what it may have missed
+        for event in woke.values():
+            event.clear()
+        a.submit_sync(put("meta", "x", {"v": 1}))  # not a watched table
+
+        def fails(tx: Tx) -> None:
+            tx.put("alerts", "00000000000000000001", _alert())
+            raise KeyError("refused")
+
+        with pytest.raises(KeyError):
+            a.submit_sync(fails)
+        assert not woke["b"].wait(0.5)
+        started = time.monotonic()
+        a.submit_sync(lambda tx: tx.put("alerts", "00000000000000000002", _alert()))
+        assert woke["b"].wait(1.0), "no signal within a second"
+        assert woke["a"].is_set() or woke["a"].wait(1.0)  # its own commit too
+        print(f"signal after {1000 * (time.monotonic() - started):.1f} ms")
+        # Kill the listening connections: each listens again and fires once.
+        woke["b"].clear()
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query = 'LISTEN broker_changes'").fetchall()
+        assert len(killed) == 2
+        assert woke["b"].wait(WAIT)  # listening again
+        deadline = time.monotonic() + WAIT
+        while True:  # (the listener may not have noticed the kill yet when woke fired)
+            woke["b"].clear()
+            a.submit_sync(lambda tx: tx.put("alerts", "00000000000000000003", _alert()))
+            if woke["b"].wait(1.0):
+                break
+            assert time.monotonic() < deadline
+        assert b.listener is not None and b.listener.received >= 2
+    finally:
+        a.close()
+        b.close()
+
+
+def _alert() -> dict:
+    return {"alert_id": "alr_1", "seq": 1, "kind": "denial_run", "owner_id": "own_1",
+            "wallet_id": "wal_1", "message": "m", "observed": 0, "baseline": 0,
+            "subject": "", "wallet_frozen": False, "create_ms": 1}
