@@ -95,6 +95,11 @@ class PgCluster:
                 f"max_connections = {self.max_connections}",
                 "shared_buffers = 128MB",
                 "max_pred_locks_per_transaction = 256",
+                # SERIALIZABLE keeps a row's read lock as a row lock until a page holds
+                # more than this many (default 2), then locks the whole page: brokers
+                # sweeping different due rows of one page would then conflict
+                # (docs/scale-out.md).
+                "max_pred_locks_per_page = 64",
             ]
             if not self.durable:  # tests: nothing here must survive a power cut
                 settings += ["fsync = off", "full_page_writes = off"]

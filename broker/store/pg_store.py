@@ -210,6 +210,19 @@ class _PgTx:
         return self._pages(sql_table(table), lo.encode(), None if hi is None else hi.encode(),
                            reverse, limit)
 
+    def claim(self, table: str, stop: str, limit: int) -> list[tuple[str, Record]]:
+        """`base.due` on PostgreSQL: the first `limit` rows below `stop` that no other
+        transaction holds, locked (FOR UPDATE) until this one ends; the others skipped.
+        Under SERIALIZABLE a sweep that finds every due row claimed by another broker
+        reads nothing they write, so it commits without a conflict."""
+        self._check_writable()
+        check_table(table)
+        check_limit(limit)
+        rows = self._conn.execute(
+            f"SELECT k, v FROM {sql_table(table)} WHERE k < %s ORDER BY k LIMIT {int(limit)} "
+            "FOR UPDATE SKIP LOCKED", (check_key(stop),), binary=True).fetchall()
+        return [(bytes(k).decode(), decode(v)) for k, v in rows]
+
     def _pages(self, name: str, lo: bytes, hi: bytes | None, reverse: bool,
                limit: int | None) -> Iterator[tuple[str, Record]]:
         """Keyset pages in one transaction (one snapshot), fetched as they are consumed."""

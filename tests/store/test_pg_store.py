@@ -250,8 +250,14 @@ def test_single_runner_work_runs_on_one_broker_at_a_time(pg_url: str) -> None:
         holder.execute("SELECT pg_advisory_xact_lock(%s, %s)",
                        (LOCK_SINGLE, SINGLE_RUNNERS["roll_up"]))
         assert asyncio.run(b.submit_single("roll_up", quick)) is None
+        pid = holder.info.backend_pid
         with psycopg.connect(pg_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (holder.info.backend_pid,))
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            deadline = time.monotonic() + WAIT  # (it returns before the backend is gone)
+            while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                (pid,)).fetchone()[0]:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
         holder.close()
         assert asyncio.run(b.submit_single("roll_up", quick)) == "b"
     finally:
@@ -404,3 +410,61 @@ def _alert() -> dict:
     return {"alert_id": "alr_1", "seq": 1, "kind": "denial_run", "owner_id": "own_1",
             "wallet_id": "wal_1", "message": "m", "observed": 0, "baseline": 0,
             "subject": "", "wallet_frozen": False, "create_ms": 1}
+
+
+def test_sweeps_claim_due_rows_and_skip_those_another_broker_holds(pg_url: str) -> None:
+    """`base.due` on PostgreSQL (FOR UPDATE SKIP LOCKED): while broker A's sweep holds
+    the rows it claimed, broker B's sweep takes the others (or none), without waiting
+    and without a conflict; rows deleted in the op's own overlay are not returned; a
+    read-only snapshot cannot claim."""
+    from broker.store.base import due
+    from broker.store.buffered import ReadOnlyError
+
+    a, b = PgStore(pg_url, pool_size=2), PgStore(pg_url, pool_size=2)
+    keys = [f"{n:020d}/h{n}" for n in range(1, 11)]
+    a.submit_sync(lambda tx: [tx.put("hold_expiry", k, {}) for k in keys])
+    inside, release = threading.Event(), threading.Event()
+
+    def sweep_a(tx: Tx) -> list[str]:
+        rows = [k for k, _ in due(tx, "hold_expiry", f"{99:020d}", 4)]
+        inside.set()
+        assert release.wait(WAIT)
+        for k in rows:
+            tx.delete("hold_expiry", k)
+        return rows
+
+    def sweep_b(tx: Tx) -> list[str]:
+        rows = [k for k, _ in due(tx, "hold_expiry", f"{99:020d}", 100)]
+        for k in rows:
+            tx.delete("hold_expiry", k)
+        return rows
+
+    try:
+        got: dict[str, list[str]] = {}
+        first = threading.Thread(target=lambda: got.update(a=a.submit_sync(sweep_a)))
+        first.start()
+        assert inside.wait(WAIT)
+        started = time.monotonic()
+        got["b"] = b.submit_sync(sweep_b)  # while A still holds its four
+        assert time.monotonic() - started < 1.0  # it did not wait for A
+        assert b.submit_sync(sweep_b) == []  # A's four are still claimed: skipped
+        release.set()
+        first.join(WAIT)
+        assert got["a"] == keys[:4] and got["b"] == keys[4:]
+        assert a.stats["retries"] == b.stats["retries"] == 0
+        assert a.read(lambda tx: list(tx.scan("hold_expiry"))) == []
+        # Through an op's overlay: what it deleted is gone, what it put is there.
+        a.submit_sync(lambda tx: [tx.put("hold_expiry", k, {}) for k in keys[:3]])
+
+        def overlay(tx: Tx) -> list[str]:
+            tx.delete("hold_expiry", keys[0])
+            tx.put("hold_expiry", f"{50:020d}/new", {})
+            return [k for k, _ in due(tx, "hold_expiry", f"{99:020d}", 3)]
+
+        assert a.submit_sync(overlay) == [keys[1], keys[2], f"{50:020d}/new"]
+        with pytest.raises(ReadOnlyError):
+            a.read(lambda tx: due(tx, "hold_expiry", f"{99:020d}", 3))
+    finally:
+        release.set()
+        a.close()
+        b.close()
