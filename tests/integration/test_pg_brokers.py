@@ -1,7 +1,9 @@
 """Several brokers on one PostgreSQL database, as real processes: what is done through
-one broker reaches callers waiting on another within a second. Broker B's watch streams
-poll only once a minute (`--watch-poll-ms 60000`), so what wakes them in time is the
-LISTEN/NOTIFY signal (broker/store/pg_signals.py), not the poll."""
+one broker reaches callers waiting on another within a second (broker B's watch streams
+poll only once a minute, `--watch-poll-ms 60000`, so what wakes them in time is the
+LISTEN/NOTIFY signal of broker/store/pg_signals.py, not the poll); a request-rate limit
+holds across brokers; a metering session resumed on another broker fences off the
+stream it left (a stale broker's late write is refused and charges nothing)."""
 
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ from broker.v1 import authorization_service_pb2 as auth_pb
 from broker.v1 import metering_service_pb2 as meter_pb
 from broker.v1 import policy_service_pb2 as pol_pb
 from broker.v1 import wallet_service_pb2 as wallet_pb
-from worker.broker_link import MeteringSession
+from worker.broker_link import MeteringSession, SessionClosed
+from worker.worker_stream import WorkerStream
 
 from .broker_process import BrokerProcess
-from .conftest import Client, Harness, aio_channel, rid, rpc_error
+from .conftest import Client, Harness, aio_channel, check_error, rid, rpc_error, stream_error
 from .spend_helpers import policy, register_signing_worker, set_policy, wait_until
 
 Code = grpc.StatusCode
@@ -175,4 +178,62 @@ def test_freezing_on_one_broker_stops_a_session_metering_on_another(pair: Pair):
         pair.on_b(t.agent).authorize(1000)
     freeze(False)
     assert pair.on_b(t.agent).authorize(1000).voucher.startswith("v1.")
+    assert list(pair.b.summary().violations) == []
+
+
+def test_a_session_resumed_on_another_broker_fences_off_the_stream_it_left(pair: Pair):
+    """Open and report on A, resume on B: A's stale stream is fenced off (a new epoch
+    on the session), so its late report is refused with SESSION_RESUMED_ELSEWHERE and
+    charges nothing; B carries on. The same for a worker's MeterWorker stream on A
+    (its batch's report refused, the other sessions' unaffected), and for a late
+    finish: the session settles once, on the usage of the stream that holds it."""
+    worker_id, usage_key = register_signing_worker(pair.a)
+    key = pair.a.creds["worker_api_key"]
+    auths = [pair.a.agent.authorize(200_000, ttl_seconds=120) for _ in range(3)]
+
+    async def scenario():
+        async with aio_channel(pair.a.target) as ch_a, aio_channel(pair.b.target) as ch_b:
+            # A per-session stream (Meter) on A, taken over by B.
+            on_a = await MeteringSession.open(ch_a, key, auths[0].voucher, worker_id,
+                                              usage_key=usage_key)
+            assert (await on_a.report({"gpu_ms": 50})).charged == 50
+            on_b = await MeteringSession.resume(ch_b, key, on_a.session_id, worker_id,
+                                                usage_key=usage_key)
+            assert (on_b.grant.last_seq, on_b.grant.charged) == (1, 50)
+            with pytest.raises(SessionClosed) as late:
+                await on_a.report({"gpu_ms": 5_000})  # the stale broker's late write
+            check_error(stream_error(late.value), Code.ABORTED, "SESSION_RESUMED_ELSEWHERE")
+            assert (await on_b.report({"gpu_ms": 60})).charged == 60  # not 5000
+            # A worker's MeterWorker stream on A with two sessions; one moves to B.
+            stream_a = WorkerStream(ch_a, key, worker_id, usage_key)
+            moved = await stream_a.open(auths[1].voucher)
+            stays = await stream_a.open(auths[2].voucher)
+            await asyncio.gather(moved.report({"gpu_ms": 10}), stays.report({"gpu_ms": 10}))
+            taken = await MeteringSession.resume(ch_b, key, moved.session_id, worker_id,
+                                                 usage_key=usage_key)
+            reports = await asyncio.gather(moved.report({"gpu_ms": 7_000}),
+                                           stays.report({"gpu_ms": 20}),
+                                           return_exceptions=True)
+            check_error(stream_error(reports[0]), Code.ABORTED, "SESSION_RESUMED_ELSEWHERE")
+            assert reports[1].charged == 20
+            assert (await taken.report({"gpu_ms": 30})).charged == 30
+            # A late finish: on_a's connection resumes again (fencing on_b), then on_b's
+            # finish is refused and on_a's settles.
+            again = await MeteringSession.resume(ch_a, key, on_a.session_id, worker_id,
+                                                 usage_key=usage_key)
+            with pytest.raises(SessionClosed) as late_finish:
+                await on_b.finish({"gpu_ms": 9_000})
+            check_error(stream_error(late_finish.value), Code.ABORTED,
+                        "SESSION_RESUMED_ELSEWHERE")
+            receipts = [await again.finish({"gpu_ms": 80}),
+                        await taken.finish({"gpu_ms": 40}),
+                        await stays.finish({"gpu_ms": 25})]
+            await stream_a.close()
+            return receipts
+
+    receipts = asyncio.run(scenario())
+    assert [r.charged for r in receipts] == [80, 40, 25]
+    for auth, receipt in zip(auths, receipts, strict=True):
+        assert pair.b.agent.get_authorization(auth.authorization_id).charged == receipt.charged
+    assert pair.a.wallet().pending == 0
     assert list(pair.b.summary().violations) == []
