@@ -225,24 +225,36 @@ class Keyring:
 # -- journaled operations (run by the store's writer) ---------------------------------
 
 
-def rotate_voucher_key(tx: Tx, keyring: Keyring, now: int, max_ttl_ms: int) -> Record:
-    rotation = keyring.rotate(now, now + max_ttl_ms + RETIRE_MARGIN_MS)
+def rotate_voucher_key(tx: Tx, keyring: Keyring, now: int, max_ttl_ms: int,
+                       made: list[Rotation] | None = None) -> Record:
+    """`made`: a list that outlives the runs of one operation (the caller's): a
+    transaction that runs again after a serialisation failure (PostgreSQL) journals the
+    rotation its first run made on disk, instead of rotating a second time."""
+    made = [] if made is None else made
+    if not made:
+        made.append(keyring.rotate(now, now + max_ttl_ms + RETIRE_MARGIN_MS))
+        log.info("voucher signing key rotated: %s is active; %s verifies until it retires "
+                 "at %d", made[0].key_id, made[0].previous_key_id, made[0].retire_ms)
+    rotation = made[0]
     journal.append(tx, "voucher_key_rotated", {
         "previous_key_id": rotation.previous_key_id, "key_id": rotation.key_id,
         "previous_retire_ms": rotation.retire_ms}, now)
-    log.info("voucher signing key rotated: %s is active; %s verifies until it retires at %d",
-             rotation.key_id, rotation.previous_key_id, rotation.retire_ms)
     return {"previous_key_id": rotation.previous_key_id, "key_id": rotation.key_id,
             "previous_retire_ms": rotation.retire_ms}
 
 
-def rotate_receipt_key(tx: Tx, keyring: Keyring, now: int) -> Record:
-    rotation = keyring.rotate(now, now)
-    keyring.retire_due(now)
+def rotate_receipt_key(tx: Tx, keyring: Keyring, now: int,
+                       made: list[Rotation] | None = None) -> Record:
+    """`made`: as for `rotate_voucher_key`."""
+    made = [] if made is None else made
+    if not made:
+        made.append(keyring.rotate(now, now))
+        keyring.retire_due(now)
+        log.info("receipt signing key rotated: %s is active; %s retired (public key kept)",
+                 made[0].key_id, made[0].previous_key_id)
+    rotation = made[0]
     journal.append(tx, "receipt_key_rotated", {
         "previous_key_id": rotation.previous_key_id, "key_id": rotation.key_id}, now)
-    log.info("receipt signing key rotated: %s is active; %s retired (public key kept)",
-             rotation.key_id, rotation.previous_key_id)
     return {"previous_key_id": rotation.previous_key_id, "key_id": rotation.key_id}
 
 

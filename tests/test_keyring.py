@@ -149,3 +149,29 @@ def test_a_retirement_whose_transaction_runs_again_still_journals_once(tmp_path)
     assert [(e["kind"], e["data"].get("key_id")) for e in entries][1:] == [
         ("voucher_key_retired", first)]
     files_are_private(directory)
+
+
+def test_a_rotation_whose_transaction_runs_again_rotates_once(tmp_path):
+    """The key files are written by the first run of the op; a run after a failed
+    transaction (a serialisation failure on PostgreSQL) journals that same rotation."""
+    for purpose, rotate in (("voucher", lambda tx, ring, made: keyring.rotate_voucher_key(
+            tx, ring, T0, MAX_TTL, made)), ("receipt", lambda tx, ring, made: (
+                keyring.rotate_receipt_key(tx, ring, T0, made)))):
+        directory = tmp_path / "keys" / purpose
+        first = Keyring.create(directory)
+        ring = Keyring(directory)
+        store = MemoryStore(sealer=journal.seal)
+        made: list = []
+
+        def conflicting(tx, ring=ring, made=made, rotate=rotate):
+            rotate(tx, ring, made)
+            raise RuntimeError("could not serialize access")
+
+        with pytest.raises(RuntimeError):
+            store.submit_sync(conflicting)
+        result = store.submit_sync(lambda tx, ring=ring, made=made, rotate=rotate: rotate(
+            tx, ring, made))
+        assert result["previous_key_id"] == first and result["key_id"] == ring.active_id
+        assert len(ring.public_keys(include_retired=True)) == 2  # not three
+        entries = store.read(lambda tx: [e for _, e in tx.scan("journal")])
+        assert [e["data"]["key_id"] for e in entries] == [result["key_id"]]
