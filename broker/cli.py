@@ -72,6 +72,7 @@ def daemon_settings(settings: Settings, server_tls=None):
     return BrokerSettings(listen=settings.listen,
                           shutdown_grace_s=settings.shutdown_grace_seconds,
                           sweep_interval_s=settings.sweep_interval_ms / 1000,
+                          watch_poll_s=settings.watch_poll_ms / 1000,
                           metrics_listen=settings.metrics_listen,
                           audit_interval_s=settings.audit_interval_seconds, tls=server_tls,
                           limits=limits)

@@ -26,6 +26,7 @@ from common.supervision import Supervisor, wait_for_stop
 from common.tls import ServerTls, add_port
 from common.undecodable import UndecodableRequestInterceptor
 
+from .api import watch
 from .api.admin import AdminServicer
 from .api.authorization import AuthorizationServicer
 from .api.base import Limits, Services
@@ -50,7 +51,7 @@ from .core import (
 from .core.config import CoreConfig
 from .core.registry import Liveness
 from .datadir import DataDir
-from .keyring import Keyring, retire_voucher_keys
+from .keyring import Keyring, finish_retirements, journal_retirements
 from .metrics import BrokerMetrics
 from .store.base import StorageFull, Store, submit_single
 from .store.lmdb_store import RuntimeTables, lock_dir, unlock_dir
@@ -85,6 +86,8 @@ KEEPALIVE_MS = 60_000
 KEEPALIVE_TIMEOUT_MS = 20_000
 # At the end of a shutdown, what calls still running get to finish.
 STOP_GRACE_S = 2.0
+# How often the request-rate buckets shared in a database drop those that refilled.
+RATE_BUCKET_PRUNE_S = 30.0
 
 SERVICES = (
     (admin_service_pb2, "AdminService", admin_service_pb2_grpc, AdminServicer),
@@ -115,6 +118,8 @@ class BrokerSettings:
     # On SIGTERM/SIGINT, how long open metering sessions get to finish (see Broker.stop).
     shutdown_grace_s: float = 10.0
     sweep_interval_s: float = 0.5
+    # How often watch streams read the store again when nothing woke them (api/watch.py).
+    watch_poll_s: float = 1.0
     metrics_listen: str = ""  # host:port of GET /metrics; empty: no endpoint
     # How often the daemon audits the ledger and the journal (0: never).
     audit_interval_s: float = 300.0
@@ -187,17 +192,21 @@ class Broker:
                  metrics: BrokerMetrics | None = None, *, receipt_keyring: Keyring,
                  clock: Callable[[], int] = now_ms, prefork: Prefork | None = None):
         shared = prefork.runtime if prefork else None
-        # Worker leases: in the database when several brokers share one (PgStore), else
-        # in the prefork processes' shared table, else in this process.
+        # Worker leases and request-rate buckets: in the database when several brokers
+        # share one (PgStore), else in the prefork processes' shared tables, else in
+        # this process.
         shared_table = getattr(store, "shared_table", None)
         leases = shared_table("worker_leases") if shared_table is not None else \
             shared.leases if shared else {}
+        db_buckets = getattr(store, "rate_buckets", None)
+        limiter = rate_limits.RequestLimiter(shared=db_buckets()) if db_buckets else \
+            rate_limits.RequestLimiter(shared.rate_buckets if shared else None)
         self.services = Services(
             store=store, keyring=keyring, config=config,
             liveness=Liveness(config.worker_lease_ms, leases),
             cache_secret=cache_secret, receipt_keyring=receipt_keyring, clock=clock,
-            limits=settings.limits,
-            limiter=rate_limits.RequestLimiter(shared.rate_buckets if shared else None))
+            limits=settings.limits, limiter=limiter)
+        self.services.changes.poll_s = settings.watch_poll_s
         self.settings = settings
         self.prefork = prefork
         self.metrics = metrics or BrokerMetrics()
@@ -269,6 +278,10 @@ class Broker:
         for name in self._health_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._alerts_counted = store.read(alerts.last_seq)
+        listen = getattr(store, "listen", None)
+        if listen is not None:  # PostgreSQL: changes made through other brokers wake ours
+            changes, loop = self.services.changes, asyncio.get_running_loop()
+            listen(watch.SIGNAL_TABLES, lambda: changes.notify_threadsafe(loop))
         self.supervisor = Supervisor(self.metrics.task_failed)
         self.supervisor.start("sweep", self._sweep)
         if self.settings.audit_interval_s and (self.prefork is None or self.prefork.primary):
@@ -297,11 +310,24 @@ class Broker:
             s.keyring.reload()
             s.receipt_keyring.reload()
             if (self.prefork is None or self.prefork.primary) and s.keyring.due(s.clock()):
-                await submit_single(s.store, "voucher_keys",
-                                    lambda tx: retire_voucher_keys(tx, s.keyring, s.clock()))
+                now = s.clock()
+                # The seeds go after the commit (keyring.journal_retirements says why).
+                due = await submit_single(s.store, "voucher_keys", lambda tx: (
+                    journal_retirements(tx, s.keyring, now)))
+                if due:
+                    finish_retirements(s.keyring, due)
 
         async def alert_counts() -> None:
             self._count_alerts()
+
+        next_prune = [0.0]
+
+        async def rate_buckets() -> None:
+            # Shared buckets (PostgreSQL) that refilled are dropped now and then (those
+            # in memory are pruned as they grow).
+            if (now := asyncio.get_running_loop().time()) >= next_prune[0]:
+                next_prune[0] = now + RATE_BUCKET_PRUNE_S
+                await asyncio.to_thread(s.limiter.prune, s.clock())
 
         async def roll_up() -> None:
             while await submit_single(s.store, "roll_up", ledger.roll_up) == \
@@ -316,7 +342,8 @@ class Broker:
                     tx, s.clock()))),
                 ("roll_up", roll_up),
                 ("keys", keys),
-                ("alerts", alert_counts)]
+                ("alerts", alert_counts),
+                ("rate_buckets", rate_buckets)]
 
     async def _sweep(self) -> None:
         steps = self._sweep_steps()

@@ -31,7 +31,7 @@ from common.files import write_secret
 from common.vouchers import Signer
 
 from .core import journal
-from .store.base import Record, Tx
+from .store.base import Record, Store, Tx
 
 log = logging.getLogger("broker.keys")
 
@@ -39,6 +39,8 @@ log = logging.getLogger("broker.keys")
 # would expire: an Authorize that read the old key id just before the rotation may
 # commit its authorization a little after it.
 RETIRE_MARGIN_MS = 60_000
+# meta/<this><key id>: the retirement of that voucher key is journaled.
+RETIRED_MARKER = "voucher_key_retired/"
 
 
 def key_id_for(verify_key: VerifyKey) -> str:
@@ -194,10 +196,17 @@ class Keyring:
 
     def retire_due(self, now: int) -> list[str]:
         """Destroy the private part of every key that is due. Returns their ids."""
+        return self.retire(self.due(now))
+
+    def retire(self, key_ids: list[str]) -> list[str]:
+        """Destroy the private part of these rotated-out keys (those that still have
+        one; the active key never). Idempotent: a key already retired stays so, so a
+        second broker on the same key directory may do it too. Returns those retired."""
         with self._lock:
-            retired = self.due(now)
             active_id, keys = self._state
             keys = dict(keys)
+            retired = [kid for kid in key_ids if kid in keys and kid != active_id
+                       and keys[kid].signing is not None]
             for kid in retired:
                 old = keys[kid]
                 keys[kid] = _Key(old.public, None, old.create_ms, old.retire_ms)
@@ -216,30 +225,67 @@ class Keyring:
 # -- journaled operations (run by the store's writer) ---------------------------------
 
 
-def rotate_voucher_key(tx: Tx, keyring: Keyring, now: int, max_ttl_ms: int) -> Record:
-    rotation = keyring.rotate(now, now + max_ttl_ms + RETIRE_MARGIN_MS)
+def rotate_voucher_key(tx: Tx, keyring: Keyring, now: int, max_ttl_ms: int,
+                       made: list[Rotation] | None = None) -> Record:
+    """`made`: a list that outlives the runs of one operation (the caller's): a
+    transaction that runs again after a serialisation failure (PostgreSQL) journals the
+    rotation its first run made on disk, instead of rotating a second time."""
+    made = [] if made is None else made
+    if not made:
+        made.append(keyring.rotate(now, now + max_ttl_ms + RETIRE_MARGIN_MS))
+        log.info("voucher signing key rotated: %s is active; %s verifies until it retires "
+                 "at %d", made[0].key_id, made[0].previous_key_id, made[0].retire_ms)
+    rotation = made[0]
     journal.append(tx, "voucher_key_rotated", {
         "previous_key_id": rotation.previous_key_id, "key_id": rotation.key_id,
         "previous_retire_ms": rotation.retire_ms}, now)
-    log.info("voucher signing key rotated: %s is active; %s verifies until it retires at %d",
-             rotation.key_id, rotation.previous_key_id, rotation.retire_ms)
     return {"previous_key_id": rotation.previous_key_id, "key_id": rotation.key_id,
             "previous_retire_ms": rotation.retire_ms}
 
 
-def rotate_receipt_key(tx: Tx, keyring: Keyring, now: int) -> Record:
-    rotation = keyring.rotate(now, now)
-    keyring.retire_due(now)
+def rotate_receipt_key(tx: Tx, keyring: Keyring, now: int,
+                       made: list[Rotation] | None = None) -> Record:
+    """`made`: as for `rotate_voucher_key`."""
+    made = [] if made is None else made
+    if not made:
+        made.append(keyring.rotate(now, now))
+        keyring.retire_due(now)
+        log.info("receipt signing key rotated: %s is active; %s retired (public key kept)",
+                 made[0].key_id, made[0].previous_key_id)
+    rotation = made[0]
     journal.append(tx, "receipt_key_rotated", {
         "previous_key_id": rotation.previous_key_id, "key_id": rotation.key_id}, now)
-    log.info("receipt signing key rotated: %s is active; %s retired (public key kept)",
-             rotation.key_id, rotation.previous_key_id)
     return {"previous_key_id": rotation.previous_key_id, "key_id": rotation.key_id}
 
 
-def retire_voucher_keys(tx: Tx, keyring: Keyring, now: int) -> list[str]:
-    retired = keyring.retire_due(now)
-    for key_id in retired:
-        journal.append(tx, "voucher_key_retired", {"key_id": key_id}, now)
+def journal_retirements(tx: Tx, keyring: Keyring, now: int) -> list[str]:
+    """The op of a voucher key retirement: journal, once per key, that each key due now
+    retires; the caller destroys their seeds after the commit (`finish_retirements`).
+    Why after: on PostgreSQL a transaction may run again after a serialisation failure,
+    and a run that had destroyed the seeds would leave the next one nothing due to
+    journal. So the seeds go only once the entries are committed, and a marker in `meta`
+    (one per key) keeps a second run (another broker, or a sweep after a crash before the
+    seeds went) from journaling a key twice. Returns the keys due (journaled now or
+    before)."""
+    due = keyring.due(now)
+    for key_id in due:
+        marker = f"{RETIRED_MARKER}{key_id}"
+        if tx.get("meta", marker) is None:
+            tx.put("meta", marker, {"retire_ms": now})
+            journal.append(tx, "voucher_key_retired", {"key_id": key_id}, now)
+    return due
+
+
+def finish_retirements(keyring: Keyring, due: list[str]) -> list[str]:
+    """After the commit of `journal_retirements`: destroy the seeds of its keys."""
+    for key_id in keyring.retire(due):
         log.info("voucher signing key %s retired: its vouchers have expired", key_id)
-    return retired
+    return due
+
+
+def retire_voucher_keys(store: Store, keyring: Keyring, now: int) -> list[str]:
+    """Both steps, blocking (the daemon's sweep runs them through `submit_single`):
+    journal the retirement of every voucher key due at `now`, then destroy their seeds.
+    Returns their ids."""
+    due = store.submit_sync(lambda tx: journal_retirements(tx, keyring, now))
+    return finish_retirements(keyring, due)

@@ -61,6 +61,11 @@ class Settings:
     sweep_interval_ms: int = setting(
         500, "How often holds that timed out are resolved and expired idempotency records "
         "pruned.", minimum=10)
+    watch_poll_ms: int = setting(
+        1000, "How often a watch stream (WatchAuthorization, WatchAlerts) reads the ledger "
+        "again when no change woke it. Changes committed through this broker wake it at "
+        "once, and on PostgreSQL so do those committed through any other broker on the "
+        "database (LISTEN/NOTIFY): this poll is the fallback.", minimum=50)
     metrics_listen: str = setting(
         "127.0.0.1:9464", "Address of the Prometheus endpoint (GET /metrics); empty turns it "
         "off.", key="metrics.listen", check=host_port_or_empty)

@@ -26,6 +26,7 @@ class Code(enum.Enum):
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     OUT_OF_RANGE = "OUT_OF_RANGE"
+    ABORTED = "ABORTED"  # a concurrency conflict (AIP-193): a fenced metering stream
     UNAVAILABLE = "UNAVAILABLE"
 
 

@@ -95,6 +95,11 @@ class PgCluster:
                 f"max_connections = {self.max_connections}",
                 "shared_buffers = 128MB",
                 "max_pred_locks_per_transaction = 256",
+                # SERIALIZABLE keeps a row's read lock as a row lock until a page holds
+                # more than this many (default 2), then locks the whole page: brokers
+                # sweeping different due rows of one page would then conflict
+                # (docs/scale-out.md).
+                "max_pred_locks_per_page = 64",
             ]
             if not self.durable:  # tests: nothing here must survive a power cut
                 settings += ["fsync = off", "full_page_writes = off"]
@@ -171,11 +176,12 @@ _recycled: list[str] = []
 
 
 def _empty(url: str) -> None:
-    from broker.store import TABLES
+    from broker.store import TABLES, pg_shared
     from broker.store.pg_store import LAYOUT_VERSION, layout_ddl, sql_table
 
     statements = [*layout_ddl(), "DELETE FROM id_slots", "DELETE FROM broker_layout",
                   f"INSERT INTO broker_layout VALUES ({LAYOUT_VERSION})",
-                  *(f"DELETE FROM {sql_table(t)}" for t in TABLES)]
+                  *(f"DELETE FROM {sql_table(t)}" for t in TABLES),
+                  *(f"DELETE FROM {t}" for t in pg_shared.TABLES)]
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(";".join(statements))

@@ -53,10 +53,10 @@ def test_voucher_key_rotation_then_retirement(tmp_path):
     assert Keyring(directory).public_keys() == ring.public_keys()
 
     # Not before its time...
-    assert store.submit_sync(lambda tx: keyring.retire_voucher_keys(tx, ring, retire - 1)) == []
+    assert keyring.retire_voucher_keys(store, ring, retire - 1) == []
     assert first in ring.verify_keys()
     # ...then it retires: its seed is destroyed and it is no longer published.
-    assert store.submit_sync(lambda tx: keyring.retire_voucher_keys(tx, ring, retire)) == [first]
+    assert keyring.retire_voucher_keys(store, ring, retire) == [first]
     record = json.loads((directory / f"{first}.json").read_text())
     assert "seed" not in record and record["public_key"]
     assert first not in ring.verify_keys()
@@ -110,3 +110,68 @@ def test_receipt_key_rotation_destroys_the_old_private_key_at_once(tmp_path):
     ring.verify_keys(include_retired=True)[first].verify(b"receipt", signed)
     assert Keyring.open(directory).active_id == ring.active_id
     files_are_private(directory)
+
+
+def test_a_retirement_whose_transaction_runs_again_still_journals_once(tmp_path):
+    """On PostgreSQL a transaction may run again after a serialisation failure: the first
+    run's writes are gone, so the seeds must be too only once the entry is committed.
+    And a second broker (or a second sweep after a crash before the seeds went) journals
+    nothing more."""
+    directory = tmp_path / "keys" / "voucher"
+    first = Keyring.create(directory)
+    ring = Keyring(directory)
+    store = MemoryStore(sealer=journal.seal)
+    store.submit_sync(lambda tx: keyring.rotate_voucher_key(tx, ring, T0, MAX_TTL))
+    retire = T0 + MAX_TTL + keyring.RETIRE_MARGIN_MS
+
+    class Conflict(Exception):
+        pass
+
+    def conflicting(tx):  # the first run: its transaction fails after the op ran
+        keyring.journal_retirements(tx, ring, retire)
+        raise Conflict
+
+    with pytest.raises(Conflict):
+        store.submit_sync(conflicting)
+    assert first in ring.verify_keys()  # the seed is still there ...
+    due = store.submit_sync(lambda tx: keyring.journal_retirements(tx, ring, retire))
+    assert due == [first]  # ... so the run that commits finds the key due and journals it
+    # Another broker sharing the key directory runs the same step before the seeds go.
+    other = Keyring(directory)
+    assert store.submit_sync(lambda tx: keyring.journal_retirements(tx, other, retire)) == \
+        [first]
+    assert keyring.finish_retirements(ring, due) == [first]
+    assert first not in ring.verify_keys()
+    other.reload()
+    assert keyring.finish_retirements(other, [first]) == [first]  # idempotent
+    assert "seed" not in json.loads((directory / f"{first}.json").read_text())
+    entries = store.read(lambda tx: [e for _, e in tx.scan("journal")])
+    assert [(e["kind"], e["data"].get("key_id")) for e in entries][1:] == [
+        ("voucher_key_retired", first)]
+    files_are_private(directory)
+
+
+def test_a_rotation_whose_transaction_runs_again_rotates_once(tmp_path):
+    """The key files are written by the first run of the op; a run after a failed
+    transaction (a serialisation failure on PostgreSQL) journals that same rotation."""
+    for purpose, rotate in (("voucher", lambda tx, ring, made: keyring.rotate_voucher_key(
+            tx, ring, T0, MAX_TTL, made)), ("receipt", lambda tx, ring, made: (
+                keyring.rotate_receipt_key(tx, ring, T0, made)))):
+        directory = tmp_path / "keys" / purpose
+        first = Keyring.create(directory)
+        ring = Keyring(directory)
+        store = MemoryStore(sealer=journal.seal)
+        made: list = []
+
+        def conflicting(tx, ring=ring, made=made, rotate=rotate):
+            rotate(tx, ring, made)
+            raise RuntimeError("could not serialize access")
+
+        with pytest.raises(RuntimeError):
+            store.submit_sync(conflicting)
+        result = store.submit_sync(lambda tx, ring=ring, made=made, rotate=rotate: rotate(
+            tx, ring, made))
+        assert result["previous_key_id"] == first and result["key_id"] == ring.active_id
+        assert len(ring.public_keys(include_retired=True)) == 2  # not three
+        entries = store.read(lambda tx: [e for _, e in tx.scan("journal")])
+        assert [e["data"]["key_id"] for e in entries] == [result["key_id"]]

@@ -209,6 +209,13 @@ class Services:
         except StorageFull:  # (the unary and streaming wrappers catch the other writes)
             raise storage_full() from None
 
+    async def submit(self, op: Callable[[Tx], Record]) -> Record:
+        """`store.submit(op)`, a full store refused as `mutate` does."""
+        try:
+            return await self.store.submit(op)
+        except StorageFull:
+            raise storage_full() from None
+
     def mutation(self, principal: Principal, method: str, request: Message,
                  op: Callable[[Tx, int], Record]) -> Callable[[Tx], Record]:
         """`mutate`'s op, to submit along with others."""

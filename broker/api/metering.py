@@ -134,13 +134,15 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         elif kind == "resume":
             # Required: an empty worker id would skip the check that it is the session's.
             worker_id = validate.ident(first.resume.worker_id, "resume.worker_id")
-            ses = self.s.store.read(lambda tx: metering.get_own_session(
+            # This stream takes the session over: a stream attached before (a broken
+            # connection, a stalled broker) can no longer write to it.
+            ses = await self.s.submit(lambda tx: metering.attach(
                 tx, p, first.resume.session_id, worker_id))
             session.require_open(ses)
         else:
             raise invalid("kind", "the first message must be open or resume",
                           "SESSION_NOT_OPEN")
-        session_id = ses["session_id"]
+        session_id, epoch = ses["session_id"], ses["epoch"]
         yield grant(ses)
         while (message := await self._next(requests)) is not None:
             # Checked again on every message: a key revoked while its stream is open
@@ -157,7 +159,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
                 early = _early_stop(ses, report, usage, now, elapsed_ms)
                 if early is not None:
                     yield early
-                decision = await self._report(p, ses, report, usage, now, elapsed_ms)
+                decision = await self._report(p, ses, report, usage, now, elapsed_ms, epoch)
                 mark = at
                 yield pb.MeterResponse(ack=pb.UsageAck(
                     seq=report.seq, charged=decision.charged, remaining=decision.remaining))
@@ -166,7 +168,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
                     yield _stop(decision)  # not foreseen (e.g. the kill switch), or not so
                 ses = decision.session
             elif kind == "finish":
-                yield await self._finish(p, session_id, message.finish)
+                yield await self._finish(p, session_id, message.finish, epoch)
                 return
             else:
                 raise invalid("kind", "the session is already open; send usage or finish",
@@ -179,7 +181,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         return await self.s.streams.read(requests)
 
     async def _report(self, p, ses: Record, report: pb.UsageReport, usage: Record,
-                      now: int, elapsed_ms: int | None) -> session.UsageDecision:
+                      now: int, elapsed_ms: int | None, epoch: int) -> session.UsageDecision:
         # The signature check needs no ordering: done on the crypto thread, not in the
         # single writer (nor on the event loop).
         message = usage_signing.payload(ses["session_id"], usage, seq=report.seq)
@@ -189,15 +191,17 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         def record(tx: Tx) -> session.UsageDecision:
             access.require_active(tx, p)
             return metering.record_usage(tx, p, ses["session_id"], report.seq, usage, now,
-                                         report.signature, verified, elapsed_ms)
+                                         report.signature, verified, elapsed_ms, epoch=epoch)
 
         return await self.s.store.submit(record)
 
-    async def _finish(self, p, session_id: str, finish: pb.FinishSession) -> pb.MeterResponse:
+    async def _finish(self, p, session_id: str, finish: pb.FinishSession,
+                      epoch: int) -> pb.MeterResponse:
         usage = convert.usage_from_proto(finish.usage)
         signer = self.s.receipt_keyring.signer
         receipt = await self.s.store.submit(lambda tx: metering.finish(
-            tx, p, session_id, usage, self.s.clock(), self.s.config, signer, finish.signature))
+            tx, p, session_id, usage, self.s.clock(), self.s.config, signer, finish.signature,
+            epoch))
         return pb.MeterResponse(settled=pb.SessionSettled(
             receipt=convert.receipt(receipt),
             settle_time=convert.timestamp(receipt["settle_ms"])))
@@ -208,10 +212,12 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         # first answer was lost still gets that answer once the voucher has expired.
         claims = vouchers.verify(request.voucher, self.s.keyring.verify_keys(), self.s.clock(),
                                  check_expiry=False)
-        opened = await self.s.mutate(p, "Meter.Open", request, lambda tx, now: (
+        open_once = self.s.mutation(p, "Meter.Open", request, lambda tx, now: (
             metering.redeem(tx, p, claims, request.worker_id, request.resource_class,
                             request.model, now, self.s.config)))
-        # A retried open (same request_id) gets the session as it is now.
-        current = self.s.store.read(lambda tx: tx.get("sessions", opened["session_id"]))
+        # Then this stream attaches, in the same transaction; a retried open (same
+        # request_id) gets the session as it is now, and takes it over.
+        current = await self.s.submit(lambda tx: metering.attach(
+            tx, p, open_once(tx)["session_id"], request.worker_id))
         session.require_open(current)
         return current

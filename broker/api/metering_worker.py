@@ -107,6 +107,9 @@ class WorkerStream:
         # `Meter`, whatever the wall clock does. None (absent) for a session resumed
         # here: its last report may have come over another stream.
         self.marks: dict[str, int] = {}
+        # The epoch (fencing token) each session opened or resumed here attached with.
+        # A session reported without that carries the one it had when its batch was read.
+        self.epochs: dict[str, int] = {}
 
     def start(self, batch: pb.MeterWorkerRequest) -> Answer:
         """Everything before the commit, done now; the batch's op handed to the writer."""
@@ -122,7 +125,7 @@ class WorkerStream:
         known = self._sessions(batch)
         for i, session_id in enumerate(batch.resume_session_ids, len(batch.opens)):
             self.marks.pop(session_id, None)
-            results[i] = self._resume(session_id, known)
+            self._resume(i, session_id, known, results, ops)
         reported: dict[str, int | None] = {}
         finals = _batched_finals(batch)
         checked: dict[str, usage_signing.Verified | None] = {}  # batch signature, per key
@@ -144,16 +147,16 @@ class WorkerStream:
             outcomes = await answer.committed
             for (index, _, to_result), outcome in zip(answer.ops, outcomes, strict=True):
                 results[index] = to_result(outcome)
-        self._opened_grants(results)
         for result in results:
             kind = result.WhichOneof("kind")
             if kind in ("grant", "ack"):
                 self.active.add(result.session_id)
                 if kind == "grant" and result.ref:  # opened in this batch
                     self.marks[result.session_id] = answer.at
-            elif kind == "settled":
+            elif kind == "settled":  # (nothing of a settled session is kept)
                 self.active.discard(result.session_id)
                 self.marks.pop(result.session_id, None)
+                self.epochs.pop(result.session_id, None)
             elif result.session_id in answer.reported and \
                     self.marks.get(result.session_id) == answer.at:
                 # Refused: the session's last acknowledged report is the one before.
@@ -193,45 +196,51 @@ class WorkerStream:
         except BrokerError as error:
             results[index] = pb.SessionResult(ref=item.ref, error=_error(error))
             return
-        op = self.s.mutation(self.p, "Meter.Open", request, lambda tx, now: metering.redeem(
-            tx, self.p, claims, request.worker_id, request.resource_class, request.model, now,
-            self.s.config))
+        open_once = self.s.mutation(self.p, "Meter.Open", request, lambda tx, now: (
+            metering.redeem(tx, self.p, claims, request.worker_id, request.resource_class,
+                            request.model, now, self.s.config)))
 
-        def to_result(outcome: Any) -> pb.SessionResult:
-            if isinstance(outcome, Exception):
-                return pb.SessionResult(ref=item.ref, error=_error(outcome))
-            # The grant is filled in after the commit (_opened_grants): a retried open
-            # gets the session as it is now.
-            return pb.SessionResult(ref=item.ref, session_id=outcome["session_id"])
+        def op(tx: Tx) -> Record:
+            # Then this stream attaches, in the same transaction: a retried open (same
+            # request_id) gets the session as it is now, and takes it over.
+            return metering.attach(tx, self.p, open_once(tx)["session_id"], self.worker_id)
 
-        ops.append((index, op, to_result))
+        ops.append((index, op, self._granted(ref=item.ref)))
 
-    def _opened_grants(self, results: list[pb.SessionResult | None]) -> None:
-        opened = [r for r in results if r is not None and r.ref and r.session_id and
-                  r.WhichOneof("kind") is None]
-        if not opened:
-            return
-        current = self.s.store.read(lambda tx: {
-            r.session_id: tx.get("sessions", r.session_id) for r in opened})
-        for result in opened:
-            ses = current[result.session_id]
-            try:
-                session.require_open(ses)
-            except BrokerError as error:
-                result.error.CopyFrom(_error(error))
-                continue
-            result.grant.CopyFrom(per_session.grant(ses).grant)
-
-    @staticmethod
-    def _resume(session_id: str, known: dict[str, Record | BrokerError]) -> pb.SessionResult:
+    def _resume(self, index: int, session_id: str, known: dict[str, Record | BrokerError],
+                results: list, ops: list) -> None:
+        """This stream takes the session over (a new epoch: metering.attach)."""
         ses = known[session_id]
         try:
             if isinstance(ses, BrokerError):
                 raise ses
             session.require_open(ses)
         except BrokerError as error:
-            return pb.SessionResult(session_id=session_id, error=_error(error))
-        return pb.SessionResult(session_id=session_id, grant=per_session.grant(ses).grant)
+            results[index] = pb.SessionResult(session_id=session_id, error=_error(error))
+            return
+        ops.append((index, lambda tx: metering.attach(tx, self.p, session_id, self.worker_id),
+                    self._granted(session_id=session_id)))
+
+    def _granted(self, **names: str) -> Callable[[Any], pb.SessionResult]:
+        """The result of an open or resume (an attached session, or why not), once
+        committed; the stream keeps the session's epoch for its reports and finish."""
+        def to_result(outcome: Any) -> pb.SessionResult:
+            try:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                session.require_open(outcome)
+            except BrokerError as error:
+                return pb.SessionResult(**names, error=_error(error))
+            except Exception as error:  # a bug of ours: INTERNAL, no details
+                return pb.SessionResult(**names, error=_error(error))
+            self.epochs[outcome["session_id"]] = outcome["epoch"]
+            return pb.SessionResult(**{**names, "session_id": outcome["session_id"]},
+                                    grant=per_session.grant(outcome).grant)
+
+        return to_result
+
+    def _epoch(self, ses: Record) -> int:
+        return self.epochs.get(ses["session_id"], ses.get("epoch", 0))
 
     def _reports(self, batch: pb.MeterWorkerRequest, known: dict[str, Record | BrokerError],
                  now: int, at: int, reported: dict[str, int | None], finals: dict[str, bytes],
@@ -266,20 +275,21 @@ class WorkerStream:
             if stop is not None:
                 early.append(pb.SessionResult(session_id=report.session_id, stop=stop))
             ops.append((index, self._report_op(report, usage, now, elapsed_ms, message,
-                                               verified, signed, batch.signature),
+                                               verified, signed, batch.signature,
+                                               self._epoch(ses)),
                         _ack(report)))
         return early, signed
 
     def _report_op(self, report: pb.SessionUsageReport, usage: Record, now: int,
                    elapsed_ms: int | None, message: bytes,
                    verified: usage_signing.Verified | None, signed: bytes,
-                   signature: bytes) -> Callable[[Tx], session.UsageDecision]:
+                   signature: bytes, epoch: int) -> Callable[[Tx], session.UsageDecision]:
         # The writer trusts the check above only for the key it was made with, and only
         # for this report's own payload (listed in the signed batch bytes).
         ahead = usage_signing.Verified(verified.public_key_hex, message) if verified else None
         return lambda tx: metering.record_usage(
             tx, self.p, report.session_id, report.seq, usage, now, signature, ahead,
-            elapsed_ms, worker_id=self.worker_id, batch=signed)
+            elapsed_ms, worker_id=self.worker_id, batch=signed, epoch=epoch)
 
     def _finish(self, item: pb.SessionFinish, known: dict[str, Record | BrokerError],
                 final: bytes | None, signed: bytes, signature: bytes,
@@ -296,6 +306,7 @@ class WorkerStream:
             return
         usage = convert.usage_from_proto(item.finish.usage)
         signer = self.s.receipt_keyring.signer
+        epoch = self._epoch(ses)
         ahead, batch = None, b""
         if final is None:  # signed on its own, as on `Meter`
             signature = item.finish.signature
@@ -310,7 +321,7 @@ class WorkerStream:
         def op(tx: Tx) -> Record:
             return metering.finish(tx, self.p, item.session_id, usage, self.s.clock(),
                                    self.s.config, signer, signature, ahead,
-                                   worker_id=self.worker_id, batch=batch)
+                                   worker_id=self.worker_id, batch=batch, epoch=epoch)
 
         def to_result(outcome: Any) -> pb.SessionResult:
             if isinstance(outcome, Exception):

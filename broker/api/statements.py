@@ -130,8 +130,9 @@ class StatementServicer(pb_grpc.StatementServiceServicer):
     async def RotateReceiptSigningKey(self, request, context):
         p = self.s.authenticate(context, "admin")
         ring = self.s.receipt_keyring
+        made: list[keyring.Rotation] = []  # the key files are written once per request
         result = await self.s.mutate(p, "RotateReceiptSigningKey", request, lambda tx, now: (
-            keyring.rotate_receipt_key(tx, ring, now)))
+            keyring.rotate_receipt_key(tx, ring, now, made)))
         keys = {k.key_id: k for k in ring.public_keys(include_retired=True)}
         return pb.RotateReceiptSigningKeyResponse(key=signing_key(keys[result["key_id"]]),
                                                   previous_key_id=result["previous_key_id"])

@@ -31,8 +31,9 @@ class VoucherKeyServicer(pb_grpc.VoucherKeyServiceServicer):
     async def RotateVoucherKey(self, request, context):
         p = self.s.authenticate(context, "admin")
         ring = self.s.keyring
+        made: list[keyring.Rotation] = []  # the key files are written once per request
         result = await self.s.mutate(p, "RotateVoucherKey", request, lambda tx, now: (
-            keyring.rotate_voucher_key(tx, ring, now, self.s.config.max_ttl_ms)))
+            keyring.rotate_voucher_key(tx, ring, now, self.s.config.max_ttl_ms, made)))
         new = {k.key_id: k for k in ring.public_keys()}.get(result["key_id"])
         return pb.RotateVoucherKeyResponse(
             key=voucher_key(new) if new else pb.VoucherKey(key_id=result["key_id"]),

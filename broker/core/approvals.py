@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from common.errors import invalid, not_found, precondition
 
-from ..store.base import Record, Tx, must_get
+from ..store.base import Record, Tx, due, must_get
 from . import alerts, authorizations, journal, ledger, mandates, pages, policy, spend, validate
 from .access import Principal, listed_owner
 from .wallets import require_spendable
@@ -133,7 +133,7 @@ def _refuse(tx: Tx, approval: Record, auth: Record, state: str, reason: str, by:
 def expire_due(tx: Tx, now: int, limit: int = 200) -> int:
     """Deny unanswered requests whose deadline passed; raise the alert for requests
     pending longer than the policy allows."""
-    rows = list(tx.scan("approval_timers", stop=f"{now + 1:020d}", limit=limit))
+    rows = due(tx, "approval_timers", f"{now + 1:020d}", limit)
     for key, _ in rows:
         tx.delete("approval_timers", key)
         auth_id, timer = key.split("/")[1:]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from common.errors import BrokerError, Code, invalid
 
-from ..store.base import Record, Tx
+from ..store.base import Record, Tx, due
 
 KEEP_MS = 48 * 3600 * 1000  # docs/design.md: at least 24 h.
 # Secrets are never remembered: a replay answers without them (keys are stored hashed only).
@@ -50,7 +50,7 @@ def run(tx: Tx, scope: str, request_id: str, fingerprint: str, now: int,
 
 def prune(tx: Tx, now: int, limit: int = 1000) -> int:
     stop = f"{now - KEEP_MS:020d}"
-    rows = list(tx.scan("idempotency_expiry", stop=stop, limit=limit))
+    rows = due(tx, "idempotency_expiry", stop, limit)
     for index_key, _ in rows:
         tx.delete("idempotency", index_key.split("/", 1)[1])
         tx.delete("idempotency_expiry", index_key)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..store.base import Record, Tx, must_get
+from ..store.base import Record, Tx, due, must_get
 from . import budgets
 from .session import UsageDecision
 
@@ -58,5 +58,5 @@ def on_usage(tx: Tx, current: Record, decision: UsageDecision, now: int) -> Usag
 def overdue(tx: Tx, now: int, limit: int = 200) -> list[tuple[str, Record]]:
     """(deadline key, session) of stopped sessions whose worker did not finish in time;
     the caller settles those still open and deletes the keys."""
-    rows = tx.scan("stop_deadlines", stop=f"{now + 1:020d}", limit=limit)
+    rows = due(tx, "stop_deadlines", f"{now + 1:020d}", limit)
     return [(key, must_get(tx, "sessions", key.split("/", 1)[1])) for key, _ in rows]

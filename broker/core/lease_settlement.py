@@ -20,7 +20,7 @@ from common import vouchers
 from common.errors import precondition
 from common.money import lease_charge
 
-from ..store.base import Record, Tx, must_get
+from ..store.base import Record, Tx, due, must_get
 from . import journal, metering, spend
 from .access import Principal
 from .authorizations import EXPIRED, HELD, REDEEMED
@@ -86,7 +86,7 @@ def end(tx: Tx, principal: Principal, lease_id: str, now: int, config: CoreConfi
 def settle_due(tx: Tx, now: int, config: CoreConfig, signer: vouchers.Signer,
                limit: int = 100) -> int:
     """Settle every active lease whose end has come."""
-    rows = list(tx.scan("lease_expiry", stop=f"{now + 1:020d}", limit=limit))
+    rows = due(tx, "lease_expiry", f"{now + 1:020d}", limit)
     for key, _ in rows:
         tx.delete("lease_expiry", key)
         settle(tx, must_get(tx, "leases", key.split("/", 1)[1]), now, config, signer)

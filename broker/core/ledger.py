@@ -20,7 +20,7 @@ from typing import Any
 from common.errors import BrokerError, Code, precondition
 from common.money import MAX_AMOUNT
 
-from ..store.base import Record, Tx, must_get
+from ..store.base import Record, Tx, due, must_get
 from . import budgets, grants
 
 # Platform-wide accounts, created once by `ensure_platform_accounts`.
@@ -275,7 +275,7 @@ def resolve(tx: Tx, pending_id: str, kind: str, now: int, amount: int = 0) -> Re
 def due_holds(tx: Tx, now: int, limit: int = 1000) -> list[str]:
     """Ids of pending holds whose timeout is at or before `now`, oldest first."""
     stop = f"{now + 1:020d}"
-    return [key.split("/", 1)[1] for key, _ in tx.scan("hold_expiry", stop=stop, limit=limit)]
+    return [key.split("/", 1)[1] for key, _ in due(tx, "hold_expiry", stop, limit)]
 
 
 def account_transfers(tx: Tx, account_id: str, *, before_seq: int | None = None,

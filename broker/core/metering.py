@@ -95,16 +95,44 @@ def get_own_session(tx: Tx, principal: Principal, session_id: str, worker_id: st
     return found
 
 
+def attach(tx: Tx, principal: Principal, session_id: str, worker_id: str) -> Record:
+    """A stream takes the session (opens or resumes it): a new epoch, the fencing token
+    its usage reports and finish carry (`fence`), so that a stream attached before, on
+    this broker or another one that has stalled, can no longer write to it. A settled
+    session is returned as it is (the caller refuses it)."""
+    found = get_own_session(tx, principal, session_id, worker_id)
+    if found["state"] != session.OPEN:
+        return found
+    attached = {**found, "epoch": found.get("epoch", 0) + 1}
+    tx.put("sessions", session_id, attached)
+    return attached
+
+
+def fence(current: Record, epoch: int | None) -> None:
+    """Refuse a write of a stream that attached at `epoch` (None: no stream, e.g. the
+    sweep) when another stream has attached since."""
+    if epoch is not None and current.get("epoch", 0) != epoch:
+        raise BrokerError(
+            Code.ABORTED, "SESSION_RESUMED_ELSEWHERE",
+            f"session {current['session_id']} was resumed on another stream after this "
+            "one attached; this stream's report or finish is refused and charges "
+            "nothing: continue on the newer stream, or resume again",
+            {"session_id": current["session_id"], "epoch": str(epoch),
+             "current_epoch": str(current.get("epoch", 0))})
+
+
 def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage: Record,
                  now: int, signature: bytes = b"",
                  verified: usage_signing.Verified | None = None,
                  elapsed_ms: int | None = None, *, worker_id: str = "",
-                 batch: bytes = b"") -> session.UsageDecision:
+                 batch: bytes = b"", epoch: int | None = None) -> session.UsageDecision:
     """`verified`: the signature was checked outside the writer (usage_signing);
     `elapsed_ms`: monotonic time since the stream's previous report, if known.
     `batch`: the report came in a MeterWorker batch (of `worker_id`), and `signature` is
-    over these signed batch bytes, which must list the report's payload."""
+    over these signed batch bytes, which must list the report's payload. `epoch`: the
+    one the reporting stream attached with (`fence`)."""
     current = get_own_session(tx, principal, session_id, worker_id)
+    fence(current, epoch)
     if verified is not None and verified.public_key_hex == current["usage_public_key"]:
         message = verified.message
     else:
@@ -128,10 +156,11 @@ def record_usage(tx: Tx, principal: Principal, session_id: str, seq: int, usage:
 def finish(tx: Tx, principal: Principal, session_id: str, usage: Record, now: int,
            config: CoreConfig, signer: vouchers.Signer, signature: bytes = b"",
            verified: usage_signing.Verified | None = None, *, worker_id: str = "",
-           batch: bytes = b"") -> Record:
-    """`verified` and `batch` (of `worker_id`) as for record_usage: a finish in a
-    MeterWorker batch is signed with the batch, which lists its final payload."""
+           batch: bytes = b"", epoch: int | None = None) -> Record:
+    """`verified`, `batch` (of `worker_id`) and `epoch` as for record_usage: a finish in
+    a MeterWorker batch is signed with the batch, which lists its final payload."""
     current = get_own_session(tx, principal, session_id, worker_id)
+    fence(current, epoch)
     session.require_open(current)
     message = usage_signing.payload(session_id, usage, final=True)
     if verified is None or verified.public_key_hex != current["usage_public_key"] or \

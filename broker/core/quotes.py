@@ -21,7 +21,7 @@ from collections.abc import Collection
 from common.errors import invalid, not_found, precondition
 from common.money import MAX_AMOUNT, MAX_COUNTER, PRICE_FIELDS, prices_within
 
-from ..store.base import Record, Tx
+from ..store.base import Record, Tx, due
 from . import job_history, journal, selection, validate
 from .access import Principal, can_see_owner
 
@@ -173,8 +173,7 @@ def bound_prices(auth: Record, worker_id: str) -> Record | None:
 
 def prune(tx: Tx, now: int, limit: int = 500) -> int:
     """Forget quotes well past their expiry (no binding depends on them)."""
-    rows = list(tx.scan("quote_expiry", stop=f"{now - KEEP_AFTER_EXPIRY_MS + 1:020d}",
-                        limit=limit))
+    rows = due(tx, "quote_expiry", f"{now - KEEP_AFTER_EXPIRY_MS + 1:020d}", limit)
     for key, _ in rows:
         tx.delete("quotes", key.split("/", 1)[1])
         tx.delete("quote_expiry", key)

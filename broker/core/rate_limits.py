@@ -1,10 +1,13 @@
-"""Request rate limits per agent key: a token bucket in memory.
+"""Request rate limits per agent key: a token bucket per key.
 
 The policy of the key's wallet (or the tenant default) sets requests_per_minute and
 burst (the bucket size; 0 means one minute's worth). The bucket lives in memory (in a
-table the server processes share when `broker serve --processes N` runs several): a
-restart refills it, which the issue allows for request rates. (Spend velocity, which
-must survive restarts, is derived from the stored authorizations: policy.py.)
+table the server processes share when `broker serve --processes N` runs several), or,
+for several brokers on one PostgreSQL database, in a table of the database that all of
+them share (`AtomicBuckets`: it does `_take`'s arithmetic in one statement). A restart
+(of the broker, or of the database: the table is unlogged) refills it, which the issue
+allows for request rates. (Spend velocity, which must survive restarts, is derived from
+the stored authorizations: policy.py.)
 Owners, workers, auditors and admins are not rate limited by policy.
 
 Integer arithmetic: tokens are counted in 1/60000ths, so a bucket gains exactly
@@ -68,6 +71,17 @@ class Buckets(Protocol):
     def __len__(self) -> int: ...
 
 
+class AtomicBuckets(Protocol):
+    """Buckets that take a request themselves, atomically (a shared database table): the
+    same arithmetic as `_take`. Pruned by the sweep (`RequestLimiter.prune`)."""
+
+    def take(self, key: str, per_minute: int, burst: int, unit: int, now: int) -> int | None:
+        """One request from `key`'s bucket: None, or the ms to wait when it is empty."""
+
+    def prune(self, now: int, unit: int) -> int:
+        """Forget the buckets that have refilled; how many."""
+
+
 class LocalBuckets(dict):
     """`Buckets` in this process's memory."""
 
@@ -80,21 +94,32 @@ class LocalBuckets(dict):
 
 
 class RequestLimiter:
-    def __init__(self, buckets: Buckets | None = None) -> None:
-        self._buckets: Buckets = LocalBuckets() if buckets is None else buckets
+    def __init__(self, buckets: Buckets | None = None, *,
+                 shared: AtomicBuckets | None = None) -> None:
+        """`buckets`: in memory (or the prefork processes' table); `shared`: in the
+        database several brokers share (then `buckets` is unused)."""
+        self._atomic = shared
+        self._buckets: Buckets | None = None
+        if shared is None:
+            self._buckets = LocalBuckets() if buckets is None else buckets
 
     @property
     def size(self) -> int:
-        """How many buckets are kept now (at most MAX_BUCKETS)."""
-        return len(self._buckets)
+        """How many buckets this process keeps in memory (at most MAX_BUCKETS; none
+        when they are in a database)."""
+        return 0 if self._buckets is None else len(self._buckets)
 
     def admit(self, key_id: str, rate: RequestRate | None, now: int) -> None:
         """Take one token from the key's bucket, or raise RATE_LIMITED."""
         if rate is None:
             return
-        wait_ms = self._buckets.update_value(key_id, lambda kept: _take(kept, rate, now))
-        if len(self._buckets) > MAX_BUCKETS:
-            self._prune(now)
+        if self._atomic is not None:
+            wait_ms = self._atomic.take(key_id, rate.per_minute, rate.burst, UNIT, now)
+        else:
+            assert self._buckets is not None
+            wait_ms = self._buckets.update_value(key_id, lambda kept: _take(kept, rate, now))
+            if len(self._buckets) > MAX_BUCKETS:
+                self._prune(now)
         if wait_ms is not None:
             raise BrokerError(
                 Code.RESOURCE_EXHAUSTED, "RATE_LIMITED",
@@ -107,7 +132,13 @@ class RequestLimiter:
                                    f"{rate.per_minute} requests per minute, bursts of "
                                    f"{rate.burst}")])
 
+    def prune(self, now: int) -> int:
+        """The sweep's step: forget the shared buckets that have refilled (buckets in
+        memory are pruned as they grow, in `admit`); how many."""
+        return 0 if self._atomic is None else self._atomic.prune(now, UNIT)
+
     def _prune(self, now: int) -> None:
+        assert self._buckets is not None
         kept = sorted(self._buckets.items(), key=lambda item: item[1][1])  # oldest first
         full = [key for key, bucket in kept if _full(bucket, now)]
         full_keys = set(full)

@@ -44,7 +44,8 @@ def new_session(session_id: str, authorization: Record, voucher_id: str, worker:
             "report_interval_ms": report_interval_ms, "receipt_id": "",
             # The worker's usage key at redemption, and its last signed report.
             "usage_public_key": worker.get("usage_public_key", ""),
-            "signed_usage": {"payload": "", "signature": ""}}
+            "signed_usage": {"payload": "", "signature": ""},
+            "epoch": 0}  # no stream attached yet (metering.attach)
 
 
 def require_open(session: Record) -> None:

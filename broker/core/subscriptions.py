@@ -20,7 +20,7 @@ import secrets
 from common.errors import BrokerError, Code, invalid, not_found, precondition
 from common.money import check_amount
 
-from ..store.base import Record, Tx, must_get
+from ..store.base import Record, Tx, due, must_get
 from . import grants, journal, ledger, pages, validate
 from .access import Principal
 from .tenancy import get_owner
@@ -169,7 +169,7 @@ def _grant(tx: Tx, sub: Record, plan: Record, period: int, now: int) -> Record:
 def grant_due(tx: Tx, now: int, limit: int = 200) -> int:
     """Grant every started period of every active subscription; returns how many
     subscriptions had periods due (0 when nothing is left to do)."""
-    rows = list(tx.scan("subscription_due", stop=f"{now + 1:020d}", limit=limit))
+    rows = due(tx, "subscription_due", f"{now + 1:020d}", limit)
     for key, _ in rows:
         sub = must_get(tx, "subscriptions", key.split("/", 1)[1])
         plan = must_get(tx, "plans", sub["plan_id"])
@@ -180,7 +180,7 @@ def grant_due(tx: Tx, now: int, limit: int = 200) -> int:
 def expire_due(tx: Tx, now: int, limit: int = 500) -> int:
     """Expire the grants whose time has come: what is neither spent nor reserved goes
     back to the issuer now (a reserved part when its hold resolves)."""
-    rows = list(tx.scan("grant_expiry", stop=f"{now + 1:020d}", limit=limit))
+    rows = due(tx, "grant_expiry", f"{now + 1:020d}", limit)
     for key, _ in rows:
         grant = must_get(tx, "grants", key.split("/", 1)[1])
         tx.delete("grant_expiry", key)

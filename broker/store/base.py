@@ -170,6 +170,20 @@ async def submit_single(store: Store, name: str, op: Callable[[Tx], T]) -> T | N
     return await (single(name, op) if single is not None else store.submit(op))
 
 
+def due(tx: Tx, table: str, stop: str, limit: int) -> list[tuple[str, Record]]:
+    """The first rows (in key order, keys below `stop`, at most `limit`) of an index of
+    due work, for a sweep to resolve in this op. On a store several brokers share
+    (PostgreSQL: `claim`) the rows are claimed: locked until the op ends, and those that
+    another broker's sweep holds are skipped (FOR UPDATE SKIP LOCKED), so brokers that
+    sweep at once resolve different rows instead of colliding on the same ones. Each
+    resolution still checks its record's state: the store's isolation, not the claim,
+    is what makes it happen once; a row skipped now is found by a later sweep."""
+    claim = getattr(tx, "claim", None)
+    if claim is not None:
+        return claim(table, stop, limit)
+    return list(tx.scan(table, stop=stop, limit=limit))
+
+
 class StorageFull(RuntimeError):
     """A commit failed for lack of room (a full disk, or LMDB's map full): nothing of
     it was written, and writes keep failing until space is freed; reads still work."""

@@ -199,6 +199,21 @@ class BufferedTx:
         merged = _merge(base, own, reverse)
         return merged if limit is None else islice(merged, limit)
 
+    def claim(self, table: str, stop: str, limit: int) -> list[tuple[str, Record]]:
+        """`base.due`: the base's claim (PostgreSQL) seen through this overlay, or a
+        plain scan when the base has none."""
+        claim = getattr(self._base, "claim", None)
+        if claim is None:
+            return list(self.scan(table, stop=stop, limit=limit))
+        check_limit(limit)
+        pending = self._tables.get(table)
+        if not pending:
+            return claim(table, stop, limit)
+        # Rows this op deleted may be among those claimed: claim enough to still fill
+        # `limit`, and let the overlay win, as in `scan`.
+        own = sorted((k, v) for k, v in pending.items() if k < stop)
+        return list(islice(_merge(claim(table, stop, limit + len(own)), own, False), limit))
+
     def flush(self) -> None:
         """Apply every pending write to the base, then start empty again."""
         base = self._base
@@ -226,6 +241,10 @@ class BufferedTx:
     def discard(self) -> None:
         """Drop every pending write."""
         self._tables = {}
+
+    def written_tables(self) -> frozenset[str]:
+        """The tables this overlay has pending writes to."""
+        return frozenset(table for table, pending in self._tables.items() if pending)
 
     def __len__(self) -> int:
         """How many keys have pending writes."""

@@ -40,7 +40,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -49,6 +49,7 @@ from psycopg import errors as pg_errors
 
 from common.errors import BrokerError, Code
 
+from . import pg_shared, pg_signals
 from .base import TABLES, Record, Tx
 from .buffered import (
     BufferedTx,
@@ -70,7 +71,7 @@ log = logging.getLogger("broker.store")
 
 # The SQL layout (tables and columns) this module reads and writes; `meta/schema_version`
 # is the records' version. Stored in `broker_layout`; `broker migrate` moves it forward.
-LAYOUT_VERSION = 2  # 2: worker_leases
+LAYOUT_VERSION = 3  # 2: worker_leases; 3: rate_buckets
 ID_SLOT_BITS = 10
 ID_SLOTS = 1 << ID_SLOT_BITS
 # Advisory lock keys (two int4): the class says what, the second number which one.
@@ -109,10 +110,9 @@ def layout_ddl() -> list[str]:
     out += [
         "CREATE TABLE IF NOT EXISTS id_slots (slot integer PRIMARY KEY, last bigint NOT NULL)",
         "CREATE TABLE IF NOT EXISTS broker_layout (version integer NOT NULL)",
-        # Worker liveness (`PgSharedTable`): what one broker's memory held, shared by
-        # all; UNLOGGED (no WAL, emptied by a database crash: workers beat again).
-        "CREATE UNLOGGED TABLE IF NOT EXISTS worker_leases "
-        "(k text PRIMARY KEY, v bigint NOT NULL)",
+        # Worker liveness and request-rate buckets (pg_shared.py): what one broker's
+        # memory held, shared by all, UNLOGGED.
+        *pg_shared.DDL,
     ]
     return out
 
@@ -210,6 +210,19 @@ class _PgTx:
         return self._pages(sql_table(table), lo.encode(), None if hi is None else hi.encode(),
                            reverse, limit)
 
+    def claim(self, table: str, stop: str, limit: int) -> list[tuple[str, Record]]:
+        """`base.due` on PostgreSQL: the first `limit` rows below `stop` that no other
+        transaction holds, locked (FOR UPDATE) until this one ends; the others skipped.
+        Under SERIALIZABLE a sweep that finds every due row claimed by another broker
+        reads nothing they write, so it commits without a conflict."""
+        self._check_writable()
+        check_table(table)
+        check_limit(limit)
+        rows = self._conn.execute(
+            f"SELECT k, v FROM {sql_table(table)} WHERE k < %s ORDER BY k LIMIT {int(limit)} "
+            "FOR UPDATE SKIP LOCKED", (check_key(stop),), binary=True).fetchall()
+        return [(bytes(k).decode(), decode(v)) for k, v in rows]
+
     def _pages(self, name: str, lo: bytes, hi: bytes | None, reverse: bool,
                limit: int | None) -> Iterator[tuple[str, Record]]:
         """Keyset pages in one transaction (one snapshot), fetched as they are consumed."""
@@ -293,6 +306,9 @@ class PgStore:
         self._seal_wanted = threading.Event()
         self._stopping = threading.Event()
         self._sealer_thread: threading.Thread | None = None
+        # Tables whose writes send a change signal to every broker (`listen`).
+        self._signal_tables: frozenset[str] = frozenset()
+        self.listener: pg_signals.Listener | None = None
         if sealer is not None:
             self._sealer_thread = threading.Thread(target=self._run_sealer, name="pg-sealer",
                                                    daemon=True)
@@ -378,6 +394,17 @@ class PgStore:
         return await loop.run_in_executor(self._executor, self._run_op, op,
                                           SINGLE_RUNNERS[name])
 
+    def listen(self, tables: frozenset[str] | set[str] | tuple[str, ...],
+               on_change: Callable[[], None]) -> None:
+        """Change signals between brokers (pg_signals.py): from now on, a transaction
+        that writes one of `tables` sends NOTIFY with its COMMIT, and `on_change` is
+        called (on the listener's thread) for every such commit by any broker on this
+        database, this one included."""
+        self._check_open()
+        assert self.listener is None, "listen once"
+        self._signal_tables = frozenset(tables)
+        self.listener = pg_signals.Listener(self.url, self.name, on_change)
+
     def read(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` on a REPEATABLE READ, READ ONLY snapshot. Consume scans inside `fn`."""
         self._check_open()
@@ -399,6 +426,8 @@ class PgStore:
                 return
             self._closed = True
         self._executor.shutdown(wait=True)
+        if self.listener is not None:
+            self.listener.stop()
         self._stopping.set()
         self._seal_wanted.set()
         if self._sealer_thread is not None:
@@ -449,10 +478,14 @@ class PgStore:
             # Nothing was written; COMMIT checks the reads the error rests on.
             conn.execute("COMMIT")
             raise
+        # A change others wait for: NOTIFY, delivered by the COMMIT (pg_signals.py).
+        signal = not self._signal_tables.isdisjoint(tx.written_tables())
         try:
             started = time.perf_counter()
             with conn.pipeline():  # the writes and COMMIT go out together: one round trip
                 tx.flush()
+                if signal:
+                    conn.execute(pg_signals.NOTIFY, prepare=False)
                 if base.ids_taken:
                     assert isinstance(conn, _Conn)
                     conn.execute("INSERT INTO id_slots VALUES (%s, %s) ON CONFLICT (slot) "
@@ -491,9 +524,13 @@ class PgStore:
             raise store_unavailable("the broker's database cannot be reached; retry with the "
                                    "same request_id")
 
-    def shared_table(self, name: str) -> PgSharedTable:
+    def shared_table(self, name: str) -> pg_shared.PgSharedTable:
         """A runtime table every broker on this database shares (`worker_leases`)."""
-        return PgSharedTable(self, name)
+        return pg_shared.PgSharedTable(self, name)
+
+    def rate_buckets(self) -> pg_shared.PgRateBuckets:
+        """The request-rate buckets every broker on this database shares."""
+        return pg_shared.PgRateBuckets(self)
 
     # -- single-runner work ----------------------------------------------------
 
@@ -534,59 +571,6 @@ class PgStore:
                 if conn is not None:
                     conn.close()
                 return
-
-
-class PgSharedTable(MutableMapping[str, int]):
-    """str -> int in an UNLOGGED table of the layout, one autocommit statement per call,
-    like LMDB's SharedTable for the processes of one broker: worker liveness, so that a
-    heartbeat to one broker counts in the offers of every other. A lost database is
-    STORE_UNAVAILABLE, as for any operation."""
-
-    def __init__(self, store: PgStore, table: str) -> None:
-        assert table in ("worker_leases",), table  # names from the layout only
-        self._store, self._table = store, table
-
-    def _rows(self, query: str, params: tuple = ()) -> list[tuple]:
-        store = self._store
-        store._check_open()
-        try:
-            with store._pool.connection() as conn:
-                cursor = conn.execute(query.format(t=self._table), params)
-                return cursor.fetchall() if cursor.description else []
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
-            raise store._unavailable(error) from None
-
-    def __getitem__(self, key: str) -> int:
-        rows = self._rows("SELECT v FROM {t} WHERE k = %s", (key,))
-        if not rows:
-            raise KeyError(key)
-        return rows[0][0]
-
-    def __setitem__(self, key: str, value: int) -> None:
-        self._rows("INSERT INTO {t} VALUES (%s, %s) ON CONFLICT (k) DO UPDATE "
-                   "SET v = EXCLUDED.v", (key, value))
-
-    def __delitem__(self, key: str) -> None:
-        if not self._rows("DELETE FROM {t} WHERE k = %s RETURNING k", (key,)):
-            raise KeyError(key)
-
-    def pop(self, key: str, *default: Any) -> Any:  # one statement: no race between two
-        rows = self._rows("DELETE FROM {t} WHERE k = %s RETURNING v", (key,))
-        if rows:
-            return rows[0][0]
-        if default:
-            return default[0]
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([key for key, _ in self.items()])
-
-    def __len__(self) -> int:
-        return self._rows("SELECT count(*) FROM {t}")[0][0]
-
-    def items(self) -> list[tuple[str, int]]:  # type: ignore[override]
-        """One snapshot (the mixin would read each key separately)."""
-        return [(k, v) for k, v in self._rows("SELECT k, v FROM {t}")]
 
 
 def stored_layout(conn: psycopg.Connection) -> int | None:

@@ -210,6 +210,9 @@ class Session(_Record):
     usage: dict[str, int] = {}
     signed_usage: Signed | None = None
     model: str = ""
+    # The fencing token: bumped each time a stream attaches (opens or resumes); a
+    # stream's writes carry the one it attached with (core/metering.py `attach`).
+    epoch: int = 0
 
 
 class Receipt(_Record):

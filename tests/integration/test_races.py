@@ -30,6 +30,7 @@ from .conftest import (
 
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+ABORTED = grpc.StatusCode.ABORTED
 SETTLED = auth_pb.AUTHORIZATION_STATE_SETTLED
 CANCELLED = auth_pb.AUTHORIZATION_STATE_CANCELLED
 RESOLUTIONS = (wallet_pb.TRANSFER_KIND_POST_PENDING, wallet_pb.TRANSFER_KIND_VOID_PENDING,
@@ -304,9 +305,12 @@ PAIRS = 15
 
 
 def test_two_streams_race_on_one_session(h):
-    """The same session resumed on a second stream (another connection): two reports
-    with the same seq race (one is acked, the other is out of order), then two finishes
-    race (one settles, the other gets SESSION_ALREADY_SETTLED)."""
+    """The same session resumed on a second stream (another connection, as after a
+    broken one, or another broker): that stream takes it over (a new epoch, the fencing
+    token), so the first stream's report racing the second's is refused with
+    SESSION_RESUMED_ELSEWHERE and charges nothing, whichever reaches the ledger first.
+    Resumed once more on the first connection, the second stream is fenced in turn:
+    of two racing finishes, the newest stream's settles, once."""
     worker_id = h.register_worker(gpu_second_price=1000)
     key = h.creds["worker_api_key"]
     held = 80_000
@@ -319,21 +323,17 @@ def test_two_streams_race_on_one_session(h):
         assert (second.grant.last_seq, second.grant.charged) == (1, 50)
         reports = await asyncio.gather(first.report({"gpu_ms": 60}),
                                        second.report({"gpu_ms": 61}), return_exceptions=True)
-        acked = [r for r in reports if not isinstance(r, BaseException)]
-        assert len(acked) == 1, reports
-        refused = next(r for r in reports if isinstance(r, BaseException))
-        check_error(stream_error(refused), INVALID, "USAGE_OUT_OF_ORDER")
-        # The refused stream was closed by the broker: resume on it again.
-        loser = second if refused is reports[1] else first
-        again = await MeteringSession.resume(ch1 if loser is first else ch2, key,
-                                             first.session_id, worker_id)
-        assert (again.grant.last_seq, again.grant.charged) == (2, acked[0].charged)
-        winner = first if loser is second else second
-        usages = {id(winner): 70 + i, id(again): 90 + i}
+        check_error(stream_error(reports[0]), ABORTED, "SESSION_RESUMED_ELSEWHERE")
+        assert reports[1].charged == 61, reports
+        # The fenced stream was closed by the broker: resume on its connection again,
+        # which fences the second stream.
+        again = await MeteringSession.resume(ch1, key, first.session_id, worker_id)
+        assert (again.grant.last_seq, again.grant.charged) == (2, 61)
+        usages = [70 + i, 90 + i]
         finishes = await asyncio.gather(
-            winner.finish({"gpu_ms": usages[id(winner)]}),
-            again.finish({"gpu_ms": usages[id(again)]}), return_exceptions=True)
-        return auth, [usages[id(winner)], usages[id(again)]], finishes
+            second.finish({"gpu_ms": usages[0]}), again.finish({"gpu_ms": usages[1]}),
+            return_exceptions=True)
+        return auth, usages, finishes
 
     async def scenario():
         async with own_connection(h.target) as ch1, own_connection(h.target) as ch2:
@@ -349,8 +349,9 @@ def test_two_streams_race_on_one_session(h):
                     if not isinstance(f, BaseException)]
         errors = [f for f in finishes if isinstance(f, BaseException)]
         assert len(receipts) == 1 and len(errors) == 1, finishes
-        check_error(stream_error(errors[0]), PRECONDITION, "SESSION_ALREADY_SETTLED")
+        check_error(stream_error(errors[0]), ABORTED, "SESSION_RESUMED_ELSEWHERE")
         usage, receipt = receipts[0]
+        assert usage == usages[1]  # the newest stream's
         # Settled on the winning finish's usage, once.
         assert (receipt.charged, receipt.usage.gpu_ms, receipt.outcome) == \
             (usage, usage, "FINISHED")

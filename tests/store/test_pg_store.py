@@ -250,8 +250,14 @@ def test_single_runner_work_runs_on_one_broker_at_a_time(pg_url: str) -> None:
         holder.execute("SELECT pg_advisory_xact_lock(%s, %s)",
                        (LOCK_SINGLE, SINGLE_RUNNERS["roll_up"]))
         assert asyncio.run(b.submit_single("roll_up", quick)) is None
+        pid = holder.info.backend_pid
         with psycopg.connect(pg_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (holder.info.backend_pid,))
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            deadline = time.monotonic() + WAIT  # (it returns before the backend is gone)
+            while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                (pid,)).fetchone()[0]:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
         holder.close()
         assert asyncio.run(b.submit_single("roll_up", quick)) == "b"
     finally:
@@ -275,5 +281,190 @@ def test_worker_leases_are_shared_by_every_broker_on_the_database(pg_url: str) -
         assert on_a.live_ids(now=10_500) == ["wrk_1"]
         assert on_a.live_ids(now=11_000) == [] and on_b.size == 0  # expired and dropped
     finally:
+        a.close()
+        b.close()
+
+
+def test_rate_buckets_are_shared_and_count_like_the_ones_in_memory(pg_url: str) -> None:
+    """The database's buckets (one statement per request) decide as core/rate_limits.py
+    does in memory, request for request, and two brokers take from one bucket."""
+    import random
+
+    from broker.core.rate_limits import RequestLimiter, RequestRate
+    from common.errors import BrokerError
+
+    a, b = PgStore(pg_url, pool_size=2), PgStore(pg_url, pool_size=2)
+
+    def outcome(limiter: RequestLimiter, key: str, rate: RequestRate, now: int):
+        try:
+            limiter.admit(key, rate, now)
+            return None
+        except BrokerError as error:
+            assert error.reason == "RATE_LIMITED"
+            return error.retry_after_ms
+
+    try:
+        on_a = RequestLimiter(shared=a.rate_buckets())
+        on_b = RequestLimiter(shared=b.rate_buckets())
+        local = RequestLimiter()
+        rng = random.Random(7)
+        now = 1_800_000_000_000
+        rates = [RequestRate(60, 2), RequestRate(600, 5), RequestRate(1, 1),
+                 RequestRate(1_000_000, 1_000_000)]
+        refused = 0
+        for _ in range(400):
+            key = f"key_{rng.randrange(3)}"
+            rate = rates[rng.randrange(len(rates))]
+            now += rng.choice((0, 1, 7, 250, 1000, 90_000, -5))  # a clock step back too
+            shared = on_a if rng.random() < 0.5 else on_b  # either broker
+            expected = outcome(local, key, rate, now)
+            assert outcome(shared, key, rate, now) == expected, (key, rate, now)
+            refused += expected is not None
+        assert refused > 20  # the limits were reached, not only admitted
+        # A key's limit holds across brokers: a burst of 2, taken on A then B, then none.
+        rate = RequestRate(60, 2)
+        on_a.admit("key_burst", rate, now)
+        on_b.admit("key_burst", rate, now)
+        for limiter in (on_a, on_b):
+            with pytest.raises(BrokerError):
+                limiter.admit("key_burst", rate, now)
+        assert on_a.size == 0  # nothing kept in the broker's memory
+        # Buckets that refilled are dropped by the sweep; the others stay.
+        before = len(a.rate_buckets())
+        kept = before - on_b.prune(now)
+        assert 1 <= kept <= before  # key_burst is empty: kept
+        assert on_a.prune(now + 10**9) == kept  # all refilled by then
+        assert len(a.rate_buckets()) == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_migrate_adds_the_shared_tables_to_an_older_layout(pg_url: str) -> None:
+    """A layout-2 database (before rate_buckets): refused by serve, brought up to date by
+    `broker migrate` (PgStore(migrate=True)) without touching the ledger's rows."""
+    with PgStore(pg_url, pool_size=2) as s:
+        s.submit_sync(put("meta", "kept", {"v": 1}))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE rate_buckets")
+        conn.execute("UPDATE broker_layout SET version = 2")
+    with pytest.raises(StoreOpenError, match="has table layout 2.*run `broker migrate`"):
+        PgStore(pg_url)
+    PgStore(pg_url, migrate=True).close()
+    with PgStore(pg_url, pool_size=2) as s:
+        assert s.read(lambda tx: tx.get("meta", "kept")) == {"v": 1}
+        assert s.rate_buckets().take("key_1", 60, 1, 60_000, 1) is None
+        assert s.rate_buckets().take("key_1", 60, 1, 60_000, 1) == 1000
+
+
+def test_a_commit_that_writes_a_signal_table_wakes_every_listening_broker(pg_url: str) -> None:
+    """LISTEN/NOTIFY (pg_signals.py): a commit that writes a watched table reaches the
+    other broker's listener within a second; other writes, and ops that fail, send
+    nothing; a listener whose connection is killed listens again by itself."""
+    a, b = PgStore(pg_url, pool_size=2), PgStore(pg_url, pool_size=2)
+    woke = {"a": threading.Event(), "b": threading.Event()}
+    try:
+        a.listen({"alerts"}, woke["a"].set)
+        b.listen({"alerts"}, woke["b"].set)
+        for store in (a, b):
+            assert store.listener is not None and store.listener.listening.wait(WAIT)
+        time.sleep(0.3)  # each fires once on (re)connecting: for what it may have missed
+        for event in woke.values():
+            event.clear()
+        a.submit_sync(put("meta", "x", {"v": 1}))  # not a watched table
+
+        def fails(tx: Tx) -> None:
+            tx.put("alerts", "00000000000000000001", _alert())
+            raise KeyError("refused")
+
+        with pytest.raises(KeyError):
+            a.submit_sync(fails)
+        assert not woke["b"].wait(0.5)
+        started = time.monotonic()
+        a.submit_sync(lambda tx: tx.put("alerts", "00000000000000000002", _alert()))
+        assert woke["b"].wait(1.0), "no signal within a second"
+        assert woke["a"].is_set() or woke["a"].wait(1.0)  # its own commit too
+        print(f"signal after {1000 * (time.monotonic() - started):.1f} ms")
+        # Kill the listening connections: each listens again and fires once.
+        woke["b"].clear()
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query = 'LISTEN broker_changes'").fetchall()
+        assert len(killed) == 2
+        assert woke["b"].wait(WAIT)  # listening again
+        deadline = time.monotonic() + WAIT
+        while True:  # (the listener may not have noticed the kill yet when woke fired)
+            woke["b"].clear()
+            a.submit_sync(lambda tx: tx.put("alerts", "00000000000000000003", _alert()))
+            if woke["b"].wait(1.0):
+                break
+            assert time.monotonic() < deadline
+        assert b.listener is not None and b.listener.received >= 2
+    finally:
+        a.close()
+        b.close()
+
+
+def _alert() -> dict:
+    return {"alert_id": "alr_1", "seq": 1, "kind": "denial_run", "owner_id": "own_1",
+            "wallet_id": "wal_1", "message": "m", "observed": 0, "baseline": 0,
+            "subject": "", "wallet_frozen": False, "create_ms": 1}
+
+
+def test_sweeps_claim_due_rows_and_skip_those_another_broker_holds(pg_url: str) -> None:
+    """`base.due` on PostgreSQL (FOR UPDATE SKIP LOCKED): while broker A's sweep holds
+    the rows it claimed, broker B's sweep takes the others (or none), without waiting
+    and without a conflict; rows deleted in the op's own overlay are not returned; a
+    read-only snapshot cannot claim."""
+    from broker.store.base import due
+    from broker.store.buffered import ReadOnlyError
+
+    a, b = PgStore(pg_url, pool_size=2), PgStore(pg_url, pool_size=2)
+    keys = [f"{n:020d}/h{n}" for n in range(1, 11)]
+    a.submit_sync(lambda tx: [tx.put("hold_expiry", k, {}) for k in keys])
+    inside, release = threading.Event(), threading.Event()
+
+    def sweep_a(tx: Tx) -> list[str]:
+        rows = [k for k, _ in due(tx, "hold_expiry", f"{99:020d}", 4)]
+        inside.set()
+        assert release.wait(WAIT)
+        for k in rows:
+            tx.delete("hold_expiry", k)
+        return rows
+
+    def sweep_b(tx: Tx) -> list[str]:
+        rows = [k for k, _ in due(tx, "hold_expiry", f"{99:020d}", 100)]
+        for k in rows:
+            tx.delete("hold_expiry", k)
+        return rows
+
+    try:
+        got: dict[str, list[str]] = {}
+        first = threading.Thread(target=lambda: got.update(a=a.submit_sync(sweep_a)))
+        first.start()
+        assert inside.wait(WAIT)
+        started = time.monotonic()
+        got["b"] = b.submit_sync(sweep_b)  # while A still holds its four
+        assert time.monotonic() - started < 1.0  # it did not wait for A
+        assert b.submit_sync(sweep_b) == []  # A's four are still claimed: skipped
+        release.set()
+        first.join(WAIT)
+        assert got["a"] == keys[:4] and got["b"] == keys[4:]
+        assert a.stats["retries"] == b.stats["retries"] == 0
+        assert a.read(lambda tx: list(tx.scan("hold_expiry"))) == []
+        # Through an op's overlay: what it deleted is gone, what it put is there.
+        a.submit_sync(lambda tx: [tx.put("hold_expiry", k, {}) for k in keys[:3]])
+
+        def overlay(tx: Tx) -> list[str]:
+            tx.delete("hold_expiry", keys[0])
+            tx.put("hold_expiry", f"{50:020d}/new", {})
+            return [k for k, _ in due(tx, "hold_expiry", f"{99:020d}", 3)]
+
+        assert a.submit_sync(overlay) == [keys[1], keys[2], f"{50:020d}/new"]
+        with pytest.raises(ReadOnlyError):
+            a.read(lambda tx: due(tx, "hold_expiry", f"{99:020d}", 3))
+    finally:
+        release.set()
         a.close()
         b.close()
