@@ -201,7 +201,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         signer = self.s.receipt_keyring.signer
         receipt = await self.s.store.submit(lambda tx: metering.finish(
             tx, p, session_id, usage, self.s.clock(), self.s.config, signer, finish.signature,
-            epoch))
+            epoch=epoch))
         return pb.MeterResponse(settled=pb.SessionSettled(
             receipt=convert.receipt(receipt),
             settle_time=convert.timestamp(receipt["settle_ms"])))
