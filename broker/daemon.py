@@ -23,6 +23,7 @@ from common.clock import now_ms
 from common.interceptors import ObservingInterceptor, WrappedHandlers, WrappingInterceptor
 from common.metrics import MetricsServer
 from common.supervision import Supervisor, wait_for_stop
+from common.targets import SERVER_PING_POLICY
 from common.tls import ServerTls, add_port
 from common.undecodable import UndecodableRequestInterceptor
 
@@ -233,6 +234,9 @@ class Broker:
             # noticed and ended, instead of being held open for good.
             ("grpc.keepalive_time_ms", KEEPALIVE_MS),
             ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            # Let clients ping every few seconds: that is how they notice a broker that
+            # hangs and move to another (common/targets.py).
+            *SERVER_PING_POLICY,
         ])
         names = []
         server = _GenericHandlersOnly(self.server)
