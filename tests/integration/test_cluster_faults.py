@@ -377,7 +377,9 @@ def test_database_restarted_under_three_brokers(tmp_path: Path):
             assert all(b.proc.poll() is None for b in brokers)
             for broker in brokers:
                 with BrokerClient(broker.target, creds["agent_api_key"]) as alone:
-                    alone.cancel(alone.authorize(1_000).authorization_id)
+                    made = alone.authorize(1_000).authorization_id
+                    assert alone.cancel(made).state == CANCELLED
+                    before.add(made)  # not the load's
             check_one_true_answer(load, brokers, before)
         finally:
             load._stop.set()
