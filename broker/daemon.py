@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from common.clock import now_ms
+from common.errors import BrokerError, Code
 from common.interceptors import ObservingInterceptor, WrappedHandlers, WrappingInterceptor
 from common.metrics import MetricsServer
 from common.supervision import Supervisor, wait_for_stop
@@ -217,11 +218,20 @@ class Broker:
         store = self.services.store
         store.submit_sync(lambda tx: ledger.ensure_platform_accounts(tx, self.services.clock()))
         self.metrics.watch_ledger(store)
-        if caught_up := run_periodic(self.services):
-            log.info("caught up on %d subscription grants, expiries and lease ends", caught_up)
-        released = expire_holds(self.services)
-        if released:
-            log.info("resolved %d holds that timed out while the broker was down", released)
+        try:
+            if caught_up := run_periodic(self.services):
+                log.info("caught up on %d subscription grants, expiries and lease ends",
+                         caught_up)
+            if released := expire_holds(self.services):
+                log.info("resolved %d holds that timed out while the broker was down",
+                         released)
+        except BrokerError as error:
+            # Several brokers on one database: the others sweep the same due holds (this
+            # one's transaction may keep conflicting with theirs), or the database is
+            # away for a moment. Not a reason to stay down: the periodic sweep catches up.
+            if error.code is not Code.UNAVAILABLE:
+                raise
+            log.warning("start-up catch-up left to the periodic sweep: %s", error.message)
         # The observer first: it sees the final status of every call, refused ones too.
         observer = ObservingInterceptor(self.metrics.rpc, logging.getLogger("broker.rpc"))
         interceptors = [observer, UndecodableRequestInterceptor()]
