@@ -53,7 +53,7 @@ class PgCluster:
     """initdb + pg_ctl in `root` (a new temporary folder when None)."""
 
     def __init__(self, root: Path | None = None, *, durable: bool = False,
-                 max_connections: int = 300) -> None:
+                 max_connections: int = 300, settings: tuple[str, ...] = ()) -> None:
         self.bin = server_bin()
         self._own_root = root is None
         self.root = Path(root or tempfile.mkdtemp(prefix="broker-pg-", dir=_reachable_tmp()))
@@ -62,6 +62,7 @@ class PgCluster:
         self.log = self.root / "server.log"
         self.durable = durable
         self.max_connections = max_connections
+        self.settings = settings  # more postgresql.conf lines (the benchmarks')
         self._as_postgres = os.geteuid() == 0
 
     def url(self, database: str = "postgres") -> str:
@@ -98,6 +99,7 @@ class PgCluster:
             ]
             if not self.durable:  # tests: nothing here must survive a power cut
                 settings += ["fsync = off", "full_page_writes = off"]
+            settings += self.settings
             with open(self.data / "postgresql.conf", "a") as conf:
                 conf.write("\n".join(settings) + "\n")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",

@@ -8,6 +8,7 @@ is clean."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
 from .broker_process import ROOT, BrokerProcess
 from .conftest import Harness, burn_job, rid
+from .test_node_agent import node_agent  # noqa: F401 - the fixture that makes sure of npm ci
 from .worker_process import WorkerProcess
 
 HELD = auth_pb.AUTHORIZATION_STATE_HELD
@@ -234,6 +236,51 @@ def test_brokers_killed_and_hung_under_load_lose_nothing(tmp_path: Path, pg_url:
         stop_all(brokers)
     done = audit(tmp_path / "keys", pg_url)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_node_agent_and_worker_pass_over_a_broker_that_hangs_mid_purchase(
+        tmp_path: Path, pg_url: str, node_agent):  # noqa: F811
+    """The Node.js agent and the worker both hold to the first of two brokers; it hangs
+    (SIGSTOP) just after the agent's Authorize. The agent's next calls, and the worker's
+    redemption and metering, notice (keepalive) and go to the second: the job
+    completes, the receipt verifies, the hold resolves once."""
+    brokers = start_brokers(tmp_path, pg_url, count=2)
+    everyone = ",".join(b.target for b in brokers)
+    creds = brokers[0].credentials
+    worker = WorkerProcess(everyone, tmp_path / "worker", creds["worker_api_key"],
+                           creds["agent_api_key"])
+    agent = None
+    try:
+        worker.start()
+        agent = subprocess.Popen(
+            ["node", str(ROOT / "examples" / "node-agent" / "agent.js"), "--broker", everyone,
+             "--credentials", str(brokers[0].credentials_path), "--tokens", "4"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert agent.stdout is not None
+        seen = []
+        for line in agent.stdout:
+            seen.append(line)
+            if line.startswith("authorized "):
+                os.kill(brokers[0].proc.pid, signal.SIGSTOP)
+                hung_at = time.monotonic()
+                break
+        else:
+            raise AssertionError("".join(seen))
+        out = "".join(seen) + agent.stdout.read()
+        assert agent.wait(90) == 0, out
+        took = time.monotonic() - hung_at
+        assert re.search(r"^job JOB_STATUS_COMPLETED: ", out, re.M), out
+        assert "receipt signature verified" in out, out
+        authorization_id = re.search(r"^authorized \d+: (auth_\w+)", out, re.M)[1]
+        with BrokerClient(brokers[1].target, creds["agent_api_key"]) as on_b:
+            assert on_b.get_authorization(authorization_id).state == SETTLED
+        assert resolutions(pg_url)[authorization_id] == 1
+        assert took < 60, took
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+        worker.stop()
+        stop_all(brokers)
 
 
 # -- the database goes away --------------------------------------------------------------
