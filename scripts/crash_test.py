@@ -66,6 +66,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -104,6 +105,9 @@ LONG_OUTAGE_S = 2.6  # longer than the short holds live: they expire while down
 SHORT_TTL_MAX_S = 3
 EXPIRED_MARGIN_MS = 1500  # the sweep runs every 0.5 s
 STALE_READS = 10  # a loaded machine may delay the sweep: look again, 1 s apart
+# The ledger summary (a whole audit) and the listings at the end: on PostgreSQL on a
+# loaded machine, with tens of thousands of rows, they take longer than one call.
+AUDIT_TIMEOUT_S = 120
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50),
                    ("grpc.min_reconnect_backoff_ms", 50),
                    ("grpc.max_reconnect_backoff_ms", 250)]
@@ -761,7 +765,8 @@ class Run:
             owner_md = bearer(creds["owner_api_key"])
 
             summary = admin.GetLedgerSummary(admin_pb.GetLedgerSummaryRequest(),
-                                             metadata=bearer(creds["admin_api_key"]), timeout=30)
+                                             metadata=bearer(creds["admin_api_key"]),
+                                             timeout=AUDIT_TIMEOUT_S)
             v += [f"ledger: {problem}" for problem in summary.violations]
 
             # Every authorization of every client wallet, as the broker has it now.
@@ -837,7 +842,8 @@ class Run:
             asyncio.run(self.async_checks(open_sessions, list(grants.values())))
 
             summary = admin.GetLedgerSummary(admin_pb.GetLedgerSummaryRequest(),
-                                             metadata=bearer(creds["admin_api_key"]), timeout=30)
+                                             metadata=bearer(creds["admin_api_key"]),
+                                             timeout=AUDIT_TIMEOUT_S)
             v += [f"ledger (after the second opens): {p}" for p in summary.violations]
 
         self.authorizations = len(found)
@@ -892,7 +898,8 @@ class Run:
         before, listed, token = balance(), [], ""
         while True:
             page = auths.ListAuthorizations(auth_pb.ListAuthorizationsRequest(
-                wallet_id=wallet_id, page_size=1000, page_token=token), metadata=md, timeout=30)
+                wallet_id=wallet_id, page_size=1000, page_token=token), metadata=md,
+                timeout=AUDIT_TIMEOUT_S)
             listed += page.authorizations
             token = page.next_page_token
             if not token:
@@ -1011,7 +1018,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         operations, acknowledged = run.run()
     except Exception as error:  # noqa: BLE001 - reported as a violation below
-        run.violations.append(f"harness error: {error!r}")
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        run.violations.append(f"harness error at line {where.lineno} ({where.line}): "
+                              f"{error!r}")
     finally:
         run.cleanup()
     ok = not run.violations and run.kills >= args.kills

@@ -446,9 +446,11 @@ class PgStore:
             _rollback(conn)
             raise
         except BaseException:
+            _still_in_transaction(conn)
             # Nothing was written; COMMIT checks the reads the error rests on.
             conn.execute("COMMIT")
             raise
+        _still_in_transaction(conn)
         try:
             started = time.perf_counter()
             with conn.pipeline():  # the writes and COMMIT go out together: one round trip
@@ -601,6 +603,21 @@ def _one(conn: psycopg.Connection, query: str, params: tuple = ()) -> Any:
     row = conn.execute(query, params).fetchone()
     assert row is not None, query
     return row[0]
+
+
+def _still_in_transaction(conn: psycopg.Connection) -> None:
+    """Raise what the op swallowed. An op that runs several on their own (a metering
+    batch: store/group.py) keeps going past one that raised, a database error too: then
+    the transaction is aborted (every later statement fails, and COMMIT would be
+    refused as InFailedSqlTransaction: an INTERNAL to the caller) or the connection is
+    gone. Run the op again from scratch, or report the database lost."""
+    status = conn.info.transaction_status
+    if status == psycopg.pq.TransactionStatus.INTRANS:
+        return
+    _rollback(conn)
+    if status == psycopg.pq.TransactionStatus.INERROR:
+        raise pg_errors.SerializationFailure("a statement of the operation failed inside it")
+    raise psycopg.OperationalError("the connection was lost during the operation")
 
 
 def _rollback(conn: psycopg.Connection) -> None:

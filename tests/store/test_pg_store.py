@@ -277,3 +277,32 @@ def test_worker_leases_are_shared_by_every_broker_on_the_database(pg_url: str) -
     finally:
         a.close()
         b.close()
+
+
+def test_a_database_error_swallowed_inside_a_batch_runs_the_batch_again(store: PgStore) -> None:
+    """A metering batch runs its ops on their own and keeps going past one that raised
+    (store/group.py), a database error too: that leaves the transaction aborted. The
+    store runs the whole batch again (once the failure is gone, every op lands), rather
+    than committing into an aborted transaction (InFailedSqlTransaction: INTERNAL)."""
+    from broker.store.group import independently
+
+    failures = [1]
+
+    def flaky(tx: Tx) -> str:
+        if failures:
+            failures.pop()
+            inner = tx
+            while not hasattr(inner, "_conn"):  # the batch's overlay, the op's, the store's
+                inner = inner._base  # type: ignore[attr-defined]
+            inner._conn.execute("SELECT 1 / 0")  # type: ignore[attr-defined]
+        tx.put("meta", "a", {"v": 1})
+        return "a"
+
+    def steady(tx: Tx) -> str:
+        tx.get("meta", "a")
+        tx.put("meta", "b", {"v": 2})
+        return "b"
+
+    assert store.submit_sync(independently([flaky, steady])) == ["a", "b"]
+    assert store.read(lambda tx: (tx.get("meta", "a"), tx.get("meta", "b"))) == (
+        {"v": 1}, {"v": 2})
