@@ -402,15 +402,24 @@ class Client:
     async def finish(self, auth_id: str, session: MeteringSession, usage: dict) -> None:
         session_id = session.session_id
         deadline = time.monotonic() + RETRY_S
+        retried = False
         while True:
             self.stats["operations"] += 1
             try:
                 receipt = await asyncio.wait_for(session.finish(usage), CALL_TIMEOUT_S)
             except (grpc.RpcError, SessionClosed, TimeoutError) as error:
                 transient, reason = classify(error)
+                if retried and reason == "SESSION_ALREADY_SETTLED":
+                    # The first finish, given up on (a timeout), committed after the
+                    # resume: a broker keeps running an op whose caller went away (on
+                    # PostgreSQL through its retries). It settled on this same usage.
+                    self.stats["refused"]["finish:SESSION_ALREADY_SETTLED (late)"] += 1
+                    await self.read_receipt(auth_id, session_id)
+                    return
                 if not transient:
                     raise self.refused("finish", reason, error, short=False, auth=auth_id,
                                        session=session_id) from None
+                retried = True
                 self.stats["retries"] += 1
                 self.stats["transient"][reason[:60]] += 1
                 if time.monotonic() > deadline:
