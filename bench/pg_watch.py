@@ -86,6 +86,7 @@ class PgWatch:
             rows = conn.execute(
                 "SELECT calls, total_exec_time, left(query, 60) FROM pg_stat_statements "
                 "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND query NOT LIKE '%%pg_locks%%' AND query NOT LIKE '%%pg_stat%%'"
                 " ORDER BY total_exec_time DESC LIMIT %s", (count,)).fetchall()
         return [f"{calls / per:.1f} calls, {ms * 1000 / per:.0f} us/op: "
                 f"{' '.join(query.split())}" for calls, ms, query in rows]
