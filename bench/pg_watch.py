@@ -3,13 +3,16 @@
     with PgWatch(cluster, url) as watch:
         ... run the load ...
     watch.lock_waits          # sampled waits, by kind, table and statement
-    watch.rollbacks_per_commit, watch.cpu_s, watch.top_statements()
+    watch.conflicts, watch.cpu_s, watch.top_statements()
 
 Lock waits are sampled from pg_locks (every lock a backend of this database waits for,
 i.e. `pg_stat_activity.wait_event_type = 'Lock'`) every SAMPLE_S by a thread on its own
 connection. A wait for a row (locktype `tuple` or `transactionid`: another transaction
 wrote that row and has not committed) is kept with the statement that waits, which
 names the table; an advisory lock wait (the single-runner work) is kept apart.
+
+Conflicts: the serialisation failures and deadlocks the server logged meanwhile (each
+is one try of an operation, which the store ran again), by the statement that failed.
 """
 
 from __future__ import annotations
@@ -39,29 +42,32 @@ class PgWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._before: dict[str, Any] = {}
-        self.rollbacks_per_commit = 0.0
-        self.commits = 0
+        self.conflicts: Counter = Counter()  # failed statement -> serialisation failures
         self.cpu_s = 0.0
 
     def __enter__(self) -> PgWatch:
         with psycopg.connect(self.url, autocommit=True) as conn:
             if self.statements:
                 conn.execute("SELECT pg_stat_statements_reset()")
-            self._before = {"xact": _xacts(conn), "cpu": _server_cpu(self.cluster)}
+            self._before = {"log": self.cluster.log.stat().st_size,
+                            "cpu": _server_cpu(self.cluster)}
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            commits, rollbacks = (a - b for a, b in zip(_xacts(conn), self._before["xact"],
-                                                          strict=True))
         after = _server_cpu(self.cluster)
         before = self._before["cpu"]
         self.cpu_s = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
-        self.commits = commits
-        self.rollbacks_per_commit = rollbacks / commits if commits else 0.0
+        with open(self.cluster.log, "rb") as log:
+            log.seek(self._before["log"])
+            lines = log.read().decode(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if "could not serialize access" in line or "deadlock detected" in line:
+                failed = next((x.split("STATEMENT:", 1)[1] for x in lines[i + 1:i + 6]
+                               if "STATEMENT:" in x), "?")
+                self.conflicts[" ".join(failed.split())[:60]] += 1
 
     def _sample(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -90,13 +96,6 @@ class PgWatch:
                 " ORDER BY total_exec_time DESC LIMIT %s", (count,)).fetchall()
         return [f"{calls / per:.1f} calls, {ms * 1000 / per:.0f} us/op: "
                 f"{' '.join(query.split())}" for calls, ms, query in rows]
-
-
-def _xacts(conn: psycopg.Connection) -> tuple[int, int]:
-    row = conn.execute("SELECT xact_commit, xact_rollback FROM pg_stat_database "
-                       "WHERE datname = current_database()").fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
 
 
 def _server_cpu(cluster) -> dict[int, float]:

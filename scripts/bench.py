@@ -419,21 +419,24 @@ def fig_postgres(b: Bench) -> None:
            broker_cpu_us_per_op={"lmdb": _round(cpu[0] / max(1.0, ops[0]) * 1e6),
                                  "postgresql": _round(cpu[1] / max(1.0, ops[1]) * 1e6)},
            postgres_cpu_us_per_op=_round(one_watch.cpu_s / max(1.0, ops[1]) * 1e6),
-           rollbacks_per_commit=_round(one_watch.rollbacks_per_commit, 3),
+           conflicts_per_op=_round(sum(one_watch.conflicts.values()) / max(1.0, ops[1]), 3),
+           conflicts=dict(one_watch.conflicts.most_common(4)),
            top_statements=top,
            note="1 broker process with its ledger on PostgreSQL (a throwaway cluster on "
                 "this machine, fsync and synchronous_commit on, SERIALIZABLE) / the LMDB "
                 "broker (fsync per group commit), measured in turn in the same run with "
                 "the same load: 64 callers in 2 client processes, each its own wallet. "
                 "CPU per op over every round (ops: rate x run time, warm-up included); "
-                "rollbacks: serialisation failures (each retried), per commit; "
+                "conflicts: serialisation failures and deadlocks the server logged "
+                "(each a try the store ran again), per op and by failed statement; "
                 "client_retries: Authorize retried after UNAVAILABLE (12 conflicts), per op; "
                 "top_statements: pg_stat_statements, server time per authorization")
     for n in (2, 3):
         b.emit(f"pg_authorize_per_s_{n}_brokers", rates[n].rate, "authorizations/s",
                one.rate, rates[n].rate / one.rate, p99_ms=_round(rates[n].percentile(99)),
                client_retries_per_op=_round(_retries(rates[n]), 4),
-               rollbacks_per_commit=_round(watches[n].rollbacks_per_commit, 3),
+               conflicts_per_op=_round(sum(watches[n].conflicts.values()) / max(
+                   1.0, rates[n].rate * span * b.settings.rounds), 3),
                postgres_cpu_s=_round(watches[n].cpu_s),
                note=f"{n} broker processes on the one database, the callers' channels "
                     f"dealt evenly over them; baseline: 1 broker. Brokers, PostgreSQL and "

@@ -251,7 +251,8 @@ def test_single_runner_work_runs_on_one_broker_at_a_time(pg_url: str) -> None:
                        (LOCK_SINGLE, SINGLE_RUNNERS["roll_up"]))
         assert asyncio.run(b.submit_single("roll_up", quick)) is None
         with psycopg.connect(pg_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (holder.info.backend_pid,))
+            # (with a timeout: it waits until the backend is gone, and its lock with it)
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (holder.info.backend_pid,))
         holder.close()
         assert asyncio.run(b.submit_single("roll_up", quick)) == "b"
     finally:
