@@ -85,6 +85,16 @@ class PgWatch:
         return {f"{kind} {relation} {query}".strip(): n
                 for (kind, relation, query), n in self.lock_waits.most_common(8)}
 
+    def statements(self) -> int:
+        """Statements the brokers ran since `__enter__` (pg_stat_statements, BEGIN and
+        COMMIT included; the watcher's own left out)."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE dbid = (SELECT "
+                "oid FROM pg_database WHERE datname = current_database()) AND query NOT "
+                "LIKE '%pg_locks%' AND query NOT LIKE '%pg_stat%'").fetchone()
+        return int(row[0]) if row else 0
+
     def top_statements(self, per: int, count: int = 6) -> list[str]:
         """The statements that took the most server time (pg_stat_statements), with
         their calls and server time per authorization (`per` of them in the run)."""

@@ -399,6 +399,7 @@ def fig_postgres(b: Bench) -> None:
             base, one = best
             assert base is not None and one is not None
             top = one_watch.top_statements(max(1, int(ops[1])))
+            statements = one_watch.statements() / max(1.0, ops[1])
             rates, watches = {1: one}, {1: one_watch}
             for n in (2, 3):
                 brokers[n - 1].start()
@@ -421,6 +422,7 @@ def fig_postgres(b: Bench) -> None:
            postgres_cpu_us_per_op=_round(one_watch.cpu_s / max(1.0, ops[1]) * 1e6),
            conflicts_per_op=_round(sum(one_watch.conflicts.values()) / max(1.0, ops[1]), 3),
            conflicts=dict(one_watch.conflicts.most_common(4)),
+           statements_per_op=_round(statements),
            top_statements=top,
            note="1 broker process with its ledger on PostgreSQL (a throwaway cluster on "
                 "this machine, fsync and synchronous_commit on, SERIALIZABLE) / the LMDB "
@@ -430,7 +432,8 @@ def fig_postgres(b: Bench) -> None:
                 "conflicts: serialisation failures and deadlocks the server logged "
                 "(each a try the store ran again), per op and by failed statement; "
                 "client_retries: Authorize retried after UNAVAILABLE (12 conflicts), per op; "
-                "top_statements: pg_stat_statements, server time per authorization")
+                "statements_per_op and top_statements (server time per authorization): "
+                "pg_stat_statements, the brokers' statements alone")
     for n in (2, 3):
         b.emit(f"pg_authorize_per_s_{n}_brokers", rates[n].rate, "authorizations/s",
                one.rate, rates[n].rate / one.rate, p99_ms=_round(rates[n].percentile(99)),
