@@ -85,7 +85,7 @@ class PgWatch:
         return {f"{kind} {relation} {query}".strip(): n
                 for (kind, relation, query), n in self.lock_waits.most_common(8)}
 
-    def statements(self) -> int:
+    def statement_count(self) -> int:
         """Statements the brokers ran since `__enter__` (pg_stat_statements, BEGIN and
         COMMIT included; the watcher's own left out)."""
         with psycopg.connect(self.url, autocommit=True) as conn:

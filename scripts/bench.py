@@ -399,7 +399,7 @@ def fig_postgres(b: Bench) -> None:
             base, one = best
             assert base is not None and one is not None
             top = one_watch.top_statements(max(1, int(ops[1])))
-            statements = one_watch.statements() / max(1.0, ops[1])
+            statements = one_watch.statement_count() / max(1.0, ops[1])
             rates, watches = {1: one}, {1: one_watch}
             for n in (2, 3):
                 brokers[n - 1].start()
