@@ -80,10 +80,15 @@ $(PG_SERVER):
 test: $(STAMP) $(NODE_STAMP) $(CHROMIUM) $(PG_SERVER) check-stubs
 	$(BIN)/python -m pytest -q
 
-## crash-test: SIGKILL a loaded broker 30 times, then a prefork one (its whole process group) 30 times; every acknowledged operation must survive
-crash-test: $(STAMP)
+## crash-test: SIGKILL a loaded broker 30 times, then a prefork one (its whole process group) 30 times; every acknowledged operation must survive. CRASH_STORE=postgresql: three brokers on one PostgreSQL, 30 kills of brokers and of the database
+CRASH_STORE ?= lmdb
+crash-test: $(STAMP) $(if $(filter postgresql,$(CRASH_STORE)),$(PG_SERVER))
+ifeq ($(CRASH_STORE),postgresql)
+	$(BIN)/python scripts/crash_test.py --store postgresql
+else
 	$(BIN)/python scripts/crash_test.py
 	$(BIN)/python scripts/crash_test.py --processes 2
+endif
 
 ## soak: 10 min (SOAK_MINUTES) of mixed load on a real broker and worker; fails if their memory or fds grow >10% or still rise at the end
 SOAK_MINUTES ?= 10

@@ -32,7 +32,7 @@ SETUP_WAVE = 200
 
 @dataclass(frozen=True)
 class Load:
-    target: str
+    target: str  # one server, or several comma-separated (the channels are spread)
     workload: str  # a name in workloads.WORKLOADS
     params: dict[str, Any] = field(default_factory=dict)
     processes: int = 2
@@ -148,8 +148,12 @@ async def _client_main(load: Load, index: int, first: int, count: int, ready, go
     from bench.workloads import WORKLOADS
 
     n_channels = max(1, min(load.channels_per_process, count))
-    channels = [grpc.aio.insecure_channel(load.target, options=CHANNEL_OPTIONS)
-                for _ in range(n_channels)]
+    # Several servers (comma-separated: brokers on one database): the channels are
+    # dealt out over them, each channel to one, so the callers spread evenly.
+    targets = load.target.split(",")
+    channels = [grpc.aio.insecure_channel(targets[(index * n_channels + i) % len(targets)],
+                                          options=CHANNEL_OPTIONS)
+                for i in range(n_channels)]
     make = WORKLOADS[load.workload]
     callers = [make(load.params, first + i, channels[i % n_channels]) for i in range(count)]
     try:

@@ -1,7 +1,7 @@
 """The broker as the bench runs it: `broker serve` plus what a benchmark needs.
 
     python -m bench.server --data-dir D --listen HOST:PORT [--processes N] [--no-sync]
-                           [--profile DIR]
+                           [--profile DIR] [--store postgresql://...]
 
 Initialises D on first use (the admin key goes to D/admin.key, mode 0600), then serves
 exactly as `broker serve` does (the same daemon functions). --no-sync opens the ledger
@@ -9,7 +9,8 @@ without fsync (BrokerSettings.durable=False), for the durable_vs_nosync figure o
 --profile (one process) runs the event loop and the store writer thread under cProfile
 and writes DIR/loop.prof and DIR/writer.prof on SIGTERM. The profilers count each
 thread's CPU time (time.thread_time), not wall time: a thread waiting for the GIL, for
-the network or for fsync is not charged for it.
+the network or for fsync is not charged for it. --store: the ledger in that PostgreSQL
+database (initialised by the first server; the others on it share D's keys).
 """
 
 from __future__ import annotations
@@ -71,13 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--no-sync", action="store_true")
     parser.add_argument("--profile", type=Path)
+    parser.add_argument("--store", default="", help="a postgresql:// URL (default: LMDB)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # At info the broker logs one line per call (broker.rpc): not what is measured here.
     logging.getLogger("broker.rpc").setLevel(logging.WARNING)
     _name_threads()
-    data_dir = DataDir(args.data_dir)
+    data_dir = DataDir(args.data_dir, args.store)
     if not data_dir.is_initialised():
         _, admin_key = init(data_dir)
         write_secret(args.data_dir / "admin.key", admin_key.encode())

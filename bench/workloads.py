@@ -32,6 +32,7 @@ METER_WORKER = "/broker.v1.MeteringService/MeterWorker"
 # First byte of a serialized MeterResponse: the tag of its `kind` field (length-delimited).
 ACK, STOP = (2 << 3) | 2, (3 << 3) | 2
 TIMEOUT_S = 60
+UNAVAILABLE_RETRIES = 5  # Authorize with retry_unavailable
 
 
 def _metadata(key: str) -> tuple:
@@ -110,11 +111,22 @@ class Caller:
 
 
 class Authorize(Caller):
-    """authorize_per_s: one Authorize (hold + voucher) per step."""
+    """authorize_per_s: one Authorize (hold + voucher) per step. With `retry_unavailable`
+    (the PostgreSQL figures), an UNAVAILABLE is retried with the same request_id, as a
+    client does, and the step's sample counts the retries."""
 
-    async def step(self) -> None:
-        await self.unary(self.authorize_request(self.params.get("amount", 1_000)),
-                         metadata=self.agent_md, timeout=TIMEOUT_S)
+    async def step(self) -> dict[str, int] | None:
+        request = self.authorize_request(self.params.get("amount", 1_000))
+        for retries in range(UNAVAILABLE_RETRIES + 1):
+            try:
+                await self.unary(request, metadata=self.agent_md, timeout=TIMEOUT_S)
+            except grpc.aio.AioRpcError as error:
+                if not self.params.get("retry_unavailable") or retries == UNAVAILABLE_RETRIES \
+                        or error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                continue
+            return {"retries": retries} if self.params.get("retry_unavailable") else None
+        raise AssertionError("unreachable")
 
 
 class Usage(Caller):

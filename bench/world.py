@@ -147,13 +147,17 @@ class BrokerServer(Server):
     module = "bench.server"
 
     def __init__(self, workdir: Path, name: str, *, processes: int = 1, nosync: bool = False,
-                 profile: Path | None = None, data_dir: Path | None = None):
+                 profile: Path | None = None, data_dir: Path | None = None,
+                 store: str = ""):
         super().__init__(workdir, name)
         self.data_dir = data_dir or workdir / f"{name}-data"
         self.processes, self.nosync, self.profile = processes, nosync, profile
+        self.store = store  # a postgresql:// URL, or "" for LMDB in data_dir
 
     def args(self) -> list[str]:
         args = ["--data-dir", str(self.data_dir), "--processes", str(self.processes)]
+        if self.store:
+            args += ["--store", self.store]
         if self.nosync:
             args.append("--no-sync")
         if self.profile:

@@ -18,8 +18,10 @@ UNAVAILABLE is retried with the same request_id, so it happens at most once.
 
 Several brokers on one database (docs/scale-out.md): give them all, comma-separated,
 `BrokerClient("10.0.0.1:50051,10.0.0.2:50051", api_key)`. The channel keeps to one
-until it fails, then moves to the next that answers (common/targets.py); the retry
-with the same request_id runs there and gets the one answer.
+until it fails (its connection breaks, or the broker hangs and leaves a keepalive ping
+unanswered for 2 s), then moves to the next that answers (common/targets.py); the
+retry with the same request_id runs there and gets the one answer. A retry waits as
+long as the broker's RetryInfo asks (e.g. while its database restarts).
 
 Owners open the sealed itemised part of their receipts (and a statement's annex)
 with `open_sealed`, on their own side, with the private key they registered.
@@ -39,12 +41,13 @@ from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
 from common import mandates, narrowing, sealing
 from common import tls as tls_files
-from common.status import error_info
+from common.status import error_detail, error_info
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.v1 import worker_service_pb2_grpc as worker_grpc
 
@@ -64,6 +67,8 @@ from .v1 import wallet_service_pb2 as wallet_pb
 from .v1 import wallet_service_pb2_grpc as wallet_grpc
 from .v1 import worker_registry_service_pb2 as registry_pb
 from .v1 import worker_registry_service_pb2_grpc as registry_grpc
+
+MAX_RETRY_DELAY_S = 5.0
 
 
 class BrokerClientError(Exception):
@@ -97,7 +102,7 @@ class BrokerClient:
                  channel: grpc.Channel | None = None, ca: str | None = None,
                  client_cert: str | None = None, client_key: str | None = None,
                  tls: bool = False):
-        self._channel = channel or tls_files.channel(
+        self._channel = channel or tls_files.broker_channel(
             target, tls_files.load_client(ca, client_cert, client_key, tls=tls))
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self._timeout, self._retries = timeout, retries
@@ -125,7 +130,7 @@ class BrokerClient:
             except grpc.RpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._retries:
                     raise BrokerClientError(error) from None
-                time.sleep(0.1 * 2**attempt)
+                time.sleep(retry_delay_s(error, attempt))
         raise AssertionError("unreachable")
 
     def _every_page(self, method, request_type, field: str, limit: int | None = None,
@@ -417,6 +422,17 @@ class BrokerClient:
         return self._call(self._statements.RotateReceiptSigningKey,
                           statement_pb.RotateReceiptSigningKeyRequest(
                               request_id=self._request_id()))
+
+
+def retry_delay_s(error: grpc.RpcError, attempt: int) -> float:
+    """How long to wait before retrying an UNAVAILABLE call: the broker's RetryInfo when
+    it sent one (e.g. STORE_UNAVAILABLE while its database is away), at most
+    MAX_RETRY_DELAY_S; else 0.1 s doubling per attempt (a broker that went away: the
+    channel is already moving to the next one)."""
+    info = error_detail(error, error_details_pb2.RetryInfo)
+    if info is not None and info.retry_delay.ToMilliseconds() > 0:
+        return min(MAX_RETRY_DELAY_S, info.retry_delay.ToMilliseconds() / 1000)
+    return 0.1 * 2**attempt
 
 
 def narrow_voucher(voucher: str, holder_key: SigningKey, *, amount: int, expire_ms: int,

@@ -20,9 +20,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from common.clock import now_ms
+from common.errors import BrokerError, Code
 from common.interceptors import ObservingInterceptor, WrappedHandlers, WrappingInterceptor
 from common.metrics import MetricsServer
 from common.supervision import Supervisor, wait_for_stop
+from common.targets import SERVER_PING_POLICY
 from common.tls import ServerTls, add_port
 from common.undecodable import UndecodableRequestInterceptor
 
@@ -156,11 +158,20 @@ def run_periodic(services: Services) -> int:
     return _until_done(services, periodic.run_due)
 
 
+# Holds one start-up transaction resolves on a database other brokers share: they sweep
+# the same due holds meanwhile, and a short transaction is the one that gets through
+# (500 at a time, a restarted broker's catch-up kept losing to theirs for a minute).
+SHARED_STORE_EXPIRY_BATCH = 50
+
+
 def expire_holds(services: Services) -> int:
     """Resolve every hold that is due (blocking; for start-up). Approvals that timed out
     are denied first, so that their reservations are released as denials."""
     _until_done(services, sweeps.run)
-    return _until_done(services, metering.expire_due)
+    if getattr(services.store, "shared_table", None) is None:
+        return _until_done(services, metering.expire_due)
+    return _until_done(services, lambda tx, now, config, signer: metering.expire_due(
+        tx, now, config, signer, limit=SHARED_STORE_EXPIRY_BATCH))
 
 
 class _GenericHandlersOnly:
@@ -225,11 +236,20 @@ class Broker:
         store = self.services.store
         store.submit_sync(lambda tx: ledger.ensure_platform_accounts(tx, self.services.clock()))
         self.metrics.watch_ledger(store)
-        if caught_up := run_periodic(self.services):
-            log.info("caught up on %d subscription grants, expiries and lease ends", caught_up)
-        released = expire_holds(self.services)
-        if released:
-            log.info("resolved %d holds that timed out while the broker was down", released)
+        try:
+            if caught_up := run_periodic(self.services):
+                log.info("caught up on %d subscription grants, expiries and lease ends",
+                         caught_up)
+            if released := expire_holds(self.services):
+                log.info("resolved %d holds that timed out while the broker was down",
+                         released)
+        except BrokerError as error:
+            # Several brokers on one database: the others sweep the same due holds (this
+            # one's transaction may keep conflicting with theirs), or the database is
+            # away for a moment. Not a reason to stay down: the periodic sweep catches up.
+            if error.code is not Code.UNAVAILABLE:
+                raise
+            log.warning("start-up catch-up left to the periodic sweep: %s", error.message)
         # The observer first: it sees the final status of every call, refused ones too.
         observer = ObservingInterceptor(self.metrics.rpc, logging.getLogger("broker.rpc"))
         interceptors = [observer, UndecodableRequestInterceptor()]
@@ -242,6 +262,9 @@ class Broker:
             # noticed and ended, instead of being held open for good.
             ("grpc.keepalive_time_ms", KEEPALIVE_MS),
             ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            # Let clients ping every few seconds: that is how they notice a broker that
+            # hangs and move to another (common/targets.py).
+            *SERVER_PING_POLICY,
         ])
         names = []
         server = _GenericHandlersOnly(self.server)

@@ -60,3 +60,38 @@ def grpc_target(addresses: str) -> str:
     if all(ip.version == 6 for ip, _ in resolved):
         return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in resolved)
     raise TargetError("broker addresses mix IPv4 and IPv6; list one family only")
+
+
+# -- noticing a broker that hangs ---------------------------------------------------------
+#
+# A broker that hangs (SIGSTOP, a frozen VM, a host cut off without a reset) keeps its
+# TCP connections open: only an HTTP/2 PING left unanswered tells. Every channel to
+# brokers pings every KEEPALIVE_TIME_MS, with or without calls, and drops the
+# connection when an answer takes longer than PING_TIMEOUT_MS; the calls on it fail
+# with UNAVAILABLE (retried with the same request_id, or the metering session resumed)
+# and pick_first connects to the next broker that answers (it tries the next address
+# 250 ms into a connection attempt that has not completed, so a hung broker early in
+# the list is passed over too). gRPC Python 1.85 times keepalive pings with the
+# transport's ping timeout (`grpc.http2.ping_timeout_ms`, 60 s by default) rather than
+# `grpc.keepalive_timeout_ms`: both are set. Measured on this machine: a call on
+# a SIGSTOPped broker fails after 2-3 s and the retry lands on the next broker.
+KEEPALIVE_TIME_MS = 2_000
+PING_TIMEOUT_MS = 2_000
+BROKER_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", PING_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),  # an idle connection to a hung broker too
+    ("grpc.http2.max_pings_without_data", 0),  # a quiet stream keeps being pinged
+)
+# What a broker's server must allow for those pings (the default, one ping per five
+# minutes without data, would answer them with GOAWAY "too_many_pings").
+SERVER_PING_POLICY: tuple[tuple[str, int], ...] = (
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+def broker_channel_options(options=None) -> list[tuple[str, object]]:
+    """BROKER_CHANNEL_OPTIONS with `options` on top (a later option wins in gRPC)."""
+    return [*BROKER_CHANNEL_OPTIONS, *(options or ())]

@@ -1,6 +1,7 @@
 """`make crash-test`: SIGKILL a loaded broker again and again; nothing acknowledged is lost.
 
     python scripts/crash_test.py [--kills 30] [--clients 4] [--processes 1] [--seed N] [--keep]
+    python scripts/crash_test.py --store postgresql [--brokers 3] [--kills 30] ...
 
 A real broker (`broker serve --demo`) runs on a fresh data directory. Several client
 processes (this script, in client mode) each own a wallet and run concurrent lanes of
@@ -16,6 +17,14 @@ broker is a prefork one (`broker serve --processes N`) in its own process group,
 each kill is a SIGKILL to the whole group (parent and servers at once, as a power cut or
 an OOM kill of its cgroup would), with the clients' connections open: the restart must
 not be refused for the old connections left in TIME-WAIT on the port.
+
+With `--store postgresql` (`make crash-test CRASH_STORE=postgresql`), --brokers brokers
+serve one throwaway PostgreSQL (fsync on; tests/pg_cluster.py) and the clients list them
+all (common/targets.py: a broker that dies, the channel moves to the next). Each kill
+takes one broker, or the database (every third kill: SIGKILL to the postmaster and
+every server process at once, so the restart recovers from the WAL), or (every sixth)
+both; the others serve meanwhile, answering UNAVAILABLE with RetryInfo while the
+database is away. The same checks follow, and `broker audit --store`.
 
 Each client appends every operation whose reply it received to its own JSON-lines log
 (flush + fsync per line). After the last restart and a pause for the expiry sweep,
@@ -51,11 +60,13 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -76,7 +87,10 @@ from broker.v1 import wallet_service_pb2_grpc as wallet_grpc  # noqa: E402
 from broker.v1 import worker_registry_service_pb2 as registry_pb  # noqa: E402
 from broker.v1 import worker_registry_service_pb2_grpc as registry_grpc  # noqa: E402
 from common.status import error_info  # noqa: E402
+from common.targets import grpc_target  # noqa: E402
 from tests.integration.broker_process import BrokerProcess, free_port  # noqa: E402
+from tests.pg_cluster import PORT as PG_PORT  # noqa: E402
+from tests.pg_cluster import PgCluster  # noqa: E402
 from worker.broker_link import MeteringSession, SessionClosed  # noqa: E402
 from worker.worker_stream import WorkerStream  # noqa: E402
 
@@ -91,6 +105,9 @@ LONG_OUTAGE_S = 2.6  # longer than the short holds live: they expire while down
 SHORT_TTL_MAX_S = 3
 EXPIRED_MARGIN_MS = 1500  # the sweep runs every 0.5 s
 STALE_READS = 10  # a loaded machine may delay the sweep: look again, 1 s apart
+# The ledger summary (a whole audit) and the listings at the end: on PostgreSQL on a
+# loaded machine, with tens of thousands of rows, they take longer than one call.
+AUDIT_TIMEOUT_S = 120
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50),
                    ("grpc.min_reconnect_backoff_ms", 50),
                    ("grpc.max_reconnect_backoff_ms", 250)]
@@ -385,15 +402,24 @@ class Client:
     async def finish(self, auth_id: str, session: MeteringSession, usage: dict) -> None:
         session_id = session.session_id
         deadline = time.monotonic() + RETRY_S
+        retried = False
         while True:
             self.stats["operations"] += 1
             try:
                 receipt = await asyncio.wait_for(session.finish(usage), CALL_TIMEOUT_S)
             except (grpc.RpcError, SessionClosed, TimeoutError) as error:
                 transient, reason = classify(error)
+                if retried and reason == "SESSION_ALREADY_SETTLED":
+                    # The first finish, given up on (a timeout), committed after the
+                    # resume: a broker keeps running an op whose caller went away (on
+                    # PostgreSQL through its retries). It settled on this same usage.
+                    self.stats["refused"]["finish:SESSION_ALREADY_SETTLED (late)"] += 1
+                    await self.read_receipt(auth_id, session_id)
+                    return
                 if not transient:
                     raise self.refused("finish", reason, error, short=False, auth=auth_id,
                                        session=session_id) from None
+                retried = True
                 self.stats["retries"] += 1
                 self.stats["transient"][reason[:60]] += 1
                 if time.monotonic() > deadline:
@@ -435,7 +461,7 @@ class Client:
                 self.violation(f"{flow} flow crashed: {error!r}")
 
     async def run(self) -> dict:
-        self.channel = grpc.aio.insecure_channel(self.config["target"],
+        self.channel = grpc.aio.insecure_channel(grpc_target(self.config["target"]),
                                                  options=CHANNEL_OPTIONS)
         self.auths = auth_grpc.AuthorizationServiceStub(self.channel)
         self.stream = WorkerStream(self.channel, self.config["worker_key"],
@@ -459,16 +485,39 @@ def client_main(config_path: str) -> int:
 # -- the controller -------------------------------------------------------------------
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie waiting to be reaped does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 class Run:
-    """The broker, its clients, the kills and the final checks."""
+    """The broker (or brokers and their database), its clients, the kills and the
+    final checks."""
 
     def __init__(self, args, work: Path):
         self.args, self.work = args, work
         self.rng = random.Random(args.seed)
-        prefork = ("--processes", str(args.processes)) if args.processes > 1 else ()
-        self.broker = BrokerProcess(work / "data", free_port(), extra_args=prefork,
-                                    own_group=bool(prefork))
+        self.cluster: PgCluster | None = None
+        self.url = ""
+        if args.store == "postgresql":
+            # Brokers on one throwaway PostgreSQL, all mounting one key directory; their
+            # --store is known once the database is (setup).
+            self.brokers = [BrokerProcess(work / "keys", free_port())
+                            for _ in range(args.brokers)]
+            for i, broker in enumerate(self.brokers):
+                broker.log_path = work / f"broker-{i}.log"
+        else:
+            prefork = ("--processes", str(args.processes)) if args.processes > 1 else ()
+            self.brokers = [BrokerProcess(work / "data", free_port(), extra_args=prefork,
+                                          own_group=bool(prefork))]
+        self.broker = self.brokers[0]  # the one setup and the checks talk to
         self.kills = 0
+        self.broker_kills = 0
+        self.database_kills = 0
         self.violations: list[str] = []
         self.clients: list[dict] = []
         self.procs: list[subprocess.Popen] = []
@@ -482,7 +531,10 @@ class Run:
     # Setup ---------------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.broker.start()
+        if self.args.store == "postgresql":
+            self.start_database()
+        for broker in self.brokers:
+            broker.start(timeout=60)
         self.creds = creds = self.broker.credentials
         with grpc.insecure_channel(self.broker.target) as ch:
             worker = registry_grpc.WorkerRegistryServiceStub(ch).RegisterWorker(
@@ -509,7 +561,7 @@ class Run:
                     wallet_id=wallet.wallet_id, description=f"crash client {i}"),
                     metadata=admin_md, timeout=10).api_key
                 self.clients.append({
-                    "target": self.broker.target, "agent_key": agent_key,
+                    "target": ",".join(b.target for b in self.brokers), "agent_key": agent_key,
                     "worker_key": creds["worker_api_key"], "worker_id": self.worker_id,
                     "wallet_id": wallet.wallet_id, "lanes": self.args.lanes,
                     "seed": self.rng.randrange(2**32), "stop_file": str(self.stop_file),
@@ -534,6 +586,9 @@ class Run:
 
     def kill_loop(self) -> None:
         time.sleep(self.rng.uniform(0.5, 1.0))  # let the load build up first
+        if self.cluster is not None:
+            self.kill_loop_cluster()
+            return
         for i in range(self.args.kills):
             time.sleep(self.rng.uniform(0.2, 1.5))
             if self.broker.proc.poll() is not None:
@@ -543,12 +598,13 @@ class Run:
             idle = self.idle_connection() if self.args.processes > 1 else None
             self.broker.kill()
             self.kills += 1
+            self.broker_kills += 1
             # Now and then stay down longer than the short holds live.
             long = i % 5 == 1
             down = LONG_OUTAGE_S if long else self.rng.uniform(0.0, 0.8)
             time.sleep(down)
             if long and self.rng.random() < 0.5:
-                self.kill_while_starting()
+                self.kill_while_starting(self.broker)
             try:
                 self.broker.start()
             except (RuntimeError, TimeoutError) as error:
@@ -567,24 +623,96 @@ class Run:
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         return channel
 
-    def kill_while_starting(self) -> None:
+    def kill_while_starting(self, broker: BrokerProcess) -> None:
         """SIGKILL a broker that is still starting (opening the store, resolving the holds
         that timed out while it was down). Not counted in --kills."""
         def start() -> None:
             with contextlib.suppress(RuntimeError):  # "broker exited with -9": expected
-                self.broker.start()
+                broker.start()
 
-        old = self.broker.proc
+        old = broker.proc
         starter = threading.Thread(target=start)
         starter.start()
         time.sleep(self.rng.uniform(0.08, 0.25))
-        proc = self.broker.proc
+        proc = broker.proc
         if proc is not old and proc.poll() is None:
-            self.broker.kill()  # the process group too, for a prefork broker
+            broker.kill()  # the process group too, for a prefork broker
             self.startup_kills += 1
         starter.join()
-        if self.broker.proc.poll() is None:  # it was ready before the kill: stop it too
-            self.broker.kill()
+        if broker.proc.poll() is None:  # it was ready before the kill: stop it too
+            broker.kill()
+
+    # PostgreSQL mode --------------------------------------------------------------------
+
+    def start_database(self) -> None:
+        """A throwaway PostgreSQL with fsync on (a kill must not lose a commit it
+        acknowledged), one database, the brokers pointed at it."""
+        self.cluster = PgCluster(durable=True).start()
+        self.url = self.cluster.create_database("broker")
+        for broker in self.brokers:
+            broker.extra_args = ("--store", self.url)
+
+    def kill_database(self) -> None:
+        """SIGKILL the postmaster and every server process at once (as an OOM kill of
+        its cgroup would); the next start recovers from the WAL."""
+        assert self.cluster is not None
+        postmaster = int((self.cluster.data / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children")
+        victims = [postmaster, *map(int, children.read_text().split())]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(_running(pid) for pid in victims):
+            if time.monotonic() > deadline:
+                raise RuntimeError("PostgreSQL's processes did not die on SIGKILL")
+            time.sleep(0.02)
+        # Every one of them is gone: the lock files are stale. Remove them, as an operator
+        # would, because their PID may already belong to another process (PIDs wrap
+        # quickly on a busy machine), and then the server refuses to start.
+        socket = self.cluster.socket_dir / f".s.PGSQL.{PG_PORT}"
+        for stale in (self.cluster.data / "postmaster.pid", socket.with_name(
+                socket.name + ".lock"), socket):
+            stale.unlink(missing_ok=True)
+
+    def kill_loop_cluster(self) -> None:
+        """Each kill takes one broker (at random), or the database (every third kill;
+        every sixth, the database and a broker at once). A killed broker comes back on
+        the same port after a while (the others serve meanwhile); the database comes
+        back first when both went."""
+        assert self.cluster is not None
+        for i in range(self.args.kills):
+            time.sleep(self.rng.uniform(0.2, 1.5))
+            for broker in self.brokers:
+                if broker.proc.poll() is not None:
+                    self.violations.append(f"broker {broker.target} exited by itself "
+                                           f"({broker.proc.returncode})")
+                    broker.start(timeout=60)
+            database = i % 3 == 2
+            broker = self.rng.choice(self.brokers) if i % 6 == 5 or not database else None
+            if database:
+                self.kill_database()
+                self.database_kills += 1
+            if broker is not None:
+                broker.kill()
+                self.broker_kills += 1
+            self.kills += 1
+            long = i % 5 == 1  # longer than the short holds live
+            down = LONG_OUTAGE_S if long else self.rng.uniform(0.0, 0.8)
+            time.sleep(down)
+            try:
+                if database:
+                    self.cluster.start()
+                if broker is not None:
+                    if long and self.rng.random() < 0.5:
+                        self.kill_while_starting(broker)
+                    broker.start(timeout=60)
+            except (RuntimeError, TimeoutError) as error:
+                self.violations.append(f"no restart after kill {self.kills}: "
+                                       f"{str(error)[-500:]}")
+                raise
+            self.say(f"kill {self.kills}: {'database ' if database else ''}"
+                     f"{broker.target if broker else ''} down {down:.2f} s")
 
     def stop_clients(self) -> list[dict]:
         self.stop_file.touch()
@@ -646,7 +774,8 @@ class Run:
             owner_md = bearer(creds["owner_api_key"])
 
             summary = admin.GetLedgerSummary(admin_pb.GetLedgerSummaryRequest(),
-                                             metadata=bearer(creds["admin_api_key"]), timeout=30)
+                                             metadata=bearer(creds["admin_api_key"]),
+                                             timeout=AUDIT_TIMEOUT_S)
             v += [f"ledger: {problem}" for problem in summary.violations]
 
             # Every authorization of every client wallet, as the broker has it now.
@@ -722,22 +851,25 @@ class Run:
             asyncio.run(self.async_checks(open_sessions, list(grants.values())))
 
             summary = admin.GetLedgerSummary(admin_pb.GetLedgerSummaryRequest(),
-                                             metadata=bearer(creds["admin_api_key"]), timeout=30)
+                                             metadata=bearer(creds["admin_api_key"]),
+                                             timeout=AUDIT_TIMEOUT_S)
             v += [f"ledger (after the second opens): {p}" for p in summary.violations]
 
         self.authorizations = len(found)
-        code = self.broker.stop()
-        if code != 0:
-            v.append(f"broker exited with {code} on SIGTERM")
+        for broker in self.brokers:
+            code = broker.stop()
+            if code != 0:
+                v.append(f"broker {broker.target} exited with {code} on SIGTERM")
+        store = ("--store", self.url) if self.url else ()
         audit = subprocess.run([sys.executable, "-m", "broker.cli", "audit", "--data-dir",
-                                str(self.broker.data_dir)], cwd=ROOT, capture_output=True,
-                               text=True, timeout=120)
+                                str(self.broker.data_dir), *store], cwd=ROOT,
+                               capture_output=True, text=True, timeout=120)
         if audit.returncode != 0:
             v.append(f"broker audit exited {audit.returncode}: "
                      f"{(audit.stdout + audit.stderr)[-1500:]}")
         self.released_at_start = sum(
             int(line.split("resolved ")[1].split()[0])
-            for line in self.broker.log().splitlines()
+            for broker in self.brokers for line in broker.log().splitlines()
             if "holds that timed out while the broker was down" in line)
 
     def wallet_checks(self, auths, wallets, md, wallet_id: str) -> dict[str, auth_pb.Authorization]:
@@ -775,7 +907,8 @@ class Run:
         before, listed, token = balance(), [], ""
         while True:
             page = auths.ListAuthorizations(auth_pb.ListAuthorizationsRequest(
-                wallet_id=wallet_id, page_size=1000, page_token=token), metadata=md, timeout=30)
+                wallet_id=wallet_id, page_size=1000, page_token=token), metadata=md,
+                timeout=AUDIT_TIMEOUT_S)
             listed += page.authorizations
             token = page.next_page_token
             if not token:
@@ -849,14 +982,26 @@ class Run:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        if self.broker.proc is not None and self.broker.proc.poll() is None:
-            self.broker.kill()
+        for broker in self.brokers:
+            if broker.proc is not None and broker.proc.poll() is None:
+                broker.kill()
+        if self.cluster is not None:
+            log = self.cluster.log
+            if log.exists():
+                shutil.copyfile(log, self.work / "postgresql.log")
+            self.cluster.destroy()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=30, help="SIGKILLs to deliver (30)")
     parser.add_argument("--clients", type=int, default=4, help="client processes (4)")
+    parser.add_argument("--store", choices=("lmdb", "postgresql"), default="lmdb",
+                        help="lmdb: one broker on its data directory; postgresql: --brokers "
+                             "brokers on one throwaway PostgreSQL, and the kills take "
+                             "brokers and the database (lmdb)")
+    parser.add_argument("--brokers", type=int, default=3,
+                        help="brokers on the database with --store postgresql (3)")
     parser.add_argument("--processes", type=int, default=1,
                         help="server processes of the broker; above 1, each kill takes the "
                              "whole process group (1)")
@@ -882,7 +1027,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         operations, acknowledged = run.run()
     except Exception as error:  # noqa: BLE001 - reported as a violation below
-        run.violations.append(f"harness error: {error!r}")
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        run.violations.append(f"harness error at line {where.lineno} ({where.line}): "
+                              f"{error!r}")
     finally:
         run.cleanup()
     ok = not run.violations and run.kills >= args.kills
@@ -901,6 +1048,10 @@ def main(argv: list[str] | None = None) -> int:
           f"retries={sum(s['retries'] for s in stats)} "
           f"gave_up={sum(s['gave_up'] for s in stats)} refused={dict(refused)} "
           f"transient={dict(transient.most_common(8))}", file=sys.stderr)
+    if args.store == "postgresql":
+        print(f"crash-test: store=postgresql brokers={args.brokers} "
+              f"broker_kills={run.broker_kills} database_kills={run.database_kills}",
+              flush=True)
     print(f"crash-test: kills={run.kills} operations={operations} "
           f"acknowledged={acknowledged} violations={len(run.violations)}", flush=True)
     if ok and not args.keep and not args.work_dir:

@@ -56,7 +56,7 @@ def cmd_verify(args, effective: Effective[WorkerConfig]) -> int:
     except tls.TlsError as error:
         log.error("%s", error)
         return 2
-    with tls.channel(effective.settings.broker, broker_tls) as channel:
+    with tls.broker_channel(effective.settings.broker, broker_tls) as channel:
         verifier = VoucherVerifier(grpc_key_fetcher(channel))
         token = sys.stdin.readline().strip() if args.voucher == "-" else args.voucher
         try:

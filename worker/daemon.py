@@ -83,10 +83,11 @@ async def serve(config: WorkerConfig, on_ready=None) -> int:
             raise ListenError(str(error)) from None
         log.info("metrics on %s", metrics_server.url)
 
-    # Reconnect to a restarted broker within seconds, not gRPC's default 2 minutes.
+    # Reconnect to a restarted broker within seconds, not gRPC's default 2 minutes; and
+    # notice a broker that hangs (keepalive pings), then move to the next in the list.
     options = [("grpc.max_reconnect_backoff_ms", 2000)]
-    channel = tls.aio_channel(config.broker, broker_tls, options)
-    key_channel = tls.channel(config.broker, broker_tls, options)  # blocking, in a thread
+    channel = tls.broker_aio_channel(config.broker, broker_tls, options)
+    key_channel = tls.broker_channel(config.broker, broker_tls, options)  # in a thread
     registration = Registration(channel, api_key, config.endpoint, capabilities,
                                 config.prices, bytes(usage_key.verify_key), state / "worker-id",
                                 metrics.task_failed)

@@ -28,6 +28,9 @@ from .runtime.jobs import JobFailed, JobSpec
 from .v1 import worker_service_pb2 as pb
 from .worker_stream import BatchedSession, Unsupported, WorkerStream
 
+# Waits between the tries of an open that lost its connection (about 4 s in all).
+REDEEM_RETRY_S = (0.2, 0.5, 1.0, 2.0)
+
 
 @dataclass
 class WorkerIdentity:
@@ -115,20 +118,33 @@ class JobRunner:
                     yield event
 
     async def _redeem(self, voucher: str, resource_class: str, model: str) -> MeteringSession:
+        """Open the session. An open whose connection was lost (a broker that died or
+        hung: the channel moves to the next) is tried again with the same request_id,
+        so it redeems at most once and a grant that was lost comes back the same."""
+        request_id = secrets.token_hex(16)
+        for wait in (*REDEEM_RETRY_S, None):
+            try:
+                return await self._open(voucher, resource_class, model, request_id)
+            except grpc.RpcError as error:
+                failed: grpc.RpcError | None = error
+            except SessionClosed as closed:
+                failed = closed.error
+            if wait is None or not connection_lost(failed):
+                raise broker_failure(failed) from None
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    async def _open(self, voucher: str, resource_class: str, model: str,
+                    request_id: str) -> MeteringSession:
         b = self.broker
-        try:
-            if b.stream is not None and b.stream.supported is not False:
-                with contextlib.suppress(Unsupported):  # then a stream of its own
-                    return await b.stream.open(voucher, resource_class=resource_class,
-                                               model=model, request_id=secrets.token_hex(16))
-            return await MeteringSession.open(
-                b.channel, b.api_key, voucher, self.identity.worker_id,
-                resource_class=resource_class, model=model, request_id=secrets.token_hex(16),
-                usage_key=b.usage_key)
-        except grpc.RpcError as error:
-            raise broker_failure(error) from None
-        except SessionClosed as closed:
-            raise broker_failure(closed.error) from None
+        if b.stream is not None and b.stream.supported is not False:
+            with contextlib.suppress(Unsupported):  # then a stream of its own
+                return await b.stream.open(voucher, resource_class=resource_class,
+                                           model=model, request_id=request_id)
+        return await MeteringSession.open(
+            b.channel, b.api_key, voucher, self.identity.worker_id,
+            resource_class=resource_class, model=model, request_id=request_id,
+            usage_key=b.usage_key)
 
     async def resume(self, session: MeteringSession) -> MeteringSession:
         """Re-attach to `session` after its stream broke, on the same kind of stream."""

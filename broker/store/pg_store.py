@@ -134,7 +134,7 @@ class _Conn(psycopg.Connection):
 class _PgTx:
     """A Tx over one open transaction: an op's (writable) or a snapshot (read-only)."""
 
-    __slots__ = ("_conn", "_writable", "_lock_reads", "ids_taken")
+    __slots__ = ("_conn", "_writable", "_lock_reads", "ids_taken", "_read")
 
     def __init__(self, conn: psycopg.Connection, *, writable: bool,
                  lock_reads: bool = False) -> None:
@@ -142,6 +142,10 @@ class _PgTx:
         self._writable = writable
         self._lock_reads = lock_reads  # REPEATABLE READ mode: FOR UPDATE on point reads
         self.ids_taken = False
+        # Point reads already made in this transaction (its snapshot does not move, and
+        # its own writes come only from `apply`): an authorization reads the same policy
+        # and sub-budget rows several times, each a round trip (`make bench`, postgres).
+        self._read: dict[tuple[str, str], bytes | None] = {}
 
     def next_id(self) -> int:
         self._check_writable()
@@ -154,11 +158,15 @@ class _PgTx:
     def get(self, table: str, key: str) -> Record | None:
         check_table(table)
         raw = check_key(key)
-        query = f"SELECT v FROM {sql_table(table)} WHERE k = %s"
-        if self._lock_reads:
-            query += " FOR UPDATE"
-        row = self._conn.execute(query, (raw,), binary=True).fetchone()
-        return None if row is None else decode(row[0])
+        if (table, key) in self._read:
+            data = self._read[(table, key)]
+        else:
+            query = f"SELECT v FROM {sql_table(table)} WHERE k = %s"
+            if self._lock_reads:
+                query += " FOR UPDATE"
+            row = self._conn.execute(query, (raw,), binary=True).fetchone()
+            data = self._read[(table, key)] = None if row is None else bytes(row[0])
+        return None if data is None else decode(data)
 
     def put(self, table: str, key: str, value: Record) -> None:
         check_table(table)
@@ -182,6 +190,8 @@ class _PgTx:
         self._check_writable()
         with self._conn.cursor(binary=True) as cur:
             for table, pending in tables.items():
+                for written in pending:
+                    self._read.pop((table, written), None)
                 name = sql_table(table)
                 puts = [(k.encode(), v) for k, v in pending.items() if v is not None]
                 deletes = [(k.encode(),) for k, v in pending.items() if v is None]
@@ -475,11 +485,16 @@ class PgStore:
             _rollback(conn)
             raise
         except BaseException:
+            _still_in_transaction(conn)
             # Nothing was written; COMMIT checks the reads the error rests on.
             conn.execute("COMMIT")
             raise
+<<<<<<< HEAD
         # A change others wait for: NOTIFY, delivered by the COMMIT (pg_signals.py).
         signal = not self._signal_tables.isdisjoint(tx.written_tables())
+=======
+        _still_in_transaction(conn)
+>>>>>>> i14b
         try:
             started = time.perf_counter()
             with conn.pipeline():  # the writes and COMMIT go out together: one round trip
@@ -585,6 +600,21 @@ def _one(conn: psycopg.Connection, query: str, params: tuple = ()) -> Any:
     row = conn.execute(query, params).fetchone()
     assert row is not None, query
     return row[0]
+
+
+def _still_in_transaction(conn: psycopg.Connection) -> None:
+    """Raise what the op swallowed. An op that runs several on their own (a metering
+    batch: store/group.py) keeps going past one that raised, a database error too: then
+    the transaction is aborted (every later statement fails, and COMMIT would be
+    refused as InFailedSqlTransaction: an INTERNAL to the caller) or the connection is
+    gone. Run the op again from scratch, or report the database lost."""
+    status = conn.info.transaction_status
+    if status == psycopg.pq.TransactionStatus.INTRANS:
+        return
+    _rollback(conn)
+    if status == psycopg.pq.TransactionStatus.INERROR:
+        raise pg_errors.SerializationFailure("a statement of the operation failed inside it")
+    raise psycopg.OperationalError("the connection was lost during the operation")
 
 
 def _rollback(conn: psycopg.Connection) -> None:

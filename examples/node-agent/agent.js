@@ -19,7 +19,7 @@ const { parseArgs } = require('node:util');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
-const { describeError } = require('./status');
+const { describeError, statusDetails } = require('./status');
 const verify = require('./verify');
 
 const PROTO_FILES = [
@@ -63,8 +63,8 @@ function loadApi(protosDir) {
   return grpc.loadPackageDefinition(definition);
 }
 
-/** Promise-returning unary call; the error names the method that failed. */
-function unary(client, method, request, metadata, deadline) {
+/** One unary call, as a promise; the error names the method that failed. */
+function unaryOnce(client, method, request, metadata, deadline) {
   return new Promise((resolve, reject) => {
     client[method](request, metadata, { deadline }, (error, reply) => {
       if (error) {
@@ -77,19 +77,37 @@ function unary(client, method, request, metadata, deadline) {
   });
 }
 
+/**
+ * A unary call to the broker, retried on UNAVAILABLE (a broker that went away or hung:
+ * the channel moves to the next; or its database is away: RetryInfo says when to come
+ * back). Safe for every call here: reads, and Authorize with its request_id (AIP-155),
+ * which the broker answers at most once.
+ */
+async function unary(client, method, request, metadata, deadline) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await unaryOnce(client, method, request, metadata, deadline);
+    } catch (error) {
+      if (error.code !== grpc.status.UNAVAILABLE || attempt === 4) throw error;
+      await new Promise((resolve) => setTimeout(resolve, retryDelayMs(error, attempt)));
+    }
+  }
+}
+
+/** The broker's RetryInfo delay (at most 5 s) when it sent one, else 200 ms per attempt. */
+function retryDelayMs(error, attempt) {
+  const { RetryInfo } = statusDetails(error);
+  const delay = RetryInfo && RetryInfo.retry_delay;
+  const asked = delay ? delay.seconds * 1000 + Math.round(delay.nanos / 1e6) : 0;
+  return asked > 0 ? Math.min(asked, 5000) : 200 * attempt;
+}
+
 const balanceText = (b) => `posted ${b.posted}, pending ${b.pending}, available ${b.available}`;
 const timeText = (t) => new Date(Number(t.seconds) * 1000 + t.nanos / 1e6).toISOString();
 
 /** Authorize, retried on UNAVAILABLE with the same request_id (AIP-155): at most one hold. */
 async function authorize(auths, request, metadata, deadline) {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return (await unary(auths, 'Authorize', request, metadata, deadline)).authorization;
-    } catch (error) {
-      if (error.code !== grpc.status.UNAVAILABLE || attempt === 3) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 200 * attempt));
-    }
-  }
+  return (await unary(auths, 'Authorize', request, metadata, deadline)).authorization;
 }
 
 /** Runs the job on the worker, printing tokens as they stream; returns the last events. */
@@ -133,9 +151,20 @@ function execute(worker, request, deadline) {
 /**
  * Several brokers on one database ("10.0.0.1:50051,10.0.0.2:50051", IP addresses) as
  * one target: grpc-js's pick_first policy connects to the first that answers and, when
- * its connection breaks, to the next one; Authorize's retry with the same request_id
- * then runs there. One address passes through unchanged (a host name is fine there).
+ * its connection breaks, to the next one; the retry of a call (unary) then runs there.
+ * One address passes through unchanged (a host name is fine there).
  */
+/**
+ * A broker that hangs (SIGSTOP, a frozen host) keeps its connection open: a keepalive
+ * ping every 2 s, unanswered for 2 s, drops it and the call on it fails UNAVAILABLE,
+ * so the retry moves on (the broker permits these pings; common/targets.py).
+ */
+const BROKER_CHANNEL = {
+  'grpc.keepalive_time_ms': 2000,
+  'grpc.keepalive_timeout_ms': 2000,
+  'grpc.keepalive_permit_without_calls': 1,
+};
+
 function brokerTarget(list) {
   const addresses = list.split(',').map((address) => address.trim());
   if (addresses.length === 1) return addresses[0];
@@ -155,11 +184,11 @@ async function run(opts) {
   const insecure = grpc.credentials.createInsecure();
   const target = brokerTarget(opts.broker);
   const broker = {
-    registry: new api.broker.v1.WorkerRegistryService(target, insecure),
-    auths: new api.broker.v1.AuthorizationService(target, insecure),
-    wallets: new api.broker.v1.WalletService(target, insecure),
-    statements: new api.broker.v1.StatementService(target, insecure),
-    voucherKeys: new api.broker.v1.VoucherKeyService(target, insecure),
+    registry: new api.broker.v1.WorkerRegistryService(target, insecure, BROKER_CHANNEL),
+    auths: new api.broker.v1.AuthorizationService(target, insecure, BROKER_CHANNEL),
+    wallets: new api.broker.v1.WalletService(target, insecure, BROKER_CHANNEL),
+    statements: new api.broker.v1.StatementService(target, insecure, BROKER_CHANNEL),
+    voucherKeys: new api.broker.v1.VoucherKeyService(target, insecure, BROKER_CHANNEL),
   };
   let worker = null;
   try {

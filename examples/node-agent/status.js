@@ -61,4 +61,4 @@ function describeError(error) {
   return lines;
 }
 
-module.exports = { describeError };
+module.exports = { describeError, statusDetails };
