@@ -489,12 +489,9 @@ class PgStore:
             # Nothing was written; COMMIT checks the reads the error rests on.
             conn.execute("COMMIT")
             raise
-<<<<<<< HEAD
+        _still_in_transaction(conn)
         # A change others wait for: NOTIFY, delivered by the COMMIT (pg_signals.py).
         signal = not self._signal_tables.isdisjoint(tx.written_tables())
-=======
-        _still_in_transaction(conn)
->>>>>>> i14b
         try:
             started = time.perf_counter()
             with conn.pipeline():  # the writes and COMMIT go out together: one round trip
