@@ -92,8 +92,9 @@ endif
 
 ## soak: 10 min (SOAK_MINUTES) of mixed load on a real broker and worker; fails if their memory or fds grow >10% or still rise at the end
 SOAK_MINUTES ?= 10
+SOAK_ARGS ?=
 soak: $(STAMP)
-	$(BIN)/python scripts/soak.py --minutes $(SOAK_MINUTES)
+	$(BIN)/python scripts/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 ## bench: throughput and latency against a bare grpc.aio echo server (< 10 min; bench/results.json)
 bench: $(STAMP)

@@ -5,7 +5,10 @@ what is wrong: the account, hold, receipt, counter or journal entry."""
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
+from itertools import groupby
+from operator import itemgetter
 
 from ..store.base import Record, Tx
 from . import budgets, grants, journal, ledger, mandates, pages, spend, validate
@@ -68,10 +71,10 @@ def _entry_problems(tx: Tx) -> list[str]:
 
 
 def _replayed_balances(tx: Tx) -> tuple[dict[str, Counter], list[str]]:
-    """Account balances rebuilt from the transfers alone."""
+    """Account balances rebuilt from the transfers alone, streamed: its memory is one
+    Counter per account, whatever the number of transfers."""
     problems: list[str] = []
     rebuilt: dict[str, Counter] = {}
-    resolutions: Counter = Counter()
     for _, tr in tx.scan("transfers"):
         debit = rebuilt.setdefault(tr["debit_account_id"], Counter())
         credit = rebuilt.setdefault(tr["credit_account_id"], Counter())
@@ -82,11 +85,11 @@ def _replayed_balances(tx: Tx) -> tuple[dict[str, Counter], list[str]]:
             debit["debits_pending"] += tr["amount"]
             credit["credits_pending"] += tr["amount"]
         else:
-            resolutions[tr["pending_id"]] += 1
             pending = tx.get("transfers", tr["pending_id"])
             if pending is None:
                 problems.append(f"transfer {tr['transfer_id']} resolves a missing hold")
                 continue
+            problems += _second_resolution(tx, tr)
             if tr["amount"] + tr["released"] != pending["amount"]:
                 problems.append(f"hold {pending['transfer_id']}: captured + released "
                                 f"!= held ({tr['amount']} + {tr['released']} "
@@ -95,8 +98,24 @@ def _replayed_balances(tx: Tx) -> tuple[dict[str, Counter], list[str]]:
             credit["credits_pending"] -= pending["amount"]
             debit["debits_posted"] += tr["amount"]
             credit["credits_posted"] += tr["amount"]
-    problems += [f"hold {pid} resolved {n} times" for pid, n in resolutions.items() if n > 1]
     return rebuilt, problems
+
+
+def _second_resolution(tx: Tx, tr: Record) -> list[str]:
+    """A hold resolves at most once: its state names the one transfer that resolved it
+    (ledger.resolve writes both in one step), so any other resolution of it is a second
+    one. Checked per transfer instead of counting resolutions per hold, so that the
+    audit's memory does not grow with the number of holds."""
+    pending_id, transfer_id = tr["pending_id"], tr["transfer_id"]
+    state = tx.get("hold_states", pending_id)
+    named = state.get("resolved_by", "") if state is not None else ""
+    if named == transfer_id:
+        return []
+    if named:
+        return [f"hold {pending_id} resolved more than once: by transfer {named} and by "
+                f"transfer {transfer_id}"]
+    return [f"hold {pending_id}: transfer {transfer_id} resolves it, but its state says "
+            f"{state['state'] if state is not None else 'nothing (no hold state)'}"]
 
 
 # One function per named invariant (docs/design.md); `check` runs them all.
@@ -142,9 +161,19 @@ def inv_no_overdraft(tx: Tx) -> list[str]:
 
 def inv_voucher_redeemed_once(tx: Tx) -> list[str]:
     """INV-5: every voucher is redeemed at most once, and none is live once its
-    authorization has ended."""
-    redemptions = Counter(s["voucher_id"] for _, s in tx.scan("sessions"))
-    problems = [f"voucher {v} redeemed {n} times" for v, n in redemptions.items() if n > 1]
+    authorization has ended. A voucher's record names the one session that redeemed it
+    (metering.redeem writes both in one step), so a session it does not name is a second
+    redemption: checked per session, in memory that does not grow with their number."""
+    problems = []
+    for session_id, ses in tx.scan("sessions"):
+        voucher = tx.get("vouchers", ses["voucher_id"])
+        if voucher is None:
+            problems.append(f"session {session_id} redeemed voucher {ses['voucher_id']}, "
+                            "which was never issued")
+        elif voucher["session_id"] != session_id:
+            problems.append(f"voucher {ses['voucher_id']} redeemed more than once: by session "
+                            f"{voucher['session_id'] or '(none recorded)'} and by session "
+                            f"{session_id}")
     for auth_id, auth in tx.scan("authorizations"):
         if not has_voucher(auth) and tx.get("vouchers", auth["voucher_id"]) is not None:
             problems.append(f"authorization {auth_id} is {auth['state']} but has a voucher")
@@ -168,22 +197,73 @@ def inv_charge_within_authorization(tx: Tx) -> list[str]:
 
 def inv_spend_counters(tx: Tx) -> list[str]:
     """INV-7: the spend counters (policies, velocity) are what the authorizations and
-    leases add up to."""
+    leases add up to. Wallet by wallet (their authorizations through the wallet's index,
+    whose every row must match one authorization and the other way round), so that the
+    audit holds one wallet's buckets at a time, not every bucket of every wallet."""
+    problems = _indexed_authorization_problems(tx)
+    leased = _lease_spend(tx)
+    rows = heapq.merge(
+        ((_group(key), 0, key, row) for key, row in tx.scan("wallet_authorizations")),
+        ((_group(key), 1, key, row) for key, row in tx.scan("spend_totals")),
+        key=itemgetter(0))  # a wallet's authorizations before its counters
+    for group, wallet_rows in groupby(rows, key=itemgetter(0)):
+        wallet_id = group[:-1]
+        counted = leased.pop(wallet_id, Counter())
+        for _, table, key, row in wallet_rows:
+            if table == 0:
+                auth = tx.get("authorizations", row["authorization_id"])
+                if auth is None or auth["wallet_id"] != wallet_id or \
+                        key != f"{wallet_id}/{auth['seq']:020d}":
+                    problems.append(f"authorization index row {key} names "
+                                    f"{row['authorization_id']}, not an authorization of "
+                                    "that wallet and seq")
+                    continue
+                for period, bucket in spend.buckets(auth["create_ms"]).items():
+                    counted[f"{wallet_id}/{period}/{bucket}"] += spend.contribution(auth)
+            elif row["amount"] != counted.get(key, 0):
+                problems.append(f"spend counter {key} is {row['amount']}, the "
+                                f"authorizations say {counted.get(key, 0)}")
+            else:
+                counted.pop(key, None)
+        problems += _missing_counters(counted)
+    for counted in leased.values():  # wallets with leases but no counter at all
+        problems += _missing_counters(counted)
+    return problems
+
+
+def _group(key: str) -> str:
+    """An index key's first part with its "/" ("<wallet_id>/"): a scan's keys come in
+    the order of these (with the "/": "a-b/" sorts before "a/"), one group after another."""
+    head, slash, _ = key.partition("/")
+    return head + slash
+
+
+def _missing_counters(counted: Counter) -> list[str]:
+    return [f"spend counter {key} is missing ({n} spent)" for key, n in counted.items() if n]
+
+
+def _indexed_authorization_problems(tx: Tx) -> list[str]:
+    """Every authorization is in its wallet's index under its seq (the other half of the
+    one-to-one match inv_spend_counters relies on)."""
     problems = []
-    counted: Counter = Counter()
-    for _, auth in tx.scan("authorizations"):
-        for period, bucket in spend.buckets(auth["create_ms"]).items():
-            counted[f"{auth['wallet_id']}/{period}/{bucket}"] += spend.contribution(auth)
-    for _, lease in tx.scan("leases"):  # a lease counts its hold, then its charge
+    for auth_id, auth in tx.scan("authorizations"):
+        row = tx.get("wallet_authorizations", f"{auth['wallet_id']}/{auth['seq']:020d}")
+        if row is None or row["authorization_id"] != auth_id:
+            problems.append(f"authorization {auth_id} is missing from its wallet's index")
+    return problems
+
+
+def _lease_spend(tx: Tx) -> dict[str, Counter]:
+    """What leases count per wallet and bucket: a lease counts its hold, then its charge.
+    Leases are few (each reserves a worker for a while), and this is one entry per
+    wallet with leases and bucket (at most the spend_totals rows)."""
+    counted: dict[str, Counter] = {}
+    for _, lease in tx.scan("leases"):
+        wallet = counted.setdefault(lease["wallet_id"], Counter())
         for period, bucket in spend.buckets(lease["create_ms"]).items():
-            counted[f"{lease['wallet_id']}/{period}/{bucket}"] += \
+            wallet[f"{lease['wallet_id']}/{period}/{bucket}"] += \
                 lease["charged"] if lease["state"] == "settled" else lease["held"]
-    for key, row in tx.scan("spend_totals"):
-        if row["amount"] != counted.pop(key, 0):
-            problems.append(f"spend counter {key} is {row['amount']}, the authorizations "
-                            f"say {counted.get(key, 0) or 'less'}")
-    return problems + [f"spend counter {key} is missing ({n} spent)"
-                       for key, n in counted.items() if n]
+    return counted
 
 
 def inv_receipts_add_up(tx: Tx) -> list[str]:
@@ -210,16 +290,25 @@ def check(tx: Tx) -> list[str]:
 
 
 def _refund_problems(tx: Tx) -> list[str]:
-    """INV-9: refunds add up (provider and fee shares) and never exceed their receipt."""
+    """INV-9: refunds add up (provider and fee shares) and never exceed their receipt.
+    Receipt by receipt through the receipt_refunds index (each row matched one-to-one to
+    a refund), so that the audit holds one receipt's sums at a time."""
     problems = []
-    sums: dict[str, Counter] = {}
     for refund_id, refund in tx.scan("refunds"):
         if refund["provider_refund"] + refund["fee_refund"] != refund["amount"]:
             problems.append(f"refund {refund_id}: provider + fee shares != amount")
-        total = sums.setdefault(refund["receipt_id"], Counter())
-        total.update(amount=refund["amount"], provider=refund["provider_refund"],
-                     fee=refund["fee_refund"])
-    for receipt_id, total in sums.items():
+        row = tx.get("receipt_refunds", f"{refund['receipt_id']}/{refund_id}")
+        if row is None or row["amount"] != refund["amount"]:
+            problems.append(f"refund {refund_id} is missing from its receipt's index")
+    for group, rows in groupby(tx.scan("receipt_refunds"), key=lambda kv: _group(kv[0])):
+        receipt_id, total = group[:-1], Counter[str]()
+        for key, _ in rows:
+            found = tx.get("refunds", key.partition("/")[2])
+            if found is None or found["receipt_id"] != receipt_id:
+                problems.append(f"refund index row {key} names no refund of that receipt")
+                continue
+            total.update(amount=found["amount"], provider=found["provider_refund"],
+                         fee=found["fee_refund"])
         receipt = tx.get("receipts", receipt_id)
         if receipt is None:
             problems.append(f"refunds of missing receipt {receipt_id}")
