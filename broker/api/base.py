@@ -11,7 +11,7 @@ import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -31,6 +31,9 @@ from .crypto_thread import CryptoThread
 from .watch import Changes
 
 log = logging.getLogger("broker.api")
+
+T = TypeVar("T")
+V = TypeVar("V")
 
 
 def storage_full() -> BrokerError:
@@ -208,6 +211,18 @@ class Services:
             return await self.store.submit(self.mutation(principal, method, request, op))
         except StorageFull:  # (the unary and streaming wrappers catch the other writes)
             raise storage_full() from None
+
+    async def submit_checked(self, check: Callable[[], V],
+                             op: Callable[[V], Callable[[Tx], T]]) -> T:
+        """`check()` on the crypto thread (a signature), then `op(its result)` in the
+        store's writer; the result of the op. With a store that takes ops from other
+        threads (LmdbStore.enqueue) the crypto thread hands the op to the writer itself,
+        and the caller's loop wakes once instead of twice."""
+        enqueue = getattr(self.store, "enqueue", None)
+        if enqueue is None:
+            return await self.store.submit(op(await self.crypto.run(check)))
+        return await self.crypto.run_then(
+            check, lambda checked, loop, future: enqueue(op(checked), loop, future))
 
     def mutation(self, principal: Principal, method: str, request: Message,
                  op: Callable[[Tx, int], Record]) -> Callable[[Tx], Record]:

@@ -316,6 +316,13 @@ class LmdbStore:
         self._enqueue((op, loop, future))
         return await future
 
+    def enqueue(self, op: Callable[[Tx], T], loop: asyncio.AbstractEventLoop,
+                future: asyncio.Future[T]) -> None:
+        """`submit` for a caller on another thread that holds `loop`'s `future` (the
+        crypto thread hands a checked usage report on): the writer runs `op` and answers
+        `future` on `loop`, as for `submit`. Thread-safe; StoreClosed once closed."""
+        self._enqueue((op, loop, future))
+
     def submit_sync(self, op: Callable[[Tx], T]) -> T:
         if threading.current_thread() is self._writer:
             raise RuntimeError("submit_sync from inside an op would deadlock the writer")
