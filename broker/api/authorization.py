@@ -27,21 +27,16 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         job_labels = dict(request.labels)
         # Pricing (issue 6): a quote id binds the voucher to the quote's locked prices.
         live = set(self.s.liveness.live_ids(self.s.clock())) if request.quote_id else set()
-        authorize = self.s.mutation(p, "Authorize", request, lambda tx, now: (
-            pricing.with_quote(
-                tx, p, request.quote_id, request.select_best_offer, scope, live, now,
-                lambda scope: authorizations.authorize(
-                    tx, p, request.amount, scope, request.ttl_seconds, now, self.s.config,
-                    key_id, cache_secret=cache_secret, job_labels=job_labels,
-                    holder_key=request.holder_public_key, mandate=request.mandate))))
         keyring = self.s.keyring
-
-        def authorize_and_sign(tx):
-            result = authorize(tx)
-            return result, _voucher_ahead(result, keyring)
-
         try:
-            result, token = await self.s.store.submit(authorize_and_sign)
+            result, token = await self.s.mutate(p, "Authorize", request, lambda tx, now: (
+                pricing.with_quote(
+                    tx, p, request.quote_id, request.select_best_offer, scope, live, now,
+                    lambda scope: authorizations.authorize(
+                        tx, p, request.amount, scope, request.ttl_seconds, now, self.s.config,
+                        key_id, cache_secret=cache_secret, job_labels=job_labels,
+                        holder_key=request.holder_public_key, mandate=request.mandate))),
+                then=lambda result: _voucher_ahead(result, keyring))
         except BrokerError as error:
             reason = error.reason
             if reason in policy.COUNTED_DENIALS:  # runs of denials raise alerts

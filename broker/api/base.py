@@ -11,7 +11,7 @@ import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import grpc
 from google.protobuf.message import Message
@@ -204,11 +204,31 @@ class Services:
         """Check again, during a long call, that `authenticate`'s key is still good."""
         self.store.read(lambda tx: access.require_active(tx, principal))
 
+    @overload
     async def mutate(self, principal: Principal, method: str, request: Message,
-                     op: Callable[[Tx, int], Record]) -> Record:
-        """Run `op(tx, now)` durably, once per request_id (AIP-155)."""
+                     op: Callable[[Tx, int], Record]) -> Record: ...
+
+    @overload
+    async def mutate(self, principal: Principal, method: str, request: Message,
+                     op: Callable[[Tx, int], Record], *,
+                     then: Callable[[Record], T]) -> tuple[Record, T]: ...
+
+    async def mutate(self, principal: Principal, method: str, request: Message,
+                     op: Callable[[Tx, int], Record], *,
+                     then: Callable[[Record], Any] | None = None) -> Any:
+        """Run `op(tx, now)` durably, once per request_id (AIP-155). `then(its record)`,
+        if given, runs right after it in the writer, outside what a retry replays (the
+        Authorize voucher's signature); the result is then (record, what `then` gave)."""
+        run = self.mutation(principal, method, request, op)
+        if then is not None:
+            mutation = run
+
+            def run(tx: Tx) -> Any:
+                record = mutation(tx)
+                return record, then(record)
+
         try:
-            return await self.store.submit(self.mutation(principal, method, request, op))
+            return await self.store.submit(run)
         except StorageFull:  # (the unary and streaming wrappers catch the other writes)
             raise storage_full() from None
 
