@@ -159,6 +159,11 @@ async def _client_main(load: Load, index: int, first: int, count: int, ready, go
     try:
         for chunk in range(0, count, SETUP_WAVE):  # thousands of sessions: open them in waves
             await asyncio.gather(*(c.setup() for c in callers[chunk:chunk + SETUP_WAVE]))
+        # Then the CPU-heavy part (signing reports ahead): only once every stream has sent
+        # its first message, or a loaded machine keeps some silent past the broker's
+        # first-message deadline (limits.meter_first_message_ms) and they end.
+        for caller in callers:
+            caller.prepare()
     except Exception:
         ready.put(traceback.format_exc())
         return

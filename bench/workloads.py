@@ -3,7 +3,8 @@
 Every workload does the same client-side work in both modes: it builds and signs the
 same messages and sends them as raw bytes (no response parsing in the measured loops),
 so the two servers are measured with one harness. A caller is made by
-`WORKLOADS[name](params, index, channel)`; `setup()` runs before the clock starts,
+`WORKLOADS[name](params, index, channel)`; `setup()` runs before the clock starts, then
+`prepare()` (CPU work, once every caller's setup is done),
 `step()` is one measured op (it returns False when the caller is done, or a dict
 sample), `close()` runs after the clock.
 """
@@ -106,6 +107,9 @@ class Caller:
     async def setup(self) -> None:
         pass
 
+    def prepare(self) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 
@@ -135,14 +139,17 @@ class Usage(Caller):
     reports (sessions_open keeps the rest idle)."""
 
     async def setup(self) -> None:
-        self.call, session_id = await self.open(await self.authorize(
+        self.call, self.session_id = await self.open(await self.authorize(
             self.params.get("amount", 1_000_000)))
-        step_ms = self.params.get("gpu_ms_per_report", 10)
-        self.reports = [self.report(session_id, seq, {"gpu_ms": seq * step_ms})
-                        for seq in range(1, self.params.get("reports", 1) + 1)]
+        self.reports: list[bytes] = []
         self.sent = 0
+
+    def prepare(self) -> None:
         if self.index % self.params.get("sample_every", 1):
-            self.reports = []
+            return
+        step_ms = self.params.get("gpu_ms_per_report", 10)
+        self.reports = [self.report(self.session_id, seq, {"gpu_ms": seq * step_ms})
+                        for seq in range(1, self.params.get("reports", 1) + 1)]
 
     async def step(self) -> bool | None:
         if self.sent >= len(self.reports):
@@ -271,15 +278,23 @@ class UsageBatched(Caller):
             sessions = [r.session_id for r in answer.results]
             if not all(r.WhichOneof("kind") == "grant" for r in answer.results):
                 raise RuntimeError(f"opens answered {answer}")
-        step_ms = self.params.get("gpu_ms_per_report", 10)
-        self.batches = [self.batch(sessions, seq, {"gpu_ms": seq * step_ms})
-                        for seq in range(1, self.params.get("reports", 1) + 1)]
+        self.sessions = sessions
+        self.batches: list[bytes] = []
         self.sent = 0
-        # `in_flight` > 1: that many batches outstanding (as the worker daemon may have
-        # when a commit takes longer than its tick); each step sends one and reads one.
-        for _ in range(self.params.get("in_flight", 1) - 1):
-            self.sent += 1
-            await self.call.write(self.batches[self.sent - 1])
+
+    def prepare(self) -> None:
+        step_ms = self.params.get("gpu_ms_per_report", 10)
+        self.batches = [self.batch(self.sessions, seq, {"gpu_ms": seq * step_ms})
+                        for seq in range(1, self.params.get("reports", 1) + 1)]
+
+    async def step(self) -> None:
+        if self.sent == 0:
+            # `in_flight` > 1: that many batches outstanding (as the worker daemon may have
+            # when a commit takes longer than its tick); each step sends one and reads one.
+            for _ in range(self.params.get("in_flight", 1) - 1):
+                self.sent += 1
+                await self.call.write(self.batches[self.sent - 1])
+        await self._step()
 
     def batch(self, sessions: list[str], seq: int, usage: dict[str, int]) -> bytes:
         digests = [usage_signing.digest(usage_signing.payload(s, usage, seq=seq))
@@ -291,7 +306,7 @@ class UsageBatched(Caller):
             signature=usage_signing.sign(self.usage_key, usage_signing.batch_payload(digests)),
         ).SerializeToString()
 
-    async def step(self) -> None:
+    async def _step(self) -> None:
         if self.sent >= len(self.batches):
             raise RuntimeError("ran out of pre-signed batches: raise params['reports']")
         self.sent += 1

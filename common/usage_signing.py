@@ -20,13 +20,33 @@ from .records import Record
 
 def payload(session_id: str, usage: Record, *, seq: int = 0, final: bool = False) -> bytes:
     """Canonical bytes of one report (seq) or of the final usage (final=True)."""
-    body: Record = {"session_id": session_id,
-                    "usage": {name: usage.get(name, 0) for name in USAGE_FIELDS}}
+    values = tuple(map(usage.get, _SORTED_FIELDS, _ZEROS))
+    if _plain(session_id) and type(seq) is int and set(map(type, values)) <= _INT:
+        # The common case, written out: the same bytes as `canonical` (keys sorted,
+        # integers as digits, a session id that needs no escaping), at a fraction of the
+        # cost (one per report on the broker's event loop and again in its writer).
+        head = b'{"final":true' if final else b'{"seq":%d' % seq
+        return head + _USAGE_TEMPLATE % (session_id.encode(), *values)
+    body: Record = {"session_id": session_id, "usage": {
+        name: usage.get(name, 0) for name in USAGE_FIELDS}}
     if final:
         body["final"] = True
     else:
         body["seq"] = seq
     return canonical(body)
+
+
+_SORTED_FIELDS = tuple(sorted(USAGE_FIELDS))
+_ZEROS = (0,) * len(USAGE_FIELDS)
+_INT = {int}
+_USAGE_TEMPLATE = (b',"session_id":"%s","usage":{' + b",".join(
+    b'"%s":%%d' % name.encode() for name in _SORTED_FIELDS) + b"}}")
+
+
+def _plain(text: str) -> bool:
+    """Printable ASCII without quotes or backslashes: JSON writes it as it is."""
+    return type(text) is str and text.isascii() and text.isprintable() and \
+        '"' not in text and "\\" not in text
 
 
 def sign(key: SigningKey, message: bytes) -> bytes:

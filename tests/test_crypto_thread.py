@@ -39,3 +39,55 @@ def test_results_errors_and_the_thread_they_ran_on():
     assert threading.main_thread() not in threads
     crypto.close()
     assert not threads[0].is_alive()
+
+
+def test_a_checked_op_goes_from_the_crypto_thread_to_the_writer(tmp_path):
+    """Services.submit_checked on an LmdbStore: the check runs on the crypto thread, which
+    hands the op to the store's writer itself; the caller gets the op's result, or what
+    the check, the op or the closed store raised."""
+    from broker.api.base import Services
+    from broker.core.config import CoreConfig
+    from broker.core.registry import Liveness
+    from broker.store import LmdbStore
+    from broker.store.buffered import StoreClosed
+
+    store = LmdbStore(tmp_path / "db", durable=False)
+    services = Services(store=store, keyring=None, config=CoreConfig(),  # type: ignore[arg-type]
+                        liveness=Liveness(1000, {}))
+    ran_on: dict[str, str] = {}
+
+    def check(value):
+        def run():
+            ran_on["check"] = threading.current_thread().name
+            return value
+        return run
+
+    def op(value):
+        def run(tx):
+            ran_on["op"] = threading.current_thread().name
+            tx.put("meta", "checked", {"value": value})
+            return tx.get("meta", "checked")
+        return run
+
+    def refused(value):
+        def run(tx):
+            raise ValueError(f"refused {value}")
+        return run
+
+    async def main():
+        result = await services.submit_checked(check(7), op)
+        with pytest.raises(ZeroDivisionError):
+            await services.submit_checked(lambda: 1 // 0, op)
+        with pytest.raises(ValueError, match="refused 8"):
+            await services.submit_checked(check(8), refused)
+        store.close()
+        with pytest.raises(StoreClosed):
+            await services.submit_checked(check(9), op)
+        return result
+
+    try:
+        assert asyncio.run(main()) == {"value": 7}
+        assert ran_on == {"check": "crypto", "op": "lmdb-writer"}
+    finally:
+        services.crypto.close()
+        store.close()

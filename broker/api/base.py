@@ -11,7 +11,7 @@ import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import grpc
 from google.protobuf.message import Message
@@ -31,6 +31,9 @@ from .crypto_thread import CryptoThread
 from .watch import Changes
 
 log = logging.getLogger("broker.api")
+
+T = TypeVar("T")
+V = TypeVar("V")
 
 
 def storage_full() -> BrokerError:
@@ -201,11 +204,31 @@ class Services:
         """Check again, during a long call, that `authenticate`'s key is still good."""
         self.store.read(lambda tx: access.require_active(tx, principal))
 
+    @overload
     async def mutate(self, principal: Principal, method: str, request: Message,
-                     op: Callable[[Tx, int], Record]) -> Record:
-        """Run `op(tx, now)` durably, once per request_id (AIP-155)."""
+                     op: Callable[[Tx, int], Record]) -> Record: ...
+
+    @overload
+    async def mutate(self, principal: Principal, method: str, request: Message,
+                     op: Callable[[Tx, int], Record], *,
+                     then: Callable[[Record], T]) -> tuple[Record, T]: ...
+
+    async def mutate(self, principal: Principal, method: str, request: Message,
+                     op: Callable[[Tx, int], Record], *,
+                     then: Callable[[Record], Any] | None = None) -> Any:
+        """Run `op(tx, now)` durably, once per request_id (AIP-155). `then(its record)`,
+        if given, runs right after it in the writer, outside what a retry replays (the
+        Authorize voucher's signature); the result is then (record, what `then` gave)."""
+        run = self.mutation(principal, method, request, op)
+        if then is not None:
+            mutation = run
+
+            def run(tx: Tx) -> Any:
+                record = mutation(tx)
+                return record, then(record)
+
         try:
-            return await self.store.submit(self.mutation(principal, method, request, op))
+            return await self.store.submit(run)
         except StorageFull:  # (the unary and streaming wrappers catch the other writes)
             raise storage_full() from None
 
@@ -213,6 +236,21 @@ class Services:
         """`store.submit(op)`, a full store refused as `mutate` does."""
         try:
             return await self.store.submit(op)
+        except StorageFull:
+            raise storage_full() from None
+
+    async def submit_checked(self, check: Callable[[], V],
+                             op: Callable[[V], Callable[[Tx], T]]) -> T:
+        """`check()` on the crypto thread (a signature), then `op(its result)` in the
+        store's writer; the result of the op. With a store that takes ops from other
+        threads (LmdbStore.enqueue) the crypto thread hands the op to the writer itself,
+        and the caller's loop wakes once instead of twice."""
+        enqueue = getattr(self.store, "enqueue", None)
+        try:
+            if enqueue is None:
+                return await self.store.submit(op(await self.crypto.run(check)))
+            return await self.crypto.run_then(
+                check, lambda checked, loop, future: enqueue(op(checked), loop, future))
         except StorageFull:
             raise storage_full() from None
 

@@ -23,8 +23,9 @@ T = TypeVar("T")
 
 _STOP = object()
 MAX_BATCH = 256
-# (the work, the caller's loop, the future to answer)
-_Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+# (the work, the caller's loop, the future to answer, what takes the result on or None)
+_Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]",
+             "Callable[[Any, asyncio.AbstractEventLoop, asyncio.Future[Any]], None] | None"]
 
 
 class CryptoThread:
@@ -40,7 +41,21 @@ class CryptoThread:
         future: asyncio.Future[T] = loop.create_future()
         if self._thread is None:
             self._start()
-        self._queue.put((fn, loop, future))
+        self._queue.put((fn, loop, future, None))
+        return await future
+
+    async def run_then(self, fn: Callable[[], Any],
+                       then: Callable[[Any, asyncio.AbstractEventLoop, asyncio.Future[T]], None]
+                       ) -> T:
+        """`fn()` on the crypto thread, then, still there, `then(its result, loop, future)`,
+        which hands the caller's future on to whoever answers it (the store's writer:
+        `LmdbStore.enqueue`). Why: the caller's loop then wakes once, when the answer is
+        ready, not also in between. If `fn` or `then` raises, the caller gets that."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if self._thread is None:
+            self._start()
+        self._queue.put((fn, loop, future, then))
         return await future
 
     def _start(self) -> None:
@@ -73,9 +88,13 @@ class CryptoThread:
                 if job is _STOP:
                     stopping = True
                     continue
-                fn, loop, future = job
+                fn, loop, future, then = job
                 try:
-                    outcome = (future, fn(), None)
+                    result = fn()
+                    if then is not None:
+                        then(result, loop, future)  # answered by whoever `then` handed it to
+                        continue
+                    outcome = (future, result, None)
                 except Exception as error:  # the caller gets it, as if it had run there
                     outcome = (future, None, error)
                 per_loop.setdefault(loop, []).append(outcome)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
+from typing import Any
 
 from common import convert, usage_signing, vouchers
 from common.errors import BrokerError, Code, invalid
@@ -182,18 +184,20 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
 
     async def _report(self, p, ses: Record, report: pb.UsageReport, usage: Record,
                       now: int, elapsed_ms: int | None, epoch: int) -> session.UsageDecision:
-        # The signature check needs no ordering: done on the crypto thread, not in the
-        # single writer (nor on the event loop).
         message = usage_signing.payload(ses["session_id"], usage, seq=report.seq)
-        verified = await self.s.crypto.run(lambda: usage_signing.verify_ahead(
-            ses["usage_public_key"], message, report.signature))
 
-        def record(tx: Tx) -> session.UsageDecision:
-            access.require_active(tx, p)
-            return metering.record_usage(tx, p, ses["session_id"], report.seq, usage, now,
-                                         report.signature, verified, elapsed_ms, epoch=epoch)
+        def record(verified: usage_signing.Verified | None) -> Callable[[Tx], Any]:
+            def op(tx: Tx) -> session.UsageDecision:
+                access.require_active(tx, p)
+                return metering.record_usage(tx, p, ses["session_id"], report.seq, usage,
+                                             now, report.signature, verified, elapsed_ms,
+                                             epoch=epoch)
+            return op
 
-        return await self.s.store.submit(record)
+        # The signature check needs no ordering: on the crypto thread, which then hands
+        # the op to the single writer itself.
+        return await self.s.submit_checked(lambda: usage_signing.verify_ahead(
+            ses["usage_public_key"], message, report.signature), record)
 
     async def _finish(self, p, session_id: str, finish: pb.FinishSession,
                       epoch: int) -> pb.MeterResponse:

@@ -9,6 +9,7 @@ is released), pay the provider less the platform fee, then refill the wallet.
 from __future__ import annotations
 
 import base64
+import functools
 import secrets
 
 from common import usage_signing, vouchers
@@ -184,8 +185,14 @@ def _signed(message: bytes, signature: bytes, batch: bytes = b"") -> Record:
     signed = {"payload": base64.b64encode(message).decode(),
               "signature": base64.b64encode(signature).decode()}
     if batch:  # the signature is over the batch, which lists the payload's digest
-        signed["batch"] = base64.b64encode(batch).decode()
+        signed["batch"] = _b64(batch)
     return signed
+
+
+@functools.lru_cache(maxsize=16)
+def _b64(batch: bytes) -> str:
+    # Every report of a MeterWorker batch keeps the same batch bytes: encoded once.
+    return base64.b64encode(batch).decode()
 
 
 def capture(tx: Tx, hold_id: str, charged: int, provider_id: str, legs: Record, now: int,

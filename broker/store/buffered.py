@@ -75,7 +75,10 @@ def encode(table: str, value: Record) -> bytes:
         raise TypeError(str(error)) from None
     except OverflowError as error:
         raise ValueError(str(error)) from None
-    if b"null" in data:  # msgspec writes NaN and infinities as null; JSON has neither
+    # msgspec writes NaN and infinities as null; JSON has neither. (find, not `in`:
+    # bytes.__contains__ first tries the argument as an int, and formats and clears a
+    # TypeError on every call; a few percent of the writer's time.)
+    if data.find(b"null") != -1:
         _strict_json.encode(value)
     return data
 

@@ -60,6 +60,7 @@ LINGER_MAX_S = 0.002
 RECOVERY_FREE_BYTES = 4 << 20
 
 _STOP = object()  # queued by close(): everything queued before it still runs
+_UNREAD: Any = object()  # _LmdbTx's read cache: not read yet (None: read, not there)
 # meta key where the writer keeps its IdClock between batches: prefork's server
 # processes each have a writer, and LMDB runs their write transactions one at a time.
 ID_CLOCK_KEY = b"id_clock"
@@ -115,16 +116,24 @@ def unlock_dir(fd: int) -> None:
 
 
 class _LmdbTx:
-    """A Tx over one LMDB transaction: the writer's (writable) or a reader's."""
+    """A Tx over one LMDB transaction: the writer's (writable) or a reader's.
 
-    __slots__ = ("_txn", "_dbs", "_writable", "_ids")
+    `cached`: remember what each point read found (the stored bytes, or None) until the
+    next write through this Tx. The writer's batches use it: their writes gather in an
+    overlay and reach this Tx once, at the end (`_run_batch`), so every read before that
+    sees the transaction as it began, and the ops of a batch read the same records
+    again and again (the caller's policy, its sub-budget or none, the worker's key).
+    The bytes are decoded on every read: callers get a fresh record each time."""
+
+    __slots__ = ("_txn", "_dbs", "_writable", "_ids", "_cache")
 
     def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any], *, writable: bool,
-                 ids: IdClock | None = None) -> None:
+                 ids: IdClock | None = None, cached: bool = False) -> None:
         self._txn = txn
         self._dbs = dbs
         self._writable = writable
         self._ids = ids
+        self._cache: dict[tuple[str, str], bytes | None] | None = {} if cached else None
 
     def next_id(self) -> int:
         self._check_writable()
@@ -138,7 +147,14 @@ class _LmdbTx:
         return db
 
     def get(self, table: str, key: str) -> Record | None:
-        data = cast(bytes | None, self._txn.get(check_key(key), db=self._db(table)))
+        cache = self._cache
+        if cache is None:
+            data = cast(bytes | None, self._txn.get(check_key(key), db=self._db(table)))
+        else:
+            data = cache.get((table, key), _UNREAD)
+            if data is _UNREAD:
+                data = cache[table, key] = cast(
+                    bytes | None, self._txn.get(check_key(key), db=self._db(table)))
         return None if data is None else decode(data)
 
     def put(self, table: str, key: str, value: Record) -> None:
@@ -147,16 +163,22 @@ class _LmdbTx:
 
     def put_encoded(self, table: str, key: str, data: bytes) -> None:
         self._check_writable()
+        if self._cache:
+            self._cache.clear()
         self._txn.put(check_key(key), data, db=self._db(table))
 
     def delete(self, table: str, key: str) -> None:
         self._check_writable()
+        if self._cache:
+            self._cache.clear()
         self._txn.delete(check_key(key), db=self._db(table))
 
     def apply(self, tables: dict[str, dict[str, bytes | None]]) -> None:
         """Write a BufferedTx's pending writes (tables and keys checked when they were
         made): the writer's hottest loop, so no second round of checks."""
         self._check_writable()
+        if self._cache:
+            self._cache.clear()
         txn, dbs = self._txn, self._dbs
         for table, pending in tables.items():
             db = dbs[table]
@@ -294,6 +316,13 @@ class LmdbStore:
         self._enqueue((op, loop, future))
         return await future
 
+    def enqueue(self, op: Callable[[Tx], T], loop: asyncio.AbstractEventLoop,
+                future: asyncio.Future[T]) -> None:
+        """`submit` for a caller on another thread that holds `loop`'s `future` (the
+        crypto thread hands a checked usage report on): the writer runs `op` and answers
+        `future` on `loop`, as for `submit`. Thread-safe; StoreClosed once closed."""
+        self._enqueue((op, loop, future))
+
     def submit_sync(self, op: Callable[[Tx], T]) -> T:
         if threading.current_thread() is self._writer:
             raise RuntimeError("submit_sync from inside an op would deadlock the writer")
@@ -403,7 +432,8 @@ class LmdbStore:
                 if stored is not None:
                     ids.last = max(ids.last, json.loads(stored)["last"])
                 first_id = ids.last
-                written = BufferedTx(_LmdbTx(txn, self._dbs, writable=True, ids=ids))
+                written = BufferedTx(_LmdbTx(txn, self._dbs, writable=True, ids=ids,
+                                             cached=True))
                 for op, _, _ in batch:
                     tx = BufferedTx(written)
                     try:
