@@ -90,10 +90,13 @@ BROKER_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.bdp_probe", 0),
 )
 # What a broker's server must allow for those pings (the default, one ping per five
-# minutes without data, would answer them with GOAWAY "too_many_pings").
+# minutes without data, would answer them with GOAWAY "too_many_pings"). No strikes at
+# all: a broker starved of CPU reads several pings at once, each after the first "too
+# soon", and struck out healthy clients under load (tests/integration/test_worker.py).
 SERVER_PING_POLICY: tuple[tuple[str, int], ...] = (
     ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
     ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_ping_strikes", 0),
 )
 
 
