@@ -83,10 +83,8 @@ BROKER_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),  # an idle connection to a hung broker too
     ("grpc.http2.max_pings_without_data", 0),  # a quiet stream keeps being pinged
-    # No flow-control (BDP) probes: they are pings too, sent as data arrives, and with
-    # the keepalive pings they came faster than the broker allows (GOAWAY
-    # "too_many_pings" under load). The broker's messages are small: the default
-    # window serves them.
+    # No flow-control (BDP) probes: they are pings too, sent as data arrives; the
+    # broker's messages are small, the default window serves them.
     ("grpc.http2.bdp_probe", 0),
 )
 # What a broker's server must allow for those pings (the default, one ping per five
