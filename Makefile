@@ -96,8 +96,8 @@ SOAK_ARGS ?=
 soak: $(STAMP)
 	$(BIN)/python scripts/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
-## bench: throughput and latency against a bare grpc.aio echo server (< 10 min; bench/results.json)
-bench: $(STAMP)
+## bench: throughput and latency against a bare grpc.aio echo server, and the PostgreSQL figures (about 10 min; bench/results.json)
+bench: $(STAMP) $(PG_SERVER)
 	$(BIN)/python scripts/bench.py
 
 ## fuzz: 20,000 descriptor-generated requests against a real broker and worker (tests/fuzz)

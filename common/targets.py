@@ -74,7 +74,7 @@ def grpc_target(addresses: str) -> str:
 # the list is passed over too). gRPC Python 1.85 times keepalive pings with the
 # transport's ping timeout (`grpc.http2.ping_timeout_ms`, 60 s by default) rather than
 # `grpc.keepalive_timeout_ms`: both are set. Measured on this machine: a call on
-# a SIGSTOPped broker fails after 2-3 s and the retry lands on the next broker.
+# a SIGSTOPped broker fails after 2-4 s and the retry lands on the next broker.
 KEEPALIVE_TIME_MS = 2_000
 PING_TIMEOUT_MS = 2_000
 BROKER_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -83,12 +83,18 @@ BROKER_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),  # an idle connection to a hung broker too
     ("grpc.http2.max_pings_without_data", 0),  # a quiet stream keeps being pinged
+    # No flow-control (BDP) probes: they are pings too, sent as data arrives; the
+    # broker's messages are small, the default window serves them.
+    ("grpc.http2.bdp_probe", 0),
 )
 # What a broker's server must allow for those pings (the default, one ping per five
-# minutes without data, would answer them with GOAWAY "too_many_pings").
+# minutes without data, would answer them with GOAWAY "too_many_pings"). No strikes at
+# all: a broker starved of CPU reads several pings at once, each after the first "too
+# soon", and struck out healthy clients under load (tests/integration/test_worker.py).
 SERVER_PING_POLICY: tuple[tuple[str, int], ...] = (
     ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
     ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_ping_strikes", 0),
 )
 
 
