@@ -224,8 +224,9 @@ def test_every_readme_block_runs_as_written(tmp_path):
     # the receipt, as the worker and the broker give it
     receipt = only("AuthorizationService/GetReceipt <<JSON\n{\"authorization_id\": "
                    "\"$AUTHORIZATION_ID\"}").json()[0]["receipt"]
-    assert receipt == {**result["receipt"], "authorization_id":
-                       authorization["authorization_id"]}
+    # (the broker's copy also names the authorization and the wallet, never the worker's)
+    assert receipt == {**result["receipt"], "wallet_id": wallet_id,
+                       "authorization_id": authorization["authorization_id"]}
     charged = int(receipt["charged"])
     assert charged > 0 and int(receipt["released"]) == 200_000 - charged
     assert receipt["usage"]["output_tokens"] == "64"
