@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import grpc
 import psycopg
@@ -98,7 +99,31 @@ class Acked:
 
 
 @dataclass
-class Agents:
+class LoadThreads:
+    """Threads that each run `_loop(index)` until `stop()`, which joins them all."""
+
+    _stop: threading.Event = field(default_factory=threading.Event, kw_only=True)
+    _running: list[threading.Thread] = field(default_factory=list, kw_only=True)
+
+    def start(self) -> Self:
+        for i in range(self.threads):  # type: ignore[attr-defined]
+            thread = threading.Thread(target=self._loop, args=(i,), daemon=True)
+            thread.start()
+            self._running.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._running:
+            thread.join(120)
+            assert not thread.is_alive(), f"a thread of {type(self).__name__} hangs"
+
+    def _loop(self, i: int) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Agents(LoadThreads):
     """Threads that each loop: buy a burn job from the worker, or authorize and cancel,
     or leave a short hold to expire. Every acknowledged outcome is kept; any failure
     (after the client's own retries) too."""
@@ -109,21 +134,6 @@ class Agents:
     threads: int = 3
     acked: list[Acked] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _running: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> Agents:
-        for i in range(self.threads):
-            thread = threading.Thread(target=self._loop, args=(i,), daemon=True)
-            thread.start()
-            self._running.append(thread)
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._running:
-            thread.join(120)
-            assert not thread.is_alive(), "an agent hangs"
 
     def _loop(self, i: int) -> None:
         # retries: enough to outlast a broker that hangs (each try ends within ~4 s).
@@ -287,7 +297,7 @@ def test_node_agent_and_worker_pass_over_a_broker_that_hangs_mid_purchase(
 
 
 @dataclass
-class Authorizer:
+class Authorizer(LoadThreads):
     """Threads that authorize and cancel on a raw stub (to see every failure as it
     comes): an UNAVAILABLE is retried with the same request_id after the RetryInfo
     delay. Every failure is kept with its reason and whether it carried RetryInfo."""
@@ -299,21 +309,6 @@ class Authorizer:
     cancelled: set[str] = field(default_factory=set)
     failures: list[tuple[str, str, bool]] = field(default_factory=list)  # code, reason, retry
     gave_up: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _running: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> Authorizer:
-        for _ in range(self.threads):
-            thread = threading.Thread(target=self._loop, daemon=True)
-            thread.start()
-            self._running.append(thread)
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._running:
-            thread.join(120)
-            assert not thread.is_alive(), "an authorizer hangs"
 
     def _call(self, stub, method: str, request):
         md = (("authorization", f"Bearer {self.api_key}"),)
@@ -331,7 +326,7 @@ class Authorizer:
                     raise
                 time.sleep(retry.retry_delay.ToMilliseconds() / 1000 if retry else 0.2)
 
-    def _loop(self) -> None:
+    def _loop(self, i: int) -> None:
         with tls.broker_channel(self.target, None) as channel:
             stub = auth_grpc.AuthorizationServiceStub(channel)
             while not self._stop.is_set():
