@@ -227,13 +227,11 @@ class Services:
                 record = mutation(tx)
                 return record, then(record)
 
-        try:
-            return await self.store.submit(run)
-        except StorageFull:  # (the unary and streaming wrappers catch the other writes)
-            raise storage_full() from None
+        return await self.submit(run)
 
-    async def submit(self, op: Callable[[Tx], Record]) -> Record:
-        """`store.submit(op)`, a full store refused as `mutate` does."""
+    async def submit(self, op: Callable[[Tx], Any]) -> Any:
+        """`store.submit(op)`, a full store refused with STORAGE_FULL (the unary and
+        streaming wrappers catch the other writes)."""
         try:
             return await self.store.submit(op)
         except StorageFull:
