@@ -162,7 +162,7 @@ attempt('receipt_other_charge', () => v.verifyReceipt({ ...r, charged: '1' },
   keys(d.receipt_keys)));
 attempt('fee', () => v.verifyFee(v.verifyReceipt(r, keys(d.receipt_keys)), d.fee_bps));
 attempt('fee_other_rate', () => v.verifyFee(v.verifyReceipt(r, keys(d.receipt_keys)),
-  d.fee_bps + 100));
+  d.other_fee_bps));
 attempt('usage', () => v.verifyWorkerUsage(b(d.usage_payload), b(d.usage_signature),
   b(d.usage_key), d.usage, b(d.usage_batch)));
 attempt('usage_other_worker', () => v.verifyWorkerUsage(b(d.usage_payload),
@@ -197,6 +197,10 @@ def test_verify_js_accepts_what_the_broker_signs_and_refuses_any_change(world, n
         model="tiny-lm", prompt="Hi", max_new_tokens=4)))
     assert run.events[-1].result.status == worker_pb.JOB_STATUS_COMPLETED
     receipt = world.wait_settled(auth.authorization_id)
+    # A small charge floors to the same fee at nearby rates: pick one whose fee differs.
+    assert receipt.charged > 0
+    other_fee_bps = next(bps for bps in range(world.agent.platform_fee_bps() + 1, 10_001)
+                         if receipt.charged * bps // 10_000 != receipt.platform_fee)
     # The worker daemon meters on MeterWorker and signs the final usage with its batch.
     assert usage_signing.in_batch(receipt.worker_usage_payload, receipt.worker_usage_batch)
     data = {"voucher": auth.voucher, "forged_voucher": forged,
@@ -207,6 +211,7 @@ def test_verify_js_accepts_what_the_broker_signs_and_refuses_any_change(world, n
             "receipt_keys": [[k, b64(v)] for k, v in
                              world.agent.receipt_signing_keys().items()],
             "fee_bps": world.agent.platform_fee_bps(),
+            "other_fee_bps": other_fee_bps,
             "usage_payload": b64(receipt.worker_usage_payload),
             "usage_signature": b64(receipt.worker_usage_signature),
             "usage_batch": b64(receipt.worker_usage_batch),
