@@ -86,7 +86,7 @@ def test_refunds_are_summed_receipt_by_receipt_through_the_index():
     w = s.w
     admin = Principal("key_admin", "admin")
     refund = w.run(lambda tx: refunds.refund(tx, admin, receipt["receipt_id"], 3_000, "x",
-                                             w.now, w.signer))
+                                             w.now, w.config, w.signer))
     assert w.violations() == []
     rid, index_key = refund["refund_id"], f"{receipt['receipt_id']}/{refund['refund_id']}"
     # A second refund of the same 3,000 slipped in: 6,000 of 4,000 charged.
