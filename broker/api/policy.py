@@ -214,5 +214,5 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         signer = self.s.receipt_keyring.signer  # refund receipts are receipts
         result = await self.s.mutate(p, "RefundReceipt", request, lambda tx, now: (
             refunds.refund(tx, p, request.receipt_id, request.amount, request.reason, now,
-                           signer)))
+                           self.s.config, signer)))
         return pb.RefundReceiptResponse(refund=pc.refund(result))

@@ -58,7 +58,8 @@ def statement(s: Record) -> pb.Statement:
         wallets=[pb.WalletTotal(**w) for w in s["wallets"]],
         payment_models=[pb.PaymentModelTotal(**m) for m in s["payment_models"]],
         total_charged=s["total_charged"], total_released=s["total_released"],
-        job_count=s["job_count"], annex=base64.b64decode(s["annex"]),
+        job_count=s["job_count"], total_refunded=s["total_refunded"],
+        annex=base64.b64decode(s["annex"]),
         receipt_key_id=s["receipt_key_id"], **signed_fields(s))
 
 
@@ -70,11 +71,13 @@ def payout_statement(s: Record) -> pb.PayoutStatement:
         periods=[pb.PayoutPeriod(
             period_start=convert.timestamp(p["period_start_ms"]),
             period_end=convert.timestamp(p["period_end_ms"]), charged=p["charged"],
-            payout=p["payout"], platform_fee=p["platform_fee"], job_count=p["job_count"])
+            payout=p["payout"], platform_fee=p["platform_fee"], job_count=p["job_count"],
+            refunded_payout=p["refunded_payout"], refunded_fee=p["refunded_fee"])
             for p in s["periods"]],
         total_charged=s["total_charged"], total_payout=s["total_payout"],
         total_platform_fee=s["total_platform_fee"], job_count=s["job_count"],
-        **signed_fields(s))
+        total_refunded_payout=s["total_refunded_payout"],
+        total_refunded_fee=s["total_refunded_fee"], **signed_fields(s))
 
 
 class StatementServicer(pb_grpc.StatementServiceServicer):

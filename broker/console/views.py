@@ -25,7 +25,7 @@ MAX_STATEMENT_BUCKETS = 400  # one GetStatement per row period
 # A wallet row's place in its delegation tree and its subtree's totals (docs/delegation.md);
 # empty on the other rows.
 ROLL_UP_COLUMNS = ["parent_wallet_id", "depth", "rollup_charged", "rollup_released",
-                   "rollup_job_count"]
+                   "rollup_job_count", "rollup_refunded"]
 NO_ROLL_UP = [""] * len(ROLL_UP_COLUMNS)
 
 
@@ -119,17 +119,18 @@ def spend_series(client: ConsoleClient, granularity: str, now_ms: int) -> dict:
 def statement_rows(client: ConsoleClient, start_ms: int, end_ms: int,
                    granularity: str) -> list[list[str]]:
     """A statement as CSV rows: per period, one row per wallet and per payment model
-    and the period's total; then the whole range's totals (one signed statement)."""
+    and the period's total; then the whole range's totals (one signed statement).
+    `refunded` is what was refunded in the period (of charges of any period)."""
     names = {w.wallet_id: w.display_name for w in client.list_wallets()}
     rows = [["period_start", "period_end", "kind", "id", "name", "charged", "released",
-             "job_count", *ROLL_UP_COLUMNS]]
+             "job_count", "refunded", *ROLL_UP_COLUMNS]]
     for s in _statements(client, start_ms, end_ms, granularity):
         rows += _statement_rows(s, names)
     _, enum = GRANULARITIES[granularity]
     whole = client.get_statement(start_ms, end_ms, granularity=enum)
     rows.append([_time(whole.period_start), _time(whole.period_end), "range_total",
                  whole.key_id, "", str(whole.total_charged), str(whole.total_released),
-                 str(whole.job_count), *NO_ROLL_UP])
+                 str(whole.job_count), str(whole.total_refunded), *NO_ROLL_UP])
     return rows
 
 
@@ -168,14 +169,16 @@ def _period(s: statement_pb.Statement) -> dict:
 def _statement_rows(s: statement_pb.Statement, names: dict[str, str]) -> list[list[str]]:
     start, end = _time(s.period_start), _time(s.period_end)
     rows = [[start, end, "wallet", w.wallet_id, names.get(w.wallet_id, ""), str(w.charged),
-             str(w.released), str(w.job_count), w.parent_wallet_id, str(w.depth),
-             str(w.rollup_charged), str(w.rollup_released), str(w.rollup_job_count)]
+             str(w.released), str(w.job_count), str(w.refunded), w.parent_wallet_id,
+             str(w.depth), str(w.rollup_charged), str(w.rollup_released),
+             str(w.rollup_job_count), str(w.rollup_refunded)]
             for w in s.wallets]
     rows += [[start, end, "payment_model", m.payment_model, "", str(m.charged), "",
-              str(m.job_count), *NO_ROLL_UP] for m in s.payment_models]
-    if s.job_count:
+              str(m.job_count), str(m.refunded), *NO_ROLL_UP] for m in s.payment_models]
+    if s.job_count or s.total_refunded:
         rows.append([start, end, "period_total", "", "", str(s.total_charged),
-                     str(s.total_released), str(s.job_count), *NO_ROLL_UP])
+                     str(s.total_released), str(s.job_count), str(s.total_refunded),
+                     *NO_ROLL_UP])
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Ledger invariants (docs/design.md, INV-1 to INV-11), checked on any Tx: by tests after every
+"""Ledger invariants (docs/design.md, INV-1 to INV-12), checked on any Tx: by tests after every
 step, by the GetLedgerSummary and Audit RPCs, by the daemon's periodic audit, and by
 an offline audit of a data directory (`broker audit`). Each problem names exactly
 what is wrong: the account, hold, receipt, counter or journal entry."""
@@ -13,6 +13,7 @@ from operator import itemgetter
 from ..store.base import Record, Tx
 from . import budgets, grants, journal, ledger, mandates, pages, spend, validate
 from .authorizations import SETTLED, has_voucher
+from .receipts import DAY_MS, HOUR_MS
 
 BALANCE_FIELDS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 
@@ -277,9 +278,52 @@ def inv_receipts_add_up(tx: Tx) -> list[str]:
     return problems
 
 
+def inv_refunds_on_statements(tx: Tx) -> list[str]:
+    """INV-12: every refund is in the owner_refunds and provider_refunds indexes that
+    statements read exactly once, under its receipt's owner and provider and the period
+    (an hour or a day: receipt_period_ms) it was made in, with its amounts; and every
+    row of them is such a refund's. One refund at a time, then one row at a time."""
+    problems = []
+    for refund_id, refund in tx.scan("refunds"):
+        receipt = tx.get("receipts", refund["receipt_id"])
+        if receipt is None:
+            continue  # INV-9 reports it
+        for table, expected in _refund_rows(refund, receipt).items():
+            found = [row for key in expected if (row := tx.get(table, key)) is not None]
+            if len(found) != 1:
+                problems.append(f"refund {refund_id} is in {table} {len(found)} times")
+            elif found[0] != _refund_row(table, refund, receipt):
+                problems.append(f"refund {refund_id}: its {table} row has other amounts")
+    for table in ("owner_refunds", "provider_refunds"):
+        for key, _ in tx.scan(table):
+            named = tx.get("refunds", key.rpartition("/")[2])
+            of = tx.get("receipts", named["receipt_id"]) if named else None
+            if not named or not of or key not in _refund_rows(named, of)[table]:
+                problems.append(f"{table} row {key} names no refund made then")
+    return problems
+
+
+def _refund_rows(refund: Record, receipt: Record) -> dict[str, set[str]]:
+    """The keys a refund's index rows may have: one per period a broker may use."""
+    at = refund["refund_ms"]
+    periods = {at - at % HOUR_MS, at - at % DAY_MS}
+    return {"owner_refunds": {f"{receipt['owner_id']}/{p:016d}/{refund['refund_id']}"
+                              for p in periods},
+            "provider_refunds": {f"{receipt['provider_id']}/{p:016d}/{refund['refund_id']}"
+                                 for p in periods}}
+
+
+def _refund_row(table: str, refund: Record, receipt: Record) -> Record:
+    if table == "owner_refunds":
+        return {"wallet_id": receipt["wallet_id"], "payment_model": receipt["payment_model"],
+                "amount": refund["amount"]}
+    return {"amount": refund["amount"], "payout": refund["provider_refund"],
+            "fee": refund["fee_refund"]}
+
+
 INVARIANTS = (inv_balanced, inv_balances_follow_transfers, inv_no_overdraft,
               inv_voucher_redeemed_once, inv_charge_within_authorization, inv_spend_counters,
-              inv_receipts_add_up)
+              inv_receipts_add_up, inv_refunds_on_statements)
 
 
 def check(tx: Tx) -> list[str]:

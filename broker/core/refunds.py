@@ -10,7 +10,9 @@ add up to more than it charged, and a second refund of the same amount for the s
 receipt is refused as a duplicate (a retry with the same request_id gets the first
 answer instead). The refund lands in the wallet, or in the owner's treasury when the
 wallet is at its cap. Each refund is signed like a receipt and names the receipt and
-the worker's signed usage the charge was based on.
+the worker's signed usage the charge was based on. Statements count a refund in the
+period it was made in (coarsened like receipts' periods, never finer than the broker's
+receipt_period_ms), through the owner_refunds and provider_refunds indexes written with it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from common.money import check_amount
 from ..store.base import Record, Tx, must_get
 from . import budgets, journal, ledger, pages, validate
 from .access import Principal, can_see_owner
+from .config import CoreConfig
+from .receipts import period_of
 from .tenancy import get_owner
 
 REFUND_SIGNED_FIELDS = ("refund_id", "receipt_id", "authorization_id", "session_id",
@@ -75,7 +79,7 @@ def list_disputes(tx: Tx, principal: Principal, page_size: int, page_token: str)
 
 
 def refund(tx: Tx, principal: Principal, receipt_id: str, amount: int, reason: str,
-           now: int, signer: vouchers.Signer) -> Record:
+           now: int, config: CoreConfig, signer: vouchers.Signer) -> Record:
     check_amount(amount, "amount")
     validate.name(reason, "reason", required=True)
     receipt, auth = _receipt(tx, principal, receipt_id)
@@ -129,6 +133,7 @@ def refund(tx: Tx, principal: Principal, receipt_id: str, amount: int, reason: s
         "refund_ms": now})
     tx.put("refunds", refund_id, {**record, "transfer_ids": transfers})
     tx.put("receipt_refunds", f"{receipt_id}/{refund_id}", {"amount": amount})
+    index_for_statements(tx, record, receipt, config.receipt_period_ms)
     if disputed:
         found = must_get(tx, "disputes", disputed["dispute_id"])
         found.update(state="refunded", refunded=found["refunded"] + amount)
@@ -139,6 +144,18 @@ def refund(tx: Tx, principal: Principal, receipt_id: str, amount: int, reason: s
         "credited_account_id": credited, "transfer_ids": transfers, "reason": reason,
         "by": principal.key_id}, now)
     return record
+
+
+def index_for_statements(tx: Tx, refund: Record, receipt: Record, period_ms: int) -> None:
+    """The rows statements read (statements.py): by owner and by provider, under the
+    period the refund was made in. Like receipts' index rows, they keep only the period."""
+    start, _ = period_of(refund["refund_ms"], period_ms)
+    tx.put("owner_refunds", f"{receipt['owner_id']}/{start:016d}/{refund['refund_id']}", {
+        "wallet_id": receipt["wallet_id"], "payment_model": receipt["payment_model"],
+        "amount": refund["amount"]})
+    tx.put("provider_refunds", f"{receipt['provider_id']}/{start:016d}/{refund['refund_id']}",
+           {"amount": refund["amount"], "payout": refund["provider_refund"],
+            "fee": refund["fee_refund"]})
 
 
 def _sign(signer: vouchers.Signer, fields: Record) -> Record:

@@ -61,6 +61,8 @@ TABLES = (
     "wallet_receipts",  # index: "<wallet_id>/<seq:020d>" -> {"receipt_id": ...}
     "owner_receipts",  # index: "<owner_id>/<period start ms:016d>/<receipt_id>" -> amounts
     "provider_receipts",  # index: "<provider_id>/<period start ms:016d>/<receipt_id>" -> amounts
+    "owner_refunds",  # index: "<owner_id>/<period start ms:016d>/<refund_id>" -> amounts
+    "provider_refunds",  # index: "<provider_id>/<period start ms:016d>/<refund_id>" -> amounts
     # Pricing (issue 6): quotes, job history, subscriptions and grants, leases.
     "quotes",
     "quote_expiry",  # index: "<expire_ms:020d>/<quote_id>" -> {}

@@ -71,7 +71,7 @@ log = logging.getLogger("broker.store")
 
 # The SQL layout (tables and columns) this module reads and writes; `meta/schema_version`
 # is the records' version. Stored in `broker_layout`; `broker migrate` moves it forward.
-LAYOUT_VERSION = 3  # 2: worker_leases; 3: rate_buckets
+LAYOUT_VERSION = 4  # 2: worker_leases; 3: rate_buckets; 4: owner_refunds, provider_refunds
 ID_SLOT_BITS = 10
 ID_SLOTS = 1 << ID_SLOT_BITS
 # Advisory lock keys (two int4): the class says what, the second number which one.

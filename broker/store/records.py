@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: refunds indexed for statements (owner_refunds, provider_refunds)
 
 Prices = dict[str, int]
 Json = dict[str, Any]
@@ -405,6 +405,20 @@ class ProviderReceipt(_Record):
     fee: int
 
 
+class OwnerRefund(_Record):
+    """A refund as an owner's statement counts it: the charged wallet and model."""
+    wallet_id: str
+    payment_model: str
+    amount: int
+
+
+class ProviderRefund(_Record):
+    """A refund as a payout statement counts it: taken back from payout and fee."""
+    amount: int
+    payout: int
+    fee: int
+
+
 class Quote(_Record):
     quote_id: str
     owner_id: str
@@ -620,6 +634,8 @@ TYPES: dict[str, Any] = {
     "wallet_receipts": ReceiptRef,
     "owner_receipts": OwnerReceipt,
     "provider_receipts": ProviderReceipt,
+    "owner_refunds": OwnerRefund,
+    "provider_refunds": ProviderRefund,
     "quotes": Quote,
     "quote_expiry": Empty,
     "job_history": JobHistory,

@@ -11,6 +11,12 @@ its table's declared type (records.py), the obsolete `meta/*_seq` counters are d
 (ids are time-ordered now), and the version is stored. Nothing else changes shape:
 platform-account rows stay valid (new changes arrive as entries beside them), and
 journal entries sealed by the old rule keep verifying by that rule.
+
+Version 1 -> 2 (refunds on statements): every refund made before gets its rows in the
+owner_refunds and provider_refunds indexes that statements read, as a refund now writes
+them (broker/core/refunds.py `index_for_statements`), under the period it was made in.
+The broker's receipt_period_ms is not known here: the period is that of the refunded
+receipt (an hour or a day, the setting in force when it settled). Nothing else changes.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from broker.store.base import TABLES, Tx
 from broker.store.records import SCHEMA_VERSION, RecordTypeError, check
 
 KEY = "schema_version"
+HOUR_MS, DAY_MS = 3_600_000, 86_400_000  # the periods receipts may record
 
 
 class SchemaError(RuntimeError):
@@ -88,7 +95,38 @@ def _v0_to_v1(tx: Tx) -> None:
             tx.delete("meta", key)
 
 
-MIGRATIONS: dict[int, Callable[[Tx], None]] = {0: _v0_to_v1}
+def _v1_to_v2(tx: Tx) -> None:
+    # The key layout and values of core/refunds.py index_for_statements, as of version 2
+    # (a migration stays what its version meant, so it does not import the core).
+    for refund_id, refund in list(tx.scan("refunds")):
+        _checked("refunds", refund_id, refund)
+        receipt = tx.get("receipts", refund["receipt_id"])
+        if receipt is None:  # the audit reports it (INV-9); nothing to index it under
+            continue
+        _checked("receipts", refund["receipt_id"], receipt)
+        period_ms = receipt["period_end_ms"] - receipt["period_start_ms"]
+        if period_ms not in (HOUR_MS, DAY_MS):
+            raise SchemaError(f"record receipts/{refund['receipt_id']} is damaged: its "
+                              "period is not an hour or a day; nothing was migrated")
+        start = refund["refund_ms"] - refund["refund_ms"] % period_ms
+        tx.put("owner_refunds", f"{receipt['owner_id']}/{start:016d}/{refund_id}", {
+            "wallet_id": receipt["wallet_id"], "payment_model": receipt["payment_model"],
+            "amount": refund["amount"]})
+        tx.put("provider_refunds", f"{receipt['provider_id']}/{start:016d}/{refund_id}", {
+            "amount": refund["amount"], "payout": refund["provider_refund"],
+            "fee": refund["fee_refund"]})
+
+
+def _checked(table: str, key: str, value: dict) -> None:
+    """A record a migration reads must be of its type (else SchemaError, nothing changed)."""
+    try:
+        check(table, value)
+    except RecordTypeError as error:
+        raise SchemaError(f"record {table}/{key} is damaged: {error}; nothing was "
+                          "migrated") from None
+
+
+MIGRATIONS: dict[int, Callable[[Tx], None]] = {0: _v0_to_v1, 1: _v1_to_v2}
 
 
 def migrate(tx: Tx, data_dir: str) -> tuple[int, int]:

@@ -95,7 +95,7 @@ class GetStatementResponse(_message.Message):
     def __init__(self, statement: _Optional[_Union[Statement, _Mapping]] = ...) -> None: ...
 
 class WalletTotal(_message.Message):
-    __slots__ = ("wallet_id", "charged", "released", "job_count", "parent_wallet_id", "depth", "rollup_charged", "rollup_released", "rollup_job_count")
+    __slots__ = ("wallet_id", "charged", "released", "job_count", "parent_wallet_id", "depth", "rollup_charged", "rollup_released", "rollup_job_count", "refunded", "rollup_refunded")
     WALLET_ID_FIELD_NUMBER: _ClassVar[int]
     CHARGED_FIELD_NUMBER: _ClassVar[int]
     RELEASED_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,8 @@ class WalletTotal(_message.Message):
     ROLLUP_CHARGED_FIELD_NUMBER: _ClassVar[int]
     ROLLUP_RELEASED_FIELD_NUMBER: _ClassVar[int]
     ROLLUP_JOB_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REFUNDED_FIELD_NUMBER: _ClassVar[int]
+    ROLLUP_REFUNDED_FIELD_NUMBER: _ClassVar[int]
     wallet_id: str
     charged: int
     released: int
@@ -114,20 +116,24 @@ class WalletTotal(_message.Message):
     rollup_charged: int
     rollup_released: int
     rollup_job_count: int
-    def __init__(self, wallet_id: _Optional[str] = ..., charged: _Optional[int] = ..., released: _Optional[int] = ..., job_count: _Optional[int] = ..., parent_wallet_id: _Optional[str] = ..., depth: _Optional[int] = ..., rollup_charged: _Optional[int] = ..., rollup_released: _Optional[int] = ..., rollup_job_count: _Optional[int] = ...) -> None: ...
+    refunded: int
+    rollup_refunded: int
+    def __init__(self, wallet_id: _Optional[str] = ..., charged: _Optional[int] = ..., released: _Optional[int] = ..., job_count: _Optional[int] = ..., parent_wallet_id: _Optional[str] = ..., depth: _Optional[int] = ..., rollup_charged: _Optional[int] = ..., rollup_released: _Optional[int] = ..., rollup_job_count: _Optional[int] = ..., refunded: _Optional[int] = ..., rollup_refunded: _Optional[int] = ...) -> None: ...
 
 class PaymentModelTotal(_message.Message):
-    __slots__ = ("payment_model", "charged", "job_count")
+    __slots__ = ("payment_model", "charged", "job_count", "refunded")
     PAYMENT_MODEL_FIELD_NUMBER: _ClassVar[int]
     CHARGED_FIELD_NUMBER: _ClassVar[int]
     JOB_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REFUNDED_FIELD_NUMBER: _ClassVar[int]
     payment_model: str
     charged: int
     job_count: int
-    def __init__(self, payment_model: _Optional[str] = ..., charged: _Optional[int] = ..., job_count: _Optional[int] = ...) -> None: ...
+    refunded: int
+    def __init__(self, payment_model: _Optional[str] = ..., charged: _Optional[int] = ..., job_count: _Optional[int] = ..., refunded: _Optional[int] = ...) -> None: ...
 
 class Statement(_message.Message):
-    __slots__ = ("owner_id", "period_start", "period_end", "granularity", "wallets", "payment_models", "total_charged", "total_released", "job_count", "annex", "receipt_key_id", "key_id", "signature", "signed_payload")
+    __slots__ = ("owner_id", "period_start", "period_end", "granularity", "wallets", "payment_models", "total_charged", "total_released", "job_count", "annex", "receipt_key_id", "key_id", "signature", "signed_payload", "total_refunded")
     OWNER_ID_FIELD_NUMBER: _ClassVar[int]
     PERIOD_START_FIELD_NUMBER: _ClassVar[int]
     PERIOD_END_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +148,7 @@ class Statement(_message.Message):
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     SIGNED_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_REFUNDED_FIELD_NUMBER: _ClassVar[int]
     owner_id: str
     period_start: _timestamp_pb2.Timestamp
     period_end: _timestamp_pb2.Timestamp
@@ -156,7 +163,8 @@ class Statement(_message.Message):
     key_id: str
     signature: bytes
     signed_payload: bytes
-    def __init__(self, owner_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[StatementGranularity, str]] = ..., wallets: _Optional[_Iterable[_Union[WalletTotal, _Mapping]]] = ..., payment_models: _Optional[_Iterable[_Union[PaymentModelTotal, _Mapping]]] = ..., total_charged: _Optional[int] = ..., total_released: _Optional[int] = ..., job_count: _Optional[int] = ..., annex: _Optional[bytes] = ..., receipt_key_id: _Optional[str] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ...) -> None: ...
+    total_refunded: int
+    def __init__(self, owner_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[StatementGranularity, str]] = ..., wallets: _Optional[_Iterable[_Union[WalletTotal, _Mapping]]] = ..., payment_models: _Optional[_Iterable[_Union[PaymentModelTotal, _Mapping]]] = ..., total_charged: _Optional[int] = ..., total_released: _Optional[int] = ..., job_count: _Optional[int] = ..., annex: _Optional[bytes] = ..., receipt_key_id: _Optional[str] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ..., total_refunded: _Optional[int] = ...) -> None: ...
 
 class GetPayoutStatementRequest(_message.Message):
     __slots__ = ("provider_id", "period_start", "period_end", "granularity")
@@ -177,23 +185,27 @@ class GetPayoutStatementResponse(_message.Message):
     def __init__(self, statement: _Optional[_Union[PayoutStatement, _Mapping]] = ...) -> None: ...
 
 class PayoutPeriod(_message.Message):
-    __slots__ = ("period_start", "period_end", "charged", "payout", "platform_fee", "job_count")
+    __slots__ = ("period_start", "period_end", "charged", "payout", "platform_fee", "job_count", "refunded_payout", "refunded_fee")
     PERIOD_START_FIELD_NUMBER: _ClassVar[int]
     PERIOD_END_FIELD_NUMBER: _ClassVar[int]
     CHARGED_FIELD_NUMBER: _ClassVar[int]
     PAYOUT_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FEE_FIELD_NUMBER: _ClassVar[int]
     JOB_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REFUNDED_PAYOUT_FIELD_NUMBER: _ClassVar[int]
+    REFUNDED_FEE_FIELD_NUMBER: _ClassVar[int]
     period_start: _timestamp_pb2.Timestamp
     period_end: _timestamp_pb2.Timestamp
     charged: int
     payout: int
     platform_fee: int
     job_count: int
-    def __init__(self, period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., charged: _Optional[int] = ..., payout: _Optional[int] = ..., platform_fee: _Optional[int] = ..., job_count: _Optional[int] = ...) -> None: ...
+    refunded_payout: int
+    refunded_fee: int
+    def __init__(self, period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., charged: _Optional[int] = ..., payout: _Optional[int] = ..., platform_fee: _Optional[int] = ..., job_count: _Optional[int] = ..., refunded_payout: _Optional[int] = ..., refunded_fee: _Optional[int] = ...) -> None: ...
 
 class PayoutStatement(_message.Message):
-    __slots__ = ("provider_id", "period_start", "period_end", "granularity", "periods", "total_charged", "total_payout", "total_platform_fee", "job_count", "key_id", "signature", "signed_payload")
+    __slots__ = ("provider_id", "period_start", "period_end", "granularity", "periods", "total_charged", "total_payout", "total_platform_fee", "job_count", "key_id", "signature", "signed_payload", "total_refunded_payout", "total_refunded_fee")
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     PERIOD_START_FIELD_NUMBER: _ClassVar[int]
     PERIOD_END_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +218,8 @@ class PayoutStatement(_message.Message):
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     SIGNED_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_REFUNDED_PAYOUT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_REFUNDED_FEE_FIELD_NUMBER: _ClassVar[int]
     provider_id: str
     period_start: _timestamp_pb2.Timestamp
     period_end: _timestamp_pb2.Timestamp
@@ -218,7 +232,9 @@ class PayoutStatement(_message.Message):
     key_id: str
     signature: bytes
     signed_payload: bytes
-    def __init__(self, provider_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[StatementGranularity, str]] = ..., periods: _Optional[_Iterable[_Union[PayoutPeriod, _Mapping]]] = ..., total_charged: _Optional[int] = ..., total_payout: _Optional[int] = ..., total_platform_fee: _Optional[int] = ..., job_count: _Optional[int] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ...) -> None: ...
+    total_refunded_payout: int
+    total_refunded_fee: int
+    def __init__(self, provider_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[StatementGranularity, str]] = ..., periods: _Optional[_Iterable[_Union[PayoutPeriod, _Mapping]]] = ..., total_charged: _Optional[int] = ..., total_payout: _Optional[int] = ..., total_platform_fee: _Optional[int] = ..., job_count: _Optional[int] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ..., total_refunded_payout: _Optional[int] = ..., total_refunded_fee: _Optional[int] = ...) -> None: ...
 
 class ReceiptSigningKey(_message.Message):
     __slots__ = ("key_id", "public_key", "active", "create_time", "retire_time")

@@ -86,7 +86,7 @@ def test_refunds_are_summed_receipt_by_receipt_through_the_index():
     w = s.w
     admin = Principal("key_admin", "admin")
     refund = w.run(lambda tx: refunds.refund(tx, admin, receipt["receipt_id"], 3_000, "x",
-                                             w.now, w.signer))
+                                             w.now, w.config, w.signer))
     assert w.violations() == []
     rid, index_key = refund["refund_id"], f"{receipt['receipt_id']}/{refund['refund_id']}"
     # A second refund of the same 3,000 slipped in: 6,000 of 4,000 charged.
@@ -104,6 +104,52 @@ def test_refunds_are_summed_receipt_by_receipt_through_the_index():
     assert w.violations() == []
     w.run(lambda tx: tx.delete("receipt_refunds", index_key))
     assert f"refund {rid} is missing from its receipt's index" in w.violations()
+
+
+def test_refunds_are_indexed_for_statements_one_to_one():
+    """INV-12: statements read refunds through owner_refunds and provider_refunds; a
+    refund missing from them, in them twice, with other amounts, or a row naming no
+    refund would make a statement disagree with the money that moved."""
+    s, _, receipt = settled()
+    w = s.w
+    admin = Principal("key_admin", "admin")
+    refund = w.run(lambda tx: refunds.refund(tx, admin, receipt["receipt_id"], 3_000, "x",
+                                             w.now, w.config, w.signer))
+    rid = refund["refund_id"]
+    owner_key, row = w.read(lambda tx: next(tx.scan("owner_refunds")))
+    provider_key, _ = w.read(lambda tx: next(tx.scan("provider_refunds")))
+    assert owner_key.endswith(f"/{rid}") and provider_key.endswith(f"/{rid}")
+    stored = w.read(lambda tx: tx.get("receipts", receipt["receipt_id"]))
+    assert row == {"wallet_id": refund["wallet_id"], "payment_model": stored["payment_model"],
+                   "amount": 3_000}
+    assert w.violations() == []
+    # Missing from an index.
+    w.run(lambda tx: tx.delete("owner_refunds", owner_key))
+    assert w.violations() == [f"refund {rid} is in owner_refunds 0 times"]
+    # Other amounts.
+    w.run(lambda tx: tx.put("owner_refunds", owner_key, {**row, "amount": 2_999}))
+    assert w.violations() == [f"refund {rid}: its owner_refunds row has other amounts"]
+    w.run(lambda tx: tx.put("owner_refunds", owner_key, row))
+    assert w.violations() == []
+    # Twice: under the hour and under the day it was made in (counted twice by a day's
+    # statement), or under another period altogether.
+    owner_id, hour, _ = owner_key.split("/")
+    day = int(hour) - int(hour) % 86_400_000
+    twice = f"{owner_id}/{day + (0 if day != int(hour) else 3_600_000):016d}/{rid}"
+    w.run(lambda tx: tx.put("owner_refunds", twice, row))
+    problems = w.violations()
+    assert problems and all(rid in p or twice in p for p in problems)
+    w.run(lambda tx: tx.delete("owner_refunds", twice))
+    elsewhere = f"{owner_id}/{int(hour) - 86_400_000:016d}/{rid}"
+    w.run(lambda tx: tx.put("owner_refunds", elsewhere, row))
+    assert w.violations() == [f"owner_refunds row {elsewhere} names no refund made then"]
+    w.run(lambda tx: tx.delete("owner_refunds", elsewhere))
+    # A row naming no refund at all.
+    stray = provider_key.rpartition("/")[0] + "/rfd_nope"
+    w.run(lambda tx: tx.put("provider_refunds", stray, {"amount": 1, "payout": 1, "fee": 0}))
+    assert w.violations() == [f"provider_refunds row {stray} names no refund made then"]
+    w.run(lambda tx: tx.delete("provider_refunds", stray))
+    assert w.violations() == []
 
 
 def _ledger_of(store: LmdbStore, holds: int) -> None:

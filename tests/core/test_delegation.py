@@ -390,7 +390,8 @@ class TreeModel(RuleBasedStateMachine):
         amount = charged // part
         auth = self.w.read(lambda tx: tx.get("authorizations", auth_id))
         done = self.attempt(lambda tx: refunds.refund(
-            tx, self.owner_p, receipt_id, amount, "bad output", self.w.now, self.w.signer))
+            tx, self.owner_p, receipt_id, amount, "bad output", self.w.now, self.w.config,
+            self.w.signer))
         assert done is not None
         for level in self.levels(auth["wallet_id"]):
             self.spent[level] -= amount

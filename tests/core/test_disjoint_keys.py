@@ -154,7 +154,7 @@ class Pair:
             receipt = self.finish(o, self.redeem(o, self.authorize(o, amount)))
             self.recorded(o, kind, lambda tx: refunds.refund(
                 tx, ADMIN, receipt["receipt_id"], 1 + receipt["charged"] // 2, "late", w.now,
-                w.signer))
+                w.config, w.signer))
         elif kind in ("lease_start", "lease_end"):
             leased = self._worker(o)  # a lease takes its worker for itself
             lease = self.recorded(o, kind if kind == "lease_start" else "", lambda tx: (

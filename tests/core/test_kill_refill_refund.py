@@ -227,7 +227,7 @@ def test_partial_refunds_once_each_never_above_the_charge():
 
     def refund(amount):
         return w.run(lambda tx: refunds.refund(tx, admin, receipt["receipt_id"], amount,
-                                               "goodwill", w.now, w.signer))
+                                               "goodwill", w.now, w.config, w.signer))
 
     before = s.balance()["posted"]
     first = refund(40_000)
@@ -257,7 +257,7 @@ def test_a_refund_to_a_full_wallet_goes_to_the_treasury():
     receipt = s.spend_all(1000)  # refilled to the cap afterwards
     admin = Principal("key_admin", "admin")
     refund = s.w.run(lambda tx: refunds.refund(tx, admin, receipt["receipt_id"], 500, "x",
-                                               s.w.now, s.w.signer))
+                                               s.w.now, s.w.config, s.w.signer))
     assert refund["credited_account_id"] == s.owner["treasury_account_id"]
     assert s.w.violations() == []
 

@@ -203,7 +203,8 @@ def test_statement_totals_per_wallet_and_payment_model_without_line_items():
             tx, shop.owner_p, "", start, end, granularity, annex, w.config, w.signer))
 
     s = statement()
-    root = {"parent_wallet_id": "", "depth": 0}  # (roll-ups of trees: test_delegation.py)
+    # (roll-ups of trees: test_delegation.py; refunds: test_statement_refunds.py)
+    root = {"parent_wallet_id": "", "depth": 0, "refunded": 0, "rollup_refunded": 0}
     assert s["wallets"] == sorted([
         {"wallet_id": shop.wallet["wallet_id"], "charged": 4010,
          "released": 200_000 - 4010, "job_count": 2, **root, "rollup_charged": 4010,
@@ -212,8 +213,8 @@ def test_statement_totals_per_wallet_and_payment_model_without_line_items():
          "job_count": 1, **root, "rollup_charged": 1, "rollup_released": 99_999,
          "rollup_job_count": 1}], key=lambda t: t["wallet_id"])
     assert s["payment_models"] == [
-        {"payment_model": "metered_time", "charged": 2001, "job_count": 2},
-        {"payment_model": "per_inference", "charged": 2010, "job_count": 1}]
+        {"payment_model": "metered_time", "charged": 2001, "job_count": 2, "refunded": 0},
+        {"payment_model": "per_inference", "charged": 2010, "job_count": 1, "refunded": 0}]
     assert (s["total_charged"], s["job_count"]) == (4011, 3)
     # Coarse: the period is whole hours, and no receipt, session or label is in it.
     assert s["period_start_ms"] % HOUR_MS == 0 and s["period_end_ms"] % HOUR_MS == 0

@@ -2,7 +2,8 @@
 (tests/fixtures/datadir_v0, made by tests/fixtures/make_v0_datadir.py on that release)
 is refused by `broker serve` until `broker migrate` brings it up to date; after that
 every record reads as its declared type, every receipt still verifies, every balance is
-what it was, the audit is clean and new operations continue the ledger and journal."""
+what it was, its refund is indexed for statements, the audit is clean and new operations
+continue the ledger and journal."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from broker.core import audit, journal, ledger, metering, tenancy
+from broker.core import audit, journal, ledger, metering, statements, tenancy
 from broker.core.access import Principal
 from broker.core.config import CoreConfig
 from broker.datadir import DataDir
@@ -74,16 +75,16 @@ def test_serve_refuses_an_old_data_directory_until_it_is_migrated(data_dir: Data
 
     migrated = broker_cli("migrate", "--data-dir", str(data_dir.root))
     assert migrated.returncode == 0, migrated.stderr
-    assert "migrated from schema version 0 to 1" in migrated.stdout
-    assert version(data_dir) == records.SCHEMA_VERSION
+    assert "migrated from schema version 0 to 2" in migrated.stdout
+    assert version(data_dir) == records.SCHEMA_VERSION == 2
     again = broker_cli("migrate", "--data-dir", str(data_dir.root))
-    assert again.returncode == 0 and "already at schema version 1" in again.stdout
+    assert again.returncode == 0 and "already at schema version 2" in again.stdout
 
 
 def test_after_migration_everything_reads_verifies_and_balances(data_dir: DataDir):
     store = data_dir.open_store()
     try:
-        assert store.submit_sync(lambda tx: schema.migrate(tx, "d")) == (0, 1)
+        assert store.submit_sync(lambda tx: schema.migrate(tx, "d")) == (0, 2)
         # Every record of every table reads, as its declared type.
         counts = store.read(lambda tx: {t: sum(1 for _ in tx.scan(t)) for t in TABLES})
         for table in TABLES:
@@ -117,11 +118,34 @@ def test_after_migration_everything_reads_verifies_and_balances(data_dir: DataDi
         assert balances == SUMMARY["balances"]
         assert store.read(audit.check) == []
 
+        # The refund made before statements counted refunds is indexed for them (schema
+        # version 2), under the period it was made in: owner B's statement and the
+        # provider's payout statement show it.
+        [refund] = store.read(lambda tx: [r for _, r in tx.scan("refunds")])
+        receipt = next(r for r in receipts if r["receipt_id"] == refund["receipt_id"])
+        hour = refund["refund_ms"] - refund["refund_ms"] % 3_600_000
+        assert store.read(lambda tx: list(tx.scan("owner_refunds"))) == [(
+            f"{receipt['owner_id']}/{hour:016d}/{refund['refund_id']}",
+            {"wallet_id": receipt["wallet_id"], "payment_model": receipt["payment_model"],
+             "amount": 1_000})]
+        assert store.read(lambda tx: list(tx.scan("provider_refunds"))) == [(
+            f"{receipt['provider_id']}/{hour:016d}/{refund['refund_id']}",
+            {"amount": 1_000, "payout": refund["provider_refund"],
+             "fee": refund["fee_refund"]})]
+        config, signer = CoreConfig(fee_bps=250), Keyring(data_dir.receipt_keys).signer
+        found = store.read(lambda tx: statements.owner_statement(
+            tx, Principal("key_admin", "admin"), receipt["owner_id"], hour, hour + 1, 0,
+            False, config, signer))
+        assert (found["total_charged"], found["total_refunded"]) == (receipt["charged"], 1_000)
+        payouts = store.read(lambda tx: statements.payout_statement(
+            tx, Principal("key_admin", "admin"), receipt["provider_id"], hour, hour + 1, 0,
+            config, signer))
+        assert payouts["total_refunded_payout"] + payouts["total_refunded_fee"] == 1_000
+
         # New operations continue it: the open session settles (its worker's signed final
         # usage), the open hold expires, money comes in; the roll-up folds the platform
         # entries, and the journal's chain goes on from the old entries.
         now = SUMMARY["T0"] + 10_000
-        config, signer = CoreConfig(fee_bps=250), Keyring(data_dir.receipt_keys).signer
         session = store.read(lambda tx: tx.get("sessions", SUMMARY["open_session"]))
         worker_p = Principal("key_worker", "worker", provider_id=session["provider_id"])
         usage = {**session["usage"], "gpu_ms": session["usage"]["gpu_ms"] + 500}

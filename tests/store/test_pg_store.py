@@ -364,6 +364,26 @@ def test_migrate_adds_the_shared_tables_to_an_older_layout(pg_url: str) -> None:
         assert s.rate_buckets().take("key_1", 60, 1, 60_000, 1) == 1000
 
 
+def test_migrate_adds_the_refund_indexes_to_a_layout_3_database(pg_url: str) -> None:
+    """A layout-3 database (before owner_refunds and provider_refunds, which statements
+    read refunds through): refused by serve, given the tables by `broker migrate`."""
+    with PgStore(pg_url, pool_size=2) as s:
+        s.submit_sync(put("meta", "kept", {"v": 1}))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE t_owner_refunds")
+        conn.execute("DROP TABLE t_provider_refunds")
+        conn.execute("UPDATE broker_layout SET version = 3")
+    with pytest.raises(StoreOpenError, match="has table layout 3.*run `broker migrate`"):
+        PgStore(pg_url)
+    PgStore(pg_url, migrate=True).close()
+    row = {"amount": 5, "payout": 4, "fee": 1}
+    with PgStore(pg_url, pool_size=2) as s:
+        assert s.read(lambda tx: tx.get("meta", "kept")) == {"v": 1}
+        s.submit_sync(put("provider_refunds", "prv_1/0000000000000000/rfd_1", row))
+        assert s.read(lambda tx: list(tx.scan("provider_refunds"))) == [
+            ("prv_1/0000000000000000/rfd_1", row)]
+
+
 def test_a_commit_that_writes_a_signal_table_wakes_every_listening_broker(pg_url: str) -> None:
     """LISTEN/NOTIFY (pg_signals.py): a commit that writes a watched table reaches the
     other broker's listener within a second; other writes, and ops that fail, send
