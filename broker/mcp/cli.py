@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:  # checked here, not with `choices`, so that a bad BROKER_MCP_BROKER_ORDER is caught
         targets.check_order(args.broker_order)
     except targets.TargetError as error:
-        parser.error(str(error))  # exit status 2
+        print(f"broker-mcp: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     return args
 
 
