@@ -106,12 +106,12 @@ SERVER_PING_POLICY: tuple[tuple[str, int], ...] = (
 )
 
 
-
 # -- which broker of a list a channel uses ----------------------------------------------
 SPREAD, LISTED = "spread", "listed"
 BROKER_ORDERS = (SPREAD, LISTED)
 # gRPC reads this as the channel's default service config (an `ipv4:` target's
-# resolver brings none of its own); gRPC Python and grpc-js >= 1.10 honour it.
+# resolver brings none of its own); gRPC Python 1.85 and grpc-js 1.14 honour it
+# (tests/integration/test_broker_spread.py).
 SPREAD_SERVICE_CONFIG = json.dumps(
     {"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": True}}]})
 

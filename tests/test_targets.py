@@ -88,3 +88,16 @@ def test_worker_takes_the_order_from_settings_and_refuses_others():
     assert SCHEMA.load(env={"WORKER_BROKER_ORDER": "listed"}).settings.broker_order == "listed"
     with pytest.raises(SettingsError, match="expected one of spread, listed"):
         SCHEMA.load(flags={"broker_order": "nearest"})
+
+
+def test_console_takes_the_order_and_a_checked_list_from_settings():
+    from broker.console.settings import SCHEMA
+    from common.settings import SettingsError
+
+    env = {"BROKER_CONSOLE_BROKER": "127.0.0.1:1,127.0.0.1:2",
+           "BROKER_CONSOLE_BROKER_ORDER": "listed"}
+    assert SCHEMA.load(env=env).settings.broker_order == "listed"
+    with pytest.raises(SettingsError, match="expected one of spread, listed"):
+        SCHEMA.load(flags={"broker_order": "nearest"})
+    with pytest.raises(SettingsError, match="not host:port"):
+        SCHEMA.load(flags={"broker": "127.0.0.1:1,oops"})
