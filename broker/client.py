@@ -17,11 +17,13 @@ Every mutating call carries a fresh request_id; a call that fails with
 UNAVAILABLE is retried with the same request_id, so it happens at most once.
 
 Several brokers on one database (docs/scale-out.md): give them all, comma-separated,
-`BrokerClient("10.0.0.1:50051,10.0.0.2:50051", api_key)`. The channel keeps to one
-until it fails (its connection breaks, or the broker hangs and leaves a keepalive ping
-unanswered for 2 s), then moves to the next that answers (common/targets.py); the
-retry with the same request_id runs there and gets the one answer. A retry waits as
-long as the broker's RetryInfo asks (e.g. while its database restarts).
+`BrokerClient("10.0.0.1:50051,10.0.0.2:50051", api_key)`. The client picks one of them
+at random (so that many clients share the brokers; `broker_order="listed"` takes the
+first, e.g. the one in the same zone) and keeps to it until it fails (its connection
+breaks, or the broker hangs and leaves a keepalive ping unanswered for 2 s), then moves
+to the next that answers (common/targets.py); the retry with the same request_id runs
+there and gets the one answer. A retry waits as long as the broker's RetryInfo asks
+(e.g. while its database restarts).
 
 Owners open the sealed itemised part of their receipts (and a statement's annex)
 with `open_sealed`, on their own side, with the private key they registered.
@@ -45,7 +47,7 @@ from google.rpc import error_details_pb2
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
-from common import mandates, narrowing, sealing
+from common import mandates, narrowing, sealing, targets
 from common import tls as tls_files
 from common.status import error_detail, error_info
 from worker.v1 import worker_service_pb2 as worker_pb
@@ -101,9 +103,11 @@ class BrokerClient:
     def __init__(self, target: str, api_key: str, *, timeout: float = 10.0, retries: int = 3,
                  channel: grpc.Channel | None = None, ca: str | None = None,
                  client_cert: str | None = None, client_key: str | None = None,
-                 tls: bool = False):
+                 tls: bool = False, broker_order: str = targets.SPREAD):
+        targets.check_order(broker_order)  # a ValueError, before any file is read
         self._channel = channel or tls_files.broker_channel(
-            target, tls_files.load_client(ca, client_cert, client_key, tls=tls))
+            target, tls_files.load_client(ca, client_cert, client_key, tls=tls),
+            order=broker_order)
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self._timeout, self._retries = timeout, retries
         self._wallets = wallet_grpc.WalletServiceStub(self._channel)

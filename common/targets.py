@@ -1,6 +1,8 @@
 """Several broker addresses as one gRPC target, so that a channel fails over by itself.
 
-    channel = grpc.insecure_channel(targets.grpc_target("10.0.0.1:50051,10.0.0.2:50051"))
+    addresses = "10.0.0.1:50051,10.0.0.2:50051"
+    channel = grpc.insecure_channel(targets.grpc_target(addresses),
+                                    options=targets.broker_channel_options(addresses))
 
 A comma-separated list becomes an `ipv4:`/`ipv6:` target with every address: gRPC's
 default `pick_first` policy connects to the first that answers and, when that
@@ -8,11 +10,17 @@ connection breaks, to the next one that does. Calls in flight on the broken conn
 fail with UNAVAILABLE; the caller's own retry (or the worker's session resume) then
 runs on the broker the channel moved to. Host names are resolved once, here. One
 address passes through unchanged (its DNS name stays for TLS and for re-resolution).
+
+The broker order: "spread" (the default) lets each channel shuffle the list once
+(pick_first's `shuffleAddressList`, gRFC A62), so that many clients share the brokers
+instead of all holding to the first; each channel keeps to the broker it picked and
+fails over as above. "listed" keeps the list's order (a preferred broker first).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 
 
@@ -98,6 +106,33 @@ SERVER_PING_POLICY: tuple[tuple[str, int], ...] = (
 )
 
 
-def broker_channel_options(options=None) -> list[tuple[str, object]]:
-    """BROKER_CHANNEL_OPTIONS with `options` on top (a later option wins in gRPC)."""
-    return [*BROKER_CHANNEL_OPTIONS, *(options or ())]
+# -- which broker of a list a channel uses ----------------------------------------------
+SPREAD, LISTED = "spread", "listed"
+BROKER_ORDERS = (SPREAD, LISTED)
+# gRPC reads this as the channel's default service config (an `ipv4:` target's
+# resolver brings none of its own); gRPC Python 1.85 and grpc-js 1.14 honour it
+# (tests/integration/test_broker_spread.py).
+SPREAD_SERVICE_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": True}}]})
+
+
+def check_order(order: str) -> str:
+    """`order` if it is one of BROKER_ORDERS, else a TargetError in one line."""
+    if order not in BROKER_ORDERS:
+        raise TargetError(f"broker order {order!r} is not one of {', '.join(BROKER_ORDERS)}")
+    return order
+
+
+def order_options(addresses: str, order: str = SPREAD) -> list[tuple[str, object]]:
+    """The channel option that spreads channels over a list of brokers: none for one
+    address (nothing to choose) or for the `listed` order."""
+    if check_order(order) == LISTED or "," not in addresses:
+        return []
+    return [("grpc.service_config", SPREAD_SERVICE_CONFIG)]
+
+
+def broker_channel_options(addresses: str, order: str = SPREAD,
+                           options=None) -> list[tuple[str, object]]:
+    """BROKER_CHANNEL_OPTIONS and the order's option for `addresses`, with `options` on
+    top (a later option wins in gRPC)."""
+    return [*BROKER_CHANNEL_OPTIONS, *order_options(addresses, order), *(options or ())]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import grpc
 
-from .targets import broker_channel_options, grpc_target
+from .targets import SPREAD, broker_channel_options, grpc_target
 
 
 class TlsError(Exception):
@@ -101,15 +101,17 @@ def aio_channel(target: str, client_tls: ClientTls | None, options=None) -> grpc
     return grpc.aio.secure_channel(target, client_tls.credentials(), options=options)
 
 
-def broker_channel(target: str, client_tls: ClientTls | None, options=None) -> grpc.Channel:
+def broker_channel(target: str, client_tls: ClientTls | None, options=None, *,
+                   order: str = SPREAD) -> grpc.Channel:
     """A channel to brokers: `channel` with keepalive pings that notice a broker that
-    hangs (targets.BROKER_CHANNEL_OPTIONS) and fail over to the next in the list."""
-    return channel(target, client_tls, broker_channel_options(options))
+    hangs (targets.BROKER_CHANNEL_OPTIONS) and fail over to the next in the list; with
+    several brokers, `order` "spread" picks one at random, "listed" the first."""
+    return channel(target, client_tls, broker_channel_options(target, order, options))
 
 
-def broker_aio_channel(target: str, client_tls: ClientTls | None,
-                       options=None) -> grpc.aio.Channel:
-    return aio_channel(target, client_tls, broker_channel_options(options))
+def broker_aio_channel(target: str, client_tls: ClientTls | None, options=None, *,
+                       order: str = SPREAD) -> grpc.aio.Channel:
+    return aio_channel(target, client_tls, broker_channel_options(target, order, options))
 
 
 def _read(path: str, what: str) -> bytes:

@@ -252,6 +252,9 @@ def test_worker_config_show_masks_the_api_key():
     ("broker", ("config", "show", "--config", "/nonexistent.toml"), {}, "cannot read"),
     ("worker", ("serve", "--metrics-listen", "nope"), {}, "expected host:port"),
     ("worker", ("config", "show"), {"WORKER_MAX_CONCURRENT_JOBS": "0"}, "at least 1"),
+    ("worker", ("verify-voucher", "--broker-order", "nearest", "x"), {},
+     "flag --broker-order: broker_order = 'nearest': expected one of spread, listed"),
+    ("worker", ("serve",), {"WORKER_BROKER_ORDER": "first"}, "environment WORKER_BROKER_ORDER"),
 ])
 def test_bad_settings_exit_2_with_a_clear_message(program, args, env, expected):
     result = cli(program, *args, env=env)

@@ -56,7 +56,8 @@ def cmd_verify(args, effective: Effective[WorkerConfig]) -> int:
     except tls.TlsError as error:
         log.error("%s", error)
         return 2
-    with tls.broker_channel(effective.settings.broker, broker_tls) as channel:
+    with tls.broker_channel(effective.settings.broker, broker_tls,
+                            order=effective.settings.broker_order) as channel:
         verifier = VoucherVerifier(grpc_key_fetcher(channel))
         token = sys.stdin.readline().strip() if args.voucher == "-" else args.voucher
         try:
@@ -77,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("verify-voucher", help="verify a voucher offline and print its claims")
-    SCHEMA.add_flags(p, "broker", "broker_ca", "broker_client_cert", "broker_client_key",
-                     "log_format", "log_level")
+    SCHEMA.add_flags(p, "broker", "broker_order", "broker_ca", "broker_client_cert",
+                     "broker_client_key", "log_format", "log_level")
     p.add_argument("voucher", help="the voucher token, or - to read it from stdin")
     p.set_defaults(func=cmd_verify)
 

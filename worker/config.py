@@ -1,6 +1,7 @@
 """Worker settings: defaults < one TOML file < WORKER_* variables < flags.
 
     broker = "127.0.0.1:50051"
+    broker_order = "spread"                   # several brokers: one at random; "listed": the first
     listen = "127.0.0.1:50052"
     api_key_file = "var/worker/api-key"       # the worker's broker API key (role worker)
     state_dir = "var/worker"                  # usage key, worker id, result cache
@@ -83,6 +84,10 @@ class WorkerConfig:
     broker: str = setting("127.0.0.1:50051", "The broker's gRPC address; several brokers "
                           "on one database comma-separated (it fails over between them).",
                           check=targets.check)
+    broker_order: str = setting(targets.SPREAD, "With several brokers: `spread` connects to "
+                                "one picked at random (workers share the brokers), `listed` "
+                                "to the first that answers (a preferred broker first).",
+                                choices=targets.BROKER_ORDERS)
     listen: str = setting("127.0.0.1:50052", "Address agents' Execute calls are served on.",
                           check=grpc_listen)
     advertise: str = setting("", "Endpoint announced to agents in the offers; empty: "

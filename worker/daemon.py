@@ -86,8 +86,12 @@ async def serve(config: WorkerConfig, on_ready=None) -> int:
     # Reconnect to a restarted broker within seconds, not gRPC's default 2 minutes; and
     # notice a broker that hangs (keepalive pings), then move to the next in the list.
     options = [("grpc.max_reconnect_backoff_ms", 2000)]
-    channel = tls.broker_aio_channel(config.broker, broker_tls, options)
-    key_channel = tls.broker_channel(config.broker, broker_tls, options)  # in a thread
+    channel = tls.broker_aio_channel(config.broker, broker_tls, options,
+                                     order=config.broker_order)
+    # In a thread; with `spread` it may pick another broker than `channel`: all serve
+    # the same keys.
+    key_channel = tls.broker_channel(config.broker, broker_tls, options,
+                                     order=config.broker_order)
     registration = Registration(channel, api_key, config.endpoint, capabilities,
                                 config.prices, bytes(usage_key.verify_key), state / "worker-id",
                                 metrics.task_failed)

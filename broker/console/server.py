@@ -485,4 +485,4 @@ def ssl_context(settings: ConsoleSettings) -> ssl.SSLContext | None:
 def broker_channel(settings: ConsoleSettings) -> grpc.Channel:
     client_tls = tls.load_client(settings.broker_ca, settings.broker_client_cert,
                                  settings.broker_client_key)
-    return tls.broker_channel(settings.broker, client_tls)
+    return tls.broker_channel(settings.broker, client_tls, order=settings.broker_order)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common import targets
 from common.settings import (
     LOG_FORMATS,
     LOG_LEVELS,
     Schema,
     host_port,
-    not_empty,
     setting,
     tls_problems,
 )
@@ -21,7 +21,13 @@ class ConsoleSettings:
     listen: str = setting(
         "127.0.0.1:8080", "Address the web console listens on (host:port); keep it on "
         "loopback unless TLS is on.", check=host_port)
-    broker: str = setting("127.0.0.1:50051", "The broker's gRPC address.", check=not_empty)
+    broker: str = setting("127.0.0.1:50051", "The broker's gRPC address; several brokers "
+                          "on one database comma-separated (it fails over between them).",
+                          check=targets.check)
+    broker_order: str = setting(
+        targets.SPREAD, "With several brokers: `spread` connects to one picked at random, "
+        "`listed` to the first that answers (a preferred broker first).",
+        choices=targets.BROKER_ORDERS)
     broker_ca: str = setting(
         "", "PEM CA bundle to verify the broker with; turns TLS on for the link to the "
         "broker.", path=True)

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from common import targets
+
 KEY_ENV = "BROKER_MCP_API_KEY"
 
 
@@ -26,7 +28,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=f"The API key: --api-key-file FILE, or the environment variable {KEY_ENV}.")
     parser.add_argument("--broker", default=os.environ.get("BROKER_MCP_BROKER",
                                                            "127.0.0.1:50051"),
-                        help="the broker's gRPC address (env BROKER_MCP_BROKER; default "
+                        help="the broker's gRPC address; several brokers on one database "
+                        "comma-separated (env BROKER_MCP_BROKER; default %(default)s)")
+    parser.add_argument("--broker-order",
+                        default=os.environ.get("BROKER_MCP_BROKER_ORDER", targets.SPREAD),
+                        help="with several brokers: spread (one picked at random) or listed "
+                        "(the first that answers) (env BROKER_MCP_BROKER_ORDER; default "
                         "%(default)s)")
     parser.add_argument("--api-key-file", type=Path,
                         default=os.environ.get("BROKER_MCP_API_KEY_FILE") or None,
@@ -46,7 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="broker on TLS, trusting the system's roots")
     parser.add_argument("--client-cert", help="mutual TLS: this client's PEM certificate")
     parser.add_argument("--client-key", help="mutual TLS: its private key (a file)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # checked here, not with `choices`, so that a bad BROKER_MCP_BROKER_ORDER is caught
+        targets.check_order(args.broker_order)
+    except targets.TargetError as error:
+        print(f"broker-mcp: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return args
 
 
 def read_api_key(key_file: Path | None) -> str:
@@ -75,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     from .server import build_server
 
     client = BrokerClient(args.broker, key, ca=args.ca, tls=args.tls,
-                          client_cert=args.client_cert, client_key=args.client_key)
+                          client_cert=args.client_cert, client_key=args.client_key,
+                          broker_order=args.broker_order)
     server = build_server(client, job_timeout=args.job_timeout)
     try:
         if args.transport == "stdio":

@@ -9,6 +9,7 @@
 //
 //   node agent.js [--broker 127.0.0.1:50051] [--credentials var/demo-credentials.json]
 //   (--broker takes several brokers on one database, comma-separated: see brokerTarget)
+//                 [--broker-order spread|listed]
 //                 [--amount 200000] [--tokens 24] [--prompt TEXT] [--timeout 60]
 
 const crypto = require('node:crypto');
@@ -36,6 +37,7 @@ function options() {
   const { values } = parseArgs({
     options: {
       broker: { type: 'string', default: '127.0.0.1:50051' },
+      'broker-order': { type: 'string', default: 'spread' },
       credentials: { type: 'string', default: 'var/demo-credentials.json' },
       protos: { type: 'string', default: path.resolve(__dirname, '..', '..', 'protos') },
       model: { type: 'string', default: 'tiny-lm' },
@@ -49,6 +51,10 @@ function options() {
     if (!/^[1-9][0-9]*$/.test(values[name])) {
       throw new AgentError(`--${name} must be a positive integer, not ${values[name]}`);
     }
+  }
+  if (!BROKER_ORDERS.includes(values['broker-order'])) {
+    throw new AgentError(`--broker-order must be ${BROKER_ORDERS.join(' or ')},` +
+      ` not ${values['broker-order']}`);
   }
   return values;
 }
@@ -149,12 +155,6 @@ function execute(worker, request, deadline) {
 }
 
 /**
- * Several brokers on one database ("10.0.0.1:50051,10.0.0.2:50051", IP addresses) as
- * one target: grpc-js's pick_first policy connects to the first that answers and, when
- * its connection breaks, to the next one; the retry of a call (unary) then runs there.
- * One address passes through unchanged (a host name is fine there).
- */
-/**
  * A broker that hangs (SIGSTOP, a frozen host) keeps its connection open: a keepalive
  * ping every 2 s, unanswered for 2 s, drops it and the call on it fails UNAVAILABLE,
  * so the retry moves on (the broker permits these pings; common/targets.py).
@@ -165,6 +165,30 @@ const BROKER_CHANNEL = {
   'grpc.keepalive_permit_without_calls': 1,
 };
 
+/**
+ * Which broker of a list the agent uses: 'spread' shuffles the list once (pick_first's
+ * shuffleAddressList, gRFC A62), so that many agents share the brokers instead of all
+ * holding to the first; 'listed' keeps its order (a preferred broker first). Either way
+ * the channel keeps to the broker it connected to and fails over as above.
+ */
+const BROKER_ORDERS = ['spread', 'listed'];
+const SPREAD_SERVICE_CONFIG = JSON.stringify(
+  { loadBalancingConfig: [{ pick_first: { shuffleAddressList: true } }] });
+
+/** One channel for every broker service, so that they all use the broker it picked. */
+function brokerChannel(list, order, credentials) {
+  const spread = order === 'spread' && list.includes(',');
+  const options = spread ? { ...BROKER_CHANNEL, 'grpc.service_config': SPREAD_SERVICE_CONFIG }
+    : BROKER_CHANNEL;
+  return new grpc.Channel(brokerTarget(list), credentials, options);
+}
+
+/**
+ * Several brokers on one database ("10.0.0.1:50051,10.0.0.2:50051", IP addresses) as
+ * one target: grpc-js's pick_first policy connects to the first that answers and, when
+ * its connection breaks, to the next one; the retry of a call (unary) then runs there.
+ * One address passes through unchanged (a host name is fine there).
+ */
 function brokerTarget(list) {
   const addresses = list.split(',').map((address) => address.trim());
   if (addresses.length === 1) return addresses[0];
@@ -182,13 +206,14 @@ async function run(opts) {
   const metadata = new grpc.Metadata();
   metadata.add('authorization', `Bearer ${credentials.agent_api_key}`);
   const insecure = grpc.credentials.createInsecure();
-  const target = brokerTarget(opts.broker);
+  const channel = brokerChannel(opts.broker, opts['broker-order'], insecure);
+  const shared = { channelOverride: channel };
   const broker = {
-    registry: new api.broker.v1.WorkerRegistryService(target, insecure, BROKER_CHANNEL),
-    auths: new api.broker.v1.AuthorizationService(target, insecure, BROKER_CHANNEL),
-    wallets: new api.broker.v1.WalletService(target, insecure, BROKER_CHANNEL),
-    statements: new api.broker.v1.StatementService(target, insecure, BROKER_CHANNEL),
-    voucherKeys: new api.broker.v1.VoucherKeyService(target, insecure, BROKER_CHANNEL),
+    registry: new api.broker.v1.WorkerRegistryService('', insecure, shared),
+    auths: new api.broker.v1.AuthorizationService('', insecure, shared),
+    wallets: new api.broker.v1.WalletService('', insecure, shared),
+    statements: new api.broker.v1.StatementService('', insecure, shared),
+    voucherKeys: new api.broker.v1.VoucherKeyService('', insecure, shared),
   };
   let worker = null;
   try {
@@ -272,7 +297,8 @@ async function run(opts) {
     const after = await unary(broker.wallets, 'GetBalance', {}, metadata, deadline);
     console.log(`wallet ${after.account_id} after: ${balanceText(after.balance)}`);
   } finally {
-    for (const client of [...Object.values(broker), worker]) if (client) client.close();
+    if (worker) worker.close();
+    channel.close();
   }
 }
 

@@ -97,13 +97,14 @@ def test_make_cluster_serves_through_any_broker_and_stops_in_order(tmp_path: Pat
 
         assert "JOB_STATUS_COMPLETED" in buy_when_offered(",".join(listens))
         # Through each broker alone, at once: the ledger and the worker's lease (its
-        # heartbeats reach only the first) are in the database.
+        # heartbeats reach only the broker its channel picked) are in the database.
         for listen in listens:
             done = buy(listen)
             assert done.returncode == 0, done.stdout + done.stderr
             assert "JOB_STATUS_COMPLETED" in done.stdout
-        # kill -9 the broker everyone holds to (the first): the others keep serving,
-        # the worker and the agent move to them, the ledger is whole.
+        # kill -9 the first broker: the others keep serving, whoever was on it (the
+        # worker and the agent spread over the list: perhaps nobody, by chance; the
+        # failover itself is the next test's) moves to them, the ledger is whole.
         (victim,) = _pids_listening_with(listens[0])
         os.kill(victim, signal.SIGKILL)
         assert "JOB_STATUS_COMPLETED" in buy_when_offered(",".join(listens))
@@ -142,9 +143,11 @@ def test_worker_and_client_fail_over_when_a_broker_dies_mid_job(tmp_path: Path, 
         brokers.append(broker.start())
     everyone = ",".join(b.target for b in brokers)
     creds = brokers[0].credentials
+    # Both keep to the first broker in the list (not a random one), so that the one
+    # killed below is the one they are on.
     worker = WorkerProcess(everyone, tmp_path / "worker", creds["worker_api_key"],
-                           creds["agent_api_key"])
-    agent = BrokerClient(everyone, creds["agent_api_key"])
+                           creds["agent_api_key"], config={"broker_order": "listed"})
+    agent = BrokerClient(everyone, creds["agent_api_key"], broker_order="listed")
     try:
         worker.start()
         held = 1_000_000
@@ -189,7 +192,7 @@ def test_worker_and_client_fail_over_when_a_broker_dies_mid_job(tmp_path: Path, 
             assert h.wallet().pending == 0
             assert list(h.summary().violations) == []
         # The Node.js agent, given the list whose first broker is dead, buys a job.
-        done = node_agent("--broker", everyone, "--credentials",
+        done = node_agent("--broker", everyone, "--broker-order", "listed", "--credentials",
                           str(brokers[0].credentials_path), "--tokens", "4")
         assert done.returncode == 0, done.stdout + done.stderr
         assert re.search(r"^job JOB_STATUS_COMPLETED: ", done.stdout, re.M), done.stdout

@@ -137,7 +137,9 @@ class Agents(LoadThreads):
 
     def _loop(self, i: int) -> None:
         # retries: enough to outlast a broker that hangs (each try ends within ~4 s).
-        client = BrokerClient(self.target, self.api_key, retries=8)
+        # `listed`: every agent on the first broker, then on the second (the test kills
+        # the one, then hangs the other).
+        client = BrokerClient(self.target, self.api_key, retries=8, broker_order="listed")
         n = 0
         try:
             while not self._stop.is_set():
@@ -207,7 +209,8 @@ def test_brokers_killed_and_hung_under_load_lose_nothing(tmp_path: Path, pg_url:
     everyone = ",".join(b.target for b in brokers)
     creds = brokers[0].credentials
     worker = WorkerProcess(everyone, tmp_path / "worker", creds["worker_api_key"],
-                           creds["agent_api_key"], config={"max_concurrent_jobs": 4})
+                           creds["agent_api_key"],
+                           config={"max_concurrent_jobs": 4, "broker_order": "listed"})
     agents = Agents(everyone, creds["agent_api_key"], worker)
     try:
         worker.start()
@@ -258,13 +261,14 @@ def test_node_agent_and_worker_pass_over_a_broker_that_hangs_mid_purchase(
     everyone = ",".join(b.target for b in brokers)
     creds = brokers[0].credentials
     worker = WorkerProcess(everyone, tmp_path / "worker", creds["worker_api_key"],
-                           creds["agent_api_key"])
+                           creds["agent_api_key"], config={"broker_order": "listed"})
     agent = None
     try:
         worker.start()
         agent = subprocess.Popen(
             ["node", str(ROOT / "examples" / "node-agent" / "agent.js"), "--broker", everyone,
-             "--credentials", str(brokers[0].credentials_path), "--tokens", "4"],
+             "--broker-order", "listed", "--credentials", str(brokers[0].credentials_path),
+             "--tokens", "4"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert agent.stdout is not None
         seen = []
@@ -327,6 +331,7 @@ class Authorizer(LoadThreads):
                 time.sleep(retry.retry_delay.ToMilliseconds() / 1000 if retry else 0.2)
 
     def _loop(self, i: int) -> None:
+        # The default order: the threads' channels spread over the brokers.
         with tls.broker_channel(self.target, None) as channel:
             stub = auth_grpc.AuthorizationServiceStub(channel)
             while not self._stop.is_set():
