@@ -91,8 +91,8 @@ from common.targets import grpc_target  # noqa: E402
 from tests.integration.broker_process import BrokerProcess, free_port  # noqa: E402
 from tests.pg_cluster import PORT as PG_PORT  # noqa: E402
 from tests.pg_cluster import PgCluster  # noqa: E402
-from worker.broker_link import MeteringSession, SessionClosed  # noqa: E402
-from worker.worker_stream import WorkerStream  # noqa: E402
+from worker.broker_link import AlreadySettled, MeteringSession, SessionClosed  # noqa: E402
+from worker.worker_stream import BatchedSession, WorkerStream  # noqa: E402
 
 LANES = 4  # concurrent flows per client process
 WALLET_CAP = 10_000_000
@@ -303,9 +303,11 @@ class Client:
                      "budget": session.grant.budget})
         return session
 
-    async def resume(self, auth_id: str, session_id: str, short: bool) -> MeteringSession | None:
+    async def resume(self, auth_id: str, session_id: str,
+                     short: bool) -> MeteringSession | BatchedSession | res_pb.Receipt | None:
         """Re-attach after a broken stream (on either kind of stream, whichever it came
-        from); None when the session is already settled."""
+        from); when the session is already settled, the receipt the resume is answered
+        with (docs/wire.md, "A finish answered again"), or None when it is refused."""
         try:
             if self.rng.random() < 0.5:
                 return await self.retrying("resume", lambda: self.stream.resume(session_id),
@@ -313,6 +315,9 @@ class Client:
             return await self.retrying("resume", lambda: MeteringSession.resume(
                 self.channel, self.config["worker_key"], session_id, self.config["worker_id"]),
                 short=short, auth=auth_id, session=session_id)
+        except AlreadySettled as settled:
+            self.stats["refused"]["resume:settled (answered with the receipt)"] += 1
+            return settled.settled.receipt
         except Refused as refusal:
             if refusal.reason == "SESSION_ALREADY_SETTLED":
                 return None
@@ -377,11 +382,13 @@ class Client:
                             self.stats["retries"] += 1
                             self.stats["transient"][reason[:60]] += 1
                         await session.abandon()
-                        session = await self.resume(auth_id, session_id, abandon)
-                        if session is None:
+                        resumed = await self.resume(auth_id, session_id, abandon)
+                        if resumed is None or isinstance(resumed, res_pb.Receipt):
+                            session = None
                             if not abandon:
                                 self.violation(f"session {session_id} settled before finish")
                             return
+                        session = resumed
                         continue
                     self.record({"op": "ack", "auth": auth_id, "session": session_id,
                                  "seq": ack.seq, "charged": ack.charged})
@@ -429,15 +436,19 @@ class Client:
                 if resumed is None:  # it did settle; only the answer was lost
                     await self.read_receipt(auth_id, session_id)
                     return
+                if isinstance(resumed, res_pb.Receipt):  # ... and the resume answers it
+                    receipt = resumed
+                    break
                 session = resumed
                 continue
-            self.record({"op": "receipt", "auth": auth_id, "session": receipt.session_id,
-                         "receipt": receipt.receipt_id, "charged": receipt.charged,
-                         "held": receipt.held, "outcome": receipt.outcome})
-            # The worker's copy names no authorization (docs/privacy.md); the session it has.
-            if receipt.session_id != session_id or receipt.authorization_id:
-                self.violation(f"receipt {receipt.receipt_id} is for another session")
-            return
+            break
+        # The answer to the finish, or to the resume that found the session settled.
+        self.record({"op": "receipt", "auth": auth_id, "session": receipt.session_id,
+                     "receipt": receipt.receipt_id, "charged": receipt.charged,
+                     "held": receipt.held, "outcome": receipt.outcome})
+        # The worker's copy names no authorization (docs/privacy.md); the session it has.
+        if receipt.session_id != session_id or receipt.authorization_id:
+            self.violation(f"receipt {receipt.receipt_id} is for another session")
 
     async def lane(self) -> None:
         flows = (("redeem", 45), ("cancel", 20), ("expire", 20), ("abandon", 15))
@@ -949,6 +960,9 @@ class Run:
                         session = await MeteringSession.resume(ch, key, e["session"], worker_id)
                     except (grpc.RpcError, SessionClosed) as error:
                         v.append(f"session {e['session']}: resume failed: {classify(error)[1]}")
+                        return
+                    except AlreadySettled:
+                        v.append(f"session {e['session']}: settled, acknowledged open")
                         return
                     grant = session.grant
                     await session.abandon()

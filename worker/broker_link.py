@@ -4,6 +4,8 @@
     ack = await session.report({"gpu_ms": 120, ...})     # cumulative usage
     if session.stopped.is_set(): ... cancel the job ...
     receipt = await session.finish(final_usage)
+    session = await MeteringSession.resume(channel, api_key, session_id, worker_id)
+    # (raises AlreadySettled, with the settlement, when the session is settled)
 
 With a usage key, every report and the finish are signed (see UsageReport.signature).
 A reader task routes every broker message: acks to the report waiting for them,
@@ -50,6 +52,16 @@ class SessionClosed(Exception):
         super().__init__(str(error.details()) if error else "metering stream closed")
 
 
+class AlreadySettled(Exception):
+    """A resume found the session settled: `settled` is its settlement, as the answer
+    to its finish carried it (that answer may have been lost: docs/wire.md, "A finish
+    answered again")."""
+
+    def __init__(self, settled: pb.SessionSettled):
+        self.settled = settled
+        super().__init__(f"the session is settled (receipt {settled.receipt.receipt_id})")
+
+
 class MeteringSession:
     def __init__(self, call, grant: pb.SessionGrant, usage_key: SigningKey | None = None):
         self._call = call
@@ -93,6 +105,9 @@ class MeteringSession:
         if response is grpc.aio.EOF:
             # read() raises on an error status: EOF is a clean close without a grant.
             raise SessionClosed(None)
+        if response.WhichOneof("kind") == "settled":  # (a resume, after a lost answer)
+            call.cancel()
+            raise AlreadySettled(response.settled)
         return cls(call, response.grant, usage_key)
 
     async def _read(self) -> None:

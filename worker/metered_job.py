@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from broker.v1 import resources_pb2 as res_pb
+from common.money import USAGE_FIELDS
 
-from .broker_link import MeteringSession, SessionClosed, connection_lost
+from .broker_link import AlreadySettled, MeteringSession, SessionClosed, connection_lost
 from .runtime.jobs import Cancelled, JobContext, JobFailed, JobSpec
 from .v1 import worker_service_pb2 as pb
 
@@ -61,6 +62,9 @@ class MeteredJob:
         self.summary: dict[str, Any] = {}
         self.ended = asyncio.Event()
         self.lost_broker = False
+        # The settlement a resume found (the answer to the finish was lost, or the broker
+        # settled the session itself): what the job ends with, instead of a finish.
+        self.settlement: res_pb.Receipt | None = None
         self.watcher: asyncio.Task | None = None
 
     def _on_output(self, text: str, token_ids: list[int]) -> None:
@@ -148,7 +152,8 @@ class MeteredJob:
                 yield pb.ExecuteResponse(output=pb.JobOutput(text=item[1], token_ids=item[2]))
             tokens = self.ctx.input_tokens + self.ctx.output_tokens
             due = item is None or tokens - tokens_reported >= self.r.report_every_tokens
-            if due and not self.session.stopped.is_set() and not self.lost_broker:
+            if due and not self.session.stopped.is_set() and not self.lost_broker and \
+                    self.settlement is None:
                 event = await self._report()
                 tokens_reported = tokens
                 next_report = self._next_report(interval)
@@ -200,6 +205,9 @@ class MeteredJob:
             await asyncio.sleep(RESUME_BACKOFF_S[min(attempt, len(RESUME_BACKOFF_S) - 1)])
             try:
                 self.session = await self.r.resume(self.session)
+            except AlreadySettled as settled:
+                self._settled(settled.settled.receipt)
+                return
             except grpc.RpcError as error:
                 if not connection_lost(error):
                     break
@@ -212,6 +220,17 @@ class MeteredJob:
             self.watcher = asyncio.create_task(self._watch_stop())
             return
         self._give_up("lost contact with the broker for the life of the hold")
+
+    def _settled(self, receipt: res_pb.Receipt) -> None:
+        """A resume found the session settled. Mid-job (the hold expired, the kill
+        switch): the job stops and fails, with the receipt of what was charged; while
+        finishing: `_finish` compares the settled usage with its own."""
+        self.settlement = receipt
+        if not self.ended.is_set():
+            self.status = pb.JOB_STATUS_FAILED
+            self.error = (f"the broker settled the session before the job ended "
+                          f"(outcome {receipt.outcome or 'unknown'})")
+            self.cancel.set()
 
     def _give_up(self, why: str) -> None:
         self.lost_broker = True
@@ -246,6 +265,8 @@ class MeteredJob:
         again (as a report would), so what was measured is what gets settled."""
         try:
             while True:
+                if self.settlement is not None:
+                    return self._settled_with(self.settlement, usage)
                 try:
                     return await self.session.finish(usage)
                 except SessionClosed as closed:
@@ -256,6 +277,21 @@ class MeteredJob:
         finally:
             if self.watcher is not None:
                 self.watcher.cancel()  # _reconnect starts a new one
+
+
+    def _settled_with(self, receipt: res_pb.Receipt, usage: dict[str, int]) -> res_pb.Receipt:
+        """The job ends with the settlement a resume found: as if the finish had been
+        answered when it settled this final usage (its answer was lost); otherwise the
+        broker settled other usage (e.g. the acknowledged usage, the hold having
+        expired), and the job is not reported as completed."""
+        settled = {name: getattr(receipt.usage, name) for name in USAGE_FIELDS}
+        if settled != usage:
+            if self.status == pb.JOB_STATUS_COMPLETED:
+                self.status = pb.JOB_STATUS_FAILED
+            self.error = self.error or (
+                f"the broker settled the session on other usage than the job's final usage "
+                f"(outcome {receipt.outcome or 'unknown'}); the receipt says what was charged")
+        return receipt
 
 
 def _resolve(future: asyncio.Future, error: Exception | None) -> None:

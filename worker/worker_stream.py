@@ -33,7 +33,7 @@ from broker.v1 import resources_pb2 as res_pb
 from common import usage_signing
 from common.money import USAGE_FIELDS
 
-from .broker_link import SessionClosed
+from .broker_link import AlreadySettled, SessionClosed
 
 LINGER_S = 0.005  # how long the first item of a batch waits for company
 MAX_ITEMS = 256  # per batch (the broker takes up to 512, within its 64 KiB messages)
@@ -109,8 +109,12 @@ class WorkerStream:
 
     async def resume(self, session_id: str) -> BatchedSession:
         """Re-attach to an open session (after a broken stream, or from a `Meter`
-        stream): a fresh BatchedSession with the broker's view of it."""
-        return self._attach(await self._submit(_Item("resume", session_id, session_id)))
+        stream): a fresh BatchedSession with the broker's view of it. A settled session
+        raises AlreadySettled, with its settlement."""
+        answer = await self._submit(_Item("resume", session_id, session_id))
+        if isinstance(answer, pb.SessionSettled):
+            raise AlreadySettled(answer)
+        return self._attach(answer)
 
     def next_report_at(self, now: float, interval: float) -> float:
         """The worker's shared tick: the next multiple of the interval (loop time), so

@@ -33,6 +33,14 @@ def grant(ses: Record) -> pb.MeterResponse:
         stopped=bool(ses["stop_reason"])))
 
 
+def settled(receipt: Record) -> pb.MeterResponse:
+    """The answer to a finish (or to a resume of a settled session): the worker's copy
+    of the receipt (core/receipts.py `worker_view`)."""
+    return pb.MeterResponse(settled=pb.SessionSettled(
+        receipt=convert.receipt(receipt),
+        settle_time=convert.timestamp(receipt["settle_ms"])))
+
+
 def _stop(decision: session.UsageDecision) -> pb.MeterResponse:
     return pb.MeterResponse(stop=pb.StopCommand(
         reason=STOP_REASONS[decision.stop_reason], charged=decision.charged,
@@ -137,10 +145,13 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
             # Required: an empty worker id would skip the check that it is the session's.
             worker_id = validate.ident(first.resume.worker_id, "resume.worker_id")
             # This stream takes the session over: a stream attached before (a broken
-            # connection, a stalled broker) can no longer write to it.
-            ses = await self.s.submit(lambda tx: metering.attach(
+            # connection, a stalled broker) can no longer write to it. A settled one is
+            # answered with its settlement (the answer to its finish may have been lost).
+            ses, copy = await self.s.submit(lambda tx: metering.resume(
                 tx, p, first.resume.session_id, worker_id))
-            session.require_open(ses)
+            if copy is not None:
+                yield settled(copy)
+                return
         else:
             raise invalid("kind", "the first message must be open or resume",
                           "SESSION_NOT_OPEN")
@@ -206,9 +217,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         receipt = await self.s.store.submit(lambda tx: metering.finish(
             tx, p, session_id, usage, self.s.clock(), self.s.config, signer, finish.signature,
             epoch=epoch))
-        return pb.MeterResponse(settled=pb.SessionSettled(
-            receipt=convert.receipt(receipt),
-            settle_time=convert.timestamp(receipt["settle_ms"])))
+        return settled(receipt)
 
     async def _open(self, p, request: pb.OpenSession) -> Record:
         self.s.refuse_when_draining()

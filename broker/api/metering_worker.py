@@ -211,14 +211,11 @@ class WorkerStream:
                 results: list, ops: list) -> None:
         """This stream takes the session over (a new epoch: metering.attach)."""
         ses = known[session_id]
-        try:
-            if isinstance(ses, BrokerError):
-                raise ses
-            session.require_open(ses)
-        except BrokerError as error:
-            results[index] = pb.SessionResult(session_id=session_id, error=_error(error))
+        if isinstance(ses, BrokerError):
+            results[index] = pb.SessionResult(session_id=session_id, error=_error(ses))
             return
-        ops.append((index, lambda tx: metering.attach(tx, self.p, session_id, self.worker_id),
+        # A settled session is answered with its settlement (metering.resume).
+        ops.append((index, lambda tx: metering.resume(tx, self.p, session_id, self.worker_id),
                     self._granted(session_id=session_id)))
 
     def _granted(self, **names: str) -> Callable[[Any], pb.SessionResult]:
@@ -228,6 +225,11 @@ class WorkerStream:
             try:
                 if isinstance(outcome, Exception):
                     raise outcome
+                if isinstance(outcome, tuple):  # a resume: (session, settlement or None)
+                    outcome, copy = outcome
+                    if copy is not None:
+                        return pb.SessionResult(session_id=outcome["session_id"],
+                                                settled=_settled(copy))
                 session.require_open(outcome)
             except BrokerError as error:
                 return pb.SessionResult(**names, error=_error(error))
@@ -326,11 +328,13 @@ class WorkerStream:
         def to_result(outcome: Any) -> pb.SessionResult:
             if isinstance(outcome, Exception):
                 return pb.SessionResult(session_id=item.session_id, error=_error(outcome))
-            return pb.SessionResult(session_id=item.session_id, settled=pb.SessionSettled(
-                receipt=convert.receipt(outcome),
-                settle_time=convert.timestamp(outcome["settle_ms"])))
+            return pb.SessionResult(session_id=item.session_id, settled=_settled(outcome))
 
         ops.append((index, op, to_result))
+
+
+def _settled(receipt: Record) -> pb.SessionSettled:
+    return per_session.settled(receipt).settled
 
 
 def _batched_finals(batch: pb.MeterWorkerRequest) -> dict[str, bytes]:

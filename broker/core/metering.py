@@ -27,6 +27,7 @@ from . import (
     receipts,
     refills,
     session,
+    settled,
     spend,
     validate,
 )
@@ -109,6 +110,20 @@ def attach(tx: Tx, principal: Principal, session_id: str, worker_id: str) -> Rec
     return attached
 
 
+def resume(tx: Tx, principal: Principal, session_id: str,
+           worker_id: str) -> tuple[Record, Record | None]:
+    """A stream resumes the session (`attach`): the session, and for a settled one the
+    worker's copy of its settlement (settled.py), which the stream answers instead of a
+    grant; SESSION_ALREADY_SETTLED when that cannot be rebuilt."""
+    ses = attach(tx, principal, session_id, worker_id)
+    if ses["state"] == session.OPEN:
+        return ses, None
+    copy = settled.worker_copy(tx, ses)
+    if copy is None:
+        session.require_open(ses)  # raises: it is settled
+    return ses, copy
+
+
 def fence(current: Record, epoch: int | None) -> None:
     """Refuse a write of a stream that attached at `epoch` (None: no stream, e.g. the
     sweep) when another stream has attached since."""
@@ -162,21 +177,31 @@ def finish(tx: Tx, principal: Principal, session_id: str, usage: Record, now: in
     a MeterWorker batch is signed with the batch, which lists its final payload."""
     current = get_own_session(tx, principal, session_id, worker_id)
     fence(current, epoch)
-    session.require_open(current)
+    # A repeat of the finish that settled the session (its answer was lost) gets the
+    # same settlement again; any other finish of a settled session is refused.
+    again = None if current["state"] == session.OPEN else \
+        settled.repeated_finish(tx, current, usage)
     message = usage_signing.payload(session_id, usage, final=True)
     if verified is None or verified.public_key_hex != current["usage_public_key"] or \
             verified.message != message:
-        if batch and current["usage_public_key"] and \
-                not usage_signing.in_batch(message, batch):
-            raise usage_signing.not_signed()
-        usage_signing.verify(current["usage_public_key"], batch or message, signature)
+        try:
+            if batch and current["usage_public_key"] and \
+                    not usage_signing.in_batch(message, batch):
+                raise usage_signing.not_signed()
+            usage_signing.verify(current["usage_public_key"], batch or message, signature)
+        except BrokerError:
+            if again is not None:  # not signed as the first one was: refused as before
+                session.require_open(current)
+            raise
+    if again is not None:
+        return again
     if now >= current["expire_ms"]:
         # Too late: the hold timed out, so only acknowledged usage counts.
         return settle(tx, current, HOLD_EXPIRED, now, config, signer)
     final = {**session.on_finish(current, usage),
              "signed_usage": _signed(message, signature, batch)}
     return settle(tx, final, STOPPED if current["stop_reason"] else FINISHED, now, config,
-                  signer)
+                  signer, by_finish=True)
 
 
 def _signed(message: bytes, signature: bytes, batch: bytes = b"") -> Record:
@@ -216,9 +241,9 @@ def capture(tx: Tx, hold_id: str, charged: int, provider_id: str, legs: Record, 
 
 
 def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
-           signer: vouchers.Signer) -> Record:
+           signer: vouchers.Signer, *, by_finish: bool = False) -> Record:
     """Settle atomically; returns the receipt as the worker sees it. `signer` is the
-    receipt-signing key."""
+    receipt-signing key; `by_finish`: on the usage of the worker's finish."""
     pricing.on_settle(tx, ses, outcome, now)  # (its lease's used time, the job history)
     auth = must_get(tx, "authorizations", ses["authorization_id"])
     charged = ses["charged"]
@@ -227,7 +252,8 @@ def settle(tx: Tx, ses: Record, outcome: str, now: int, config: CoreConfig,
     spend.release(tx, auth, auth["amount"] - charged)
     receipt = receipts.issue(tx, auth, ses, outcome, now, config, signer, payout=payout,
                              fee=fee)
-    tx.put("sessions", ses["session_id"], receipts.settled_session(ses, receipt))
+    tx.put("sessions", ses["session_id"],
+           receipts.settled_session(ses, receipt, outcome, now, by_finish))
     auth.update(state=SETTLED, charged=charged, receipt_id=receipt["receipt_id"])
     tx.put("authorizations", auth["authorization_id"], auth)
     journal.append(tx, "session_settled", {

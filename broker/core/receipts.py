@@ -141,10 +141,13 @@ def issue(tx: Tx, auth: Record, ses: Record, outcome: str, now: int, config: Cor
     return record
 
 
-def settled_session(ses: Record, receipt: Record) -> Record:
+def settled_session(ses: Record, receipt: Record, outcome: str, now: int,
+                    by_finish: bool) -> Record:
     """The session as kept after settlement: without usage, signed usage and model
-    when they now live in a sealed receipt."""
-    settled = {**ses, "state": SETTLED, "receipt_id": receipt["receipt_id"]}
+    when they now live in a sealed receipt. `by_finish`: settled by its worker's finish,
+    on that finish's usage (a repeat of it is answered the same way: settled.py)."""
+    settled = {**ses, "state": SETTLED, "receipt_id": receipt["receipt_id"],
+               "outcome": outcome, "settle_ms": now, "settled_by_finish": by_finish}
     if receipt["sealed"]:
         for name in SEALED_SESSION_FIELDS:
             settled.pop(name, None)

@@ -213,6 +213,12 @@ class Session(_Record):
     # The fencing token: bumped each time a stream attaches (opens or resumes); a
     # stream's writes carry the one it attached with (core/metering.py `attach`).
     epoch: int = 0
+    # Once settled: how and when, and whether by its worker's finish on that finish's
+    # usage, so that the settlement can be answered again (core/settled.py). The
+    # journal's session_settled entry holds the same outcome and time.
+    outcome: str = ""
+    settle_ms: int = 0
+    settled_by_finish: bool = False
 
 
 class Receipt(_Record):

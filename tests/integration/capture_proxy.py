@@ -8,12 +8,15 @@ proto. Calls are tagged with the caller's bearer key, so the test can tell the
 worker's calls from its own (WorkerProcess lists offers through the same address).
 
 `break_next` injects a fault: the next call of a method fails, part way, with the status
-the gRPC library makes up when a connection breaks under a call.
+the gRPC library makes up when a connection breaks under a call. `lose_next` loses one
+chosen message from the broker (e.g. a settlement, sent after its commit): the call
+fails instead of passing it on.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -25,7 +28,8 @@ from .broker_process import free_port
 @dataclass(frozen=True)
 class Captured:
     method: str  # "/broker.v1.MeteringService/Meter"
-    direction: str  # "received" (broker -> worker), "sent", "status", or "call" (one per call)
+    direction: str  # "received" (broker -> worker), "sent", "status", "lost" (lose_next),
+    # or "call" (one per call)
     data: bytes
     bearer: str  # the caller's API key, "" for none
 
@@ -38,6 +42,7 @@ class CapturingProxy:
         self.refuse: dict[str, grpc.StatusCode] = {}
         self._lock = threading.Lock()
         self._faults: dict[str, tuple[int, grpc.StatusCode, str]] = {}
+        self._losses: dict[str, tuple[Callable[[bytes], bool], grpc.StatusCode, str]] = {}
         self._channel = grpc.insecure_channel(upstream)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
         self._server.add_generic_rpc_handlers((_Handler(self),))
@@ -60,6 +65,23 @@ class CapturingProxy:
         come back from the broker through it (the broker sees the call cancelled)."""
         with self._lock:
             self._faults[method] = (after, code, details)
+
+    def lose_next(self, method: str, match: Callable[[bytes], bool],
+                  code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+                  details: str = "connection lost (test proxy)") -> None:
+        """The next message from the broker on a call of `method` for which `match(raw)`
+        holds is not passed on: the call fails with (code, details) instead, as if the
+        connection broke just before that message got through."""
+        with self._lock:
+            self._losses[method] = (match, code, details)
+
+    def take_loss(self, method: str, raw: bytes) -> tuple[grpc.StatusCode, str] | None:
+        with self._lock:
+            loss = self._losses.get(method)
+            if loss is None or not loss[0](raw):
+                return None
+            del self._losses[method]
+            return loss[1], loss[2]
 
     def take_fault(self, method: str) -> tuple[int, grpc.StatusCode, str] | None:
         with self._lock:
@@ -106,6 +128,11 @@ class _Handler(grpc.GenericRpcHandler):
             context.add_callback(call.cancel)
             try:
                 for count, raw in enumerate(call, 1):
+                    loss = proxy.take_loss(method, raw)
+                    if loss is not None:
+                        proxy.record(method, "lost", raw, bearer)
+                        call.cancel()
+                        context.abort(*loss)
                     proxy.record(method, "received", raw, bearer)
                     yield raw
                     if fault is not None and count >= fault[0]:

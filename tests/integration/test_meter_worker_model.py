@@ -6,7 +6,8 @@ of the hold, finishes, resumes, a session of no one), sometimes with a forged ba
 signature, sometimes with the wallet frozen (the kill switch). Every item's outcome must
 be the one session's rule alone, whatever its neighbours did: the charge is the usage's,
 capped at the hold; STOP one interval ahead, or REVOKED; refused items change nothing;
-a session settles exactly once, at its own usage. After each example every session is
+a session settles exactly once, at its own usage, and a finish that repeats the one
+that settled it, or a resume, gets its settlement again. After each example every session is
 settled and its receipt and the ledger audit agree with the model."""
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class Model:
     # REVOKED sessions the worker leaves unfinished are settled by the broker two
     # intervals later (killswitch.py), on the acknowledged usage: either may happen.
     may_be_swept: bool = False
+    # Settled by a finish: its usage and its answer, which a finish that repeats it (and
+    # a resume) gets again (core/settled.py). None when the broker settled it.
+    final_gpu: int | None = None
+    first: pb.SessionSettled | None = None
 
 
 def test_per_session_properties_hold_through_batches(h):
@@ -154,8 +159,18 @@ def test_per_session_properties_hold_through_batches(h):
             return False
 
         def check_resume(self, ses: Model, result: pb.SessionResult) -> None:
-            if ses.settled or self.swept(ses, result):
-                item_error(result, Code.FAILED_PRECONDITION, "SESSION_ALREADY_SETTLED")
+            """A settled session is resumed with its settlement, however it settled."""
+            if not ses.settled and ses.may_be_swept and \
+                    result.WhichOneof("kind") == "settled":
+                ses.settled, ses.expected_charge = True, ses.charged  # swept meanwhile
+            if ses.settled:
+                assert result.WhichOneof("kind") == "settled", result
+                if ses.first is not None:
+                    assert result.settled == ses.first
+                else:
+                    receipt = result.settled.receipt
+                    assert (receipt.outcome, receipt.charged, receipt.usage.gpu_ms) == (
+                        "STOPPED", ses.expected_charge, ses.gpu_ms), result
                 return
             grant = result.grant
             assert (grant.last_seq, grant.charged, grant.usage.gpu_ms, grant.stopped) == (
@@ -201,7 +216,12 @@ def test_per_session_properties_hold_through_batches(h):
                          result: pb.SessionResult, forged: bool) -> None:
             gpu = message.finish.usage.gpu_ms
             if ses.settled or self.swept(ses, result):
-                item_error(result, Code.FAILED_PRECONDITION, "SESSION_ALREADY_SETTLED")
+                if ses.first is not None and gpu == ses.final_gpu and not forged:
+                    # It repeats the finish that settled the session: the same answer.
+                    assert result.WhichOneof("kind") == "settled", result
+                    assert result.settled == ses.first
+                else:
+                    item_error(result, Code.FAILED_PRECONDITION, "SESSION_ALREADY_SETTLED")
             elif forged:
                 item_error(result, Code.PERMISSION_DENIED, "USAGE_SIGNATURE_INVALID")
             elif gpu < ses.gpu_ms:
@@ -213,6 +233,7 @@ def test_per_session_properties_hold_through_batches(h):
                     charged, ses.budget, ses.budget - charged), result
                 assert receipt.outcome == ("STOPPED" if ses.stop else "FINISHED")
                 ses.settled, ses.expected_charge = True, charged
+                ses.final_gpu, ses.first = gpu, result.settled
 
         def teardown(self) -> None:
             try:

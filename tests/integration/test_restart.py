@@ -5,9 +5,10 @@ import asyncio
 import time
 
 import grpc
+import pytest
 
 from broker.v1 import authorization_service_pb2 as auth_pb
-from worker.broker_link import MeteringSession
+from worker.broker_link import AlreadySettled, MeteringSession
 
 from .conftest import (
     REFILL_TARGET,
@@ -203,15 +204,17 @@ def test_abandoned_session_whose_hold_times_out_while_down_settles_at_start(h):
     assert balance_tuple(h.wallet()) == (REFILL_TARGET, 0, REFILL_TARGET)
     assert list(h.summary().violations) == []
 
-    # A worker that comes back late cannot finish (or charge more): it is settled.
-    async def late_finish():
+    # A worker that comes back late cannot finish (or charge more): its resume is
+    # answered with the settlement the broker made, which is all it gets.
+    async def late_resume():
         async with aio_channel(h.target) as ch:
             await MeteringSession.resume(ch, h.creds["worker_api_key"], receipt.session_id,
                                          worker_id)
 
-    try:
-        run(late_finish())
-    except grpc.RpcError as error:
-        check_error(error, grpc.StatusCode.FAILED_PRECONDITION, "SESSION_ALREADY_SETTLED")
-    else:
-        raise AssertionError("resumed a settled session")
+    with pytest.raises(AlreadySettled) as caught:
+        run(late_resume())
+    copy = caught.value.settled.receipt
+    assert (copy.receipt_id, copy.outcome, copy.charged, copy.usage.gpu_ms) == (
+        receipt.receipt_id, "HOLD_EXPIRED", 80, 80)
+    assert copy.authorization_id == ""  # the worker's copy, as a finish would have got
+    assert balance_tuple(h.wallet()) == (REFILL_TARGET, 0, REFILL_TARGET)
