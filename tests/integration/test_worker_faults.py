@@ -4,8 +4,10 @@ up, and a broker that is away at redemption or dies in the middle of a job."""
 
 import base64
 import json
+import os
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -344,6 +346,12 @@ def test_broker_unreachable_at_redemption(tmp_path):
                 fresh.kill()
 
 
+def process_cpu_ms(pid: int) -> int:
+    """utime + stime of a process, in ms (/proc/PID/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 // os.sysconf("SC_CLK_TCK")
+
+
 def test_broker_lost_mid_job(tmp_path):
     with worker_world(tmp_path) as w:
         held = 1_000_000
@@ -356,9 +364,12 @@ def test_broker_lost_mid_job(tmp_path):
             except grpc.RpcError as error:
                 outcome["error"] = error
 
+        worker_pid = w.worker.proc.pid
+        cpu_before = process_cpu_ms(worker_pid)
         thread = threading.Thread(target=run_job)
         thread.start()
         time.sleep(1.5)
+        cpu_at_kill = process_cpu_ms(worker_pid)
         w.broker.kill()
         time.sleep(0.5)
         w.restart_broker()
@@ -374,7 +385,11 @@ def test_broker_lost_mid_job(tmp_path):
         assert receipt.receipt_id == w.state(auth.authorization_id).receipt_id
         assert receipt.outcome == "FINISHED"
         usage = check_settled_on_measured_usage(w, auth, receipt, result.usage)
-        assert usage["gpu_ms"] >= 3_000  # the work done while the broker was away counts
+        # The work done while the broker was away counts: the job is billed more CPU than
+        # the whole worker process had used when the broker died (the most any report
+        # acknowledged before could carry). Not a fixed figure: on a loaded machine the
+        # burn gets only a share of a core, and the CPU meter bills what it got.
+        assert usage["gpu_ms"] > cpu_at_kill - cpu_before
         assert w.state(auth.authorization_id).state == SETTLED
         assert w.h.wallet().pending == 0
         assert w.violations() == []
