@@ -231,8 +231,10 @@ class Services:
                 raise self.auth_failures.failed(peer_address(context.peer()), error,
                                                 clock()) from None
             raise
-        await self._runtime(limiter.remote, lambda: limiter.admit(principal.key_id, rate,
-                                                                  clock()))
+        if limiter.remote:  # (a database's buckets with a store without `off_loop`)
+            await self._runtime(True, lambda: limiter.admit(principal.key_id, rate, clock()))
+        else:
+            limiter.admit(principal.key_id, rate, clock())
         return principal
 
     async def reauthenticate(self, principal: Principal) -> None:
