@@ -14,7 +14,9 @@ running one again is safe), a bounded number of times with jittered back-off. An
 raises is committed too, with nothing written: under SERIALIZABLE only a committed
 transaction's reads are known to be consistent, so the error it raised is only reported
 once COMMIT says so. A reply means COMMIT returned (synchronous_commit on). Reads
-(`read`) run on a REPEATABLE READ, READ ONLY snapshot.
+(`read`) run on a REPEATABLE READ, READ ONLY snapshot; the broker's API makes them, and
+its statements on the shared tables (pg_shared.py), on the ops' executor (`off_loop`):
+never a round trip on the event loop.
 
 Ids (`Tx.next_id`) are unique across brokers without a shared counter: each pooled
 connection holds one of 1024 id slots (a session advisory lock) and its own clock,
