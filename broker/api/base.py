@@ -217,6 +217,10 @@ class Services:
             access.require_role(principal, *roles)
             return principal, rate_limits.request_rate(tx, principal)  # one snapshot
 
+        def throttled(refused: BrokerError) -> BrokerError:
+            # (Above `check_and_admit`: docs/errors.md lists reasons in source order.)
+            return self.auth_failures.failed(peer_address(context.peer()), refused, clock())
+
         def check_and_admit() -> Principal:
             principal, rate = self.store.read(check)
             limiter.admit(principal.key_id, rate, clock())
@@ -228,8 +232,7 @@ class Services:
             principal, rate = await self.read(check)
         except BrokerError as error:
             if error.reason in access.KEY_REFUSALS:
-                raise self.auth_failures.failed(peer_address(context.peer()), error,
-                                                clock()) from None
+                raise throttled(error) from None
             raise
         if limiter.remote:  # (a database's buckets with a store without `off_loop`)
             await self._runtime(True, lambda: limiter.admit(principal.key_id, rate, clock()))
