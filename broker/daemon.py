@@ -300,7 +300,7 @@ class Broker:
         self._health_names = ("", *names[:-1])
         for name in self._health_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._alerts_counted = store.read(alerts.last_seq)
+        self._alerts_counted = await self.services.read(alerts.last_seq)
         listen = getattr(store, "listen", None)
         if listen is not None:  # PostgreSQL: changes made through other brokers wake ours
             changes, loop = self.services.changes, asyncio.get_running_loop()
@@ -341,7 +341,7 @@ class Broker:
                     finish_retirements(s.keyring, due)
 
         async def alert_counts() -> None:
-            self._count_alerts()
+            await self._count_alerts()
 
         next_prune = [0.0]
 
@@ -411,10 +411,10 @@ class Broker:
             log.warning("storage full: health NOT_SERVING until ledger writes succeed" if full
                         else "storage writable again: health SERVING")
 
-    def _count_alerts(self) -> None:
+    async def _count_alerts(self) -> None:
         """broker_alerts_total{kind}: alerts are committed by many operations (authorize,
         settle, sweeps, the audit); count the ones raised since the last look."""
-        raised = self.services.store.read(lambda tx: alerts.raised_after(
+        raised = await self.services.read(lambda tx: alerts.raised_after(
             tx, self._alerts_counted))
         for alert in raised:
             self.metrics.alert(alert["kind"])

@@ -19,7 +19,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     @unary
     async def CreateOwner(self, request, context):
-        p = self.s.authenticate(context, "admin")
+        p = await self.s.authenticate(context, "admin")
         owner = await self.s.mutate(p, "CreateOwner", request, lambda tx, now: (
             tenancy.create_owner(tx, request.display_name, now)))
         return pb.CreateOwnerResponse(owner_id=owner["owner_id"],
@@ -27,7 +27,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     @unary
     async def CreditTreasury(self, request, context):
-        p = self.s.authenticate(context, "admin")
+        p = await self.s.authenticate(context, "admin")
         result = await self.s.mutate(p, "CreditTreasury", request, lambda tx, now: (
             tenancy.credit_treasury(tx, request.owner_id, request.amount, now)))
         return pb.CreditTreasuryResponse(
@@ -36,7 +36,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     @unary
     async def CreateProvider(self, request, context):
-        p = self.s.authenticate(context, "admin")
+        p = await self.s.authenticate(context, "admin")
         provider = await self.s.mutate(p, "CreateProvider", request, lambda tx, now: (
             tenancy.create_provider(tx, request.display_name, now)))
         return pb.CreateProviderResponse(provider_id=provider["provider_id"],
@@ -44,7 +44,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     @unary
     async def CreateApiKey(self, request, context):
-        p = self.s.authenticate(context, "admin")
+        p = await self.s.authenticate(context, "admin")
         role = convert.ROLES.get(request.role)
         if role is None:
             raise invalid("role", "must be one of ROLE_ADMIN, ROLE_OWNER, ROLE_AGENT, "
@@ -58,14 +58,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     @unary
     async def RevokeApiKey(self, request, context):
-        p = self.s.authenticate(context, "admin")
+        p = await self.s.authenticate(context, "admin")
         result = await self.s.mutate(p, "RevokeApiKey", request, lambda tx, now: (
             tenancy.revoke_api_key(tx, request.key_id, now)))
         return pb.RevokeApiKeyResponse(key_id=result["key_id"])
 
     @unary
     async def GetLedgerSummary(self, request, context):
-        p = self.s.authenticate(context, "admin", "auditor")
+        p = await self.s.authenticate(context, "admin", "auditor")
         if p.owner_id:  # ledger-wide totals would show other tenants' ids and amounts
             raise denied("the ledger summary needs an admin or a global auditor key",
                          "ROLE_NOT_ALLOWED")

@@ -19,14 +19,14 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
 
     @unary
     async def Authorize(self, request, context):
-        p = self.s.authenticate(context, "agent")
+        p = await self.s.authenticate(context, "agent")
         self.s.refuse_when_draining()
         key_id = self.s.keyring.active_id
         scope = convert.scope_from_proto(request.scope)
         cache_secret = self.s.cache_secret if request.cache_results else b""
         job_labels = dict(request.labels)
         # Pricing (issue 6): a quote id binds the voucher to the quote's locked prices.
-        live = set(self.s.liveness.live_ids(self.s.clock())) if request.quote_id else set()
+        live = set(await self.s.live_ids()) if request.quote_id else set()
         keyring = self.s.keyring
         try:
             result, token = await self.s.mutate(p, "Authorize", request, lambda tx, now: (
@@ -48,7 +48,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         if result["state"] == authorizations.PENDING_APPROVAL:
             # A retry of a request that waited for approval gets its state now (and the
             # voucher, once approved): agents may poll this way too.
-            result = self.s.store.read(lambda tx: tx.get("authorizations",
+            result = await self.s.read(lambda tx: tx.get("authorizations",
                                                          result["authorization_id"]))
             token = None
         if token is None:
@@ -62,16 +62,16 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
 
     @unary
     async def GetAuthorization(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        found, job_labels = self.s.store.read(lambda tx: _with_labels(
+        p = await self.s.authenticate(context, *READERS)
+        found, job_labels = await self.s.read(lambda tx: _with_labels(
             tx, authorizations.get_authorization(tx, p, request.authorization_id)))
         return pb.GetAuthorizationResponse(authorization=convert.authorization(
             found, labels=job_labels))
 
     @unary
     async def ListAuthorizations(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        page, found = self.s.store.read(lambda tx: _page_with_labels(
+        p = await self.s.authenticate(context, *READERS)
+        page, found = await self.s.read(lambda tx: _page_with_labels(
             tx, authorizations.list_authorizations(tx, p, request.wallet_id,
                                                    request.page_size, request.page_token)))
         return pb.ListAuthorizationsResponse(
@@ -81,17 +81,17 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
 
     @unary
     async def CancelAuthorization(self, request, context):
-        p = self.s.authenticate(context, "agent", "owner")
+        p = await self.s.authenticate(context, "agent", "owner")
         result = await self.s.mutate(p, "CancelAuthorization", request, lambda tx, now: (
             authorizations.cancel(tx, p, request.authorization_id, now)))
-        _, job_labels = self.s.store.read(lambda tx: _with_labels(tx, result))
+        _, job_labels = await self.s.read(lambda tx: _with_labels(tx, result))
         return pb.CancelAuthorizationResponse(authorization=convert.authorization(
             result, labels=job_labels))
 
     @unary
     async def GetReceipt(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        found = self.s.store.read(lambda tx: authorizations.get_receipt(
+        p = await self.s.authenticate(context, *READERS)
+        found = await self.s.read(lambda tx: authorizations.get_receipt(
             tx, p, request.authorization_id))
         return pb.GetReceiptResponse(receipt=convert.receipt(found))
 

@@ -9,7 +9,7 @@ import hashlib
 import ipaddress
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -167,8 +167,14 @@ class Services:
     # Voucher signatures and usage-report checks, outside the GIL the loop and the
     # writer share (crypto_thread.py).
     crypto: CryptoThread = field(default_factory=CryptoThread)
+    # The store's `off_loop` where its reads are network round trips (PgStore), else
+    # None: LMDB's and the memory store's reads are local and fast, and run inline (a
+    # thread hop per read would cost more than the read; docs/performance.md).
+    _off_loop: Callable[[Callable[[], Any]], Awaitable[Any]] | None = field(
+        init=False, default=None)
 
     def __post_init__(self) -> None:
+        self._off_loop = getattr(self.store, "off_loop", None)
         limits = self.limits
         self.streams = MeteringStreams(limits.meter_key_streams, limits.meter_streams_total)
         self.auth_failures = FailedAuthThrottle(limits.auth_failures_per_minute,
@@ -182,27 +188,76 @@ class Services:
                 "watch_streams": (self.changes.watches, self.changes.max_watches),
                 "metering_streams": (self.streams.count, None)}
 
-    def authenticate(self, context: grpc.aio.ServicerContext, *roles: str) -> Principal:
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """`store.read(fn)`, the API's only way to read: inline on LMDB and in memory,
+        off the event loop where a read is a round trip to a database (PostgreSQL), so
+        that a slow or distant database never stalls the other calls."""
+        if self._off_loop is None:
+            return self.store.read(fn)
+        store = self.store
+        return await self._off_loop(lambda: store.read(fn))
+
+    async def _runtime(self, remote: bool, call: Callable[[], T]) -> T:
+        """`call()` on a runtime table (worker leases, rate buckets): inline when they are
+        in memory or in the prefork processes' LMDB tables, off the loop when they are in
+        the database (`remote`)."""
+        if not remote:
+            return call()
+        return await (self._off_loop or asyncio.to_thread)(call)
+
+    async def authenticate(self, context: grpc.aio.ServicerContext, *roles: str) -> Principal:
+        """The caller's principal, with one of `roles`, admitted by its request rate. On
+        PostgreSQL the key's read and the rate bucket's statement share one hop off
+        the loop."""
         secret = _bearer(context.invocation_metadata() or ())
+        limiter, clock = self.limiter, self.clock
 
         def check(tx: Tx) -> tuple[Principal, rate_limits.RequestRate | None]:
             principal = access.authenticate(tx, secret)
             access.require_role(principal, *roles)
             return principal, rate_limits.request_rate(tx, principal)  # one snapshot
 
-        try:
+        def throttled(refused: BrokerError) -> BrokerError:
+            # (Above `check_and_admit`: docs/errors.md lists reasons in source order.)
+            return self.auth_failures.failed(peer_address(context.peer()), refused, clock())
+
+        def check_and_admit() -> Principal:
             principal, rate = self.store.read(check)
+            limiter.admit(principal.key_id, rate, clock())
+            return principal
+
+        try:
+            if self._off_loop is not None and limiter.remote:
+                return await self._off_loop(check_and_admit)
+            principal, rate = await self.read(check)
         except BrokerError as error:
             if error.reason in access.KEY_REFUSALS:
-                raise self.auth_failures.failed(peer_address(context.peer()), error,
-                                                self.clock()) from None
+                raise throttled(error) from None
             raise
-        self.limiter.admit(principal.key_id, rate, self.clock())
+        if limiter.remote:  # (a database's buckets with a store without `off_loop`)
+            await self._runtime(True, lambda: limiter.admit(principal.key_id, rate, clock()))
+        else:
+            limiter.admit(principal.key_id, rate, clock())
         return principal
 
-    def reauthenticate(self, principal: Principal) -> None:
+    async def reauthenticate(self, principal: Principal) -> None:
         """Check again, during a long call, that `authenticate`'s key is still good."""
-        self.store.read(lambda tx: access.require_active(tx, principal))
+        await self.read(lambda tx: access.require_active(tx, principal))
+
+    async def beat(self, worker_id: str) -> int:
+        """`liveness.beat` (a heartbeat): its lease's end."""
+        liveness, now = self.liveness, self.clock()
+        return await self._runtime(liveness.remote, lambda: liveness.beat(worker_id, now))
+
+    async def drop(self, worker_id: str) -> None:
+        """`liveness.drop` (the worker deregistered)."""
+        liveness = self.liveness
+        await self._runtime(liveness.remote, lambda: liveness.drop(worker_id))
+
+    async def live_ids(self) -> list[str]:
+        """`liveness.live_ids` now: the workers whose lease runs."""
+        liveness, now = self.liveness, self.clock()
+        return await self._runtime(liveness.remote, lambda: liveness.live_ids(now))
 
     @overload
     async def mutate(self, principal: Principal, method: str, request: Message,

@@ -63,29 +63,29 @@ class DelegationServicer(pb_grpc.DelegationServiceServicer):
 
     @unary
     async def CreateAgentKey(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         result = await self.s.mutate(p, "CreateAgentKey", request, lambda tx, now: (
             agent_keys.create(tx, p, request.wallet_id, request.description, now)))
         return pb.CreateAgentKeyResponse(key_id=result["key_id"], api_key=result["api_key"])
 
     @unary
     async def ListAgentKeys(self, request, context):
-        p = self.s.authenticate(context, "owner")
-        page = self.s.store.read(lambda tx: agent_keys.list_keys(
+        p = await self.s.authenticate(context, "owner")
+        page = await self.s.read(lambda tx: agent_keys.list_keys(
             tx, p, request.wallet_id, request.page_size, request.page_token))
         return pb.ListAgentKeysResponse(keys=[agent_key(k) for k in page["keys"]],
                                         next_page_token=page["next_page_token"])
 
     @unary
     async def RevokeAgentKey(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         result = await self.s.mutate(p, "RevokeAgentKey", request, lambda tx, now: (
             agent_keys.revoke(tx, p, request.key_id, now)))
         return pb.RevokeAgentKeyResponse(key=agent_key(result))
 
     @unary
     async def CreateSubBudget(self, request, context):
-        p = self.s.authenticate(context, "owner", "agent")
+        p = await self.s.authenticate(context, "owner", "agent")
         expire_ms = convert_ms(request.expire_time) if request.HasField("expire_time") else 0
         raw_policy = policy_from_proto(request.policy) if request.HasField("policy") else None
         result = await self.s.mutate(p, "CreateSubBudget", request, lambda tx, now: (
@@ -98,16 +98,16 @@ class DelegationServicer(pb_grpc.DelegationServiceServicer):
 
     @unary
     async def GetSubBudget(self, request, context):
-        p = self.s.authenticate(context, "owner", "agent")
+        p = await self.s.authenticate(context, "owner", "agent")
         now = self.s.clock()
-        found = self.s.store.read(lambda tx: delegation.get(tx, p, request.wallet_id, now))
+        found = await self.s.read(lambda tx: delegation.get(tx, p, request.wallet_id, now))
         return pb.GetSubBudgetResponse(sub_budget=sub_budget(found))
 
     @unary
     async def ListSubBudgets(self, request, context):
-        p = self.s.authenticate(context, "owner", "agent")
+        p = await self.s.authenticate(context, "owner", "agent")
         now = self.s.clock()
-        page = self.s.store.read(lambda tx: delegation.list_children(
+        page = await self.s.read(lambda tx: delegation.list_children(
             tx, p, request.parent_wallet_id, request.page_size, request.page_token, now))
         return pb.ListSubBudgetsResponse(
             sub_budgets=[sub_budget(b) for b in page["sub_budgets"]],
@@ -115,37 +115,37 @@ class DelegationServicer(pb_grpc.DelegationServiceServicer):
 
     @unary
     async def RevokeSubBudget(self, request, context):
-        p = self.s.authenticate(context, "owner", "agent")
+        p = await self.s.authenticate(context, "owner", "agent")
         result = await self.s.mutate(p, "RevokeSubBudget", request, lambda tx, now: (
             delegation.revoke(tx, p, request.wallet_id, now)))
         return pb.RevokeSubBudgetResponse(sub_budget=sub_budget(result))
 
     @unary
     async def RegisterMandateKey(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         result = await self.s.mutate(p, "RegisterMandateKey", request, lambda tx, now: (
             mandates.register_key(tx, p, request.public_key, now)))
         return pb.RegisterMandateKeyResponse(key=mandate_key(result))
 
     @unary
     async def ListMandateKeys(self, request, context):
-        p = self.s.authenticate(context, "owner")
-        page = self.s.store.read(lambda tx: mandates.list_keys(
+        p = await self.s.authenticate(context, "owner")
+        page = await self.s.read(lambda tx: mandates.list_keys(
             tx, p, request.page_size, request.page_token))
         return pb.ListMandateKeysResponse(keys=[mandate_key(k) for k in page["keys"]],
                                           next_page_token=page["next_page_token"])
 
     @unary
     async def RevokeMandateKey(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         result = await self.s.mutate(p, "RevokeMandateKey", request, lambda tx, now: (
             mandates.revoke_key(tx, p, request.key_id, now)))
         return pb.RevokeMandateKeyResponse(key=mandate_key(result))
 
     @unary
     async def GetMandate(self, request, context):
-        p = self.s.authenticate(context, "owner", "agent")
-        found = self.s.store.read(lambda tx: mandates.get(tx, p, request.mandate_hash))
+        p = await self.s.authenticate(context, "owner", "agent")
+        found = await self.s.read(lambda tx: mandates.get(tx, p, request.mandate_hash))
         return pb.GetMandateResponse(mandate=mandate(found))
 
 

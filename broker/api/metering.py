@@ -103,7 +103,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         valid worker key (or over the stream caps) is refused, not held open waiting."""
         requests = aiter(request_iterator)
         try:
-            p = self.s.authenticate(context, "worker")
+            p = await self.s.authenticate(context, "worker")
             self.s.streams.open_stream(p.key_id)
         except BrokerError:
             await _let_the_first_message_land(requests)
@@ -163,7 +163,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
             # op checks it, in the write transaction: no read transaction of its own.)
             kind = message.WhichOneof("kind")
             if kind != "usage":
-                self.s.reauthenticate(p)
+                await self.s.reauthenticate(p)
             if kind == "usage":
                 report = message.usage
                 usage = convert.usage_from_proto(report.usage)

@@ -111,7 +111,7 @@ class WorkerStream:
         # A session reported without that carries the one it had when its batch was read.
         self.epochs: dict[str, int] = {}
 
-    def start(self, batch: pb.MeterWorkerRequest) -> Answer:
+    async def start(self, batch: pb.MeterWorkerRequest) -> Answer:
         """Everything before the commit, done now; the batch's op handed to the writer."""
         check_batch(batch, self.worker_id)
         now, at = self.s.clock(), time.monotonic_ns()
@@ -122,7 +122,7 @@ class WorkerStream:
             self.s.refuse_when_draining()
         for i, item in enumerate(batch.opens):
             self._open(i, item, results, ops)
-        known = self._sessions(batch)
+        known = await self._sessions(batch)
         for i, session_id in enumerate(batch.resume_session_ids, len(batch.opens)):
             self.marks.pop(session_id, None)
             self._resume(i, session_id, known, results, ops)
@@ -167,7 +167,7 @@ class WorkerStream:
                     self.marks[result.session_id] = previous
         return pb.MeterWorkerResponse(batch_id=answer.batch_id, results=results)
 
-    def _sessions(self, batch: pb.MeterWorkerRequest) -> dict[str, Record | BrokerError]:
+    async def _sessions(self, batch: pb.MeterWorkerRequest) -> dict[str, Record | BrokerError]:
         """The sessions the batch names, as of now, or why they are not this worker's."""
         names = [*batch.resume_session_ids, *(r.session_id for r in batch.reports),
                  *(f.session_id for f in batch.finishes)]
@@ -181,7 +181,7 @@ class WorkerStream:
                     found[name] = error
             return found
 
-        return self.s.store.read(read) if names else {}
+        return await self.s.read(read) if names else {}
 
     def _open(self, index: int, item: pb.WorkerOpen, results: list, ops: list) -> None:
         request = pb.OpenSession()
@@ -384,7 +384,7 @@ async def serve(services: Services, principal: Principal,
     if first is None:
         return
     worker_id = validate.ident(first.worker_id, "worker_id")
-    services.store.read(lambda tx: get_own_worker(tx, principal, worker_id))
+    await services.read(lambda tx: get_own_worker(tx, principal, worker_id))
     stream = WorkerStream(services, principal, worker_id)
     in_flight: deque[Answer] = deque()
     batch: pb.MeterWorkerRequest | None = first
@@ -397,8 +397,9 @@ async def serve(services: Services, principal: Principal,
                 # Checked again on every batch: a key revoked while its stream is open
                 # must stop metering at once, not when the stream ends.
                 try:
-                    services.reauthenticate(principal)
-                    answer = WorkerStream.start(stream, batch)  # (named so docs/errors.md finds it)
+                    await services.reauthenticate(principal)
+                    # (WorkerStream.start, named so docs/errors.md finds it)
+                    answer = await WorkerStream.start(stream, batch)
                 except BrokerError as error:  # ends the stream, after the batches before
                     refused, ended = error, True
                 else:

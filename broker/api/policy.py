@@ -34,7 +34,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     @unary
     async def SetSpendPolicy(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         raw = pc.policy_from_proto(request.policy)
         result = await self.s.mutate(p, "SetSpendPolicy", request, lambda tx, now: (
             policy.set_policy(tx, p, request.wallet_id, raw, request.clear, now)))
@@ -42,21 +42,21 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     @unary
     async def GetSpendPolicy(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        found, source = self.s.store.read(lambda tx: policy.get_policy(tx, p, request.wallet_id))
+        p = await self.s.authenticate(context, *READERS)
+        found, source = await self.s.read(lambda tx: policy.get_policy(tx, p, request.wallet_id))
         return pb.GetSpendPolicyResponse(policy=pc.policy_to_proto(found),
                                          source=pc.SOURCES[source])
 
     @unary
     async def GetSpendStatus(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        found = self.s.store.read(lambda tx: refills.status(tx, p, request.wallet_id,
+        p = await self.s.authenticate(context, *READERS)
+        found = await self.s.read(lambda tx: refills.status(tx, p, request.wallet_id,
                                                             self.s.clock()))
         return pb.GetSpendStatusResponse(status=pc.status(found))
 
     @unary
     async def ResumeRefills(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         result = await self.s.mutate(p, "ResumeRefills", request, lambda tx, now: (
             refills.resume(tx, p, request.wallet_id, now)))
         return pb.ResumeRefillsResponse(status=pc.status(result))
@@ -65,8 +65,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     @unary
     async def ListApprovals(self, request, context):
-        p = self.s.authenticate(context, *OVERSEERS)
-        page = self.s.store.read(lambda tx: approvals.list_pending(
+        p = await self.s.authenticate(context, *OVERSEERS)
+        page = await self.s.read(lambda tx: approvals.list_pending(
             tx, p, request.owner_id, request.wallet_id, request.page_size,
             request.page_token))
         return pb.ListApprovalsResponse(approvals=[pc.approval(a) for a in page["approvals"]],
@@ -74,8 +74,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     @unary
     async def GetApproval(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        approval, auth = self.s.store.read(lambda tx: approvals.get(
+        p = await self.s.authenticate(context, *READERS)
+        approval, auth = await self.s.read(lambda tx: approvals.get(
             tx, p, request.authorization_id))
         return pb.GetApprovalResponse(approval=pc.approval(approval),
                                       authorization=self._authorization(p, auth))
@@ -91,7 +91,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             **await self._decide(request, context, "DenyAuthorization", approvals.deny))
 
     async def _decide(self, request, context, method: str, decide) -> dict:
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
 
         def op(tx, now) -> Record:
             approval, auth = decide(tx, p, request.authorization_id, request.reason, now)
@@ -104,7 +104,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     @streaming
     async def WatchAuthorization(self, request, context):
-        p = self.s.authenticate(context, *READERS)
+        p = await self.s.authenticate(context, *READERS)
         with self.s.changes.watching():
             async for message in self._watch_authorization(p, request):
                 yield message
@@ -112,7 +112,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     async def _watch_authorization(self, p, request):
         last = None
         while True:
-            auth, approval = self.s.store.read(lambda tx: approvals.state_of(
+            auth, approval = await self.s.read(lambda tx: approvals.state_of(
                 tx, p, request.authorization_id))
             message = pb.WatchAuthorizationResponse(authorization=self._authorization(p, auth))
             if approval is not None:
@@ -136,25 +136,25 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     @unary
     async def ListAlerts(self, request, context):
-        p = self.s.authenticate(context, *OVERSEERS)
-        page = self.s.store.read(lambda tx: alerts.list_alerts(
+        p = await self.s.authenticate(context, *OVERSEERS)
+        page = await self.s.read(lambda tx: alerts.list_alerts(
             tx, p, request.wallet_id, request.page_size, request.page_token))
         return pb.ListAlertsResponse(alerts=[pc.alert(a) for a in page["alerts"]],
                                      next_page_token=page["next_page_token"])
 
     @streaming
     async def WatchAlerts(self, request, context):
-        p = self.s.authenticate(context, *OVERSEERS)
+        p = await self.s.authenticate(context, *OVERSEERS)
         with self.s.changes.watching():
             async for message in self._watch_alerts(p, request):
                 yield message
 
     async def _watch_alerts(self, p, request):
         after = pc.alert_seq(request.after_alert_id) if request.after_alert_id else \
-            self.s.store.read(alerts.last_seq)
+            await self.s.read(alerts.last_seq)
         first = True
         while True:
-            found = self.s.store.read(lambda tx, after=after: alerts.alerts_after(
+            found = await self.s.read(lambda tx, after=after: alerts.alerts_after(
                 tx, p, request.wallet_id, after))
             if found or first:
                 yield pb.WatchAlertsResponse(alerts=[pc.alert(a) for a in found])
@@ -168,7 +168,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     @unary
     async def Audit(self, request, context):
-        p = self.s.authenticate(context, "admin", "auditor")
+        p = await self.s.authenticate(context, "admin", "auditor")
         access.require_global_reader(p, "a ledger-wide audit")
 
         def run(tx):
@@ -183,9 +183,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     @unary
     async def ListJournalEntries(self, request, context):
-        p = self.s.authenticate(context, "admin", "auditor")
+        p = await self.s.authenticate(context, "admin", "auditor")
         access.require_global_reader(p, "the journal")
-        page = self.s.store.read(lambda tx: audit.list_journal(
+        page = await self.s.read(lambda tx: audit.list_journal(
             tx, request.page_size, request.page_token))
         return pb.ListJournalEntriesResponse(
             entries=[pc.journal_entry(e) for e in page["entries"]],
@@ -195,22 +195,22 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     @unary
     async def DisputeReceipt(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         result = await self.s.mutate(p, "DisputeReceipt", request, lambda tx, now: (
             refunds.dispute(tx, p, request.receipt_id, request.reason, now)))
         return pb.DisputeReceiptResponse(dispute=pc.dispute(result))
 
     @unary
     async def ListDisputes(self, request, context):
-        p = self.s.authenticate(context, *OVERSEERS)
-        page = self.s.store.read(lambda tx: refunds.list_disputes(
+        p = await self.s.authenticate(context, *OVERSEERS)
+        page = await self.s.read(lambda tx: refunds.list_disputes(
             tx, p, request.page_size, request.page_token))
         return pb.ListDisputesResponse(disputes=[pc.dispute(d) for d in page["disputes"]],
                                        next_page_token=page["next_page_token"])
 
     @unary
     async def RefundReceipt(self, request, context):
-        p = self.s.authenticate(context, "admin")
+        p = await self.s.authenticate(context, "admin")
         signer = self.s.receipt_keyring.signer  # refund receipts are receipts
         result = await self.s.mutate(p, "RefundReceipt", request, lambda tx, now: (
             refunds.refund(tx, p, request.receipt_id, request.amount, request.reason, now,

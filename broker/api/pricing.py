@@ -87,30 +87,30 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
     def __init__(self, services: Services):
         self.s = services
 
-    def _live(self) -> set[str]:
-        return set(self.s.liveness.live_ids(self.s.clock()))
+    async def _live(self) -> set[str]:
+        return set(await self.s.live_ids())
 
     # -- quotes ---------------------------------------------------------------------------
 
     @unary
     async def Quote(self, request, context):
-        p = self.s.authenticate(context, "agent", "owner")
-        job, live = job_from_proto(request.job), self._live()
+        p = await self.s.authenticate(context, "agent", "owner")
+        job, live = job_from_proto(request.job), await self._live()
         quote = await self.s.mutate(p, "Quote", request, lambda tx, now: quotes.create(
             tx, p, job, request.lock_seconds, live, leases.leased_worker_ids(tx, now), now))
         return pb.QuoteResponse(quote=quote_to_proto(quote))
 
     @unary
     async def GetQuote(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        quote = self.s.store.read(lambda tx: quotes.get(tx, p, request.quote_id))
+        p = await self.s.authenticate(context, *READERS)
+        quote = await self.s.read(lambda tx: quotes.get(tx, p, request.quote_id))
         return pb.GetQuoteResponse(quote=quote_to_proto(quote))
 
     # -- subscriptions ----------------------------------------------------------------------
 
     @unary
     async def CreatePlan(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         plan = await self.s.mutate(p, "CreatePlan", request, lambda tx, now: (
             subscriptions.create_plan(tx, p.owner_id, request.display_name,
                                       request.credits_per_period, request.period_seconds,
@@ -119,8 +119,8 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
 
     @unary
     async def ListPlans(self, request, context):
-        p = self.s.authenticate(context, *OVERSEERS)
-        page = self.s.store.read(lambda tx: subscriptions.list_plans(
+        p = await self.s.authenticate(context, *OVERSEERS)
+        page = await self.s.read(lambda tx: subscriptions.list_plans(
             tx, access.listed_owner(p, request.owner_id), request.page_size,
             request.page_token))
         return pb.ListPlansResponse(plans=[plan_to_proto(x) for x in page["plans"]],
@@ -128,22 +128,22 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
 
     @unary
     async def Subscribe(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         sub = await self.s.mutate(p, "Subscribe", request, lambda tx, now: (
             subscriptions.subscribe(tx, p.owner_id, request.plan_id, request.wallet_id, now)))
         return pb.SubscribeResponse(subscription=subscription_to_proto(sub))
 
     @unary
     async def CancelSubscription(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         sub = await self.s.mutate(p, "CancelSubscription", request, lambda tx, now: (
             subscriptions.cancel(tx, p.owner_id, request.subscription_id, now)))
         return pb.CancelSubscriptionResponse(subscription=subscription_to_proto(sub))
 
     @unary
     async def ListSubscriptions(self, request, context):
-        p = self.s.authenticate(context, *OVERSEERS)
-        page = self.s.store.read(lambda tx: subscriptions.list_subscriptions(
+        p = await self.s.authenticate(context, *OVERSEERS)
+        page = await self.s.read(lambda tx: subscriptions.list_subscriptions(
             tx, access.listed_owner(p, request.owner_id), request.page_size,
             request.page_token))
         return pb.ListSubscriptionsResponse(
@@ -152,8 +152,8 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
 
     @unary
     async def ListGrants(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        page = self.s.store.read(lambda tx: subscriptions.list_grants(
+        p = await self.s.authenticate(context, *READERS)
+        page = await self.s.read(lambda tx: subscriptions.list_grants(
             tx, p, request.wallet_id, request.page_size, request.page_token))
         return pb.ListGrantsResponse(grants=[grant_to_proto(g) for g in page["grants"]],
                                      next_page_token=page["next_page_token"],
@@ -166,31 +166,31 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
 
     @unary
     async def CreateLease(self, request, context):
-        p = self.s.authenticate(context, "agent")
+        p = await self.s.authenticate(context, "agent")
         self.s.refuse_when_draining()
-        live = self._live()
+        live = await self._live()
         lease = await self.s.mutate(p, "CreateLease", request, lambda tx, now: leases.create(
             tx, p, request.worker_id, request.duration_seconds, request.quote_id, live, now))
         return pb.CreateLeaseResponse(lease=lease_to_proto(lease))
 
     @unary
     async def GetLease(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        lease = self.s.store.read(lambda tx: leases.with_usage(
+        p = await self.s.authenticate(context, *READERS)
+        lease = await self.s.read(lambda tx: leases.with_usage(
             tx, leases.get(tx, p, request.lease_id)))
         return pb.GetLeaseResponse(lease=lease_to_proto(lease))
 
     @unary
     async def ListLeases(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        page = self.s.store.read(lambda tx: leases.list_leases(
+        p = await self.s.authenticate(context, *READERS)
+        page = await self.s.read(lambda tx: leases.list_leases(
             tx, p, request.wallet_id, request.page_size, request.page_token))
         return pb.ListLeasesResponse(leases=[lease_to_proto(x) for x in page["leases"]],
                                      next_page_token=page["next_page_token"])
 
     @unary
     async def EndLease(self, request, context):
-        p = self.s.authenticate(context, "agent", "owner")
+        p = await self.s.authenticate(context, "agent", "owner")
         signer = self.s.receipt_keyring.signer  # lease statements and job receipts
         lease = await self.s.mutate(p, "EndLease", request, lambda tx, now: (
             lease_settlement.end(tx, p, request.lease_id, now, self.s.config, signer)))
@@ -198,7 +198,7 @@ class PricingServicer(pb_grpc.PricingServiceServicer):
 
     @unary
     async def AuthorizeLeaseJob(self, request, context):
-        p = self.s.authenticate(context, "agent")
+        p = await self.s.authenticate(context, "agent")
         self.s.refuse_when_draining()
         key_id = self.s.keyring.active_id
         auth = await self.s.mutate(p, "AuthorizeLeaseJob", request, lambda tx, now: (

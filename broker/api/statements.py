@@ -86,40 +86,40 @@ class StatementServicer(pb_grpc.StatementServiceServicer):
 
     @unary
     async def RegisterReceiptKey(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         result = await self.s.mutate(p, "RegisterReceiptKey", request, lambda tx, now: (
             receipts.register_key(tx, p, request.public_key, now)))
         return pb.RegisterReceiptKeyResponse(receipt_key=receipt_key(result))
 
     @unary
     async def GetReceiptKey(self, request, context):
-        p = self.s.authenticate(context, "owner", "auditor", "admin")
-        found = self.s.store.read(lambda tx: receipts.get_key(
+        p = await self.s.authenticate(context, "owner", "auditor", "admin")
+        found = await self.s.read(lambda tx: receipts.get_key(
             tx, access.listed_owner(p, request.owner_id)))
         return pb.GetReceiptKeyResponse(receipt_key=receipt_key(found))
 
     @unary
     async def ListReceipts(self, request, context):
-        p = self.s.authenticate(context, "owner", "agent", "auditor", "admin")
-        page = self.s.store.read(lambda tx: receipts.list_receipts(
+        p = await self.s.authenticate(context, "owner", "agent", "auditor", "admin")
+        page = await self.s.read(lambda tx: receipts.list_receipts(
             tx, p, request.wallet_id, request.page_size, request.page_token))
         return pb.ListReceiptsResponse(receipts=[convert.receipt(r) for r in page["receipts"]],
                                        next_page_token=page["next_page_token"])
 
     @unary
     async def GetStatement(self, request, context):
-        p = self.s.authenticate(context, "owner", "auditor", "admin")
+        p = await self.s.authenticate(context, "owner", "auditor", "admin")
         signer = self.s.receipt_keyring.signer
-        found = self.s.store.read(lambda tx: statements.owner_statement(
+        found = await self.s.read(lambda tx: statements.owner_statement(
             tx, p, request.owner_id, ms(request.period_start), ms(request.period_end),
             granularity(request.granularity), request.include_annex, self.s.config, signer))
         return pb.GetStatementResponse(statement=statement(found))
 
     @unary
     async def GetPayoutStatement(self, request, context):
-        p = self.s.authenticate(context, "worker", "auditor", "admin")
+        p = await self.s.authenticate(context, "worker", "auditor", "admin")
         signer = self.s.receipt_keyring.signer
-        found = self.s.store.read(lambda tx: statements.payout_statement(
+        found = await self.s.read(lambda tx: statements.payout_statement(
             tx, p, request.provider_id, ms(request.period_start), ms(request.period_end),
             granularity(request.granularity), self.s.config, signer))
         return pb.GetPayoutStatementResponse(statement=payout_statement(found))
@@ -131,7 +131,7 @@ class StatementServicer(pb_grpc.StatementServiceServicer):
 
     @unary
     async def RotateReceiptSigningKey(self, request, context):
-        p = self.s.authenticate(context, "admin")
+        p = await self.s.authenticate(context, "admin")
         ring = self.s.receipt_keyring
         made: list[keyring.Rotation] = []  # the key files are written once per request
         result = await self.s.mutate(p, "RotateReceiptSigningKey", request, lambda tx, now: (

@@ -29,7 +29,7 @@ class VoucherKeyServicer(pb_grpc.VoucherKeyServiceServicer):
 
     @unary
     async def RotateVoucherKey(self, request, context):
-        p = self.s.authenticate(context, "admin")
+        p = await self.s.authenticate(context, "admin")
         ring = self.s.keyring
         made: list[keyring.Rotation] = []  # the key files are written once per request
         result = await self.s.mutate(p, "RotateVoucherKey", request, lambda tx, now: (

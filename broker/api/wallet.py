@@ -19,7 +19,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
 
     @unary
     async def CreateWallet(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         result = await self.s.mutate(p, "CreateWallet", request, lambda tx, now: (
             wallets.create_wallet(tx, p.owner_id, request.display_name, request.cap,
                                   request.refill_target, now, self.s.config)))
@@ -27,15 +27,15 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
 
     @unary
     async def GetWallet(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        found = self.s.store.read(lambda tx: wallets.view(
+        p = await self.s.authenticate(context, *READERS)
+        found = await self.s.read(lambda tx: wallets.view(
             tx, wallets.get_wallet(tx, p, request.wallet_id)))
         return pb.GetWalletResponse(wallet=convert.wallet(found))
 
     @unary
     async def ListWallets(self, request, context):
-        p = self.s.authenticate(context, *OVERSEERS)
-        page = self.s.store.read(lambda tx: wallets.list_wallets(
+        p = await self.s.authenticate(context, *OVERSEERS)
+        page = await self.s.read(lambda tx: wallets.list_wallets(
             tx, access.listed_owner(p, request.owner_id), request.page_size,
             request.page_token))
         return pb.ListWalletsResponse(wallets=[convert.wallet(w) for w in page["wallets"]],
@@ -43,7 +43,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
 
     @unary
     async def FundWallet(self, request, context):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         result = await self.s.mutate(p, "FundWallet", request, lambda tx, now: (
             wallets.fund_wallet(tx, p.owner_id, request.wallet_id, request.amount, now)))
         return pb.FundWalletResponse(
@@ -53,15 +53,15 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
 
     @unary
     async def GetBalance(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        result = self.s.store.read(lambda tx: wallets.balance_of(tx, p, request.wallet_id))
+        p = await self.s.authenticate(context, *READERS)
+        result = await self.s.read(lambda tx: wallets.balance_of(tx, p, request.wallet_id))
         return pb.GetBalanceResponse(account_id=result["account_id"],
                                      balance=convert.balance(result["balance"]))
 
     @unary
     async def ListTransfers(self, request, context):
-        p = self.s.authenticate(context, *READERS)
-        page = self.s.store.read(lambda tx: wallets.list_transfers(
+        p = await self.s.authenticate(context, *READERS)
+        page = await self.s.read(lambda tx: wallets.list_transfers(
             tx, p, request.wallet_id, request.page_size, request.page_token))
         return pb.ListTransfersResponse(
             transfers=[convert.transfer(t) for t in page["transfers"]],
@@ -76,7 +76,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
         return pb.UnfreezeWalletResponse(wallet=await self._set_frozen(request, context, False))
 
     async def _set_frozen(self, request, context, frozen: bool):
-        p = self.s.authenticate(context, "owner")
+        p = await self.s.authenticate(context, "owner")
         method = "FreezeWallet" if frozen else "UnfreezeWallet"
         result = await self.s.mutate(p, method, request, lambda tx, now: (
             wallets.set_frozen(tx, p.owner_id, request.wallet_id, frozen, now)))

@@ -109,6 +109,12 @@ class RequestLimiter:
         when they are in a database)."""
         return 0 if self._buckets is None else len(self._buckets)
 
+    @property
+    def remote(self) -> bool:
+        """True when the buckets are in a database (`admit` is a round trip): callers
+        on the event loop then admit off it."""
+        return bool(getattr(self._atomic, "remote", False))
+
     def admit(self, key_id: str, rate: RequestRate | None, now: int) -> None:
         """Take one token from the key's bucket, or raise RATE_LIMITED."""
         if rate is None:

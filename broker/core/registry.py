@@ -7,7 +7,7 @@ again with their next heartbeat), so `Liveness` is a plain in-memory table.
 from __future__ import annotations
 
 import secrets
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 
 from common import usage_signing
@@ -115,6 +115,12 @@ class Liveness:
     def size(self) -> int:
         return len(self._expiry)
 
+    @property
+    def remote(self) -> bool:
+        """True when the leases are in a database (each call a round trip): callers on
+        the event loop then make the calls off it."""
+        return bool(getattr(self._expiry, "remote", False))
+
     def beat(self, worker_id: str, now: int) -> int:
         until = self._expiry[worker_id] = now + self.lease_ms
         if len(self._expiry) > max(64, 2 * self._pruned_size):
@@ -135,11 +141,13 @@ class Liveness:
         return live
 
 
-def offers(tx: Tx, liveness: Liveness, now: int, resource_class: str, model: str) -> list[Record]:
+def offers(tx: Tx, live_ids: Iterable[str], resource_class: str, model: str) -> list[Record]:
+    """The active workers among `live_ids` (`Liveness.live_ids`, read before: with the
+    leases in a database that is a round trip of its own) that match, cheapest first."""
     validate.ident(resource_class, "resource_class", required=False)
     validate.ident(model, "model", required=False)
     found = []
-    for worker_id in liveness.live_ids(now):
+    for worker_id in live_ids:
         worker = tx.get("workers", worker_id)
         if worker is None or not worker["active"]:
             continue

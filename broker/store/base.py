@@ -157,7 +157,10 @@ class Store(Protocol):
         """Blocking form of `submit`, for CLIs and start-up work."""
 
     def read(self, fn: Callable[[Tx], T]) -> T:
-        """Run `fn` on a consistent read-only snapshot; never waits for the writer."""
+        """Run `fn` on a consistent read-only snapshot; never waits for the writer.
+        Local and fast on LMDB and in memory, called inline on the event loop there; a
+        store whose reads are network round trips (PgStore) also has `off_loop(call)`
+        and `read_async(fn)`, which the API awaits instead (api/base.py `Services.read`)."""
 
     def close(self) -> None:
         """Drain pending operations, commit, and release the data directory."""

@@ -49,6 +49,10 @@ class PgSharedTable(MutableMapping[str, int]):
     """str -> int in an UNLOGGED table of the layout, one statement per call, like
     LMDB's SharedTable for the processes of one broker (worker liveness)."""
 
+    # Every call is a round trip to the database: callers on the event loop make it
+    # through the store's executor (api/base.py `Services.off_loop`).
+    remote = True
+
     def __init__(self, store: PgStore, table: str) -> None:
         assert table in ("worker_leases",), table  # names from the layout only
         self._store, self._table = store, table
@@ -112,6 +116,8 @@ _PRUNE = ("DELETE FROM rate_buckets WHERE tokens + GREATEST(0, LEAST(%(now)s - l
 class PgRateBuckets:
     """Request-rate buckets in the database (core/rate_limits.py `AtomicBuckets`): one
     statement per request of a rate-limited agent key (none for other callers)."""
+
+    remote = True  # as PgSharedTable's
 
     def __init__(self, store: PgStore) -> None:
         self._store = store

@@ -14,7 +14,9 @@ running one again is safe), a bounded number of times with jittered back-off. An
 raises is committed too, with nothing written: under SERIALIZABLE only a committed
 transaction's reads are known to be consistent, so the error it raised is only reported
 once COMMIT says so. A reply means COMMIT returned (synchronous_commit on). Reads
-(`read`) run on a REPEATABLE READ, READ ONLY snapshot.
+(`read`) run on a REPEATABLE READ, READ ONLY snapshot; the broker's API makes them, and
+its statements on the shared tables (pg_shared.py), on the ops' executor (`off_loop`):
+never a round trip on the event loop.
 
 Ids (`Tx.next_id`) are unique across brokers without a shared counter: each pooled
 connection holds one of 1024 id slots (a session advisory lock) and its own clock,
@@ -89,7 +91,7 @@ BACKOFF_MAX_S = 0.2
 RETRY_AFTER_MS = 1000
 CONNECT_TIMEOUT_S = 5
 # After the database was lost, calls fail at once for this long instead of each waiting
-# for a connection (reads run on the event loop: they must not wait there).
+# for a connection (and holding an executor thread meanwhile).
 DOWN_HOLD_S = 0.5
 GETCONN_TIMEOUT_S = 2.0  # the longest an op waits for a free connection
 SEAL_POLL_S = 0.25  # the sealer also looks this often (other brokers' entries)
@@ -415,8 +417,21 @@ class PgStore:
         self._signal_tables = frozenset(tables)
         self.listener = pg_signals.Listener(self.url, self.name, on_change)
 
+    async def off_loop(self, call: Callable[[], T]) -> T:
+        """`call()` (a blocking `read`, a statement on a shared table) on the ops'
+        executor, so that its round trips never stall the event loop (docs/scale-out.md).
+        The same executor as the ops: at most `pool_size` threads ask for the
+        `pool_size` connections, and none waits for one that more threads took."""
+        self._check_open()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def read_async(self, fn: Callable[[Tx], T]) -> T:
+        """`read(fn)` off the event loop."""
+        return await self.off_loop(lambda: self.read(fn))
+
     def read(self, fn: Callable[[Tx], T]) -> T:
-        """Run `fn` on a REPEATABLE READ, READ ONLY snapshot. Consume scans inside `fn`."""
+        """Run `fn` on a REPEATABLE READ, READ ONLY snapshot. Consume scans inside `fn`.
+        Blocking: from the event loop, use `read_async`."""
         self._check_open()
         try:
             with self._pool.connection() as conn:

@@ -21,7 +21,7 @@ def test_a_worker_drops_out_of_the_offers_when_its_heartbeats_stop():
     b = register(w, worker_key, "gpu.h100", ["tiny-lm", "big"], 500)
     live = registry.Liveness(lease_ms=15_000)
     offers = lambda now, cls="", model="": [o["worker_id"] for o in w.read(  # noqa: E731
-        lambda tx: registry.offers(tx, live, now, cls, model))]
+        lambda tx: registry.offers(tx, live.live_ids(now), cls, model))]
     assert offers(w.now) == []  # registered but never heard from
     live.beat(a["worker_id"], w.now)
     live.beat(b["worker_id"], w.now)
@@ -41,7 +41,7 @@ def test_a_deregistered_worker_is_not_offered_even_with_a_lease():
     live = registry.Liveness(lease_ms=15_000)
     live.beat(a["worker_id"], w.now)
     w.run(lambda tx: registry.deregister(tx, worker_key, a["worker_id"], w.now))
-    assert w.read(lambda tx: registry.offers(tx, live, w.now, "", "")) == []
+    assert w.read(lambda tx: registry.offers(tx, live.live_ids(w.now), "", "")) == []
 
 
 def test_model_sizes_must_name_served_models_once():
