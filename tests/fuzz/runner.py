@@ -614,8 +614,10 @@ class Fuzzer:
                                    "accepted with a key that this method refused before",
                                    shown())
                 self.invalidate()
-                if rpc.name == "SetSpendPolicy" and not msg.clear and key in self.keys:
-                    self.clear_policy(key, msg.wallet_id)
+                if rpc.name == "SetSpendPolicy" and key in self.keys:
+                    # The wallet the broker set it for: a damaged encoding ("wire") may
+                    # have reached the broker as another request than `msg`.
+                    self.clear_policy(key, outcome.response.policy.wallet_id)
                 if getattr(msg, "request_id", "") and not how:
                     self.replayable.append((rpc, msg, key, metadata))
             elif self.cached is not None:
