@@ -210,17 +210,19 @@ def sleep_until(ms: float):
 
 
 def test_finish_races_the_hold_expiry(h):
-    """Sessions whose finish arrives around the moment the hold times out (ttl 1 s),
+    """Sessions whose finish arrives around the moment the hold times out (ttl 3 s),
     racing the broker's expiry sweep. Each settles exactly once: by the finish in time
     (STOPPED: the first report already brought STOP), by the finish too late (only the
-    acknowledged usage counts), or by the sweep (the finish is then refused)."""
+    acknowledged usage counts), or by the sweep (the finish is then refused). The first
+    and last offsets are far enough from the boundary (1.5 s before it; 3 s, six sweep
+    intervals, after it) for their outcome to be certain on a loaded machine too."""
     worker_id = h.register_worker(gpu_second_price=1000)
     key = h.creds["worker_api_key"]
     held, acked_ms = 250, 100
-    offsets_ms = (-300, -40, -20, -10, -5, 0, 5, 10, 20, 40, 80, 1200)
+    offsets_ms = (-1500, -40, -20, -10, -5, 0, 5, 10, 20, 40, 80, 3000)
 
     async def one(ch, offset_ms: int):
-        auth = h.agent.authorize(held, ttl_seconds=1)
+        auth = h.agent.authorize(held, ttl_seconds=3)
         session = await open_session(ch, key, auth.voucher, worker_id)
         ack = await session.report({"gpu_ms": acked_ms})
         assert ack.charged == acked_ms
