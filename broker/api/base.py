@@ -234,10 +234,8 @@ class Services:
             if error.reason in access.KEY_REFUSALS:
                 raise throttled(error) from None
             raise
-        if limiter.remote:  # (a database's buckets with a store without `off_loop`)
-            await self._runtime(True, lambda: limiter.admit(principal.key_id, rate, clock()))
-        else:
-            limiter.admit(principal.key_id, rate, clock())
+        await self._runtime(limiter.remote, lambda: limiter.admit(principal.key_id, rate,
+                                                                  clock()))
         return principal
 
     async def reauthenticate(self, principal: Principal) -> None:
