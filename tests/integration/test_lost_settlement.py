@@ -12,10 +12,8 @@ import pytest
 from broker.v1 import metering_service_pb2 as pb
 from worker.v1 import worker_service_pb2 as worker_pb
 
-from .broker_process import BrokerProcess
-from .capture_proxy import CapturingProxy
-from .conftest import WorkerWorld, burn_job, usage_dict
-from .worker_process import WorkerProcess
+from .conftest import burn_job, usage_dict
+from .proxied_world import proxied_worker_world
 
 METER = "/broker.v1.MeteringService/Meter"
 METER_WORKER = "/broker.v1.MeteringService/MeterWorker"
@@ -33,24 +31,10 @@ def batch_settled(raw: bytes) -> bool:
 @pytest.fixture(scope="module", params=[False, True], ids=["meter", "meter-worker"])
 def p(request, tmp_path_factory):
     batched = request.param
-    directory = tmp_path_factory.mktemp("lost-settlement")
-    broker = BrokerProcess(directory / "broker").start()
-    proxy = CapturingProxy(broker.target).start()
-    creds = broker.credentials
-    worker = WorkerProcess(proxy.target, directory / "worker", creds["worker_api_key"],
-                           creds["agent_api_key"], config={"batched_metering": batched})
-    try:
-        worker.start()
-        world = WorkerWorld(broker, worker)
+    with proxied_worker_world(tmp_path_factory.mktemp("lost-settlement"),
+                              {"batched_metering": batched}) as (world, proxy):
         yield world, proxy, (METER_WORKER, batch_settled) if batched else (METER,
                                                                           meter_settled)
-        world.close()
-    finally:
-        try:
-            worker.stop()
-        finally:
-            proxy.stop()
-            broker.stop()
 
 
 def test_the_agent_gets_completed_with_the_receipt_when_the_settlement_is_lost(p):

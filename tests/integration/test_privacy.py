@@ -45,7 +45,7 @@ from common.files import write_secret
 from common.money import charge_for
 from worker.v1 import worker_service_pb2 as worker_pb
 
-from .broker_process import ROOT, BrokerProcess
+from .broker_process import ROOT
 from .capture_proxy import CapturingProxy
 from .conftest import (
     WorkerWorld,
@@ -57,8 +57,8 @@ from .conftest import (
     rid,
     rpc_error,
 )
+from .proxied_world import proxied_worker_world
 from .test_grpcurl import find_grpcurl
-from .worker_process import WorkerProcess
 
 LABELS = {"nightjar.project": "nightjar-phase-2", "nightjar.purpose": "fold-proteins-for-zeta"}
 OWNER_NAME = "Nightjar Biotech Holdings"
@@ -143,27 +143,13 @@ def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def p(tmp_path_factory):
     directory = tmp_path_factory.mktemp("privacy")
-    broker = BrokerProcess(directory / "broker").start()
-    proxy = CapturingProxy(broker.target).start()
-    creds = broker.credentials
     # The worker reaches the broker only through the proxy, which keeps every message.
-    worker = WorkerProcess(proxy.target, directory / "worker", creds["worker_api_key"],
-                           creds["agent_api_key"])
-    try:
-        worker.start()
-        world = WorkerWorld(broker, worker)
+    with proxied_worker_world(directory) as (world, proxy):
         tenant = make_tenant(world.h, directory)
         world.api_keys += [tenant.agent_key, tenant.owner_key]
         yield Privacy(world, proxy, tenant, directory)
-        world.close()
         tenant.owner.close()
         tenant.agent.close()
-    finally:
-        try:
-            worker.stop()
-        finally:
-            proxy.stop()
-            broker.stop()
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -11,10 +11,8 @@ from common import vouchers
 from worker.v1 import worker_service_pb2 as worker_pb
 from worker.voucher_check import REFRESH_BURST
 
-from .broker_process import BrokerProcess
-from .capture_proxy import CapturingProxy
-from .conftest import WorkerWorld, burn_job, check_worker_error, generate_job, usage_dict
-from .worker_process import WorkerProcess
+from .conftest import burn_job, check_worker_error, generate_job, usage_dict
+from .proxied_world import proxied_worker_world
 
 # The per-session stream: these faults are armed per call, and a worker's one
 # MeterWorker stream outlives its jobs (test_meter_worker_jobs.py kills the broker under
@@ -25,23 +23,9 @@ LIST_KEYS = "/broker.v1.VoucherKeyService/ListVoucherKeys"
 
 @pytest.fixture(scope="module")
 def p(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("link-faults")
-    broker = BrokerProcess(directory / "broker").start()
-    proxy = CapturingProxy(broker.target).start()
-    creds = broker.credentials
-    worker = WorkerProcess(proxy.target, directory / "worker", creds["worker_api_key"],
-                           creds["agent_api_key"], config={"batched_metering": False})
-    try:
-        worker.start()
-        world = WorkerWorld(broker, worker)
-        yield world, proxy
-        world.close()
-    finally:
-        try:
-            worker.stop()
-        finally:
-            proxy.stop()
-            broker.stop()
+    with proxied_worker_world(tmp_path_factory.mktemp("link-faults"),
+                              {"batched_metering": False}) as world_and_proxy:
+        yield world_and_proxy
 
 
 @pytest.mark.parametrize("code,details", [
