@@ -40,9 +40,10 @@ class Server:
 
     module = ""
 
-    def __init__(self, workdir: Path, name: str):
+    def __init__(self, workdir: Path, name: str, *, root: Path = ROOT):
         self.workdir = workdir
         self.name = name
+        self.root = root  # the source tree it runs from (scripts/bench_ab.py: another)
         self.target = f"127.0.0.1:{free_port()}"
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
@@ -55,7 +56,7 @@ class Server:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", self.module, "--listen", self.target, *self.args()],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.ready():
@@ -148,8 +149,8 @@ class BrokerServer(Server):
 
     def __init__(self, workdir: Path, name: str, *, processes: int = 1, nosync: bool = False,
                  profile: Path | None = None, data_dir: Path | None = None,
-                 store: str = ""):
-        super().__init__(workdir, name)
+                 store: str = "", root: Path = ROOT):
+        super().__init__(workdir, name, root=root)
         self.data_dir = data_dir or workdir / f"{name}-data"
         self.processes, self.nosync, self.profile = processes, nosync, profile
         self.store = store  # a postgresql:// URL, or "" for LMDB in data_dir
