@@ -66,7 +66,9 @@ class DelegationServicer(pb_grpc.DelegationServiceServicer):
         p = await self.s.authenticate(context, "owner")
         result = await self.s.mutate(p, "CreateAgentKey", request, lambda tx, now: (
             agent_keys.create(tx, p, request.wallet_id, request.description, now)))
-        return pb.CreateAgentKeyResponse(key_id=result["key_id"], api_key=result["api_key"])
+        # (A retry of the request_id answers without the secret: it is never stored.)
+        return pb.CreateAgentKeyResponse(key_id=result["key_id"],
+                                         api_key=result.get("api_key", ""))
 
     @unary
     async def ListAgentKeys(self, request, context):
@@ -94,7 +96,8 @@ class DelegationServicer(pb_grpc.DelegationServiceServicer):
                               raw_policy, request.key_description, now, self.s.config)))
         return pb.CreateSubBudgetResponse(wallet=convert.wallet(result["wallet"]),
                                           sub_budget=sub_budget(result["sub_budget"]),
-                                          key_id=result["key_id"], api_key=result["api_key"])
+                                          key_id=result["key_id"],
+                                          api_key=result.get("api_key", ""))
 
     @unary
     async def GetSubBudget(self, request, context):

@@ -115,6 +115,31 @@ def test_owner_agent_keys_and_a_sub_budget_end_to_end(h):
 # -- mandates ---------------------------------------------------------------------------
 
 
+def test_a_retried_key_creation_answers_again_without_the_secret(h):
+    """CreateAgentKey and CreateSubBudget retried with their request_id: the first answer
+    (same key id, same child wallet), OK, the secret empty (it is stored hashed only),
+    and nothing made twice. (Found by make fuzz: the retry answered INTERNAL.)"""
+    owner = delegation(h, h.owner.key)
+    request = pb.CreateAgentKeyRequest(request_id=rid(), wallet_id=h.wallet_id,
+                                       description="retried")
+    first, again = owner.CreateAgentKey(request), owner.CreateAgentKey(request)
+    assert first.api_key and again.api_key == ""
+    assert again.key_id == first.key_id
+    listed = owner.ListAgentKeys(pb.ListAgentKeysRequest(wallet_id=h.wallet_id)).keys
+    assert [k.key_id for k in listed if k.description == "retried"] == [first.key_id]
+
+    agent = delegation(h, first.api_key)
+    request = pb.CreateSubBudgetRequest(request_id=rid(), display_name="retried child",
+                                        cap=1_000)
+    child, child_again = agent.CreateSubBudget(request), agent.CreateSubBudget(request)
+    assert child.api_key and child_again.api_key == ""
+    assert (child_again.key_id, child_again.wallet.wallet_id) == (
+        child.key_id, child.wallet.wallet_id)
+    child_keys = owner.ListAgentKeys(pb.ListAgentKeysRequest(
+        wallet_id=child.wallet.wallet_id)).keys
+    assert [k.key_id for k in child_keys] == [child.key_id]
+
+
 def test_mandates_against_a_real_broker(h):
     owner = delegation(h, h.owner.key)
     key = SigningKey.generate()
