@@ -546,6 +546,9 @@ def cmd_status(args, effective: Effective[Settings]) -> int:
     return 0
 
 
+LOGGING_FLAGS = ("log_format", "log_level")
+
+
 def _add_client_flags(p: argparse.ArgumentParser, broker_help: str,
                       default: str | None = "127.0.0.1:50051") -> None:
     p.add_argument("--broker", metavar="HOST:PORT", default=default,
@@ -557,14 +560,27 @@ def _add_client_flags(p: argparse.ArgumentParser, broker_help: str,
     p.add_argument("--client-key", metavar="PATH", help="the private key of --client-cert")
 
 
+def _add_key_commands(group, keygen_help: str, keygen, public_key=None) -> None:
+    """`keygen --out FILE` (and `public-key --key FILE` when `public_key` is given) in a
+    command group: the same flags for every kind of owner-held key."""
+    p = group.add_parser("keygen", help=keygen_help)
+    SCHEMA.add_flags(p, *LOGGING_FLAGS)
+    p.add_argument("--out", required=True, help="file for the private key (mode 0600)")
+    p.set_defaults(func=keygen)
+    if public_key is not None:
+        p = group.add_parser("public-key", help="print the base64 public key of a key file")
+        SCHEMA.add_flags(p, *LOGGING_FLAGS)
+        p.add_argument("--key", required=True, help="the private key file from `keygen`")
+        p.set_defaults(func=public_key)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    logging_flags = ("log_format", "log_level")
 
     p = sub.add_parser("init", help="create a data directory, signing key and admin key "
                                     "(and, with --store, the PostgreSQL tables)")
-    SCHEMA.add_flags(p, "data_dir", "store_url", *logging_flags)
+    SCHEMA.add_flags(p, "data_dir", "store_url", *LOGGING_FLAGS)
     p.add_argument("--admin-key-file", help="write the admin key here (mode 0600)")
     p.set_defaults(func=cmd_init)
 
@@ -588,11 +604,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("migrate", help="bring a data directory written by an older release "
                                        "up to this release's schema (the broker stopped)")
-    SCHEMA.add_flags(p, "data_dir", "store_url", *logging_flags)
+    SCHEMA.add_flags(p, "data_dir", "store_url", *LOGGING_FLAGS)
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("audit", help="check every ledger invariant of a stopped broker's data")
-    SCHEMA.add_flags(p, "data_dir", "store_url", *logging_flags)
+    SCHEMA.add_flags(p, "data_dir", "store_url", *LOGGING_FLAGS)
     p.add_argument("--mandates", action="store_true",
                    help="instead: show that every charge of a period was covered by a valid "
                         "mandate, or name those that were not (exit 1)")
@@ -611,16 +627,10 @@ def main(argv: list[str] | None = None) -> int:
 
     receipts = sub.add_parser("receipts", help="owner side of sealed receipts").add_subparsers(
         dest="receipts_command", required=True)
-    p = receipts.add_parser("keygen", help="make an X25519 key pair for sealed receipts")
-    SCHEMA.add_flags(p, *logging_flags)
-    p.add_argument("--out", required=True, help="file for the private key (mode 0600)")
-    p.set_defaults(func=cmd_receipts_keygen)
-    p = receipts.add_parser("public-key", help="print the base64 public key of a key file")
-    SCHEMA.add_flags(p, *logging_flags)
-    p.add_argument("--key", required=True, help="the private key file from `keygen`")
-    p.set_defaults(func=cmd_receipts_public_key)
+    _add_key_commands(receipts, "make an X25519 key pair for sealed receipts",
+                      cmd_receipts_keygen, cmd_receipts_public_key)
     p = receipts.add_parser("open", help="open sealed receipts or a statement's annex")
-    SCHEMA.add_flags(p, *logging_flags)
+    SCHEMA.add_flags(p, *LOGGING_FLAGS)
     p.add_argument("--key", required=True, help="the private key file from `keygen`")
     _add_client_flags(p, "also check the broker's signatures: the broker's address", None)
     p.add_argument("input", nargs="?", default="-",
@@ -630,12 +640,10 @@ def main(argv: list[str] | None = None) -> int:
 
     vouchers = sub.add_parser("vouchers", help="narrow vouchers offline").add_subparsers(
         dest="vouchers_command", required=True)
-    p = vouchers.add_parser("keygen", help="make an Ed25519 holder key for narrowable vouchers")
-    SCHEMA.add_flags(p, *logging_flags)
-    p.add_argument("--out", required=True, help="file for the private key (mode 0600)")
-    p.set_defaults(func=cmd_vouchers_keygen)
+    _add_key_commands(vouchers, "make an Ed25519 holder key for narrowable vouchers",
+                      cmd_vouchers_keygen)
     p = vouchers.add_parser("narrow", help="derive a narrower voucher, without the broker")
-    SCHEMA.add_flags(p, *logging_flags)
+    SCHEMA.add_flags(p, *LOGGING_FLAGS)
     p.add_argument("--voucher", default="-", help="file with the voucher; - for stdin")
     p.add_argument("--key", required=True, help="the holder key file the voucher names")
     p.add_argument("--amount", type=int, required=True, help="micro-credits, at most the "
@@ -652,16 +660,10 @@ def main(argv: list[str] | None = None) -> int:
 
     mandates = sub.add_parser("mandates", help="an owner's signed mandates").add_subparsers(
         dest="mandates_command", required=True)
-    p = mandates.add_parser("keygen", help="make an Ed25519 key for signing mandates")
-    SCHEMA.add_flags(p, *logging_flags)
-    p.add_argument("--out", required=True, help="file for the private key (mode 0600)")
-    p.set_defaults(func=cmd_mandates_keygen)
-    p = mandates.add_parser("public-key", help="print the base64 public key of a key file")
-    SCHEMA.add_flags(p, *logging_flags)
-    p.add_argument("--key", required=True, help="the private key file from `keygen`")
-    p.set_defaults(func=cmd_mandates_public_key)
+    _add_key_commands(mandates, "make an Ed25519 key for signing mandates",
+                      cmd_mandates_keygen, cmd_mandates_public_key)
     p = mandates.add_parser("sign", help="sign a mandate offline, print it")
-    SCHEMA.add_flags(p, *logging_flags)
+    SCHEMA.add_flags(p, *LOGGING_FLAGS)
     p.add_argument("--key", required=True, help="the private key file from `keygen`")
     p.add_argument("--wallet", required=True, help="the wallet (with its sub-budgets) covered")
     p.add_argument("--agent", default="", help="only this agent key id (default: any)")
@@ -677,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = sub.add_parser("keys", help="the broker's signing keys").add_subparsers(
         dest="keys_command", required=True)
     p = keys.add_parser("rotate", help="rotate a signing key of a running broker")
-    SCHEMA.add_flags(p, *logging_flags)
+    SCHEMA.add_flags(p, *LOGGING_FLAGS)
     p.add_argument("which", choices=["voucher", "receipt"])
     _add_client_flags(p, "the running broker's address")
     p.add_argument("--admin-key-file", required=True, metavar="PATH",
@@ -686,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_keys_rotate)
 
     p = sub.add_parser("status", help="an owner's treasury, wallets, spend and last receipts")
-    SCHEMA.add_flags(p, "data_dir", *logging_flags)
+    SCHEMA.add_flags(p, "data_dir", *LOGGING_FLAGS)
     _add_client_flags(p, "the broker's address")
     p.add_argument("--api-key-file", metavar="PATH",
                    help="file holding an owner API key; default: the demo owner's key from "
