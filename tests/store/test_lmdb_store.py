@@ -35,14 +35,15 @@ class TestLmdbContract(StoreContract):
 @contextlib.asynccontextmanager
 async def writer_held(store: LmdbStore) -> AsyncIterator[None]:
     """Keep the writer busy inside an op; what is submitted meanwhile queues up and
-    runs as one batch once the block exits."""
+    runs as one batch once the block exits. (The op comes from another thread: the
+    ops of this loop would run on the loop, and block it.)"""
     gate, entered = threading.Event(), threading.Event()
 
     def blocker(tx: Tx) -> None:
         entered.set()
         gate.wait(WAIT)
 
-    task = asyncio.ensure_future(store.submit(blocker))
+    task = asyncio.ensure_future(asyncio.to_thread(store.submit_sync, blocker))
     assert await asyncio.to_thread(entered.wait, WAIT)
     try:
         yield
@@ -251,11 +252,12 @@ def test_reads_do_not_wait_for_the_writer(store: LmdbStore) -> None:
     async def main() -> tuple[object, list[object]]:
         # Batch: "new" is flushed into the write txn, then the writer sits in `slow`.
         async with writer_held(store):
-            tasks = [
-                asyncio.create_task(store.submit(put("meta", "new", {"v": 2}))),
-                asyncio.create_task(store.submit(slow)),
-            ]
+            # `slow` from another thread: the batch is not all this loop's, so the
+            # writer runs it, and this loop stays free to read.
+            tasks = [asyncio.create_task(store.submit(put("meta", "new", {"v": 2})))]
             await asyncio.sleep(0)
+            tasks.append(asyncio.create_task(asyncio.to_thread(store.submit_sync, slow)))
+            await asyncio.sleep(0.2)
         try:
             assert await asyncio.to_thread(entered.wait, WAIT)
             seen = await asyncio.wait_for(asyncio.to_thread(store.read, read_both), 5)
