@@ -308,6 +308,7 @@ class LmdbStore:
         self._closed = False
         self._readers = 0
         self._no_readers = threading.Condition(self._lock)
+        self._running_ops: int | None = None  # the thread running a batch's ops, if any
         self._writer = threading.Thread(target=self._run_writer, name="lmdb-writer", daemon=True)
         self._writer.start()
 
@@ -327,7 +328,7 @@ class LmdbStore:
         self._enqueue((op, loop, future))
 
     def submit_sync(self, op: Callable[[Tx], T]) -> T:
-        if threading.current_thread() is self._writer:
+        if self._inside_an_op():
             raise RuntimeError("submit_sync from inside an op would deadlock the writer")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._enqueue((op, None, future))
@@ -350,7 +351,7 @@ class LmdbStore:
 
     def close(self) -> None:
         """Run everything already queued, stop the writer, close the env, unlock."""
-        if threading.current_thread() is self._writer:
+        if self._inside_an_op():
             raise RuntimeError("close() from inside an op would deadlock the writer")
         with self._lock:
             if self._closed:
@@ -363,6 +364,12 @@ class LmdbStore:
         self._env.close()
         if self._lock_fd is not None:
             unlock_dir(self._lock_fd)
+
+    def _inside_an_op(self) -> bool:
+        """Whether the caller is an op of the running batch (on the writer, or on the
+        event loop the writer handed the batch to)."""
+        return (threading.current_thread() is self._writer
+                or self._running_ops == threading.get_ident())
 
     def __enter__(self) -> LmdbStore:
         return self
@@ -492,15 +499,19 @@ class LmdbStore:
         first_id = ids.last
         written = BufferedTx(_LmdbTx(txn, self._dbs, writable=True, ids=ids, cached=True))
         outcomes: list[_Outcome] = []
-        for op, _, _ in batch:
-            tx = BufferedTx(written)
-            try:
-                result = op(tx)
-            except Exception as exc:  # only this op fails: drop its overlay
-                outcomes.append((None, exc))
-                continue
-            tx.flush()
-            outcomes.append((result, None))
+        self._running_ops = threading.get_ident()
+        try:
+            for op, _, _ in batch:
+                tx = BufferedTx(written)
+                try:
+                    result = op(tx)
+                except Exception as exc:  # only this op fails: drop its overlay
+                    outcomes.append((None, exc))
+                    continue
+                tx.flush()
+                outcomes.append((result, None))
+        finally:
+            self._running_ops = None
         wrote = len(written) > 0  # an empty commit writes no page: it proves nothing
         self._seal(written)
         if ids.last != first_id:

@@ -312,6 +312,64 @@ def test_nested_submit_and_close_from_an_op_fail_fast(store: LmdbStore) -> None:
     store.submit_sync(put("meta", "k", {}))
 
 
+def test_ops_of_one_event_loop_run_on_it_and_others_on_the_writer(store: LmdbStore) -> None:
+    def where(tx: Tx) -> str:
+        return threading.current_thread().name
+
+    async def main() -> tuple[str, list[object]]:
+        alone = await store.submit(where)
+        async with writer_held(store):  # a batch of this loop's op and another thread's
+            mixed = [asyncio.create_task(store.submit(where))]
+            await asyncio.sleep(0)
+            mixed.append(asyncio.create_task(asyncio.to_thread(store.submit_sync, where)))
+            await asyncio.sleep(0.2)
+        return alone, await asyncio.gather(*mixed)
+
+    alone, mixed = asyncio.run(main())
+    assert alone == threading.current_thread().name  # asyncio.run's loop: this thread
+    assert mixed == ["lmdb-writer", "lmdb-writer"]
+    assert store.submit_sync(where) == "lmdb-writer"
+
+
+def test_a_loop_blocked_on_the_store_gets_its_ops_run_by_the_writer(store: LmdbStore) -> None:
+    """The writer offers a batch to its loop; a loop that blocks on the store instead
+    (submit_sync, close) would never take it: the writer takes it back and runs it."""
+    async def main() -> object:
+        task = asyncio.create_task(store.submit(put("meta", "from-the-loop", {})))
+        await asyncio.sleep(0)  # queued
+        store.submit_sync(put("meta", "blocking", {}))  # blocks this loop's thread
+        return await asyncio.wait_for(task, WAIT)
+
+    assert asyncio.run(asyncio.wait_for(main(), WAIT)) is None
+    assert store.read(lambda tx: [k for k, _ in tx.scan("meta")]) == ["blocking",
+                                                                     "from-the-loop"]
+
+
+def test_close_from_a_loop_with_its_ops_queued_runs_them(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "db", durable=False)
+
+    async def main() -> object:
+        task = asyncio.create_task(store.submit(put("meta", "queued", {})))
+        await asyncio.sleep(0)
+        store.close()  # on the loop's thread: everything queued still runs
+        return await task
+
+    assert asyncio.run(asyncio.wait_for(main(), WAIT)) is None
+    with LmdbStore(tmp_path / "db", durable=False) as again:
+        assert again.read(lambda tx: tx.get("meta", "queued")) == {}
+
+
+def test_nested_submit_from_an_op_on_the_loop_fails_fast(store: LmdbStore) -> None:
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="deadlock"):
+            await store.submit(lambda tx: store.submit_sync(put("meta", "k", {})))
+        with pytest.raises(RuntimeError, match="deadlock"):
+            await store.submit(lambda tx: store.close())
+
+    asyncio.run(asyncio.wait_for(main(), WAIT))
+    store.submit_sync(put("meta", "k", {}))
+
+
 def test_submit_after_close_raises(tmp_path: Path) -> None:
     store = LmdbStore(tmp_path / "db")
     store.close()
