@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -67,6 +68,9 @@ ID_CLOCK_KEY = b"id_clock"
 # How long the writer waits for an event loop to start running a batch's ops before it
 # runs them itself (_Handoff): long enough for a busy loop, short for a blocked one.
 HANDOFF_WAIT_S = 0.05
+# The most ops the loop runs in one go (about 230 us each for an authorization), so
+# that a big batch does not keep it from serving for long.
+HANDOFF_MAX_OPS = 32
 
 # (op, loop, future): loop is None for submit_sync's concurrent.futures.Future.
 _Item = tuple[Callable[[Tx], Any], asyncio.AbstractEventLoop | None, Any]
@@ -435,7 +439,7 @@ class LmdbStore:
         try:
             txn = self._env.begin(write=True)
             try:
-                outcomes, wrote = self._run_ops(txn, batch)
+                outcomes, wrote = self._fill(txn, batch)
             except BaseException:
                 txn.abort()
                 raise
@@ -468,24 +472,6 @@ class LmdbStore:
         self._observe(len(batch), committed - started, True)
         return outcomes
 
-    def _run_ops(self, txn: Any, batch: list[_Item]) -> tuple[list[_Outcome], bool]:
-        """`_fill` on the event loop of the batch's callers, when they share one and it
-        runs; here otherwise. Why: the ops are Python and take the GIL; run here, every
-        call that releases it (each LMDB get and put, the voucher's signature) hands the
-        GIL to the busy loop and waits up to a switch interval to get it back, so a batch
-        took several times its CPU time. On the loop they run in one go, and this thread
-        only waits, then commits (the fsync, without the GIL) while the loop serves."""
-        loops = {loop for _, loop, _ in batch}
-        loop = loops.pop() if len(loops) == 1 else None
-        if loop is None or self._closed:
-            return self._fill(txn, batch)
-        handoff = _Handoff(lambda: self._fill(txn, batch))
-        try:
-            loop.call_soon_threadsafe(handoff.run)
-        except RuntimeError:  # that loop is closed: its callers are gone, the ops are not
-            return self._fill(txn, batch)
-        return handoff.result(HANDOFF_WAIT_S)
-
     def _fill(self, txn: Any, batch: list[_Item]) -> tuple[list[_Outcome], bool]:
         """Run the ops into `txn` (uncommitted): their outcomes, and whether anything
         was written. An op that raises fails alone; an LMDB error fails the batch."""
@@ -498,10 +484,48 @@ class LmdbStore:
             ids.last = max(ids.last, json.loads(stored)["last"])
         first_id = ids.last
         written = BufferedTx(_LmdbTx(txn, self._dbs, writable=True, ids=ids, cached=True))
+
+        def finish() -> bool:
+            wrote = len(written) > 0  # an empty commit writes no page: it proves nothing
+            self._seal(written)
+            if ids.last != first_id:
+                txn.put(ID_CLOCK_KEY, b'{"last":%d}' % ids.last, db=meta)
+            written.flush()  # can fail only in LMDB itself (e.g. map full): whole batch
+            return wrote
+
+        chunks = [batch[i:i + HANDOFF_MAX_OPS] for i in range(0, len(batch), HANDOFF_MAX_OPS)]
+        outcomes: list[_Outcome] = []
+        for ops in chunks[:-1]:
+            outcomes += self._on_callers_loop(ops, functools.partial(self._run_ops, written, ops))
+        last = chunks[-1]
+        done, wrote = self._on_callers_loop(last, lambda: (self._run_ops(written, last), finish()))
+        return outcomes + done, wrote
+
+    def _on_callers_loop(self, ops: list[_Item], work: Callable[[], T]) -> T:
+        """`work()` on the event loop of `ops`' callers when they share one and it runs;
+        here otherwise. Why: the ops are Python and take the GIL; run here, every call
+        that releases it (each LMDB get and put, the voucher's signature) hands the GIL
+        to the busy loop and waits up to a switch interval to get it back, so a batch
+        took several times its CPU time. On the loop they run in one go, and this
+        thread only waits, then commits (the fsync, without the GIL) while the loop
+        serves. At most HANDOFF_MAX_OPS at a time, so the loop serves in between."""
+        loops = {loop for _, loop, _ in ops}
+        loop = loops.pop() if len(loops) == 1 else None
+        if loop is None or self._closed:
+            return work()
+        handoff = _Handoff(work)
+        try:
+            loop.call_soon_threadsafe(handoff.run)
+        except RuntimeError:  # that loop is closed: its callers are gone, the ops are not
+            return work()
+        return cast(T, handoff.result(HANDOFF_WAIT_S))
+
+    def _run_ops(self, written: BufferedTx, ops: list[_Item]) -> list[_Outcome]:
+        """Each op in its own overlay on `written`: an op that raises is dropped alone."""
         outcomes: list[_Outcome] = []
         self._running_ops = threading.get_ident()
         try:
-            for op, _, _ in batch:
+            for op, _, _ in ops:
                 tx = BufferedTx(written)
                 try:
                     result = op(tx)
@@ -512,12 +536,7 @@ class LmdbStore:
                 outcomes.append((result, None))
         finally:
             self._running_ops = None
-        wrote = len(written) > 0  # an empty commit writes no page: it proves nothing
-        self._seal(written)
-        if ids.last != first_id:
-            txn.put(ID_CLOCK_KEY, b'{"last":%d}' % ids.last, db=meta)
-        written.flush()  # can fail only in LMDB itself (e.g. map full): whole batch
-        return outcomes, wrote
+        return outcomes
 
     def _seal(self, written: BufferedTx) -> None:
         if self._sealer is None:

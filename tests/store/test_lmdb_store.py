@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.store import DataDirLocked, LmdbStore, StoreClosed, Tx
+from broker.store import DataDirLocked, LmdbStore, StoreClosed, Tx, lmdb_store
 from broker.store.lmdb_store import RuntimeTables
 
 from .test_memory_store import Boom, StoreContract, put
@@ -329,6 +329,45 @@ def test_ops_of_one_event_loop_run_on_it_and_others_on_the_writer(store: LmdbSto
     assert alone == threading.current_thread().name  # asyncio.run's loop: this thread
     assert mixed == ["lmdb-writer", "lmdb-writer"]
     assert store.submit_sync(where) == "lmdb-writer"
+
+
+def test_a_big_batch_runs_on_the_loop_a_few_ops_at_a_time(
+        store: LmdbStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One transaction and one commit, but the loop serves between its handed-off
+    chunks (HANDOFF_MAX_OPS), so a big batch does not keep it from serving for long."""
+    monkeypatch.setattr(lmdb_store, "HANDOFF_MAX_OPS", 2)
+    ticks = 0
+
+    def op(name: str) -> Callable[[Tx], int]:
+        def run(tx: Tx) -> int:
+            tx.put("meta", name, {})
+            return ticks
+        return run
+
+    async def main() -> list[int]:
+        nonlocal ticks
+        stop = asyncio.Event()
+
+        async def tick() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        async with writer_held(store):
+            tasks = [asyncio.create_task(store.submit(op(f"k{i}"))) for i in range(5)]
+            await asyncio.sleep(0.2)
+        seen = await asyncio.gather(*tasks)
+        stop.set()
+        await ticker
+        return seen
+
+    commits = store.stats["commits"]
+    seen = asyncio.run(asyncio.wait_for(main(), WAIT))
+    assert seen[0] == seen[1] < seen[2] == seen[3] < seen[4]  # chunks of 2, 2 and 1
+    assert store.stats["commits"] - commits == 2  # the blocker's batch, then these five
+    assert store.read(lambda tx: [k for k, _ in tx.scan("meta")]) == [f"k{i}" for i in range(5)]
 
 
 def test_a_loop_blocked_on_the_store_gets_its_ops_run_by_the_writer(store: LmdbStore) -> None:
