@@ -23,11 +23,12 @@ from typing import Any
 # One TCP connection per channel (grpc shares subchannels between equal channels).
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 READY_TIMEOUT_S = 600
-# Callers set up at once per process. grpc core cancels new calls (CANCELLED) once more
-# than 1,000 wait for the server to pick them up (grpc.server_max_pending_requests), so
-# thousands of sessions are opened in waves that stay well below that, all processes
-# together.
-SETUP_WAVE = 200
+# Callers set up at once, all client processes together. grpc core cancels new calls
+# (CANCELLED) once more than 1,000 wait for the server to pick them up
+# (grpc.server_max_pending_requests), so thousands of sessions are opened in waves that
+# stay well below that (800 at once, with 4 processes, was not: the fleet's setup got
+# CANCELLED on a busy loop).
+SETUP_CALLS = 400
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,9 @@ async def _client_main(load: Load, index: int, first: int, count: int, ready, go
     make = WORKLOADS[load.workload]
     callers = [make(load.params, first + i, channels[i % n_channels]) for i in range(count)]
     try:
-        for chunk in range(0, count, SETUP_WAVE):  # thousands of sessions: open them in waves
-            await asyncio.gather(*(c.setup() for c in callers[chunk:chunk + SETUP_WAVE]))
+        wave = max(1, SETUP_CALLS // load.processes)  # thousands of sessions: in waves
+        for chunk in range(0, count, wave):
+            await asyncio.gather(*(c.setup() for c in callers[chunk:chunk + wave]))
         # Then the CPU-heavy part (signing reports ahead): only once every stream has sent
         # its first message, or a loaded machine keeps some silent past the broker's
         # first-message deadline (limits.meter_first_message_ms) and they end.

@@ -42,9 +42,9 @@ def test_results_errors_and_the_thread_they_ran_on():
 
 
 def test_a_checked_op_goes_from_the_crypto_thread_to_the_writer(tmp_path):
-    """Services.submit_checked on an LmdbStore: the check runs on the crypto thread, which
-    hands the op to the store's writer itself; the caller gets the op's result, or what
-    the check, the op or the closed store raised."""
+    """Services.submit_checked on an LmdbStore: the check runs on the crypto thread,
+    which queues the op for the store's writer itself; the caller gets the op's result,
+    or what the check, the op or the closed store raised."""
     from broker.api.base import Services
     from broker.core.config import CoreConfig
     from broker.core.registry import Liveness
@@ -87,7 +87,9 @@ def test_a_checked_op_goes_from_the_crypto_thread_to_the_writer(tmp_path):
 
     try:
         assert asyncio.run(main()) == {"value": 7}
-        assert ran_on == {"check": "crypto", "op": "lmdb-writer"}
+        # The writer ran the op's batch on the caller's event loop (asyncio.run: this
+        # thread), inside its transaction.
+        assert ran_on == {"check": "crypto", "op": threading.current_thread().name}
     finally:
         services.crypto.close()
         store.close()

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -64,6 +65,12 @@ _UNREAD: Any = object()  # _LmdbTx's read cache: not read yet (None: read, not t
 # meta key where the writer keeps its IdClock between batches: prefork's server
 # processes each have a writer, and LMDB runs their write transactions one at a time.
 ID_CLOCK_KEY = b"id_clock"
+# How long the writer waits for an event loop to start running a batch's ops before it
+# runs them itself (_Handoff): long enough for a busy loop, short for a blocked one.
+HANDOFF_WAIT_S = 0.05
+# The most ops the loop runs in one go (about 230 us each for an authorization), so
+# that a big batch does not keep it from serving for long.
+HANDOFF_MAX_OPS = 32
 
 # (op, loop, future): loop is None for submit_sync's concurrent.futures.Future.
 _Item = tuple[Callable[[Tx], Any], asyncio.AbstractEventLoop | None, Any]
@@ -305,6 +312,7 @@ class LmdbStore:
         self._closed = False
         self._readers = 0
         self._no_readers = threading.Condition(self._lock)
+        self._running_ops: int | None = None  # the thread running a batch's ops, if any
         self._writer = threading.Thread(target=self._run_writer, name="lmdb-writer", daemon=True)
         self._writer.start()
 
@@ -324,7 +332,7 @@ class LmdbStore:
         self._enqueue((op, loop, future))
 
     def submit_sync(self, op: Callable[[Tx], T]) -> T:
-        if threading.current_thread() is self._writer:
+        if self._inside_an_op():
             raise RuntimeError("submit_sync from inside an op would deadlock the writer")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._enqueue((op, None, future))
@@ -347,7 +355,7 @@ class LmdbStore:
 
     def close(self) -> None:
         """Run everything already queued, stop the writer, close the env, unlock."""
-        if threading.current_thread() is self._writer:
+        if self._inside_an_op():
             raise RuntimeError("close() from inside an op would deadlock the writer")
         with self._lock:
             if self._closed:
@@ -360,6 +368,12 @@ class LmdbStore:
         self._env.close()
         if self._lock_fd is not None:
             unlock_dir(self._lock_fd)
+
+    def _inside_an_op(self) -> bool:
+        """Whether the caller is an op of the running batch (on the writer, or on the
+        event loop the writer handed the batch to)."""
+        return (threading.current_thread() is self._writer
+                or self._running_ops == threading.get_ident())
 
     def __enter__(self) -> LmdbStore:
         return self
@@ -418,37 +432,19 @@ class LmdbStore:
             seen = size
 
     def _run_batch(self, batch: list[_Item]) -> list[_Outcome]:
-        """Run the ops in one write txn and commit once; the outcome of each op."""
-        outcomes: list[_Outcome] = []
+        """Run the ops in one write txn and commit once; the outcome of each op. This
+        thread begins and commits the txn (LMDB's write lock belongs to the thread that
+        took it); the ops run on their callers' event loop when they all came from one
+        (`_run_ops`), so that the fsync'd commit runs here while that loop serves."""
         try:
-            with self._env.begin(write=True) as txn:  # commits on exit, aborts on error
-                # The batch's writes gather in one overlay and reach LMDB once, at the
-                # end: keys that every op writes (journal head, counters, the escrow
-                # account) are put once per batch, and read back from the overlay.
-                # (Each LMDB call lets the event loop take the GIL from this thread.)
-                meta = self._dbs["meta"]
-                stored = txn.get(ID_CLOCK_KEY, db=meta)
-                ids = self._ids
-                if stored is not None:
-                    ids.last = max(ids.last, json.loads(stored)["last"])
-                first_id = ids.last
-                written = BufferedTx(_LmdbTx(txn, self._dbs, writable=True, ids=ids,
-                                             cached=True))
-                for op, _, _ in batch:
-                    tx = BufferedTx(written)
-                    try:
-                        result = op(tx)
-                    except Exception as exc:  # only this op fails: drop its overlay
-                        outcomes.append((None, exc))
-                        continue
-                    tx.flush()
-                    outcomes.append((result, None))
-                wrote = len(written) > 0  # an empty commit writes no page: it proves nothing
-                self._seal(written)
-                if ids.last != first_id:
-                    txn.put(ID_CLOCK_KEY, b'{"last":%d}' % ids.last, db=meta)
-                written.flush()  # can fail only in LMDB itself (e.g. map full): whole batch
-                started = perf_counter()
+            txn = self._env.begin(write=True)
+            try:
+                outcomes, wrote = self._fill(txn, batch)
+            except BaseException:
+                txn.abort()
+                raise
+            started = perf_counter()
+            txn.commit()  # one that fails is aborted by LMDB
             committed = perf_counter()
         except BaseException as exc:  # nothing of this batch is on disk
             if isinstance(exc, lmdb.DiskError | lmdb.MapFullError):
@@ -474,6 +470,72 @@ class LmdbStore:
         stats["max_batch_size"] = max(stats["max_batch_size"], len(batch))
         stats["commit_seconds"] += committed - started
         self._observe(len(batch), committed - started, True)
+        return outcomes
+
+    def _fill(self, txn: Any, batch: list[_Item]) -> tuple[list[_Outcome], bool]:
+        """Run the ops into `txn` (uncommitted): their outcomes, and whether anything
+        was written. An op that raises fails alone; an LMDB error fails the batch."""
+        # The batch's writes gather in one overlay and reach LMDB once, at the end: keys
+        # that several ops write are put once per batch, and read back from the overlay.
+        meta = self._dbs["meta"]
+        stored = txn.get(ID_CLOCK_KEY, db=meta)
+        ids = self._ids
+        if stored is not None:
+            ids.last = max(ids.last, json.loads(stored)["last"])
+        first_id = ids.last
+        written = BufferedTx(_LmdbTx(txn, self._dbs, writable=True, ids=ids, cached=True))
+
+        def finish() -> bool:
+            wrote = len(written) > 0  # an empty commit writes no page: it proves nothing
+            self._seal(written)
+            if ids.last != first_id:
+                txn.put(ID_CLOCK_KEY, b'{"last":%d}' % ids.last, db=meta)
+            written.flush()  # can fail only in LMDB itself (e.g. map full): whole batch
+            return wrote
+
+        chunks = [batch[i:i + HANDOFF_MAX_OPS] for i in range(0, len(batch), HANDOFF_MAX_OPS)]
+        outcomes: list[_Outcome] = []
+        for ops in chunks[:-1]:
+            outcomes += self._on_callers_loop(ops, functools.partial(self._run_ops, written, ops))
+        last = chunks[-1]
+        done, wrote = self._on_callers_loop(last, lambda: (self._run_ops(written, last), finish()))
+        return outcomes + done, wrote
+
+    def _on_callers_loop(self, ops: list[_Item], work: Callable[[], T]) -> T:
+        """`work()` on the event loop of `ops`' callers when they share one and it runs;
+        here otherwise. Why: the ops are Python and take the GIL; run here, every call
+        that releases it (each LMDB get and put, the voucher's signature) hands the GIL
+        to the busy loop and waits up to a switch interval to get it back, so a batch
+        took several times its CPU time. On the loop they run in one go, and this
+        thread only waits, then commits (the fsync, without the GIL) while the loop
+        serves. At most HANDOFF_MAX_OPS at a time, so the loop serves in between."""
+        loops = {loop for _, loop, _ in ops}
+        loop = loops.pop() if len(loops) == 1 else None
+        if loop is None or self._closed:
+            return work()
+        handoff = _Handoff(work)
+        try:
+            loop.call_soon_threadsafe(handoff.run)
+        except RuntimeError:  # that loop is closed: its callers are gone, the ops are not
+            return work()
+        return cast(T, handoff.result(HANDOFF_WAIT_S))
+
+    def _run_ops(self, written: BufferedTx, ops: list[_Item]) -> list[_Outcome]:
+        """Each op in its own overlay on `written`: an op that raises is dropped alone."""
+        outcomes: list[_Outcome] = []
+        self._running_ops = threading.get_ident()
+        try:
+            for op, _, _ in ops:
+                tx = BufferedTx(written)
+                try:
+                    result = op(tx)
+                except Exception as exc:  # only this op fails: drop its overlay
+                    outcomes.append((None, exc))
+                    continue
+                tx.flush()
+                outcomes.append((result, None))
+        finally:
+            self._running_ops = None
         return outcomes
 
     def _seal(self, written: BufferedTx) -> None:
@@ -518,6 +580,52 @@ class LmdbStore:
             # RuntimeError: that loop is closed, so nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, items)
+
+
+class _Handoff:
+    """Work the writer offers to an event loop's thread: whoever claims it first runs
+    it. The writer takes it back when the loop has not started it within a wait (a
+    loop blocked on this store, in `close` or `submit_sync`, would otherwise never run
+    it), so offering work to a loop can delay a batch but never deadlock it."""
+
+    __slots__ = ("_work", "_lock", "_claimed", "_done", "_result", "_error")
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self._work = work
+        self._lock = threading.Lock()
+        self._claimed = False
+        self._done = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        """On the loop: run the work unless the writer took it back."""
+        if self._claim():
+            self._execute()
+
+    def result(self, wait_s: float) -> Any:
+        """On the writer: the work's result, run here if no loop started it in time."""
+        if not self._done.wait(wait_s) and self._claim():
+            self._execute()
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _claim(self) -> bool:
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+    def _execute(self) -> None:
+        try:
+            self._result = self._work()
+        except BaseException as error:  # noqa: BLE001 - the writer raises it
+            self._error = error
+        finally:
+            self._done.set()
 
 
 def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.store import DataDirLocked, LmdbStore, StoreClosed, Tx
+from broker.store import DataDirLocked, LmdbStore, StoreClosed, Tx, lmdb_store
 from broker.store.lmdb_store import RuntimeTables
 
 from .test_memory_store import Boom, StoreContract, put
@@ -35,14 +35,15 @@ class TestLmdbContract(StoreContract):
 @contextlib.asynccontextmanager
 async def writer_held(store: LmdbStore) -> AsyncIterator[None]:
     """Keep the writer busy inside an op; what is submitted meanwhile queues up and
-    runs as one batch once the block exits."""
+    runs as one batch once the block exits. (The op comes from another thread: the
+    ops of this loop would run on the loop, and block it.)"""
     gate, entered = threading.Event(), threading.Event()
 
     def blocker(tx: Tx) -> None:
         entered.set()
         gate.wait(WAIT)
 
-    task = asyncio.ensure_future(store.submit(blocker))
+    task = asyncio.ensure_future(asyncio.to_thread(store.submit_sync, blocker))
     assert await asyncio.to_thread(entered.wait, WAIT)
     try:
         yield
@@ -251,11 +252,12 @@ def test_reads_do_not_wait_for_the_writer(store: LmdbStore) -> None:
     async def main() -> tuple[object, list[object]]:
         # Batch: "new" is flushed into the write txn, then the writer sits in `slow`.
         async with writer_held(store):
-            tasks = [
-                asyncio.create_task(store.submit(put("meta", "new", {"v": 2}))),
-                asyncio.create_task(store.submit(slow)),
-            ]
+            # `slow` from another thread: the batch is not all this loop's, so the
+            # writer runs it, and this loop stays free to read.
+            tasks = [asyncio.create_task(store.submit(put("meta", "new", {"v": 2})))]
             await asyncio.sleep(0)
+            tasks.append(asyncio.create_task(asyncio.to_thread(store.submit_sync, slow)))
+            await asyncio.sleep(0.2)
         try:
             assert await asyncio.to_thread(entered.wait, WAIT)
             seen = await asyncio.wait_for(asyncio.to_thread(store.read, read_both), 5)
@@ -307,6 +309,103 @@ def test_nested_submit_and_close_from_an_op_fail_fast(store: LmdbStore) -> None:
         store.submit_sync(lambda tx: store.submit_sync(put("meta", "k", {})))
     with pytest.raises(RuntimeError, match="deadlock"):
         store.submit_sync(lambda tx: store.close())
+    store.submit_sync(put("meta", "k", {}))
+
+
+def test_ops_of_one_event_loop_run_on_it_and_others_on_the_writer(store: LmdbStore) -> None:
+    def where(tx: Tx) -> str:
+        return threading.current_thread().name
+
+    async def main() -> tuple[str, list[object]]:
+        alone = await store.submit(where)
+        async with writer_held(store):  # a batch of this loop's op and another thread's
+            mixed = [asyncio.create_task(store.submit(where))]
+            await asyncio.sleep(0)
+            mixed.append(asyncio.create_task(asyncio.to_thread(store.submit_sync, where)))
+            await asyncio.sleep(0.2)
+        return alone, await asyncio.gather(*mixed)
+
+    alone, mixed = asyncio.run(main())
+    assert alone == threading.current_thread().name  # asyncio.run's loop: this thread
+    assert mixed == ["lmdb-writer", "lmdb-writer"]
+    assert store.submit_sync(where) == "lmdb-writer"
+
+
+def test_a_big_batch_runs_on_the_loop_a_few_ops_at_a_time(
+        store: LmdbStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One transaction and one commit, but the loop serves between its handed-off
+    chunks (HANDOFF_MAX_OPS), so a big batch does not keep it from serving for long."""
+    monkeypatch.setattr(lmdb_store, "HANDOFF_MAX_OPS", 2)
+    ticks = 0
+
+    def op(name: str) -> Callable[[Tx], int]:
+        def run(tx: Tx) -> int:
+            tx.put("meta", name, {})
+            return ticks
+        return run
+
+    async def main() -> list[int]:
+        nonlocal ticks
+        stop = asyncio.Event()
+
+        async def tick() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        async with writer_held(store):
+            tasks = [asyncio.create_task(store.submit(op(f"k{i}"))) for i in range(5)]
+            await asyncio.sleep(0.2)
+        seen = await asyncio.gather(*tasks)
+        stop.set()
+        await ticker
+        return seen
+
+    commits = store.stats["commits"]
+    seen = asyncio.run(asyncio.wait_for(main(), WAIT))
+    assert seen[0] == seen[1] < seen[2] == seen[3] < seen[4]  # chunks of 2, 2 and 1
+    assert store.stats["commits"] - commits == 2  # the blocker's batch, then these five
+    assert store.read(lambda tx: [k for k, _ in tx.scan("meta")]) == [f"k{i}" for i in range(5)]
+
+
+def test_a_loop_blocked_on_the_store_gets_its_ops_run_by_the_writer(store: LmdbStore) -> None:
+    """The writer offers a batch to its loop; a loop that blocks on the store instead
+    (submit_sync, close) would never take it: the writer takes it back and runs it."""
+    async def main() -> object:
+        task = asyncio.create_task(store.submit(put("meta", "from-the-loop", {})))
+        await asyncio.sleep(0)  # queued
+        store.submit_sync(put("meta", "blocking", {}))  # blocks this loop's thread
+        return await asyncio.wait_for(task, WAIT)
+
+    assert asyncio.run(asyncio.wait_for(main(), WAIT)) is None
+    assert store.read(lambda tx: [k for k, _ in tx.scan("meta")]) == ["blocking",
+                                                                     "from-the-loop"]
+
+
+def test_close_from_a_loop_with_its_ops_queued_runs_them(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "db", durable=False)
+
+    async def main() -> object:
+        task = asyncio.create_task(store.submit(put("meta", "queued", {})))
+        await asyncio.sleep(0)
+        store.close()  # on the loop's thread: everything queued still runs
+        return await task
+
+    assert asyncio.run(asyncio.wait_for(main(), WAIT)) is None
+    with LmdbStore(tmp_path / "db", durable=False) as again:
+        assert again.read(lambda tx: tx.get("meta", "queued")) == {}
+
+
+def test_nested_submit_from_an_op_on_the_loop_fails_fast(store: LmdbStore) -> None:
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="deadlock"):
+            await store.submit(lambda tx: store.submit_sync(put("meta", "k", {})))
+        with pytest.raises(RuntimeError, match="deadlock"):
+            await store.submit(lambda tx: store.close())
+
+    asyncio.run(asyncio.wait_for(main(), WAIT))
     store.submit_sync(put("meta", "k", {}))
 
 
