@@ -36,7 +36,7 @@ MAKERS = {"BrokerError", "invalid", "not_found", "denied", "precondition"}
 # Method names too common to resolve by name alone (stores, dicts, lists, sets).
 GENERIC = {"get", "put", "read", "submit", "scan", "delete", "append", "update", "add",
            "pop", "items", "keys", "values", "close", "open", "write", "run", "wait",
-           "set", "clear", "send", "cancel", "start", "stop", "check", "done"}
+           "set", "clear", "send", "cancel", "start", "stop", "check", "done", "verify"}
 
 # Functions handed to a class when it is made (the daemons wire them): attribute -> function.
 INJECTED = {

@@ -43,9 +43,16 @@ class VoucherVerifier:
         self._unknown: dict[str, float] = {}  # key id -> when the broker did not know it
         self._tokens = float(REFRESH_BURST)
         self._tokens_at = monotonic()
+        self._unreachable = False  # the last refresh could not reach the broker
 
     def refresh(self) -> None:
-        self._keys = {kid: VerifyKey(raw) for kid, raw in self._fetch().items()}
+        try:
+            fetched = self._fetch()
+        except BrokerError as error:
+            self._unreachable = error.reason == "BROKER_UNAVAILABLE"
+            raise
+        self._unreachable = False
+        self._keys = {kid: VerifyKey(raw) for kid, raw in fetched.items()}
 
     def verify(self, token: str) -> vouchers.VoucherClaims:
         try:
@@ -55,10 +62,15 @@ class VoucherVerifier:
                 raise
             key_id = error.metadata.get("key_id", "")
         with self._lock:
-            if key_id not in self._keys and self._may_refresh(key_id):
-                self.refresh()
-                if key_id not in self._keys:
-                    self._remember_unknown(key_id)
+            if key_id not in self._keys:
+                if self._may_refresh(key_id):
+                    self.refresh()
+                    if key_id not in self._keys:
+                        self._remember_unknown(key_id)
+                elif self._unreachable and key_id not in self._unknown:
+                    # The broker could not be asked: the key may well be real, so the
+                    # caller hears "try again", not "unknown key" (a refusal for good).
+                    raise broker_unreachable()
         return vouchers.verify(token, self._keys, self._clock())
 
     def _may_refresh(self, key_id: str) -> bool:
@@ -91,10 +103,14 @@ def grpc_key_fetcher(channel: grpc.Channel) -> Callable[[], dict[str, bytes]]:
             if not (connection_lost(error) or
                     error.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
-            # The agent learns the same as when redemption cannot reach the broker.
-            raise BrokerError(Code.UNAVAILABLE, "BROKER_UNAVAILABLE",
-                              "the broker cannot be reached to fetch its voucher keys; the "
-                              "voucher was not redeemed and nothing was spent") from None
+            raise broker_unreachable() from None
         return {key.key_id: key.public_key for key in response.keys}
 
     return fetch
+
+
+def broker_unreachable() -> BrokerError:
+    # The agent learns the same as when redemption cannot reach the broker.
+    return BrokerError(Code.UNAVAILABLE, "BROKER_UNAVAILABLE",
+                       "the broker cannot be reached to fetch its voucher keys; the voucher "
+                       "was not redeemed and nothing was spent")

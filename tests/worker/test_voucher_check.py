@@ -67,3 +67,30 @@ def test_the_unknown_key_ids_kept_are_bounded(monkeypatch):
     for i in range(10):
         reason(verifier, vouchers.issue(vouchers.Signer(f"k{i}", mallory), CLAIMS))
     assert list(verifier._unknown) == ["k7", "k8", "k9"]
+
+
+def test_while_the_broker_cannot_be_reached_a_new_key_is_unavailable_not_unknown():
+    """Refreshes that fail to reach the broker spend the burst like any other; until one
+    gets through, a voucher whose key is not cached yet is answered UNAVAILABLE (try
+    again), never VOUCHER_UNKNOWN_KEY (a refusal for good) for a key that may be real."""
+    broker, now, down = Broker(), [0.0], [True]
+
+    def fetch() -> dict[str, bytes]:
+        if down[0]:
+            broker.fetches += 1
+            raise voucher_check.broker_unreachable()
+        return broker.fetch()
+
+    verifier = VoucherVerifier(fetch, clock=lambda: 1000, monotonic=lambda: now[0])
+    token = vouchers.issue(broker.new_key(), CLAIMS)
+    reasons = [reason(verifier, token) for _ in range(voucher_check.REFRESH_BURST + 3)]
+    assert reasons == ["BROKER_UNAVAILABLE"] * len(reasons)
+    assert broker.fetches == voucher_check.REFRESH_BURST  # still rate-limited
+    down[0] = False
+    assert reason(verifier, token) == "BROKER_UNAVAILABLE"  # no refresh left yet
+    now[0] += voucher_check.REFRESH_EVERY_S
+    assert reason(verifier, token) == "OK"
+    # Once the broker answered, a key id it does not know is refused as before.
+    forged = vouchers.issue(vouchers.Signer("kforged", SigningKey.generate()), CLAIMS)
+    now[0] += voucher_check.REFRESH_EVERY_S
+    assert reason(verifier, forged) == "VOUCHER_UNKNOWN_KEY"
