@@ -151,7 +151,9 @@ class Store(Protocol):
         exception propagates to the caller; other operations are unaffected.
         Ops run one at a time in submission order. Cancelling the caller does not
         cancel an op already submitted: it may still commit. Raises StorageFull when
-        the commit failed for lack of room (nothing written)."""
+        the commit failed for lack of room (nothing written). `op` must not block (no
+        waiting on locks, events or the network): LmdbStore may run it on the caller's
+        event loop, inside the writer's transaction."""
 
     def submit_sync(self, op: Callable[[Tx], T]) -> T:
         """Blocking form of `submit`, for CLIs and start-up work."""
