@@ -66,7 +66,7 @@ _UNREAD: Any = object()  # _LmdbTx's read cache: not read yet (None: read, not t
 # processes each have a writer, and LMDB runs their write transactions one at a time.
 ID_CLOCK_KEY = b"id_clock"
 # How long the writer waits for an event loop to start running a batch's ops before it
-# runs them itself (_Handoff): long enough for a busy loop, short for a blocked one.
+# runs them itself (_on_callers_loop): long enough for a busy loop, short for a blocked one.
 HANDOFF_WAIT_S = 0.05
 # The most ops the loop runs in one go (about 230 us each for an authorization), so
 # that a big batch does not keep it from serving for long.
@@ -513,12 +513,26 @@ class LmdbStore:
         loop = loops.pop() if len(loops) == 1 else None
         if loop is None or self._closed:
             return work()
-        handoff = _Handoff(work)
+        # Whoever starts it first runs it: the loop (set_running_or_notify_cancel), or
+        # this thread once the loop has not within the wait (cancel). A loop blocked on
+        # this very store (close, submit_sync) would never run it: no deadlock.
+        offered: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run_offered() -> None:
+            if offered.set_running_or_notify_cancel():
+                try:
+                    offered.set_result(work())
+                except BaseException as error:  # noqa: BLE001 - raised on this thread
+                    offered.set_exception(error)
+
         try:
-            loop.call_soon_threadsafe(handoff.run)
+            loop.call_soon_threadsafe(run_offered)
         except RuntimeError:  # that loop is closed: its callers are gone, the ops are not
             return work()
-        return cast(T, handoff.result(HANDOFF_WAIT_S))
+        concurrent.futures.wait((offered,), HANDOFF_WAIT_S)
+        if offered.cancel():  # not started in time
+            return work()
+        return offered.result()
 
     def _run_ops(self, written: BufferedTx, ops: list[_Item]) -> list[_Outcome]:
         """Each op in its own overlay on `written`: an op that raises is dropped alone."""
@@ -580,52 +594,6 @@ class LmdbStore:
             # RuntimeError: that loop is closed, so nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, items)
-
-
-class _Handoff:
-    """Work the writer offers to an event loop's thread: whoever claims it first runs
-    it. The writer takes it back when the loop has not started it within a wait (a
-    loop blocked on this store, in `close` or `submit_sync`, would otherwise never run
-    it), so offering work to a loop can delay a batch but never deadlock it."""
-
-    __slots__ = ("_work", "_lock", "_claimed", "_done", "_result", "_error")
-
-    def __init__(self, work: Callable[[], Any]) -> None:
-        self._work = work
-        self._lock = threading.Lock()
-        self._claimed = False
-        self._done = threading.Event()
-        self._result: Any = None
-        self._error: BaseException | None = None
-
-    def run(self) -> None:
-        """On the loop: run the work unless the writer took it back."""
-        if self._claim():
-            self._execute()
-
-    def result(self, wait_s: float) -> Any:
-        """On the writer: the work's result, run here if no loop started it in time."""
-        if not self._done.wait(wait_s) and self._claim():
-            self._execute()
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-    def _claim(self) -> bool:
-        with self._lock:
-            if self._claimed:
-                return False
-            self._claimed = True
-            return True
-
-    def _execute(self) -> None:
-        try:
-            self._result = self._work()
-        except BaseException as error:  # noqa: BLE001 - the writer raises it
-            self._error = error
-        finally:
-            self._done.set()
 
 
 def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
