@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from broker.api import crypto_threads
 from broker.api.base import Limits
-from broker.api.crypto_thread import CryptoThread
 from broker.core.config import CoreConfig
 from broker.daemon import BrokerSettings, serve, serve_processes
 from broker.datadir import DataDir, init
@@ -35,7 +35,7 @@ from common.files import write_secret
 
 
 def _name_threads() -> None:
-    """Give the store's writer thread and the crypto thread their names at the OS level
+    """Give the store's writer thread and the crypto threads their names at the OS level
     too (Linux), so that per-thread CPU in /proc (scripts/bench.py --profile, top -H)
     can tell them apart."""
 
@@ -48,7 +48,8 @@ def _name_threads() -> None:
 
     lmdb_store.LmdbStore._run_writer = named(  # type: ignore[method-assign]
         lmdb_store.LmdbStore._run_writer, b"lmdb-writer")
-    CryptoThread._serve = named(CryptoThread._serve, b"crypto")  # type: ignore[method-assign]
+    crypto_threads._Lane._serve = named(  # type: ignore[method-assign]
+        crypto_threads._Lane._serve, b"crypto")  # (both threads: their CPU is summed)
 
 
 def _profile_writer(directory: Path) -> None:

@@ -9,7 +9,7 @@ import hashlib
 import ipaddress
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -27,7 +27,7 @@ from ..core.config import CoreConfig
 from ..core.registry import Liveness
 from ..keyring import Keyring
 from ..store.base import Record, StorageFull, Store, Tx
-from .crypto_thread import CryptoThread
+from .crypto_threads import CryptoThreads
 from .watch import Changes
 
 log = logging.getLogger("broker.api")
@@ -165,8 +165,8 @@ class Services:
     limiter: rate_limits.RequestLimiter = field(default_factory=rate_limits.RequestLimiter)
     changes: Changes = field(default_factory=Changes)
     # Voucher signatures and usage-report checks, outside the GIL the loop and the
-    # writer share (crypto_thread.py).
-    crypto: CryptoThread = field(default_factory=CryptoThread)
+    # writer share (crypto_threads.py).
+    crypto: CryptoThreads = field(default_factory=CryptoThreads)
     # The store's `off_loop` where its reads are network round trips (PgStore), else
     # None: LMDB's and the memory store's reads are local and fast, and run inline (a
     # thread hop per read would cost more than the read; docs/performance.md).
@@ -291,17 +291,18 @@ class Services:
             raise storage_full() from None
 
     async def submit_checked(self, check: Callable[[], V],
-                             op: Callable[[V], Callable[[Tx], T]]) -> T:
-        """`check()` on the crypto thread (a signature), then `op(its result)` in the
+                             op: Callable[[V], Callable[[Tx], T]], key: Hashable) -> T:
+        """`check()` on a crypto thread (a signature), then `op(its result)` in the
         store's writer; the result of the op. With a store that takes ops from other
         threads (LmdbStore.enqueue) the crypto thread hands the op to the writer itself,
-        and the caller's loop wakes once instead of twice."""
+        and the caller's loop wakes once instead of twice. Ops submitted with the same
+        `key` (a session) reach the writer in the order they were submitted."""
         enqueue = getattr(self.store, "enqueue", None)
         try:
             if enqueue is None:
-                return await self.store.submit(op(await self.crypto.run(check)))
+                return await self.store.submit(op(await self.crypto.run(check, key)))
             return await self.crypto.run_then(
-                check, lambda checked, loop, future: enqueue(op(checked), loop, future))
+                check, lambda checked, loop, future: enqueue(op(checked), loop, future), key)
         except StorageFull:
             raise storage_full() from None
 

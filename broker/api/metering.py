@@ -205,10 +205,10 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
                                              epoch=epoch)
             return op
 
-        # The signature check needs no ordering: on the crypto thread, which then hands
-        # the op to the single writer itself.
+        # The signature check needs no ordering: on a crypto thread, which then hands
+        # the op to the single writer itself (the session's in the order read).
         return await self.s.submit_checked(lambda: usage_signing.verify_ahead(
-            ses["usage_public_key"], message, report.signature), record)
+            ses["usage_public_key"], message, report.signature), record, ses["session_id"])
 
     async def _finish(self, p, session_id: str, finish: pb.FinishSession,
                       epoch: int) -> pb.MeterResponse:

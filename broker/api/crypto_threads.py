@@ -1,72 +1,94 @@
-"""Ed25519 work (voucher signatures, usage-report checks) on a thread of its own.
+"""Ed25519 work (voucher signatures, usage-report checks) on threads of their own.
 
 Why: libsodium (PyNaCl, through cffi) releases the GIL while it signs or verifies, so
-on this thread a signature costs the event loop and the store's writer, which share
+on these threads a signature costs the event loop and the store's writer, which share
 one GIL, only the few microseconds around the C call; on the event loop it cost them
 the whole signature (16 µs to sign, 40 µs to verify on the bench machine, more than
-the bare gRPC work of a usage report). Nothing here needs ordering: callers await the
-result and go on as before. The thread takes every job waiting when it wakes and
-answers each event loop once per batch (one wake-up, not one per job), as the store's
-writer does.
+the bare gRPC work of a usage report). Two threads, because one was what bounded the
+usage-report rate: each report waited for its check behind the others' (docs/
+performance.md, "Two crypto threads").
+
+Jobs given the same `key` run on the same thread, in the order they were given, and a
+`run_then` job hands its result on (to the store's writer) in that order too: the
+checked usage reports of one session reach the writer in the order they were read.
+Jobs without a key go to the threads in turn. Each thread takes every job waiting for
+it when it wakes and answers each event loop once per batch (one wake-up, not one per
+job), as the store's writer does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_STOP = object()
+THREADS = 2
 MAX_BATCH = 256
+_STOP = object()
 # (the work, the caller's loop, the future to answer, what takes the result on or None)
 _Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]",
              "Callable[[Any, asyncio.AbstractEventLoop, asyncio.Future[Any]], None] | None"]
+Then = Callable[[Any, asyncio.AbstractEventLoop, "asyncio.Future[Any]"], None]
 
 
-class CryptoThread:
-    """`await run(fn)`: `fn()` on the crypto thread (started on first use)."""
+class CryptoThreads:
+    """`await run(fn)`: `fn()` on one of `count` crypto threads (each started on first
+    use); `key`: jobs with the same key run on the same thread, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, count: int = THREADS) -> None:
+        self._lanes = [_Lane(f"crypto-{i}") for i in range(count)]
+        self._turn = itertools.count()
+
+    async def run(self, fn: Callable[[], T], key: Hashable | None = None) -> T:
+        return await self._put(fn, None, key)
+
+    async def run_then(self, fn: Callable[[], Any], then: Then,
+                       key: Hashable | None = None) -> Any:
+        """`fn()` on a crypto thread, then, still there, `then(its result, loop, future)`,
+        which hands the caller's future on to whoever answers it (the store's writer:
+        `LmdbStore.enqueue`). Why: the caller's loop then wakes once, when the answer is
+        ready, not also in between. If `fn` or `then` raises, the caller gets that."""
+        return await self._put(fn, then, key)
+
+    def close(self) -> None:
+        """Finish the jobs queued so far, then stop every thread."""
+        for lane in self._lanes:
+            lane.close()
+
+    async def _put(self, fn: Callable[[], Any], then: Then | None, key: Hashable | None
+                   ) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        index = next(self._turn) if key is None else hash(key)
+        self._lanes[index % len(self._lanes)].put((fn, loop, future, then))
+        return await future
+
+
+class _Lane:
+    """One crypto thread and its FIFO queue."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+    def put(self, job: _Job) -> None:
         if self._thread is None:
-            self._start()
-        self._queue.put((fn, loop, future, None))
-        return await future
-
-    async def run_then(self, fn: Callable[[], Any],
-                       then: Callable[[Any, asyncio.AbstractEventLoop, asyncio.Future[T]], None]
-                       ) -> T:
-        """`fn()` on the crypto thread, then, still there, `then(its result, loop, future)`,
-        which hands the caller's future on to whoever answers it (the store's writer:
-        `LmdbStore.enqueue`). Why: the caller's loop then wakes once, when the answer is
-        ready, not also in between. If `fn` or `then` raises, the caller gets that."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        if self._thread is None:
-            self._start()
-        self._queue.put((fn, loop, future, then))
-        return await future
-
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name="crypto",
-                                                daemon=True)
-                self._thread.start()
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._serve, name=self.name,
+                                                    daemon=True)
+                    self._thread.start()
+        self._queue.put(job)
 
     def close(self) -> None:
-        """Finish the jobs queued so far, then stop the thread."""
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:

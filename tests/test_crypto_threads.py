@@ -1,5 +1,6 @@
-"""The crypto thread (broker/api/crypto_thread.py): each job's result or exception
-comes back to its caller, jobs run off the event loop's thread, and close() stops it."""
+"""The crypto threads (broker/api/crypto_threads.py): each job's result or exception
+comes back to its caller, jobs run off the event loop's thread, jobs of one key run in
+order on one thread, and close() stops them."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import threading
 import pytest
 from nacl.signing import SigningKey
 
-from broker.api.crypto_thread import CryptoThread
+from broker.api.crypto_threads import CryptoThreads
 from common import usage_signing
 
 
 def test_results_errors_and_the_thread_they_ran_on():
-    crypto = CryptoThread()
+    crypto = CryptoThreads(2)
     key = SigningKey(b"\x07" * 32)
     public = bytes(key.verify_key).hex()
 
@@ -35,10 +36,10 @@ def test_results_errors_and_the_thread_they_ran_on():
     assert [i for i, v in enumerate(checked) if v is None] == [17]
     assert all(v.message == usage_signing.payload("ses_1", {"gpu_ms": i}, seq=i)
                for i, v in enumerate(checked) if v is not None)
-    assert {t.name for t in threads} == {"crypto"}
+    assert {t.name for t in threads} == {"crypto-0", "crypto-1"}  # keyless: in turn
     assert threading.main_thread() not in threads
     crypto.close()
-    assert not threads[0].is_alive()
+    assert not any(t.is_alive() for t in threads)
 
 
 def test_a_checked_op_goes_from_the_crypto_thread_to_the_writer(tmp_path):
@@ -75,21 +76,73 @@ def test_a_checked_op_goes_from_the_crypto_thread_to_the_writer(tmp_path):
         return run
 
     async def main():
-        result = await services.submit_checked(check(7), op)
+        result = await services.submit_checked(check(7), op, "ses_1")
         with pytest.raises(ZeroDivisionError):
-            await services.submit_checked(lambda: 1 // 0, op)
+            await services.submit_checked(lambda: 1 // 0, op, "ses_1")
         with pytest.raises(ValueError, match="refused 8"):
-            await services.submit_checked(check(8), refused)
+            await services.submit_checked(check(8), refused, "ses_1")
         store.close()
         with pytest.raises(StoreClosed):
-            await services.submit_checked(check(9), op)
+            await services.submit_checked(check(9), op, "ses_1")
         return result
 
     try:
         assert asyncio.run(main()) == {"value": 7}
         # The writer ran the op's batch on the caller's event loop (asyncio.run: this
         # thread), inside its transaction.
-        assert ran_on == {"check": "crypto", "op": threading.current_thread().name}
+        assert ran_on["check"].startswith("crypto-")
+        assert ran_on["op"] == threading.current_thread().name
+    finally:
+        services.crypto.close()
+        store.close()
+
+
+def test_checked_ops_of_one_key_reach_the_writer_in_order(tmp_path):
+    """Many sessions' checks in flight at once over two threads, the early ones of each
+    session the slow ones: each session's ops still run in the writer in the order they
+    were submitted, and each session's checks all ran on one thread."""
+    import time
+
+    from broker.api.base import Services
+    from broker.core.config import CoreConfig
+    from broker.core.registry import Liveness
+    from broker.store import LmdbStore
+
+    store = LmdbStore(tmp_path / "db", durable=False)
+    services = Services(store=store, keyring=None, config=CoreConfig(),  # type: ignore[arg-type]
+                        liveness=Liveness(1000, {}))
+    services.crypto = CryptoThreads(2)
+    sessions = list(range(7))  # (int keys: hash(i) == i, so both threads get some)
+    reports = 20
+    applied: dict[int, list[int]] = {s: [] for s in sessions}
+    checked_on: dict[int, set[str]] = {s: set() for s in sessions}
+
+    def check(session_id, seq):
+        def run():
+            checked_on[session_id].add(threading.current_thread().name)
+            time.sleep(0.002 if seq % 5 == 0 else 0)  # some checks slower than the next
+            return seq
+        return run
+
+    def op(session_id):
+        def make(seq):
+            def run(tx):
+                applied[session_id].append(seq)
+                return seq
+            return run
+        return make
+
+    async def main():
+        return await asyncio.gather(*(
+            services.submit_checked(check(s, seq), op(s), s)
+            for seq in range(reports) for s in sessions))
+
+    try:
+        results = asyncio.run(main())
+        assert sorted(results) == sorted(seq for seq in range(reports) for _ in sessions)
+        assert applied == {s: list(range(reports)) for s in sessions}
+        assert all(len(names) == 1 for names in checked_on.values())
+        assert set().union(*checked_on.values()) == {"crypto-0", "crypto-1"}
     finally:
         services.crypto.close()
         store.close()
