@@ -913,7 +913,10 @@ class Fuzzer:
                     elif kind == "ack" and result.session_id in sessions:
                         report = next(r for r in msg.reports if r.session_id == result.session_id)
                         sessions[result.session_id] = (report.seq, report.usage)
-                    if result.stop.reason == meter_pb.STOP_REASON_REVOKED:
+                    # Stopped by the kill switch (a STOP, or opened or resumed already
+                    # stopped): the sweep settles it later, as on `Meter`.
+                    if result.stop.reason == meter_pb.STOP_REASON_REVOKED or (
+                            kind == "grant" and result.grant.stopped):
                         driver.killed = True
                 if accepted:
                     self.stats.accepted += 1
