@@ -31,10 +31,10 @@ T = TypeVar("T")
 THREADS = 2
 MAX_BATCH = 256
 _STOP = object()
-# (the work, the caller's loop, the future to answer, what takes the result on or None)
-_Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]",
-             "Callable[[Any, asyncio.AbstractEventLoop, asyncio.Future[Any]], None] | None"]
+# What takes a job's result on: (the result, the caller's loop, the caller's future).
 Then = Callable[[Any, asyncio.AbstractEventLoop, "asyncio.Future[Any]"], None]
+# (the work, the caller's loop, the future to answer, its Then or None)
+_Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]", Then | None]
 
 
 class CryptoThreads:
