@@ -96,6 +96,10 @@ MAX_WORLD_JOURNAL = 500
 CALL_TIMEOUT_S = 20
 # Two reporting intervals (1 s each) after a kill-switch STOP, plus sweeps (0.5 s) and slack.
 KILL_SETTLE_S = 3.5
+# Then the ledger must not change for this long (more than the 0.5 s sweep interval),
+# waiting at most KILL_SETTLE_MAX_S in all.
+QUIET_S = 1.2
+KILL_SETTLE_MAX_S = 15
 JOB_TIMEOUT_S = 60
 # A broker watch stream lives until the client leaves: read what comes this long. Its
 # first answer (or its error) comes at once, so ending with nothing at all is a hang.
@@ -1016,8 +1020,18 @@ class Fuzzer:
 
     def wait_killed_settled(self) -> None:
         """A session stopped by the kill switch and left open is settled by the broker's
-        sweep two reporting intervals later: let that happen before judging later calls."""
+        sweep two reporting intervals later: let that happen before judging later calls,
+        and then until the ledger holds still for a sweep or two (a loaded machine may
+        run the sweep late)."""
         time.sleep(KILL_SETTLE_S)
+        deadline = time.monotonic() + KILL_SETTLE_MAX_S
+        last = self.snapshot()
+        while time.monotonic() < deadline:
+            time.sleep(QUIET_S)
+            now = self.snapshot()
+            if now == last:
+                break
+            last = now
         self.invalidate()
 
     def wait_settled(self, authorization_id: str, timeout: float = 30.0) -> None:
