@@ -19,12 +19,13 @@ job), as the store's writer does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import queue
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
+
+from common.thread_answers import Answer, answer_on_loops
 
 T = TypeVar("T")
 
@@ -105,7 +106,7 @@ class _Lane:
                 except queue.Empty:
                     break
             stopping = False
-            per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, Any]]] = {}
+            per_loop: dict[asyncio.AbstractEventLoop, list[Answer]] = {}
             for job in batch:
                 if job is _STOP:
                     stopping = True
@@ -120,18 +121,7 @@ class _Lane:
                 except Exception as error:  # the caller gets it, as if it had run there
                     outcome = (future, None, error)
                 per_loop.setdefault(loop, []).append(outcome)
-            for loop, outcomes in per_loop.items():
-                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                    loop.call_soon_threadsafe(_settle, outcomes)
+            answer_on_loops(per_loop)
             if stopping:
                 return
 
-
-def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, error in outcomes:
-        if future.done():  # the caller was cancelled
-            continue
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)

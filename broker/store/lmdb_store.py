@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import fcntl
 import functools
 import json
@@ -44,6 +43,7 @@ from broker.store.buffered import (
     key_range,
 )
 from common.files import PRIVATE_FILE, make_private, private_dir
+from common.thread_answers import Answer, answer_on_loops
 
 T = TypeVar("T")
 
@@ -581,7 +581,7 @@ class LmdbStore:
     @staticmethod
     def _resolve(batch: list[_Item], outcomes: list[_Outcome]) -> None:
         # One wake-up per event loop per batch, not one per op.
-        per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, BaseException | None]]] = {}
+        per_loop: dict[asyncio.AbstractEventLoop, list[Answer]] = {}
         for (_, loop, future), (result, exc) in zip(batch, outcomes, strict=True):
             if loop is None:
                 if exc is None:
@@ -590,20 +590,7 @@ class LmdbStore:
                     future.set_exception(exc)
             else:
                 per_loop.setdefault(loop, []).append((future, result, exc))
-        for loop, items in per_loop.items():
-            # RuntimeError: that loop is closed, so nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, items)
-
-
-def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, exc in items:
-        if future.done():  # the caller was cancelled
-            continue
-        if exc is None:
-            future.set_result(result)
-        else:
-            future.set_exception(exc)
+        answer_on_loops(per_loop)
 
 
 class RuntimeTables:
